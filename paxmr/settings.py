@@ -1,0 +1,163 @@
+"""The one settings class: a TOML file plus ``PAXMR_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG = Path("/etc/paxmr/paxmr.toml")
+KEY_CREDENTIAL = "cluster-key"
+
+NodeId = Annotated[int, Field(ge=1, le=255)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class NodeAddress(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: NodeId
+    host: str = Field(min_length=1)
+    port: Port
+
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    control_line_bytes: int = Field(default=1 << 20, ge=1024)
+    value_bytes: int = Field(default=8 << 20, ge=1024)
+    frame_bytes: int = Field(default=32 << 20, ge=4096)
+    in_flight: int = Field(default=1024, ge=1)
+
+
+class Timing(BaseModel):
+    """Protocol timers, in seconds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    heartbeat: float = Field(default=0.05, gt=0)
+    election_min: float = Field(default=0.3, gt=0)
+    election_max: float = Field(default=0.6, gt=0)
+    replicate_timeout: float = Field(default=5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if not self.heartbeat < self.election_min <= self.election_max:
+            raise ValueError("need heartbeat < election_min <= election_max")
+        return self
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PAXMR_", env_nested_delimiter="__", extra="forbid")
+
+    node_id: NodeId = 1
+    nodes: list[NodeAddress] = Field(default_factory=list)
+    data_dir: Path = Path("/var/lib/paxmr/data")
+    state_dir: Path = Path("/var/lib/paxmr/state")
+    runtime_dir: Path = Path("/run/paxmr")
+    mappers: int = Field(default=2, ge=1, le=64)
+    peer_bind: str | None = None
+    key_file: Path | None = None
+    limits: Limits = Field(default_factory=Limits)
+    timing: Timing = Field(default_factory=Timing)
+
+    @model_validator(mode="after")
+    def _membership(self) -> Self:
+        ids = [n.id for n in self.nodes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("node ids in [[nodes]] must be unique")
+        if self.nodes and self.node_id not in ids:
+            raise ValueError(f"node_id {self.node_id} is not one of [[nodes]] ids {sorted(ids)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        path = init_settings.init_kwargs.pop("_config_file", None)  # type: ignore[attr-defined]
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    # --- derived paths -------------------------------------------------------------------------
+
+    def mapper_socket(self, mapper_id: int) -> Path:
+        return self.runtime_dir / f"mapper-{mapper_id}.sock"
+
+    @property
+    def reducer_socket(self) -> Path:
+        return self.runtime_dir / "reducer.sock"
+
+    @property
+    def prm_socket(self) -> Path:
+        return self.runtime_dir / "prm.sock"
+
+    @property
+    def me(self) -> NodeAddress:
+        for node in self.nodes:
+            if node.id == self.node_id:
+                return node
+        raise ConfigError(f"node {self.node_id} has no entry in [[nodes]]")
+
+    def cluster_key_path(self) -> Path:
+        """The key file: explicit setting, else systemd's credentials directory."""
+        if self.key_file is not None:
+            return self.key_file
+        creds = os.environ.get("CREDENTIALS_DIRECTORY")
+        if creds:
+            return Path(creds) / KEY_CREDENTIAL
+        raise ConfigError("no cluster key: set key_file or run under systemd with LoadCredential=")
+
+    def cluster_key(self) -> bytes:
+        path = self.cluster_key_path()
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read cluster key {path}: {exc.strerror}") from exc
+        if len(key) < 16:
+            raise ConfigError(f"cluster key {path} is shorter than 16 bytes")
+        return key
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported to the operator as one clear line."""
+
+
+def config_path(explicit: Path | None) -> Path:
+    if explicit is not None:
+        return explicit
+    env = os.environ.get("PAXMR_CONFIG")
+    return Path(env) if env else DEFAULT_CONFIG
+
+
+def load(explicit: Path | None = None, **overrides: Any) -> Settings:
+    """Read settings; a missing default file means built-in defaults, a bad one a ConfigError."""
+    path = config_path(explicit)
+    exists = path.is_file()
+    if not exists and (explicit is not None or os.environ.get("PAXMR_CONFIG")):
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        return Settings(_config_file=path if exists else None, **overrides)  # type: ignore[call-arg]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"{path}: {problems}") from exc
