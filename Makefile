@@ -1,0 +1,45 @@
+# paxmr developer and demo entry points. Everything runs from the project's .venv.
+PY      ?= python3.11
+VENV    := .venv
+BIN     := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: venv lint test test-fast demo bench testbed-up testbed-down clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check paxmr tests testbed
+	$(BIN)/ruff format --check paxmr tests testbed
+	$(BIN)/mypy
+	cd ansible && ../$(BIN)/ansible-lint --profile production
+
+## Every tier: unit, simulator, integration (local processes) and deploy (systemd hosts, needs root).
+test: venv
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+## Unit and integration tiers only: no root needed.
+test-fast: venv
+	$(BIN)/pytest -m "not deploy" $(PYTEST_ARGS)
+
+demo: venv
+	PATH=$(CURDIR)/$(BIN):$$PATH scripts/demo
+
+bench: venv
+	$(BIN)/paxmr bench wordcount --size 256MiB
+	$(BIN)/paxmr bench replicate
+
+testbed-up: venv
+	$(BIN)/python testbed/testbed.py up
+
+testbed-down: venv
+	$(BIN)/python testbed/testbed.py down
+
+clean:
+	rm -rf build dist .demo .local-cluster
