@@ -1,0 +1,739 @@
+"""Three local test hosts (systemd-nspawn containers booting systemd) for paxmr's deploy tier.
+
+Usage (as root): python testbed/testbed.py up|down [--purge]|status|stop H|crash H|boot H|cut H|
+heal H|ssh H [-- CMD]. See ../shared/notes/testbed.md for why it is built the way it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+log = logging.getLogger("paxmr.testbed")
+
+STATE_DIR = Path("/var/lib/paxmr-testbed")
+BRIDGE = "paxmr-br0"
+SUBNET_PREFIX = "10.77.0"
+CONTROLLER_ADDRESS = f"{SUBNET_PREFIX}.1"
+HOSTS = ("paxmr1", "paxmr2", "paxmr3")
+NFT_TABLE = "paxmr_testbed"
+# Short on purpose: a ControlPath must fit in a Unix socket address (108 bytes).
+CONTROL_DIR = Path("/run/paxmr-testbed")
+CGROUP_GROUP = "paxmr-testbed"
+# The hybrid layout measured in testbed.md; nspawn needs its own group in each of these.
+HYBRID_CGROUPS = ("systemd", "unified", "memory", "pids")
+
+TOOLS = {  # command -> Debian package providing it
+    "systemd-nspawn": "systemd-container",
+    "debootstrap": "debootstrap",
+    "nft": "nftables",
+    "ssh": "openssh-client",
+    "ssh-keygen": "openssh-client",
+}
+
+SUITE = "bookworm"
+BASE_PACKAGES = (
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "openssh-server",
+    "python3",
+    "python3-venv",
+    "iproute2",
+    "iputils-ping",
+    "procps",
+    "sudo",
+    "less",
+    # Ansible needs setfacl to become an unprivileged user (e.g. become_user: paxmr).
+    "acl",
+)
+# Runs inside the freshly bootstrapped base (chroot). Hosts derive their identity (machine-id,
+# ssh host keys) on first boot, so nothing host-specific may stay in the base.
+BASE_SETUP = r"""
+set -eu
+useradd --create-home --shell /bin/bash deploy
+usermod --password '*' deploy
+install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
+printf 'deploy ALL=(ALL) NOPASSWD:ALL\n' > /etc/sudoers.d/deploy
+chmod 0440 /etc/sudoers.d/deploy
+cat > /etc/ssh/sshd_config.d/paxmr-testbed.conf <<'EOF'
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+PermitRootLogin no
+UseDNS no
+EOF
+cat > /etc/systemd/system/ssh-host-keys.service <<'EOF'
+[Unit]
+Description=Generate this host's own ssh host keys
+Before=ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl enable systemd-networkd.service ssh-host-keys.service
+# The console is read-only: an interactive first-boot wizard would wait forever.
+systemctl mask systemd-firstboot.service
+mkdir -p /var/log/journal
+apt-get clean
+rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin
+rm -f /etc/ssh/ssh_host_* /etc/machine-id /var/lib/dbus/machine-id /etc/hostname \
+    /var/lib/systemd/random-seed
+: > /etc/resolv.conf
+"""
+RECIPE_HASH = hashlib.sha256(
+    "\n".join((SUITE, " ".join(BASE_PACKAGES), BASE_SETUP)).encode()
+).hexdigest()[:16]
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+class CommandFailed(subprocess.CalledProcessError):
+    def __str__(self) -> str:
+        tail = (self.stderr or self.output or "").strip()[-2000:]
+        return f"{super().__str__()}\n{tail}"
+
+
+def _sh(*cmd: str, input_: str | None = None, check: bool = True) -> str:
+    proc = subprocess.run(cmd, input=input_, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise CommandFailed(proc.returncode, cmd, proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+def _debian_mirror() -> str:
+    """The Debian mirror this machine's apt already uses (CI may only reach that one)."""
+    sources = Path("/etc/apt")
+    for path in sorted(sources.glob("sources.list.d/*.sources")):
+        for stanza in path.read_text().split("\n\n"):
+            fields = dict(
+                line.split(":", 1) for line in stanza.splitlines() if re.match(r"^\w+:", line)
+            )
+            if SUITE in fields.get("Suites", "").split():
+                return fields["URIs"].split()[0]
+    for path in [sources / "sources.list", *sorted(sources.glob("sources.list.d/*.list"))]:
+        if path.exists():
+            for line in path.read_text().splitlines():
+                match = re.match(rf"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+{SUITE}\s", line)
+                if match:
+                    return match[1]
+    return "http://deb.debian.org/debian"
+
+
+def _pid_alive(pid: int) -> bool:
+    # nspawn may be our own child (started in this process): reap it so it does not stay a zombie.
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+class Testbed:
+    """Three systemd hosts paxmr1..3 at 10.77.0.11..13 on bridge paxmr-br0, reachable over ssh."""
+
+    __test__ = False  # not a pytest test class despite its name
+
+    def __init__(self, state_dir: Path | str = STATE_DIR) -> None:
+        self.state_dir = Path(state_dir)
+        self.hosts: list[str] = list(HOSTS)
+        self.key = self.state_dir / "id_ed25519"
+
+    # -- queries ---------------------------------------------------------------------------------
+
+    @staticmethod
+    def unavailable_reason() -> str | None:
+        """None when the hosts can run here, else why they cannot."""
+        if platform.system() != "Linux":
+            return f"the test hosts need Linux (this is {platform.system()})"
+        if os.geteuid() != 0:
+            return "the test hosts need root (systemd-nspawn, overlay mounts, bridge, nftables)"
+        missing = [tool for tool in TOOLS if shutil.which(tool) is None]
+        if missing and shutil.which("apt-get") is None:
+            return f"missing {', '.join(missing)} and no apt-get to install them"
+        if not Path("/sys/fs/cgroup").is_dir():
+            return "no cgroup filesystem at /sys/fs/cgroup"
+        if "overlay" not in Path("/proc/filesystems").read_text() and not shutil.which("modprobe"):
+            return "the kernel has no overlay filesystem"
+        return None
+
+    @property
+    def ssh_config(self) -> Path:
+        return self.state_dir / "ssh_config"
+
+    def address(self, host: str) -> str:
+        return f"{SUBNET_PREFIX}.1{self._index(host)}"
+
+    def is_running(self, host: str) -> bool:
+        return self._nspawn_pid(host) is not None
+
+    def cut_from(self, host: str) -> list[str]:
+        """The peers `host` cannot currently exchange packets with."""
+        pairs = self._cut_pairs()
+        return [
+            peer
+            for peer in self.hosts
+            if (self.address(host), self.address(peer)) in pairs
+            or (self.address(peer), self.address(host)) in pairs
+        ]
+
+    def status(self) -> list[dict[str, object]]:
+        return [
+            {
+                "host": host,
+                "running": self.is_running(host),
+                "pid": self._nspawn_pid(host),
+                "address": self.address(host),
+                "cut_from": self.cut_from(host),
+            }
+            for host in self.hosts
+        ]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        """Build what is missing and boot the hosts not running yet; running ones are left alone."""
+        reason = self.unavailable_reason()
+        if reason:
+            raise TestbedError(reason)
+        self._ensure_tools()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        base = self._ensure_base()
+        self._ensure_key()
+        self._ensure_network()
+        self._write_ssh_config()
+        started = []
+        for host in self.hosts:
+            self._ensure_disk(host, base)
+            if not self.is_running(host):
+                self._start(host)
+                started.append(host)
+        for host in started:
+            self.wait_ssh(host)
+
+    def down(self, purge: bool = False) -> None:
+        """Remove hosts, disks, network and ssh config; `purge` also drops the cached base."""
+        for host in self.hosts:
+            if self.is_running(host):
+                self.stop(host)
+            root = self._host_dir(host) / "root"
+            if root.is_mount():
+                _sh("umount", str(root))
+            shutil.rmtree(self._host_dir(host), ignore_errors=True)
+            for group in self._cgroup_dirs(host):
+                _remove_cgroup(group)
+        for group in self._cgroup_dirs(None):
+            _remove_cgroup(group)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_dir.joinpath("hosts").rmdir()
+        if shutil.which("nft"):
+            for family in ("bridge", "inet"):
+                _sh("nft", "delete", "table", family, NFT_TABLE, check=False)
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            _sh("ip", "link", "delete", BRIDGE)
+        self.ssh_config.unlink(missing_ok=True)
+        shutil.rmtree(CONTROL_DIR, ignore_errors=True)
+        if purge:
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+
+    def stop(self, host: str, timeout: float = 60) -> None:
+        """Clean poweroff: nspawn turns SIGTERM into a shutdown request to the host's systemd."""
+        pid = self._nspawn_pid(host)
+        self._close_master(host)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        if not _wait_until(lambda: not _pid_alive(pid), timeout):
+            log.warning("%s did not power off in %ss; killing it", host, timeout)
+            self.crash(host)
+
+    def crash(self, host: str) -> None:
+        """SIGKILL the host's PID 1: the whole host dies at once, no shutdown, disk kept as is."""
+        pid = self._nspawn_pid(host)
+        self._close_master(host)
+        if pid is None:
+            return
+        init = self._container_init(pid)
+        os.kill(init if init is not None else pid, signal.SIGKILL)
+        if not _wait_until(lambda: not _pid_alive(pid), 30):
+            raise TestbedError(f"{host}: nspawn (pid {pid}) still alive 30 s after the crash")
+
+    def boot(self, host: str, timeout: float = 60) -> None:
+        """Start a stopped or crashed host again on its own disk and wait for its sshd."""
+        if not self.is_running(host):
+            self._ensure_network()
+            self._ensure_disk(host, self._ensure_base())
+            self._start(host)
+        self.wait_ssh(host, timeout)
+
+    # -- faults on the network -------------------------------------------------------------------
+
+    def cut(self, host: str) -> None:
+        """Drop all packets between `host` and its peers; the controller still reaches it."""
+        peers = [peer for peer in self.hosts if peer != host]
+        pairs = self._cut_pairs()
+        for peer in peers:
+            pairs |= {
+                (self.address(host), self.address(peer)),
+                (self.address(peer), self.address(host)),
+            }
+        self._set_cut_pairs(pairs)
+
+    def heal(self, host: str) -> None:
+        """Restore every link of `host` (links between other hosts stay cut)."""
+        addr = self.address(host)
+        self._set_cut_pairs({pair for pair in self._cut_pairs() if addr not in pair})
+
+    def heal_all(self) -> None:
+        self._set_cut_pairs(set())
+
+    # -- ssh -------------------------------------------------------------------------------------
+
+    def run(
+        self, host: str, cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a shell command on `host` as deploy (sudo for root), over the shared ssh master."""
+        CONTROL_DIR.mkdir(mode=0o700, exist_ok=True)
+        argv = ["ssh", "-F", str(self.ssh_config), host, "--", cmd]
+        proc = subprocess.run(
+            argv,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+        if check and proc.returncode != 0:
+            raise CommandFailed(proc.returncode, argv, proc.stdout, proc.stderr)
+        return proc
+
+    def wait_ssh(self, host: str, timeout: float = 60) -> None:
+        """Wait until `host`'s sshd accepts the deploy key; on timeout show its console log."""
+        start = time.monotonic()
+        deadline = start + timeout
+        while time.monotonic() < deadline:
+            if not self.is_running(host):
+                raise TestbedError(f"{host} exited while booting\n{self._console_tail(host)}")
+            if self._port_open(host) and self._ssh_probe(host):
+                log.info("%s: ssh ready in %.1f s", host, time.monotonic() - start)
+                return
+            time.sleep(0.2)
+        raise TestbedError(
+            f"{host}: sshd did not answer within {timeout} s\n{self._console_tail(host)}"
+        )
+
+    # -- internals: installation and base ------------------------------------------------------
+
+    def _ensure_tools(self) -> None:
+        if all(shutil.which(tool) for tool in TOOLS):
+            return
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        log.info("installing %s", " ".join(sorted(set(TOOLS.values()))))
+        # A stale third-party source must not stop us: the Debian mirror is what we need.
+        subprocess.run(["apt-get", "-q", "update"], env=env, check=False, capture_output=True)
+        subprocess.run(
+            [
+                "apt-get",
+                "-q",
+                "-y",
+                "-o",
+                "Dpkg::Options::=--force-confdef",
+                "-o",
+                "Dpkg::Options::=--force-confold",
+                "install",
+                "--no-install-recommends",
+                *sorted(set(TOOLS.values())),
+            ],
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+
+    def _base_dir(self, recipe: str = RECIPE_HASH) -> Path:
+        return self.state_dir / "base" / recipe
+
+    def _ensure_base(self) -> Path:
+        """The base rootfs for the current recipe, built once (about a minute) and cached."""
+        base = self._base_dir()
+        if (base / ".complete").exists():
+            return base
+        tmp = base.with_name(base.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        start = time.monotonic()
+        mirror = _debian_mirror()
+        log.info("building base %s from %s (about a minute)", RECIPE_HASH, mirror)
+        _sh(
+            "debootstrap",
+            "--variant=minbase",
+            f"--include={','.join(BASE_PACKAGES)}",
+            SUITE,
+            str(tmp),
+            mirror,
+        )
+        _sh("chroot", str(tmp), "/bin/sh", "-c", BASE_SETUP)
+        (tmp / ".complete").write_text(RECIPE_HASH + "\n")
+        tmp.rename(base)
+        log.info("base built in %.0f s", time.monotonic() - start)
+        self._drop_unused_bases()
+        return base
+
+    def _drop_unused_bases(self) -> None:
+        """Old recipes' bases go once no host disk still sits on them."""
+        used = {RECIPE_HASH}
+        for host in self.hosts:
+            with contextlib.suppress(FileNotFoundError):
+                used.add((self._host_dir(host) / "base").read_text().strip())
+        for base in self._base_dir().parent.iterdir():
+            if base.name not in used:
+                log.info("removing unused base %s", base.name)
+                shutil.rmtree(base, ignore_errors=True)
+
+    def _ensure_key(self) -> None:
+        if not self.key.exists():
+            _sh(
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                "paxmr-testbed",
+                "-f",
+                str(self.key),
+            )
+
+    # -- internals: hosts --------------------------------------------------------------------------
+
+    def _index(self, host: str) -> int:
+        if host not in self.hosts:
+            raise TestbedError(f"unknown host {host!r}; the hosts are {', '.join(self.hosts)}")
+        return self.hosts.index(host) + 1
+
+    def _host_dir(self, host: str) -> Path:
+        return self.state_dir / "hosts" / host
+
+    def _ensure_disk(self, host: str, base: Path) -> None:
+        """Mount the host's overlay disk (its own upper dir on the shared base); create it once."""
+        hdir = self._host_dir(host)
+        root = hdir / "root"
+        if (hdir / "base").exists():
+            base = self._base_dir((hdir / "base").read_text().strip())
+        new = not (hdir / "upper").exists()
+        for sub in ("upper", "work", "root"):
+            (hdir / sub).mkdir(parents=True, exist_ok=True)
+        if not root.is_mount():
+            _sh(
+                "mount",
+                "-t",
+                "overlay",
+                "overlay",
+                "-o",
+                f"lowerdir={base},upperdir={hdir / 'upper'},workdir={hdir / 'work'}",
+                str(root),
+            )
+        if new:
+            self._personalize(host, root)
+            (hdir / "base").write_text(base.name + "\n")
+
+    def _personalize(self, host: str, root: Path) -> None:
+        (root / "etc/hostname").write_text(host + "\n")
+        # Also pins the machine-id so the journal stays one directory across boots.
+        (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
+        peers = "".join(f"{self.address(h)}\t{h}\n" for h in self.hosts)
+        (root / "etc/hosts").write_text(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"
+            f"{CONTROLLER_ADDRESS}\tcontroller\n{peers}"
+        )
+        (root / "etc/systemd/network/10-paxmr-testbed.network").write_text(
+            "[Match]\nName=host0\n\n[Network]\n"
+            f"Address={self.address(host)}/24\nGateway={CONTROLLER_ADDRESS}\n"
+            "LinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+        )
+        ssh_dir = root / "home/deploy/.ssh"
+        keys = ssh_dir / "authorized_keys"
+        keys.write_text(self.key.with_suffix(".pub").read_text())
+        keys.chmod(0o600)
+        os.chown(keys, ssh_dir.stat().st_uid, ssh_dir.stat().st_gid)
+
+    def _cgroup_dirs(self, host: str | None) -> list[Path]:
+        """This host's cgroup in every hierarchy nspawn uses (or the testbed's parent group)."""
+        top = Path("/sys/fs/cgroup")
+        roots = (
+            [top]
+            if (top / "cgroup.controllers").exists()  # pure cgroup v2
+            else [top / name for name in HYBRID_CGROUPS if (top / name).is_dir()]
+        )
+        return [r / CGROUP_GROUP / host if host else r / CGROUP_GROUP for r in roots]
+
+    def _start(self, host: str) -> None:
+        hdir = self._host_dir(host)
+        groups = self._cgroup_dirs(host)
+        for group in groups:
+            group.mkdir(parents=True, exist_ok=True)
+        # The shell moves itself into the host's own cgroups, then becomes nspawn: started from a
+        # shared cgroup, every host's payload would land in one shared payload/ group.
+        script = 'for g in "$@"; do echo $$ > "$g/cgroup.procs"; done; exec "$NSPAWN" $NSPAWN_ARGS'
+        nspawn_args = (
+            f"--register=no --keep-unit -D {hdir / 'root'} -M {host} -b "
+            f"--network-bridge={BRIDGE} --console=read-only --resolv-conf=off "
+            "--link-journal=no"
+        )
+        console = hdir / "console.log"
+        with console.open("a") as out:
+            out.write(f"\n==== boot {time.strftime('%Y-%m-%dT%H:%M:%S')} ====\n")
+            out.flush()
+            proc = subprocess.Popen(
+                ["sh", "-c", script, "sh", *map(str, groups)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # outlives the CLI and ignores its terminal's signals
+                env={
+                    **os.environ,
+                    "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1",
+                    "NSPAWN": shutil.which("systemd-nspawn") or "systemd-nspawn",
+                    "NSPAWN_ARGS": nspawn_args,
+                },
+            )
+        (hdir / "nspawn.pid").write_text(f"{proc.pid}\n")
+        log.info("%s: started (nspawn pid %d)", host, proc.pid)
+
+    def _nspawn_pid(self, host: str) -> int | None:
+        try:
+            pid = int((self._host_dir(host) / "nspawn.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        if not _pid_alive(pid):
+            return None
+        # Guard against a recycled PID: it must still be this host's nspawn.
+        with contextlib.suppress(FileNotFoundError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            if argv[0].endswith(b"systemd-nspawn") and host.encode() in argv:
+                return pid
+        return None
+
+    @staticmethod
+    def _container_init(nspawn_pid: int) -> int | None:
+        """The host's PID 1 as seen from the controller: nspawn's child."""
+        with contextlib.suppress(FileNotFoundError):
+            children = Path(f"/proc/{nspawn_pid}/task/{nspawn_pid}/children").read_text().split()
+            if children:
+                return int(children[0])
+        return None
+
+    def _console_tail(self, host: str, lines: int = 40) -> str:
+        console = self._host_dir(host) / "console.log"
+        if not console.exists():
+            return f"(no console log at {console})"
+        tail = console.read_text(errors="replace").splitlines()[-lines:]
+        return f"--- last {len(tail)} lines of {console} ---\n" + "\n".join(tail)
+
+    # -- internals: network ----------------------------------------------------------------------
+
+    def _ensure_network(self) -> None:
+        if not Path(f"/sys/class/net/{BRIDGE}").exists():
+            _sh("ip", "link", "add", BRIDGE, "type", "bridge")
+            _sh("ip", "address", "add", f"{CONTROLLER_ADDRESS}/24", "dev", BRIDGE)
+        _sh("ip", "link", "set", BRIDGE, "up")
+        if _sh("nft", "list", "tables").find(f"bridge {NFT_TABLE}") < 0:
+            # The bridge forward hook sees exactly the host<->host frames; cut pairs drop there.
+            _sh(
+                "nft",
+                "-f",
+                "-",
+                input_=f"""
+table bridge {NFT_TABLE} {{
+    set cut {{ type ipv4_addr . ipv4_addr; }}
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        ip saddr . ip daddr @cut drop
+    }}
+}}
+""",
+            )
+        if _sh("nft", "list", "tables").find(f"inet {NFT_TABLE}") < 0:
+            # Nothing is routed into or out of the bridge (even if ip_forward gets turned on), and
+            # the hosts may reach the controller only at its bridge address.
+            _sh(
+                "nft",
+                "-f",
+                "-",
+                input_=f"""
+table inet {NFT_TABLE} {{
+    chain forward {{
+        type filter hook forward priority 0; policy accept;
+        iifname "{BRIDGE}" oifname != "{BRIDGE}" drop
+        oifname "{BRIDGE}" iifname != "{BRIDGE}" drop
+    }}
+    chain input {{
+        type filter hook input priority 0; policy accept;
+        iifname "{BRIDGE}" ip daddr != {{ {CONTROLLER_ADDRESS}, {SUBNET_PREFIX}.255 }} drop
+    }}
+}}
+""",
+            )
+
+    def _cut_pairs(self) -> set[tuple[str, str]]:
+        out = _sh("nft", "-j", "list", "set", "bridge", NFT_TABLE, "cut", check=False)
+        if not out:
+            return set()
+        pairs: set[tuple[str, str]] = set()
+        for item in json.loads(out)["nftables"]:
+            for elem in item.get("set", {}).get("elem", []):
+                src, dst = elem["concat"]
+                pairs.add((src, dst))
+        return pairs
+
+    def _set_cut_pairs(self, pairs: set[tuple[str, str]]) -> None:
+        # One nft transaction, so a heal never briefly opens links that stay cut.
+        batch = f"flush set bridge {NFT_TABLE} cut\n"
+        if pairs:
+            elems = ", ".join(f"{s} . {d}" for s, d in sorted(pairs))
+            batch += f"add element bridge {NFT_TABLE} cut {{ {elems} }}\n"
+        _sh("nft", "-f", "-", input_=batch)
+
+    # -- internals: ssh --------------------------------------------------------------------------
+
+    def _write_ssh_config(self) -> None:
+        CONTROL_DIR.mkdir(mode=0o700, exist_ok=True)
+        entries = [
+            f"Host {host}\n"
+            f"    HostName {self.address(host)}\n"
+            "    User deploy\n"
+            f"    IdentityFile {self.key}\n"
+            "    IdentitiesOnly yes\n"
+            "    StrictHostKeyChecking no\n"
+            "    UserKnownHostsFile /dev/null\n"
+            "    BatchMode yes\n"
+            "    ConnectTimeout 5\n"
+            "    ServerAliveInterval 5\n"
+            "    ServerAliveCountMax 3\n"
+            "    ControlMaster auto\n"
+            f"    ControlPath {CONTROL_DIR}/%C\n"
+            "    ControlPersist 60s\n"
+            "    LogLevel ERROR\n"
+            for host in self.hosts
+        ]
+        self.ssh_config.write_text("\n".join(entries))
+
+    def _port_open(self, host: str) -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex((self.address(host), 22)) == 0
+
+    def _ssh_probe(self, host: str) -> bool:
+        # No master while probing: a master opened against a half-booted host could go stale.
+        probe = ["-o", "ControlMaster=no", "-o", "ControlPath=none", "-o", "ConnectTimeout=2"]
+        argv = ["ssh", "-F", str(self.ssh_config), *probe, host, "true"]
+        proc = subprocess.run(argv, capture_output=True, check=False, stdin=subprocess.DEVNULL)
+        return proc.returncode == 0
+
+    def _close_master(self, host: str) -> None:
+        """A master to a dead host makes every later client hang: close it with the host."""
+        if self.ssh_config.exists():
+            subprocess.run(
+                ["ssh", "-F", str(self.ssh_config), "-O", "exit", host],
+                capture_output=True,
+                check=False,
+                timeout=10,
+            )
+
+
+def _remove_cgroup(group: Path) -> None:
+    """rmdir a cgroup tree bottom-up (nspawn leaves empty sub-groups behind)."""
+    if not group.is_dir():
+        return
+    for sub in sorted((p for p in group.rglob("*") if p.is_dir()), reverse=True):
+        with contextlib.suppress(OSError):
+            sub.rmdir()
+    with contextlib.suppress(OSError):
+        group.rmdir()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="build (cached) and boot the three hosts; idempotent")
+    down = sub.add_parser("down", help="remove the hosts, their disks and the network")
+    down.add_argument("--purge", action="store_true", help="also drop the cached base rootfs")
+    sub.add_parser("status", help="per host: running, nspawn pid, address, cut from")
+    for name, text in (
+        ("stop", "clean poweroff"),
+        ("crash", "SIGKILL the host's PID 1"),
+        ("boot", "start on the same disk and wait for ssh"),
+        ("cut", "drop packets between the host and its peers"),
+        ("heal", "restore the host's links"),
+    ):
+        sub.add_parser(name, help=text).add_argument("host", choices=HOSTS)
+    ssh = sub.add_parser("ssh", help="ssh to a host as deploy (ssh H -- CMD)")
+    ssh.add_argument("host", choices=HOSTS)
+    ssh.add_argument("cmd", nargs=argparse.REMAINDER)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="testbed: %(message)s")
+
+    bed = Testbed()
+    start = time.monotonic()
+    try:
+        if args.command == "up":
+            bed.up()
+        elif args.command == "down":
+            bed.down(purge=args.purge)
+        elif args.command == "status":
+            for row in bed.status():
+                cut = ",".join(row["cut_from"]) if row["cut_from"] else "-"  # type: ignore[arg-type]
+                state = "running" if row["running"] else "down"
+                print(
+                    f"{row['host']}\t{state}\tpid={row['pid'] or '-'}\t{row['address']}\tcut={cut}"
+                )
+            return 0
+        elif args.command == "ssh":
+            cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+            os.execvp("ssh", ["ssh", "-F", str(bed.ssh_config), args.host, *cmd])  # noqa: S606
+        else:
+            getattr(bed, args.command)(args.host)
+    except TestbedError as err:
+        print(f"testbed: {err}", file=sys.stderr)
+        return 1
+    log.info("%s done in %.1f s", args.command, time.monotonic() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
