@@ -57,7 +57,9 @@ class Timing(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PAXMR_", env_nested_delimiter="__", extra="forbid")
+    model_config = SettingsConfigDict(
+        env_prefix="PAXMR_", env_nested_delimiter="__", extra="forbid"
+    )
 
     node_id: NodeId = 1
     nodes: list[NodeAddress] = Field(default_factory=list)
@@ -85,14 +87,10 @@ class Settings(BaseSettings):
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
+        **_unused: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = init_settings.init_kwargs.pop("_config_file", None)  # type: ignore[attr-defined]
-        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path is not None:
-            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        return tuple(sources)
+        # Precedence: explicit arguments, then PAXMR_* variables, then the TOML file.
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)
 
     # --- derived paths -------------------------------------------------------------------------
 
@@ -151,8 +149,12 @@ def load(explicit: Path | None = None, **overrides: Any) -> Settings:
     exists = path.is_file()
     if not exists and (explicit is not None or os.environ.get("PAXMR_CONFIG")):
         raise ConfigError(f"{path}: config file not found")
+
+    class FromFile(Settings):
+        model_config = SettingsConfigDict(toml_file=path if exists else None)
+
     try:
-        return Settings(_config_file=path if exists else None, **overrides)  # type: ignore[call-arg]
+        return FromFile(**overrides)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
     except ValidationError as exc:

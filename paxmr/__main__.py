@@ -1,0 +1,3 @@
+from paxmr.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Benchmarks: each runs paxmr and a baseline in the same run and prints both."""

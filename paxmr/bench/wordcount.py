@@ -1,0 +1,63 @@
+"""map + reduce through one local node's real services, against one process with a Counter."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from paxmr import jobs, local
+from paxmr.settings import load
+from paxmr.wordcount import corpus, count, tally
+
+
+def _peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmHWM for pid {pid}")
+
+
+def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
+        root = Path(tmp)
+        local.up(root, nodes=1, mappers=mappers)
+        try:
+            settings = load(local.config_path(root, 1))
+            text = settings.data_dir / "bench.txt"
+            if file is None:
+                corpus.generate(text, size, seed=1)
+            else:
+                shutil.copyfile(file, text)
+            size = text.stat().st_size
+            text.read_bytes()  # warm the page cache so both runs read from memory
+
+            started = time.perf_counter()
+            mapped = jobs.run_map(settings, text.name)
+            reduced = jobs.run_reduce(settings, mapped["outputs"])
+            paxmr_s = time.perf_counter() - started
+
+            # The baseline: the same streaming bytes.split() + Counter loop, in one process.
+            started = time.perf_counter()
+            baseline = count.count_range(text, 0, size)
+            baseline_s = time.perf_counter() - started
+
+            equal = tally.read(settings.data_dir / reduced["output"]) == dict(baseline)
+            rss = max(
+                _peak_rss_mib(s.pid) for s in local.load_state(root) if s.name.startswith("mapper")
+            )
+        finally:
+            local.down(root)
+    return {
+        "bytes": size,
+        "mappers": mappers,
+        "paxmr_s": round(paxmr_s, 3),
+        "baseline_s": round(baseline_s, 3),
+        "speedup": round(baseline_s / paxmr_s, 2),
+        "mb_per_s": round(size / 1e6 / paxmr_s, 1),
+        "distinct_words": reduced["distinct"],
+        "mapper_max_rss_mib": round(rss, 1),
+        "equal": equal,
+    }

@@ -1,0 +1,344 @@
+"""The ``paxmr`` command: parses, calls a service's socket, renders text or JSON."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import shlex
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from paxmr import control, jobs, local, logs, paths
+from paxmr import settings as settings_mod
+from paxmr.settings import ConfigError, Settings
+
+EXIT_ERROR, EXIT_USAGE, EXIT_DOWN, EXIT_DENIED, EXIT_NO_QUORUM = 1, 2, 3, 4, 5
+
+_SIZE = re.compile(r"(?i)\s*([0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*")
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20, "mib": 1 << 20,
+          "mb": 10**6, "g": 1 << 30, "gib": 1 << 30, "gb": 10**9}  # fmt: skip
+
+
+class Size(click.ParamType):  # type: ignore[type-arg]
+    name = "size"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        m = _SIZE.fullmatch(str(value))
+        if m is None:
+            self.fail(f"{value!r} is not a size like 4096, 64KiB, 256MiB or 1GiB", param, ctx)
+        return int(m[1]) * _UNITS[m[2].lower()]
+
+
+@dataclass
+class Ctx:
+    config: Path | None
+    output: str
+    _settings: Settings | None = field(default=None, repr=False)
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = settings_mod.load(self.config)
+        return self._settings
+
+    @property
+    def json(self) -> bool:
+        return self.output == "json"
+
+    def emit(self, result: Any, text: Callable[[Any], str]) -> None:
+        click.echo(json.dumps(result, indent=1, ensure_ascii=False) if self.json else text(result))
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-c", "--config", type=click.Path(path_type=Path, dir_okay=False),
+    help="Config file [env PAXMR_CONFIG; default /etc/paxmr/paxmr.toml].",
+)  # fmt: skip
+@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
+              help="Render results for people (text) or scripts (json).")  # fmt: skip
+@click.version_option(package_name="paxmr")
+@click.pass_context
+def cli(ctx: click.Context, config: Path | None, output: str) -> None:
+    """paxmr: word count with MapReduce, results replicated by Multi-Paxos.
+
+    Talks to this node's services over their Unix sockets. File names are relative to the
+    node's data directory.
+    """
+    ctx.obj = Ctx(config, output)
+
+
+# --- the word-count job ------------------------------------------------------------------------
+
+
+def _progress_bar(total_hint: str) -> Callable[[int, int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+    state: dict[str, Any] = {}
+
+    def update(done: int, total: int) -> None:
+        bar = state.get("bar")
+        if bar is None:
+            bar = state["bar"] = click.progressbar(length=max(total, 1), label=total_hint,
+                                                   file=sys.stderr, show_pos=False)  # fmt: skip
+            bar.render_progress()
+        bar.update(done - bar.pos)
+        if done >= total:
+            bar.render_finish()
+
+    return update
+
+
+@cli.command("map")
+@click.argument("file")
+@pass_ctx
+def map_cmd(c: Ctx, file: str) -> None:
+    """Count FILE's words: one whitespace-aligned byte range per mapper, in parallel."""
+    result = jobs.run_map(c.settings, file, _progress_bar(f"map {file}"))
+    c.emit(result, lambda r: f"mapped {r['bytes']} bytes in {r['seconds']} s -> "
+                             + " ".join(r["outputs"]))  # fmt: skip
+
+
+@cli.command("reduce")
+@click.argument("files", nargs=-1, required=True)
+@pass_ctx
+def reduce_cmd(c: Ctx, files: tuple[str, ...]) -> None:
+    """Merge intermediate tallies F_I_1 F_I_2 ... into F_reduced."""
+    result = jobs.run_reduce(c.settings, list(files))
+    c.emit(result, lambda r: f"reduced -> {r['output']} ({r['distinct']} distinct words)")
+
+
+@cli.command("run")
+@click.argument("file")
+@pass_ctx
+def run_cmd(c: Ctx, file: str) -> None:
+    """Map then reduce FILE."""
+    mapped = jobs.run_map(c.settings, file, _progress_bar(f"map {file}"))
+    reduced = jobs.run_reduce(c.settings, mapped["outputs"])
+    result = {"file": file, "map": mapped, "reduce": reduced}
+    c.emit(
+        result,
+        lambda r: (
+            f"{file}: {r['map']['bytes']} bytes, "
+            f"{r['reduce']['distinct']} distinct words -> {r['reduce']['output']}"
+        ),
+    )
+
+
+@cli.command("status")
+@pass_ctx
+def status_cmd(c: Ctx) -> None:
+    """Which of this node's services answer on their sockets."""
+    s = c.settings
+    sockets = {f"mapper-{i}": s.mapper_socket(i) for i in range(1, s.mappers + 1)}
+    sockets["reducer"] = s.reducer_socket
+    services: dict[str, str] = {}
+    for name, path in sockets.items():
+        try:
+            control.call(path, "status", timeout=5.0)
+            services[name] = "up"
+        except control.ServiceDown:
+            services[name] = "down"
+        except control.PermissionDenied:
+            services[name] = "denied"
+    result = {"node": s.node_id, "services": services}
+    c.emit(result, lambda r: f"node {r['node']}\n" + "\n".join(
+        f"  {name:<10} {state}" for name, state in r["services"].items()))  # fmt: skip
+
+
+@cli.command("shell")
+@click.pass_context
+def shell_cmd(ctx: click.Context) -> None:
+    """An interactive console for this node: type a command without 'paxmr', 'help', or 'exit'."""
+    c: Ctx = ctx.obj
+    prefix = (["-c", str(c.config)] if c.config else []) + ["-o", c.output]
+    interactive = sys.stdin.isatty()
+    while True:
+        try:
+            line = input(f"paxmr[{c.settings.node_id}]> " if interactive else "")
+        except EOFError:
+            return
+        try:
+            words = shlex.split(line)
+        except ValueError as exc:
+            click.echo(f"error: {exc}", err=True)
+            continue
+        if not words:
+            continue
+        if words[0] in ("exit", "quit"):
+            return
+        if words[0] == "help":
+            words = [*words[1:], "--help"]
+        if words[0] in ("shell", "local", "serve"):
+            click.echo(f"error: '{words[0]}' is not available inside the shell", err=True)
+            continue
+        _run(prefix + words)
+
+
+# --- services ----------------------------------------------------------------------------------
+
+
+@cli.group()
+def serve() -> None:
+    """Run one of this node's services in the foreground (systemd does this)."""
+
+
+@serve.command("mapper")
+@click.option("--id", "mapper_id", type=click.IntRange(1, 64), required=True, help="Mapper number.")
+@pass_ctx
+def serve_mapper(c: Ctx, mapper_id: int) -> None:
+    """Count words of byte ranges on request; writes F_I_<id>."""
+    from paxmr.services import mapper  # noqa: PLC0415 - only the daemon needs it
+
+    logs.configure(f"mapper-{mapper_id}", c.settings.node_id)
+    asyncio.run(mapper.main(c.settings, mapper_id))
+
+
+@serve.command("reducer")
+@pass_ctx
+def serve_reducer(c: Ctx) -> None:
+    """Merge intermediate tallies on request; writes F_reduced."""
+    from paxmr.services import reducer  # noqa: PLC0415 - only the daemon needs it
+
+    logs.configure("reducer", c.settings.node_id)
+    asyncio.run(reducer.main(c.settings))
+
+
+# --- local cluster, corpus, benchmarks -----------------------------------------------------------
+
+
+@cli.group("local")
+def local_group() -> None:
+    """A whole cluster on this machine, as background processes (no systemd needed)."""
+
+
+_DIR = click.option(
+    "--dir",
+    "root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path(".local-cluster"),
+    show_default=True,
+    help="Cluster directory.",
+)
+
+
+@local_group.command("up")
+@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--mappers", type=click.IntRange(1, 64), default=2, show_default=True)
+@_DIR
+@pass_ctx
+def local_up(c: Ctx, nodes: int, mappers: int, root: Path) -> None:
+    """Start every node's services; prints how to address each node."""
+    configs = local.up(root.resolve(), nodes, mappers)
+    result = {"dir": str(root.resolve()), "configs": [str(p) for p in configs]}
+    c.emit(result, lambda r: f"{len(configs)} nodes up in {r['dir']}\n" + "\n".join(
+        f"  node {i}: paxmr -c {p} status" for i, p in enumerate(r["configs"], 1)))  # fmt: skip
+
+
+@local_group.command("down")
+@_DIR
+@pass_ctx
+def local_down(c: Ctx, root: Path) -> None:
+    """Stop every service of the local cluster."""
+    stopped = local.down(root.resolve())
+    c.emit({"stopped": stopped}, lambda r: f"stopped {r['stopped']} services")
+
+
+@local_group.command("status")
+@_DIR
+@pass_ctx
+def local_status(c: Ctx, root: Path) -> None:
+    """Every service of the local cluster: pid, running, answering its socket."""
+    rows = local.status(root.resolve())
+    c.emit(rows, lambda rs: "\n".join(
+        f"n{r['node']} {r['name']:<10} pid {r['pid']:<8} "
+        f"{'answering' if r['answering'] else 'running' if r['running'] else 'dead'}" for r in rs
+    ) or f"no local cluster in {root}")  # fmt: skip
+
+
+@cli.command("gen-corpus")
+@click.option("--size", type=Size(), required=True, help="Bytes to write, e.g. 64MiB.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.argument("out", type=click.Path(path_type=Path, dir_okay=False))
+@pass_ctx
+def gen_corpus(c: Ctx, size: int, seed: int, out: Path) -> None:
+    """Write SIZE bytes of Zipf-distributed text (with some multi-byte words) to OUT."""
+    from paxmr.wordcount import corpus  # noqa: PLC0415
+
+    written = corpus.generate(out, size, seed)
+    c.emit({"file": str(out), "bytes": written, "seed": seed},
+           lambda r: f"wrote {r['bytes']} bytes to {r['file']}")  # fmt: skip
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks that print figures against a baseline measured in the same run."""
+
+
+@bench.command("wordcount")
+@click.option("--size", type=Size(), default="256MiB", show_default=True)
+@click.option("--file", "file", type=click.Path(path_type=Path, dir_okay=False, exists=True),
+              help="Use this text instead of a generated one.")  # fmt: skip
+@click.option("--mappers", type=click.IntRange(1, 64), default=2, show_default=True)
+@pass_ctx
+def bench_wordcount(c: Ctx, size: int, file: Path | None, mappers: int) -> None:
+    """map + reduce through one local node's services vs. one Counter process."""
+    from paxmr.bench import wordcount  # noqa: PLC0415
+
+    result = wordcount.run(size, file, mappers)
+    c.emit(result, lambda r: "\n".join(f"{k:>20}: {v}" for k, v in r.items()))
+
+
+# --- entry point ---------------------------------------------------------------------------------
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"paxmr: {message}", err=True)
+    raise SystemExit(code)
+
+
+def _run(argv: list[str] | None = None) -> int:
+    """Run one command line; returns the exit code (the shell keeps going after errors)."""
+    try:
+        cli.main(argv, prog_name="paxmr", standalone_mode=False)
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return EXIT_ERROR
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except ConfigError as exc:
+        click.echo(f"paxmr: config: {exc}", err=True)
+        return EXIT_ERROR
+    except control.ServiceDown as exc:
+        click.echo(f"paxmr: {exc}", err=True)
+        return EXIT_DOWN
+    except control.PermissionDenied as exc:
+        click.echo(f"paxmr: {exc}", err=True)
+        return EXIT_DENIED
+    except control.RemoteError as exc:
+        click.echo(f"paxmr: {exc} [{exc.code}]", err=True)
+        return EXIT_NO_QUORUM if exc.code == "no_quorum" else EXIT_ERROR
+    except paths.PathRefused as exc:
+        click.echo(f"paxmr: {exc}", err=True)
+        return EXIT_ERROR
+    except (RuntimeError, OSError) as exc:
+        click.echo(f"paxmr: {exc}", err=True)
+        return EXIT_ERROR
+    return 0
+
+
+def main() -> None:
+    raise SystemExit(_run())

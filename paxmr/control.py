@@ -1,0 +1,195 @@
+"""The control protocol: JSON Lines over a Unix socket, shared by every service and the CLI.
+
+Request ``{"op": NAME, "args": {...}}``; reply ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": {"code": ..., "message": ...}}``. A long operation may first send any
+number of ``{"progress": {...}}`` lines. One connection may carry many requests, one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import json
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from paxmr import logs
+from paxmr.paths import PathRefused
+
+Progress = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+class Args(BaseModel):
+    """Base for an operation's arguments: unknown keys are an error, like everywhere else."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoArgs(Args):
+    pass
+
+
+class ControlError(Exception):
+    """An error reply: a stable machine-readable code and a message for people."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Op:
+    args: type[Args]
+    run: Callable[[Any, Progress], Awaitable[Any]]
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def _error(code: str, message: str) -> bytes:
+    return _line({"ok": False, "error": {"code": code, "message": message}})
+
+
+class Server:
+    """Serves a table of operations on a listening Unix socket."""
+
+    def __init__(self, ops: dict[str, Op], *, line_limit: int) -> None:
+        self.ops = ops
+        self.line_limit = line_limit
+        self.log = logs.get()
+
+    async def start(self, sock: socket.socket) -> asyncio.Server:
+        return await asyncio.start_unix_server(self._client, sock=sock, limit=self.line_limit)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                try:
+                    raw = await reader.readline()
+                except ValueError:  # the line outgrew the limit; the stream cannot resync
+                    writer.write(_error("too_large", f"request over {self.line_limit} bytes"))
+                    await writer.drain()
+                    return
+                if not raw:
+                    return
+                writer.write(await self._answer(raw, writer))
+                await writer.drain()
+        except (ConnectionError, BrokenPipeError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(ConnectionError, BrokenPipeError):
+                await writer.wait_closed()
+
+    async def _answer(self, raw: bytes, writer: asyncio.StreamWriter) -> bytes:
+        try:
+            request = json.loads(raw)
+        except ValueError:
+            return _error("bad_request", "request is not JSON")
+        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+            return _error("bad_request", 'request must be an object with a string "op"')
+        name = request["op"]
+        op = self.ops.get(name)
+        if op is None:
+            return _error(
+                "unknown_op", f"unknown op {name!r}; known: {', '.join(sorted(self.ops))}"
+            )
+        try:
+            args = op.args.model_validate(request.get("args") or {})
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'args'}: {e['msg']}" for e in exc.errors()
+            )
+            return _error("bad_args", f"{name}: {problems}")
+
+        async def progress(info: dict[str, Any]) -> None:
+            writer.write(_line({"progress": info}))
+            await writer.drain()
+
+        try:
+            result = await op.run(args, progress)
+        except ControlError as exc:
+            return _error(exc.code, exc.message)
+        except PathRefused as exc:
+            return _error("path_refused", str(exc))
+        except FileNotFoundError as exc:
+            return _error("not_found", f"no such file: {exc.filename}")
+        except Exception:
+            self.log.exception("op_failed", op=name)
+            return _error("internal", f"{name} failed unexpectedly; see the service's log")
+        return _line({"ok": True, "result": result})
+
+
+# --- client --------------------------------------------------------------------------------------
+
+
+class ServiceDown(Exception):
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"service not running: nothing listens on {path}")
+
+
+class PermissionDenied(Exception):
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"permission denied on {path} (are you in the paxmr-admin group?)")
+
+
+class RemoteError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+@contextlib.contextmanager
+def _connect(path: Path, timeout: float | None) -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError) as exc:
+        sock.close()
+        raise ServiceDown(path) from exc
+    except PermissionError as exc:
+        sock.close()
+        raise PermissionDenied(path) from exc
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+            raise ServiceDown(path) from exc
+        raise
+    with sock:
+        yield sock
+
+
+def call(
+    path: Path,
+    op: str,
+    args: dict[str, Any] | None = None,
+    *,
+    timeout: float | None = 30.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> Any:
+    """One request, one result; progress lines go to ``on_progress`` as they arrive."""
+    with _connect(path, timeout) as sock:
+        sock.sendall(_line({"op": op, "args": args or {}}))
+        stream = sock.makefile("rb")
+        while True:
+            raw = stream.readline()
+            if not raw:
+                raise RemoteError("disconnected", f"{path} closed the connection without a reply")
+            reply = json.loads(raw)
+            if "progress" in reply:
+                if on_progress is not None:
+                    on_progress(reply["progress"])
+                continue
+            if reply.get("ok"):
+                return reply.get("result")
+            error = reply.get("error") or {}
+            raise RemoteError(str(error.get("code", "error")), str(error.get("message", reply)))

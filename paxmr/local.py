@@ -1,0 +1,181 @@
+"""A whole cluster on this machine: every node's services as background processes.
+
+Layout under DIR: ``cluster.key``, ``cluster.json`` (what runs) and per node ``nK/paxmr.toml``,
+``nK/data``, ``nK/state``, ``nK/run`` (sockets) and ``nK/logs/<service>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from paxmr import control
+from paxmr.settings import Settings
+from paxmr.settings import load as load_settings
+
+STATE = "cluster.json"
+
+
+@dataclass(frozen=True)
+class Service:
+    node: int
+    name: str
+    pid: int
+    socket: str
+
+
+def _free_ports(count: int) -> list[int]:
+    socks = [socket.socket() for _ in range(count)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def config_path(root: Path, node: int) -> Path:
+    return root / f"n{node}" / "paxmr.toml"
+
+
+def _write_config(root: Path, node: int, ports: list[int], mappers: int) -> Path:
+    home = root / f"n{node}"
+    for sub in ("data", "state", "run", "logs"):
+        (home / sub).mkdir(parents=True, exist_ok=True)
+    members = "".join(
+        f'\n[[nodes]]\nid = {i}\nhost = "127.0.0.1"\nport = {port}\n'
+        for i, port in enumerate(ports, start=1)
+    )
+    path = config_path(root, node)
+    path.write_text(
+        f"node_id = {node}\n"
+        f"mappers = {mappers}\n"
+        f'data_dir = "{home / "data"}"\n'
+        f'state_dir = "{home / "state"}"\n'
+        f'runtime_dir = "{home / "run"}"\n'
+        f'key_file = "{root / "cluster.key"}"\n{members}'
+    )
+    return path
+
+
+def _argvs(settings: Settings) -> list[tuple[str, list[str], Path]]:
+    base = [sys.executable, "-m", "paxmr"]
+    jobs = [
+        (f"mapper-{i}", [*base, "serve", "mapper", "--id", str(i)], settings.mapper_socket(i))
+        for i in range(1, settings.mappers + 1)
+    ]
+    jobs.append(("reducer", [*base, "serve", "reducer"], settings.reducer_socket))
+    return jobs
+
+
+def wait_ready(path: Path, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            control.call(path, "status", timeout=2.0)
+        except (control.ServiceDown, OSError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+        else:
+            return
+
+
+def load_state(root: Path) -> list[Service]:
+    path = root / STATE
+    if not path.is_file():
+        return []
+    return [Service(**s) for s in json.loads(path.read_text())["services"]]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
+    """Start every node; refuses when a cluster already runs in ``root``."""
+    if any(_alive(s.pid) for s in load_state(root)):
+        raise RuntimeError(f"a local cluster already runs in {root}; `paxmr local down` first")
+    root.mkdir(parents=True, exist_ok=True)
+    key = root / "cluster.key"
+    if not key.exists():
+        key.write_text(secrets.token_hex(32) + "\n")
+        key.chmod(0o600)
+    ports = _free_ports(nodes)
+    configs = [_write_config(root, n, ports, mappers) for n in range(1, nodes + 1)]
+    services: list[Service] = []
+    try:
+        for node, cfg in enumerate(configs, start=1):
+            settings = load_settings(cfg)
+            for name, argv, sock in _argvs(settings):
+                log = (root / f"n{node}" / "logs" / f"{name}.log").open("ab")
+                proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+                    [*argv[:3], "-c", str(cfg), *argv[3:]],
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                log.close()
+                services.append(Service(node, name, proc.pid, str(sock)))
+        _save(root, services)
+        for s in services:
+            wait_ready(Path(s.socket))
+    except BaseException:
+        down(root)
+        raise
+    return configs
+
+
+def _save(root: Path, services: list[Service]) -> None:
+    (root / STATE).write_text(json.dumps({"services": [asdict(s) for s in services]}, indent=1))
+
+
+def down(root: Path, timeout: float = 10.0) -> int:
+    """SIGTERM every service, SIGKILL what has not exited by ``timeout``; returns how many ran."""
+    running = [s for s in load_state(root) if _alive(s.pid)]
+    for s in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(s.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for s in running:
+        while _alive(s.pid) and time.monotonic() < deadline:
+            _reap(s.pid)
+            time.sleep(0.02)
+        if _alive(s.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(s.pid, signal.SIGKILL)
+    (root / STATE).unlink(missing_ok=True)
+    return len(running)
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # our own child when up and down run in one process
+
+
+def status(root: Path) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    for s in load_state(root):
+        alive = _alive(s.pid)
+        answering = False
+        if alive:
+            with contextlib.suppress(control.ServiceDown, control.RemoteError, OSError):
+                control.call(Path(s.socket), "status", timeout=2.0)
+                answering = True
+        rows.append({**asdict(s), "running": alive, "answering": answering})
+    return rows

@@ -1,0 +1,1 @@
+"""The asyncio daemons: mapper, reducer and PRM, each behind its control socket."""

@@ -1,0 +1,67 @@
+"""The mapper service: counts the words of one byte range and writes ``{F}_I_{id}``."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from paxmr import control, logs, paths
+from paxmr.services import daemon
+from paxmr.settings import Settings
+from paxmr.wordcount import count, tally
+
+PROGRESS_EVERY = 0.25  # seconds between progress lines
+
+
+class MapArgs(control.Args):
+    file: str
+    offset: int = Field(ge=0)
+    size: int = Field(ge=0)
+
+
+def intermediate_name(file: str, mapper_id: int) -> str:
+    return f"{file}_I_{mapper_id}"
+
+
+def _map(source: Path, out: Path, args: MapArgs, done: list[int]) -> int:
+    def progress(n: int) -> None:
+        done[0] = n
+
+    counts = count.count_range(source, args.offset, args.size, progress)
+    tally.write(out, counts.items())
+    return len(counts)
+
+
+def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
+    log = logs.get()
+
+    async def run_map(args: MapArgs, progress: control.Progress) -> dict[str, Any]:
+        source = paths.resolve(settings.data_dir, args.file)
+        out = paths.resolve(settings.data_dir, intermediate_name(args.file, mapper_id))
+        if not source.is_file():
+            raise control.ControlError(
+                "not_found", f"no such file in the data directory: {args.file}"
+            )
+        if args.offset + args.size > source.stat().st_size:
+            raise control.ControlError("bad_args", "offset + size is past the end of the file")
+        log.info("map_started", file=args.file, offset=args.offset, size=args.size)
+        done = [0]
+        job = asyncio.ensure_future(asyncio.to_thread(_map, source, out, args, done))
+        while not job.done():
+            await asyncio.wait([job], timeout=PROGRESS_EVERY)
+            await progress({"done": done[0], "total": args.size})
+        words = job.result()
+        log.info("map_finished", file=args.file, output=out.name, distinct=words)
+        return {"output": out.name, "distinct": words, "bytes": args.size}
+
+    async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
+        return {"role": "mapper", "id": mapper_id}
+
+    return {"map": control.Op(MapArgs, run_map), "status": control.Op(control.NoArgs, status)}
+
+
+async def main(settings: Settings, mapper_id: int) -> None:
+    await daemon.serve(settings, ops(settings, mapper_id), settings.mapper_socket(mapper_id))

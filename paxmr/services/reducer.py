@@ -1,0 +1,77 @@
+"""The reducer service: merges intermediate tallies ``{F}_I_{id}`` into ``{F}_reduced``."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from paxmr import control, logs, paths
+from paxmr.services import daemon
+from paxmr.settings import Settings
+from paxmr.wordcount import tally
+
+_INTERMEDIATE = re.compile(r"(?P<base>.+)_I_(?P<id>[0-9]+)")
+
+
+class ReduceArgs(control.Args):
+    files: list[str] = Field(min_length=1)
+
+
+def reduced_name(intermediates: list[str]) -> str:
+    """``a_b.txt_I_1, a_b.txt_I_2`` -> ``a_b.txt_reduced``: the suffix is taken off the right."""
+    bases = set()
+    for name in intermediates:
+        m = _INTERMEDIATE.fullmatch(name)
+        if m is None:
+            raise control.ControlError("bad_args", f"{name!r} is not an intermediate file (F_I_N)")
+        bases.add(m["base"])
+    if len(bases) != 1:
+        raise control.ControlError("bad_args", f"intermediates of different files: {sorted(bases)}")
+    return f"{bases.pop()}_reduced"
+
+
+def _reduce(inputs: list[Path], out: Path) -> int:
+    distinct = 0
+
+    def counted(items: Any) -> Any:
+        nonlocal distinct
+        for item in items:
+            distinct += 1
+            yield item
+
+    tally.write_sorted(out, counted(tally.merge(tally.iterate(p) for p in inputs)))
+    return distinct
+
+
+def ops(settings: Settings) -> dict[str, control.Op]:
+    log = logs.get()
+
+    async def run_reduce(args: ReduceArgs, _progress: control.Progress) -> dict[str, Any]:
+        name = reduced_name(args.files)
+        inputs = [paths.resolve(settings.data_dir, f) for f in args.files]
+        out = paths.resolve(settings.data_dir, name)
+        for f, p in zip(args.files, inputs, strict=True):
+            if not p.is_file():
+                raise control.ControlError("not_found", f"no such file in the data directory: {f}")
+        try:
+            distinct = await asyncio.to_thread(_reduce, inputs, out)
+        except tally.TallyError as exc:
+            raise control.ControlError("bad_tally", str(exc)) from exc
+        log.info("reduce_finished", inputs=args.files, output=name, distinct=distinct)
+        return {"output": name, "distinct": distinct}
+
+    async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
+        return {"role": "reducer"}
+
+    return {
+        "reduce": control.Op(ReduceArgs, run_reduce),
+        "status": control.Op(control.NoArgs, status),
+    }
+
+
+async def main(settings: Settings) -> None:
+    await daemon.serve(settings, ops(settings), settings.reducer_socket)
