@@ -533,6 +533,9 @@ class Testbed:
                 },
             )
         (hdir / "nspawn.pid").write_text(f"{proc.pid}\n")
+        # Until the shell has exec'd nspawn the PID does not look like this host's nspawn yet.
+        if not _wait_until(lambda: self.is_running(host) or proc.poll() is not None, 10, 0.01):
+            raise TestbedError(f"{host}: nspawn did not start\n{self._console_tail(host)}")
         log.info("%s: started (nspawn pid %d)", host, proc.pid)
 
     def _nspawn_pid(self, host: str) -> int | None:

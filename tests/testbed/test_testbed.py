@@ -1,0 +1,91 @@
+"""The test hosts themselves: real systemd machines, their network, and the faults they inject."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from testbed.testbed import Testbed
+
+pytestmark = pytest.mark.deploy
+
+
+def _pings(bed: Testbed, src: str, dst: str) -> bool:
+    return bed.run(src, f"ping -c1 -W1 {bed.address(dst)}", check=False).returncode == 0
+
+
+def test_hosts_and_addresses(testbed: Testbed) -> None:
+    assert testbed.hosts == ["paxmr1", "paxmr2", "paxmr3"]
+    assert [testbed.address(h) for h in testbed.hosts] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
+    assert testbed.ssh_config.read_text().count("ControlPersist 60s") == 3
+
+
+def test_up_is_idempotent(testbed: Testbed) -> None:
+    before = {row["host"]: row["pid"] for row in testbed.status()}
+    testbed.up()
+    after = {row["host"]: row["pid"] for row in testbed.status()}
+    assert before == after
+    assert all(pid for pid in after.values())
+
+
+@pytest.mark.parametrize("host", ["paxmr1", "paxmr2", "paxmr3"])
+def test_host_boots_systemd(testbed: Testbed, host: str) -> None:
+    out = testbed.run(host, "hostname; ps -o comm= -p 1; systemctl is-system-running", check=False)
+    name, init, state = out.stdout.split()
+    assert (name, init) == (host, "systemd")
+    assert state in {"running", "degraded"}, testbed.run(host, "systemctl --failed").stdout
+    assert testbed.run(host, "sudo -n id -u").stdout.strip() == "0"
+
+
+def test_each_host_reaches_its_peers(testbed: Testbed) -> None:
+    for src in testbed.hosts:
+        for dst in testbed.hosts:
+            assert _pings(testbed, src, dst), f"{src} -> {dst}"
+
+
+def test_hosts_reach_nothing_beyond_the_bridge(testbed: Testbed) -> None:
+    out = testbed.run("paxmr1", "ip -4 route get 192.0.2.99; ping -c1 -W1 192.0.2.99", check=False)
+    assert out.returncode != 0
+
+
+def test_cut_isolates_host_from_peers_but_not_controller(testbed: Testbed) -> None:
+    try:
+        testbed.cut("paxmr3")
+        assert testbed.cut_from("paxmr3") == ["paxmr1", "paxmr2"]
+        assert not _pings(testbed, "paxmr3", "paxmr1")
+        assert not _pings(testbed, "paxmr2", "paxmr3")
+        assert _pings(testbed, "paxmr1", "paxmr2")
+        assert testbed.run("paxmr3", "true").returncode == 0
+    finally:
+        testbed.heal("paxmr3")
+    assert testbed.cut_from("paxmr3") == []
+    assert _pings(testbed, "paxmr3", "paxmr1")
+    assert _pings(testbed, "paxmr2", "paxmr3")
+
+
+def test_crash_keeps_synced_writes_and_boot_restarts(testbed: Testbed) -> None:
+    token = uuid.uuid4().hex
+    testbed.run("paxmr2", f"echo {token} > ~/crash-token && sync")
+    boots = len(testbed.run("paxmr2", "sudo journalctl --list-boots -q").stdout.splitlines())
+    try:
+        testbed.crash("paxmr2")
+        assert not testbed.is_running("paxmr2")
+    finally:
+        testbed.boot("paxmr2")
+    assert testbed.run("paxmr2", "cat ~/crash-token").stdout.strip() == token
+    # The crashed boot stays in the journal: the disk is the same one.
+    after = len(testbed.run("paxmr2", "sudo journalctl --list-boots -q").stdout.splitlines())
+    assert after == boots + 1
+
+
+def test_stop_powers_off_cleanly_and_boot_restarts(testbed: Testbed) -> None:
+    try:
+        testbed.stop("paxmr1")
+        assert not testbed.is_running("paxmr1")
+        assert testbed.status()[0]["pid"] is None
+    finally:
+        testbed.boot("paxmr1")
+    assert testbed.is_running("paxmr1")
+    state = testbed.run("paxmr1", "systemctl is-system-running", check=False).stdout.strip()
+    assert state in {"running", "degraded"}
