@@ -249,23 +249,15 @@ class Testbed:
     def down(self, purge: bool = False) -> None:
         """Remove hosts, disks, network and ssh config; `purge` also drops the cached base."""
         for host in self.hosts:
-            if self.is_running(host):
-                self.stop(host)
-            root = self._host_dir(host) / "root"
-            if root.is_mount():
-                _sh("umount", str(root))
-            shutil.rmtree(self._host_dir(host), ignore_errors=True)
-            for group in self._cgroup_dirs(host):
-                _remove_cgroup(group)
+            self.stop(host)
+            self._remove_disk(host)
         for group in self._cgroup_dirs(None):
             _remove_cgroup(group)
         with contextlib.suppress(FileNotFoundError):
             self.state_dir.joinpath("hosts").rmdir()
-        if shutil.which("nft"):
-            for family in ("bridge", "inet"):
-                _sh("nft", "delete", "table", family, NFT_TABLE, check=False)
-        if Path(f"/sys/class/net/{BRIDGE}").exists():
-            _sh("ip", "link", "delete", BRIDGE)
+        if self._base_dir().parent.is_dir():
+            self._drop_unused_bases()
+        self._remove_network()
         self.ssh_config.unlink(missing_ok=True)
         shutil.rmtree(CONTROL_DIR, ignore_errors=True)
         if purge:
@@ -393,7 +385,7 @@ class Testbed:
         if (base / ".complete").exists():
             return base
         tmp = base.with_name(base.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
+        _discard_partial(tmp)
         tmp.mkdir(parents=True)
         start = time.monotonic()
         mirror = _debian_mirror()
@@ -471,6 +463,14 @@ class Testbed:
         if new:
             self._personalize(host, root)
             (hdir / "base").write_text(base.name + "\n")
+
+    def _remove_disk(self, host: str) -> None:
+        root = self._host_dir(host) / "root"
+        if root.is_mount():
+            _sh("umount", str(root))
+        shutil.rmtree(self._host_dir(host), ignore_errors=True)
+        for group in self._cgroup_dirs(host):
+            _remove_cgroup(group)
 
     def _personalize(self, host: str, root: Path) -> None:
         (root / "etc/hostname").write_text(host + "\n")
@@ -613,6 +613,14 @@ table inet {NFT_TABLE} {{
 """,
             )
 
+    @staticmethod
+    def _remove_network() -> None:
+        if shutil.which("nft"):
+            for family in ("bridge", "inet"):
+                _sh("nft", "delete", "table", family, NFT_TABLE, check=False)
+        if Path(f"/sys/class/net/{BRIDGE}").exists():
+            _sh("ip", "link", "delete", BRIDGE)
+
     def _cut_pairs(self) -> set[tuple[str, str]]:
         out = _sh("nft", "-j", "list", "set", "bridge", NFT_TABLE, "cut", check=False)
         if not out:
@@ -637,7 +645,8 @@ table inet {NFT_TABLE} {{
     def _write_ssh_config(self) -> None:
         CONTROL_DIR.mkdir(mode=0o700, exist_ok=True)
         entries = [
-            f"Host {host}\n"
+            # The address too: Ansible's inventory may connect by ansible_host, not by name.
+            f"Host {host} {self.address(host)}\n"
             f"    HostName {self.address(host)}\n"
             "    User deploy\n"
             f"    IdentityFile {self.key}\n"
@@ -677,6 +686,14 @@ table inet {NFT_TABLE} {{
                 check=False,
                 timeout=10,
             )
+
+
+def _discard_partial(tmp: Path) -> None:
+    """Remove an interrupted build: debootstrap may have left /proc, /sys mounted inside it."""
+    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+    for mount in sorted((m for m in mounts if m.startswith(f"{tmp}/")), reverse=True):
+        _sh("umount", "--lazy", mount, check=False)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _remove_cgroup(group: Path) -> None:
