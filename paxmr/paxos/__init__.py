@@ -1,0 +1,34 @@
+"""The Multi-Paxos core, sans-IO: plain data in, plain data out (see node.py)."""
+
+from paxmr.paxos.ballot import ZERO, Ballot
+from paxmr.paxos.client import Committed, Refused, Reply, Request
+from paxmr.paxos.config import CoreConfig
+from paxmr.paxos.durable import DurableState, Persist
+from paxmr.paxos.log import GENESIS_DIGEST, NOOP, Entry, LogEntry, chain_digest
+from paxmr.paxos.messages import BadMessage, Message, from_wire, to_wire
+from paxmr.paxos.node import Node
+from paxmr.paxos.ready import NodeStatus, Ready
+
+__all__ = [
+    "GENESIS_DIGEST",
+    "NOOP",
+    "ZERO",
+    "BadMessage",
+    "Ballot",
+    "Committed",
+    "CoreConfig",
+    "DurableState",
+    "Entry",
+    "LogEntry",
+    "Message",
+    "Node",
+    "NodeStatus",
+    "Persist",
+    "Ready",
+    "Refused",
+    "Reply",
+    "Request",
+    "chain_digest",
+    "from_wire",
+    "to_wire",
+]

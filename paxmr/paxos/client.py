@@ -1,0 +1,33 @@
+"""What a local client asks of the core and what it gets back."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    request_id: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """The request is applied: `position` among applied requests (what `print` shows), `slot`."""
+
+    position: int
+    slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """Codes: stopped, too_large, invalid, busy (flow control), timeout, no_quorum."""
+
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: str
+    outcome: Committed | Refused

@@ -1,0 +1,25 @@
+"""Tunables of the core. Times are seconds on whatever clock the driver passes in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class CoreConfig:
+    heartbeat_interval: float = 0.05
+    election_timeout_min: float = 0.3
+    election_timeout_max: float = 0.6
+    # A failed campaign doubles the next election timeout, up to this factor.
+    max_backoff: float = 8.0
+    max_value_bytes: int = 4 * 1024 * 1024
+    # Slots a leader may have proposed but not yet applied; also bounds a node's pending requests.
+    max_in_flight: int = 1024
+    catchup_batch: int = 256
+    request_timeout: float = 5.0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat_interval < self.election_timeout_min <= self.election_timeout_max:
+            raise ValueError("need 0 < heartbeat_interval < election_timeout_min <= max")
+        if self.max_backoff < 1 or self.max_in_flight < 1 or self.catchup_batch < 1:
+            raise ValueError("max_backoff, max_in_flight and catchup_batch must be >= 1")

@@ -1,0 +1,64 @@
+"""The state a node keeps on disk, and the changes it asks the driver to make durable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from paxmr.paxos.ballot import ZERO, Ballot
+from paxmr.paxos.log import Entry, LogEntry
+
+
+@dataclass
+class DurableState:
+    """What a node is constructed from. `voting` is False for a node whose storage was lost: it
+    may not promise or accept until it has fenced older ballots and caught up to `recover_until`
+    (see acceptor.py)."""
+
+    promised: Ballot = ZERO
+    used_round: int = 0
+    accepted: dict[int, tuple[Ballot, Entry]] = field(default_factory=dict)
+    log: list[LogEntry] = field(default_factory=list)
+    voting: bool = True
+    recover_until: int | None = None
+
+
+@dataclass
+class Persist:
+    """Changes since the last Ready. The driver commits them in one transaction (one fsync)
+    before it sends any message or reply of the same Ready. Accepted rows for slots below the
+    new log length may be dropped: those slots are chosen."""
+
+    promised: Ballot | None = None
+    used_round: int | None = None
+    accepted: dict[int, tuple[Ballot, Entry]] = field(default_factory=dict)
+    log: list[LogEntry] = field(default_factory=list)
+    voting: bool | None = None
+    recover_until: int | None = None
+
+    def __bool__(self) -> bool:
+        return (
+            self.promised is not None
+            or self.used_round is not None
+            or bool(self.accepted)
+            or bool(self.log)
+            or self.voting is not None
+            or self.recover_until is not None
+        )
+
+    def apply_to(self, state: DurableState) -> None:
+        """What committing this does; storage back-ends and tests share this meaning."""
+        if self.promised is not None:
+            state.promised = self.promised
+        if self.used_round is not None:
+            state.used_round = self.used_round
+        state.accepted.update(self.accepted)
+        if self.log:
+            if self.log[0].slot != len(state.log):
+                raise ValueError("log entries must extend the stored log contiguously")
+            state.log.extend(self.log)
+            end = len(state.log)
+            state.accepted = {s: v for s, v in state.accepted.items() if s >= end}
+        if self.voting is not None:
+            state.voting = self.voting
+        if self.recover_until is not None:
+            state.recover_until = self.recover_until

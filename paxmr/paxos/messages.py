@@ -1,0 +1,293 @@
+"""Peer messages and their wire form.
+
+`to_wire` gives plain str/int/bytes/bool/list/dict so msgpack can carry it; `from_wire` treats its
+input as untrusted and raises `BadMessage` for anything that is not exactly a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from paxmr.paxos.ballot import Ballot
+from paxmr.paxos.log import Entry
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+MAX_SLOT = 2**62
+MAX_BATCH = 100_000
+
+
+class BadMessage(ValueError):
+    """A peer sent something that is not a well-formed message."""
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptedValue:
+    slot: int
+    ballot: Ballot
+    entry: Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Prepare:
+    """Phase 1a for every slot from `from_slot` on."""
+
+    ballot: Ballot
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class Promise:
+    """Phase 1b: the acceptor's accepted values from `from_slot` on and its applied length."""
+
+    ballot: Ballot
+    accepted: tuple[AcceptedValue, ...]
+    chosen_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Nack:
+    """`ballot` was refused because the acceptor promised `promised`."""
+
+    ballot: Ballot
+    promised: Ballot
+    chosen_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accept:
+    """Phase 2a for a batch of slots; empty `entries` is a heartbeat. `chosen` is the leader's
+    applied length: the chosen notification piggybacks on every accept."""
+
+    ballot: Ballot
+    entries: tuple[tuple[int, Entry], ...]
+    chosen: int
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """Phase 2b for the listed slots (possibly none: a heartbeat answer)."""
+
+    ballot: Ballot
+    slots: tuple[int, ...]
+    chosen_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """A follower passes a client's replicate to the leader it knows."""
+
+    request_id: str
+    value: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """The leader refuses a forwarded replicate (flow control)."""
+
+    request_id: str
+    code: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupRequest:
+    from_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupReply:
+    """Chosen entries from `from_slot` on, in slot order, and the sender's applied length."""
+
+    from_slot: int
+    entries: tuple[Entry, ...]
+    chosen_len: int
+
+
+Message = (
+    Prepare | Promise | Nack | Accept | Accepted | Forward | Refuse | CatchupRequest | CatchupReply
+)
+
+
+def _ballot(b: Ballot) -> list[int]:
+    return [b.round, b.node]
+
+
+def _entry(e: Entry) -> list[Any]:
+    return [e.request_id, e.value]
+
+
+def to_wire(msg: Message) -> dict[str, Any]:
+    match msg:
+        case Prepare():
+            return {"k": "prepare", "b": _ballot(msg.ballot), "from": msg.from_slot}
+        case Promise():
+            acc = [[a.slot, _ballot(a.ballot), _entry(a.entry)] for a in msg.accepted]
+            return {"k": "promise", "b": _ballot(msg.ballot), "acc": acc, "len": msg.chosen_len}
+        case Nack():
+            return {
+                "k": "nack",
+                "b": _ballot(msg.ballot),
+                "p": _ballot(msg.promised),
+                "len": msg.chosen_len,
+            }
+        case Accept():
+            entries = [[s, _entry(e)] for s, e in msg.entries]
+            return {"k": "accept", "b": _ballot(msg.ballot), "e": entries, "c": msg.chosen}
+        case Accepted():
+            return {
+                "k": "accepted",
+                "b": _ballot(msg.ballot),
+                "s": list(msg.slots),
+                "len": msg.chosen_len,
+            }
+        case Forward():
+            return {"k": "forward", "id": msg.request_id, "v": msg.value}
+        case Refuse():
+            return {"k": "refuse", "id": msg.request_id, "code": msg.code, "why": msg.reason}
+        case CatchupRequest():
+            return {"k": "catchup", "from": msg.from_slot}
+        case CatchupReply():
+            entries_ = [_entry(e) for e in msg.entries]
+            return {"k": "entries", "from": msg.from_slot, "e": entries_, "len": msg.chosen_len}
+
+
+def _field(obj: dict[Any, Any], key: str) -> Any:
+    if key not in obj:
+        raise BadMessage(f"missing field {key!r}")
+    return obj[key]
+
+
+def _as_int(value: Any, what: str) -> int:
+    # bool is an int subclass; a peer sending true for a slot is malformed.
+    if type(value) is not int or not 0 <= value <= MAX_SLOT:
+        raise BadMessage(f"{what} must be an integer in [0, 2**62]")
+    return value
+
+
+def _as_str(value: Any, what: str) -> str:
+    if type(value) is not str:
+        raise BadMessage(f"{what} must be a string")
+    return value
+
+
+def _as_bytes(value: Any, what: str) -> bytes:
+    if type(value) is not bytes:
+        raise BadMessage(f"{what} must be bytes")
+    return value
+
+
+def _as_list(value: Any, what: str, length: int | None = None) -> list[Any]:
+    if type(value) is not list or len(value) > MAX_BATCH:
+        raise BadMessage(f"{what} must be a list of at most {MAX_BATCH} items")
+    if length is not None and len(value) != length:
+        raise BadMessage(f"{what} must have {length} items")
+    return value
+
+
+def _as_ballot(value: Any) -> Ballot:
+    items = _as_list(value, "ballot", 2)
+    return Ballot(_as_int(items[0], "ballot round"), _as_int(items[1], "ballot node"))
+
+
+def _as_entry(value: Any) -> Entry:
+    items = _as_list(value, "entry", 2)
+    return Entry(_as_str(items[0], "request id"), _as_bytes(items[1], "value"))
+
+
+def _slot_entry(value: Any) -> tuple[int, Entry]:
+    items = _as_list(value, "slot entry", 2)
+    return _as_int(items[0], "slot"), _as_entry(items[1])
+
+
+def _accepted_value(value: Any) -> AcceptedValue:
+    items = _as_list(value, "accepted value", 3)
+    return AcceptedValue(_as_int(items[0], "slot"), _as_ballot(items[1]), _as_entry(items[2]))
+
+
+def _prepare(f: dict[Any, Any]) -> Message:
+    return Prepare(_as_ballot(_field(f, "b")), _as_int(_field(f, "from"), "from"))
+
+
+def _promise(f: dict[Any, Any]) -> Message:
+    acc = _as_list(_field(f, "acc"), "accepted")
+    return Promise(
+        _as_ballot(_field(f, "b")),
+        tuple(_accepted_value(a) for a in acc),
+        _as_int(_field(f, "len"), "len"),
+    )
+
+
+def _nack(f: dict[Any, Any]) -> Message:
+    return Nack(
+        _as_ballot(_field(f, "b")), _as_ballot(_field(f, "p")), _as_int(_field(f, "len"), "len")
+    )
+
+
+def _accept(f: dict[Any, Any]) -> Message:
+    entries = _as_list(_field(f, "e"), "entries")
+    return Accept(
+        _as_ballot(_field(f, "b")),
+        tuple(_slot_entry(e) for e in entries),
+        _as_int(_field(f, "c"), "chosen"),
+    )
+
+
+def _accepted(f: dict[Any, Any]) -> Message:
+    slots = _as_list(_field(f, "s"), "slots")
+    return Accepted(
+        _as_ballot(_field(f, "b")),
+        tuple(_as_int(s, "slot") for s in slots),
+        _as_int(_field(f, "len"), "len"),
+    )
+
+
+def _forward(f: dict[Any, Any]) -> Message:
+    return Forward(_as_str(_field(f, "id"), "id"), _as_bytes(_field(f, "v"), "value"))
+
+
+def _refuse(f: dict[Any, Any]) -> Message:
+    return Refuse(
+        _as_str(_field(f, "id"), "id"),
+        _as_str(_field(f, "code"), "code"),
+        _as_str(_field(f, "why"), "reason"),
+    )
+
+
+def _catchup(f: dict[Any, Any]) -> Message:
+    return CatchupRequest(_as_int(_field(f, "from"), "from"))
+
+
+def _entries(f: dict[Any, Any]) -> Message:
+    entries = _as_list(_field(f, "e"), "entries")
+    return CatchupReply(
+        _as_int(_field(f, "from"), "from"),
+        tuple(_as_entry(e) for e in entries),
+        _as_int(_field(f, "len"), "len"),
+    )
+
+
+_DECODERS: dict[str, Callable[[dict[Any, Any]], Message]] = {
+    "prepare": _prepare,
+    "promise": _promise,
+    "nack": _nack,
+    "accept": _accept,
+    "accepted": _accepted,
+    "forward": _forward,
+    "refuse": _refuse,
+    "catchup": _catchup,
+    "entries": _entries,
+}
+
+
+def from_wire(obj: Any) -> Message:
+    """Decode an untrusted wire object; raise BadMessage for anything malformed."""
+    if type(obj) is not dict:
+        raise BadMessage("a message must be a map")
+    kind = _field(obj, "k")
+    decoder = _DECODERS.get(kind) if type(kind) is str else None
+    if decoder is None:
+        raise BadMessage(f"unknown message kind {kind!r}")
+    return decoder(obj)

@@ -1,0 +1,468 @@
+"""One replica of the log: acceptor, proposer and learner behind a sans-IO interface.
+
+Inputs are method calls carrying the time (`submit`, `receive`, `on_timer`, `stop`, `resume`);
+outputs accumulate until the driver calls `ready()`. Nothing here touches a socket, a clock, a
+file or global randomness.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from paxmr.paxos.acceptor import Acceptor
+from paxmr.paxos.ballot import ZERO, Ballot
+from paxmr.paxos.client import Committed, Refused, Reply, Request
+from paxmr.paxos.leader import Proposal, plan_takeover
+from paxmr.paxos.log import AppliedLog, Entry
+from paxmr.paxos.messages import (
+    Accept,
+    Accepted,
+    CatchupReply,
+    CatchupRequest,
+    Forward,
+    Message,
+    Nack,
+    Prepare,
+    Promise,
+    Refuse,
+)
+from paxmr.paxos.ready import NodeStatus, Ready
+
+if TYPE_CHECKING:
+    import random
+    from collections.abc import Sequence
+
+    from paxmr.paxos.config import CoreConfig
+    from paxmr.paxos.durable import DurableState
+
+FOLLOWER = "follower"
+CANDIDATE = "candidate"
+LEADER = "leader"
+
+
+@dataclass(slots=True)
+class _Pending:
+    request: Request
+    deadline: float
+
+
+class Node:
+    def __init__(  # noqa: PLR0917 - the driver interface fixes this signature
+        self,
+        node_id: int,
+        members: Sequence[int],
+        durable: DurableState,
+        config: CoreConfig,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        ordered = tuple(sorted(set(members)))
+        if node_id not in ordered:
+            raise ValueError(f"node {node_id} is not among the members {ordered}")
+        self.id = node_id
+        self.peers = tuple(m for m in ordered if m != node_id)
+        self.quorum = len(ordered) // 2 + 1
+        self.config = config
+        self._rng = rng
+        self._now = now
+        self.acceptor = self._make_acceptor(durable)
+        self.log = AppliedLog(durable.log)
+        self._used_round = durable.used_round
+        self._seen_round = max(durable.used_round, durable.promised.round)
+        self.stopped = False
+        self.role = FOLLOWER
+        self.leader: int | None = None
+        self.ballot = ZERO  # this node's own ballot while candidate or leader
+        self._promises: dict[int, Promise] = {}
+        self._proposals: dict[int, Proposal] = {}
+        self._unsent: list[int] = []
+        self._next_slot = 0
+        self._proposed_ids: set[str] = set()
+        self._leader_since = now
+        self._sent_chosen = 0
+        self._pending: dict[str, _Pending] = {}
+        self._heard: dict[int, float] = {}
+        self._acked: dict[int, float] = {}
+        self._peer_len: dict[int, int] = {}
+        self._backoff = 1.0
+        self._election_at = now + self._election_timeout()
+        self._heartbeat_at = math.inf
+        self._retry_at = math.inf
+        self._catchup_at: float | None = None
+        self._out = Ready()
+
+    def _make_acceptor(self, durable: DurableState) -> Acceptor:
+        return Acceptor(durable)
+
+    # -- driver interface -------------------------------------------------------------------
+
+    def submit(self, request: Request, now: float) -> None:
+        self._now = now
+        rid = request.request_id
+        if self.stopped:
+            self._refuse(rid, "stopped", "this node is stopped")
+        elif not rid:
+            self._refuse(rid, "invalid", "the empty request id is reserved for no-ops")
+        elif len(request.value) > self.config.max_value_bytes:
+            self._refuse(rid, "too_large", f"value exceeds {self.config.max_value_bytes} bytes")
+        elif (applied := self.log.positions.get(rid)) is not None:
+            self._out.replies.append(Reply(rid, Committed(*applied)))
+        elif rid in self._pending:
+            return  # the reply to the first submit answers this one too
+        elif len(self._pending) >= self.config.max_in_flight or (
+            self.role == LEADER and self._in_flight() >= self.config.max_in_flight
+        ):
+            self._refuse(rid, "busy", f"{self.config.max_in_flight} requests already in flight")
+        else:
+            self._pending[rid] = _Pending(request, now + self.config.request_timeout)
+            self._retry_at = min(self._retry_at, now + self.config.heartbeat_interval)
+            self._route(request)
+
+    def receive(self, src: int, msg: Message, now: float) -> None:  # noqa: C901, PLR0912 - one case per kind
+        self._now = now
+        if self.stopped or src not in self.peers:
+            return
+        self._heard[src] = now
+        match msg:
+            case Prepare():
+                self._on_prepare(src, msg, now)
+            case Promise():
+                self._note_len(src, msg.chosen_len)
+                if self.role == CANDIDATE and msg.ballot == self.ballot:
+                    self._promises[src] = msg
+                    if len(self._promises) >= self.quorum:
+                        self._become_leader(now)
+            case Nack():
+                self._note_len(src, msg.chosen_len)
+                self._seen_round = max(self._seen_round, msg.promised.round)
+                if self.role != FOLLOWER and msg.ballot == self.ballot < msg.promised:
+                    self._step_down(now)
+            case Accept():
+                self._on_accept(src, msg, now)
+            case Accepted():
+                self._on_accepted(src, msg, now)
+            case Forward():
+                self._on_forward(src, msg)
+            case Refuse():
+                if self._pending.pop(msg.request_id, None) is not None:
+                    self._refuse(msg.request_id, msg.code, msg.reason)
+            case CatchupRequest():
+                batch = self.log.entries[msg.from_slot : msg.from_slot + self.config.catchup_batch]
+                entries = tuple(Entry(e.request_id, e.value) for e in batch)
+                self._send(src, CatchupReply(msg.from_slot, entries, self.log.length))
+            case CatchupReply():
+                self._note_len(src, msg.chosen_len)
+                for offset, entry in enumerate(msg.entries):
+                    self.log.learn(msg.from_slot + offset, entry)
+                self._apply()
+                self._catchup_at = None
+                self._catch_up(now, src)
+
+    def on_timer(self, now: float) -> None:
+        self._now = now
+        if self.stopped:
+            return
+        if self.role == LEADER:
+            if now >= self._heartbeat_at:
+                if self._has_quorum(now):
+                    self._heartbeat(now)
+                else:
+                    self._step_down(now)
+        elif now >= self._election_at:
+            self._campaign(now)
+        if self._pending and now >= self._retry_at:
+            self._retry_pending(now)
+        if self._catchup_at is not None and now >= self._catchup_at:
+            self._catchup_at = None
+            self._catch_up(now, None)
+
+    def next_deadline(self) -> float:
+        if self.stopped:
+            return math.inf
+        deadline = self._heartbeat_at if self.role == LEADER else self._election_at
+        if self._pending:
+            deadline = min(deadline, self._retry_at)
+        if self._catchup_at is not None:
+            deadline = min(deadline, self._catchup_at)
+        return deadline
+
+    def stop(self, now: float) -> None:
+        """The assignment's stop: behave as failed until resume."""
+        self._now = now
+        for rid in self._pending:
+            self._refuse(rid, "stopped", "this node was stopped")
+        self._pending.clear()
+        self._step_down(now)
+        self.leader = None
+        self._catchup_at = None
+        self.stopped = True
+
+    def resume(self, now: float) -> None:
+        self._now = now
+        self.stopped = False
+        self._backoff = 1.0
+        self._election_at = now + self._election_timeout()
+
+    def ready(self) -> Ready:
+        if self.role == LEADER and (self._unsent or self._sent_chosen != self.log.length):
+            # One accept per peer per Ready: the batch, with the chosen length piggybacked.
+            entries = tuple(
+                (s, self._proposals[s].entry) for s in self._unsent if s in self._proposals
+            )
+            for peer in self.peers:
+                self._send(peer, Accept(self.ballot, entries, self.log.length))
+            self._unsent.clear()
+            self._sent_chosen = self.log.length
+        out, self._out = self._out, Ready()
+        return out
+
+    def status(self) -> NodeStatus:
+        recent = self._now - self.config.election_timeout_max
+        return NodeStatus(
+            node=self.id,
+            role=self.role,
+            leader=self.leader,
+            promised=self.acceptor.promised,
+            stopped=self.stopped,
+            voting=self.acceptor.voting,
+            chosen=self.log.length,
+            applied=self.log.count,
+            in_flight=self._in_flight() if self.role == LEADER else 0,
+            pending=len(self._pending),
+            peers_heard=tuple(p for p in self.peers if self._heard.get(p, -math.inf) >= recent),
+        )
+
+    # -- acceptor ---------------------------------------------------------------------------
+
+    def _on_prepare(self, src: int, msg: Prepare, now: float) -> None:
+        self._seen_round = max(self._seen_round, msg.ballot.round)
+        if self.acceptor.may_promise(msg.ballot):
+            if self.role != FOLLOWER:
+                self._step_down(now)
+            accepted = self.acceptor.promise(msg.ballot, msg.from_slot, self._out.persist)
+            self.leader = None
+            self._election_at = now + self._election_timeout()  # give the candidate time
+            self._send(src, Promise(msg.ballot, accepted, self.log.length))
+        elif self.acceptor.voting:
+            self._send(src, Nack(msg.ballot, self.acceptor.promised, self.log.length))
+
+    def _on_accept(self, src: int, msg: Accept, now: float) -> None:
+        self._seen_round = max(self._seen_round, msg.ballot.round)
+        self._note_len(src, msg.chosen)
+        acceptor = self.acceptor
+        if acceptor.voting and not acceptor.may_accept(msg.ballot):
+            self._send(src, Nack(msg.ballot, acceptor.promised, self.log.length))
+            return
+        fenced = acceptor.voting or acceptor.recover_until is not None
+        if self.role != FOLLOWER and msg.ballot > self.ballot and fenced:
+            self._step_down(now)
+        self.leader = msg.ballot.node
+        if fenced:
+            # An unfenced replica keeps campaigning: winning phase 1 is how it fences.
+            self._election_at = now + self._election_timeout()
+            self._backoff = 1.0
+        if acceptor.voting:
+            persist = self._out.persist
+            acceptor.raise_promise(msg.ballot, persist)
+            acked = []
+            for slot, entry in msg.entries:
+                if slot >= self.log.length:
+                    acceptor.accept(msg.ballot, slot, entry, persist)
+                    acked.append(slot)
+            # Slots below the leader's applied length are chosen; a value this node accepted in
+            # the leader's own ballot is the chosen one (one value per slot per ballot).
+            for slot in range(self.log.length, msg.chosen):
+                if not self.log.knows(slot):
+                    entry_ = acceptor.accepted_at(slot, msg.ballot)
+                    if entry_ is None:
+                        break
+                    self.log.learn(slot, entry_)
+            self._apply()
+            self._send(src, Accepted(msg.ballot, tuple(acked), self.log.length))
+        self._catch_up(now, src)
+
+    # -- proposer ---------------------------------------------------------------------------
+
+    def _campaign(self, now: float) -> None:
+        self._step_down(now)
+        round_ = max(self._used_round, self._seen_round, self.acceptor.promised.round) + 1
+        self._used_round = self._seen_round = round_
+        self._out.persist.used_round = round_
+        self.role = CANDIDATE
+        self.ballot = Ballot(round_, self.id)
+        self._election_at = now + self._election_timeout()
+        self._backoff = min(self._backoff * 2, self.config.max_backoff)
+        for peer in self.peers:
+            self._send(peer, Prepare(self.ballot, self.log.length))
+        # A replica that lost its storage does not count itself (see acceptor.py).
+        if self.acceptor.may_promise(self.ballot):
+            accepted = self.acceptor.promise(self.ballot, self.log.length, self._out.persist)
+            self._promises[self.id] = Promise(self.ballot, accepted, self.log.length)
+            if len(self._promises) >= self.quorum:
+                self._become_leader(now)
+
+    def _become_leader(self, now: float) -> None:
+        plan = plan_takeover(self._promises.values(), self.log.length)
+        if not self.acceptor.voting and self.acceptor.recover_until is None:
+            self.acceptor.fence(self.ballot, plan.end, self._out.persist)
+        self.role = LEADER
+        self.leader = self.id
+        self._backoff = 1.0
+        self._leader_since = now
+        self._acked = {}
+        self._heartbeat_at = now + self.config.heartbeat_interval
+        self._sent_chosen = -1  # announce the new ballot in the next Ready even with no slots
+        self._promises.clear()
+        for slot, entry in plan.values.items():
+            self._propose(slot, self.log.learned(slot) or entry)
+        self._next_slot = plan.end
+        self._catch_up(now, None)
+        for pending in self._pending.values():
+            self._route(pending.request)
+
+    def _propose(self, slot: int, entry: Entry) -> None:
+        proposal = Proposal(entry)
+        self._proposals[slot] = proposal
+        if not entry.is_noop:
+            self._proposed_ids.add(entry.request_id)
+        if self.acceptor.may_accept(self.ballot):
+            self.acceptor.accept(self.ballot, slot, entry, self._out.persist)
+            proposal.acks.add(self.id)
+        self._unsent.append(slot)
+        self._check_chosen(slot, proposal)
+
+    def _propose_request(self, request: Request) -> bool:
+        """Propose in the next free slot; False if the in-flight window is full."""
+        rid = request.request_id
+        if rid in self.log.positions or rid in self._proposed_ids:
+            return True
+        if self._in_flight() >= self.config.max_in_flight:
+            return False
+        slot = max(self._next_slot, self.log.length)
+        self._next_slot = slot + 1
+        self._propose(slot, Entry(rid, request.value))
+        return True
+
+    def _on_accepted(self, src: int, msg: Accepted, now: float) -> None:
+        self._note_len(src, msg.chosen_len)
+        if self.role == LEADER and msg.ballot == self.ballot:
+            self._acked[src] = now
+            for slot in msg.slots:
+                proposal = self._proposals.get(slot)
+                if proposal is not None:
+                    proposal.acks.add(src)
+                    self._check_chosen(slot, proposal)
+            self._apply()
+        self._catch_up(now, src)
+
+    def _check_chosen(self, slot: int, proposal: Proposal) -> None:
+        if len(proposal.acks) >= self.quorum:
+            self.log.learn(slot, proposal.entry)
+            del self._proposals[slot]
+
+    def _on_forward(self, src: int, msg: Forward) -> None:
+        if self.role != LEADER:
+            return  # the origin retries until its deadline
+        if len(msg.value) > self.config.max_value_bytes:
+            reason = f"value exceeds {self.config.max_value_bytes} bytes"
+            self._send(src, Refuse(msg.request_id, "too_large", reason))
+        elif not self._propose_request(Request(msg.request_id, msg.value)):
+            reason = f"the leader has {self.config.max_in_flight} slots in flight"
+            self._send(src, Refuse(msg.request_id, "busy", reason))
+
+    def _heartbeat(self, now: float) -> None:
+        """Retransmit each peer's unacknowledged slots; an empty batch is the heartbeat."""
+        for peer in self.peers:
+            entries = tuple((s, p.entry) for s, p in self._proposals.items() if peer not in p.acks)[
+                : self.config.catchup_batch
+            ]
+            self._send(peer, Accept(self.ballot, entries, self.log.length))
+        self._unsent.clear()
+        self._sent_chosen = self.log.length
+        self._heartbeat_at = now + self.config.heartbeat_interval
+
+    def _has_quorum(self, now: float) -> bool:
+        window = self.config.election_timeout_max
+        if now - self._leader_since < window:
+            return True
+        alive = sum(1 for p in self.peers if self._acked.get(p, -math.inf) >= now - window)
+        return alive + (1 if self.acceptor.voting else 0) >= self.quorum
+
+    def _step_down(self, now: float) -> None:
+        if self.role == LEADER:
+            self.leader = None
+        self.role = FOLLOWER
+        self._promises.clear()
+        self._proposals.clear()
+        self._unsent.clear()
+        self._proposed_ids.clear()
+        self._heartbeat_at = math.inf
+        self._election_at = now + self._election_timeout()
+
+    def _in_flight(self) -> int:
+        return max(0, self._next_slot - self.log.length)
+
+    def _election_timeout(self) -> float:
+        cfg = self.config
+        return self._rng.uniform(cfg.election_timeout_min, cfg.election_timeout_max) * self._backoff
+
+    # -- client requests --------------------------------------------------------------------
+
+    def _route(self, request: Request) -> None:
+        if self.role == LEADER:
+            self._propose_request(request)
+        elif self.leader is not None and self.leader != self.id:
+            self._send(self.leader, Forward(request.request_id, request.value))
+
+    def _retry_pending(self, now: float) -> None:
+        for rid, pending in list(self._pending.items()):
+            if now >= pending.deadline:
+                del self._pending[rid]
+                if self.leader is None:
+                    self._refuse(rid, "no_quorum", "no leader could be reached before the deadline")
+                else:
+                    self._refuse(rid, "timeout", "not applied before the deadline")
+            else:
+                self._route(pending.request)
+        self._retry_at = now + self.config.heartbeat_interval
+
+    def _refuse(self, rid: str, code: str, reason: str) -> None:
+        self._out.replies.append(Reply(rid, Refused(code, reason)))
+
+    # -- learner ----------------------------------------------------------------------------
+
+    def _apply(self) -> None:
+        applied = self.log.apply_learned()
+        if not applied:
+            return
+        self._out.applied.extend(applied)
+        self._out.persist.log.extend(applied)
+        length = self.log.length
+        self.acceptor.forget_below(length)
+        self.acceptor.caught_up(length, self._out.persist)
+        if self._proposals and min(self._proposals) < length:
+            self._proposals = {s: p for s, p in self._proposals.items() if s >= length}
+        for entry in applied:
+            self._proposed_ids.discard(entry.request_id)
+            if self._pending.pop(entry.request_id, None) is not None:
+                outcome = Committed(*self.log.positions[entry.request_id])
+                self._out.replies.append(Reply(entry.request_id, outcome))
+
+    def _note_len(self, src: int, length: int) -> None:
+        if length > self._peer_len.get(src, 0):
+            self._peer_len[src] = length
+
+    def _catch_up(self, now: float, hint: int | None) -> None:
+        """Fetch chosen entries, one batch at a time, from a peer known to be ahead."""
+        length = self.log.length
+        if self._catchup_at is not None or max(self._peer_len.values(), default=0) <= length:
+            return
+        if hint is None or self._peer_len.get(hint, 0) <= length:
+            hint = max(self._peer_len, key=lambda p: self._peer_len[p])
+        self._send(hint, CatchupRequest(length))
+        self._catchup_at = now + 2 * self.config.heartbeat_interval
+
+    def _send(self, dst: int, msg: Message) -> None:
+        self._out.messages.append((dst, msg))

@@ -1,0 +1,1 @@
+"""A deterministic, seeded fault simulator for the Multi-Paxos core (see run.py)."""

@@ -1,0 +1,83 @@
+"""The invariants, checked as effects are released (safety) and at quiescence (the rest)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from paxmr.paxos import GENESIS_DIGEST, chain_digest
+
+if TYPE_CHECKING:
+    from paxmr.paxos import Committed, LogEntry
+
+
+class NodeLog:
+    """What one node has applied, as the service would have shown it."""
+
+    def __init__(self, entries: list[LogEntry]) -> None:
+        self.entries: list[LogEntry] = []
+        self.digest = GENESIS_DIGEST
+        self.count = 0
+        for entry in entries:
+            self.append(entry)
+
+    def append(self, entry: LogEntry) -> None:
+        self.entries.append(entry)
+        self.digest = chain_digest(self.digest, entry)
+        if entry.position is not None:
+            self.count += 1
+
+
+class Checker:
+    def __init__(self) -> None:
+        self.violations: list[str] = []
+        self.submitted: dict[str, bytes] = {}
+        self.chosen: dict[int, tuple[str, bytes]] = {}
+        self.first_slot: dict[str, int] = {}
+        self.acked: dict[str, tuple[int, int]] = {}
+
+    def fail(self, message: str) -> None:
+        self.violations.append(message)
+
+    def submit(self, request_id: str, value: bytes) -> None:
+        self.submitted[request_id] = value
+
+    def applied(self, node: int, log: NodeLog, entry: LogEntry) -> None:
+        if entry.slot != len(log.entries):
+            self.fail(f"order: node {node} applied slot {entry.slot} at {len(log.entries)}")
+        self.learned(node, entry)
+        log.append(entry)
+
+    def learned(self, node: int, entry: LogEntry) -> None:
+        """Agreement, validity and no duplicates for one slot a node holds."""
+        value = (entry.request_id, entry.value)
+        known = self.chosen.setdefault(entry.slot, value)
+        if known != value:
+            self.fail(f"agreement: node {node} has {value!r} in slot {entry.slot}, not {known!r}")
+        if entry.request_id:
+            if self.submitted.get(entry.request_id) != entry.value:
+                self.fail(f"validity: slot {entry.slot} holds an unsubmitted {value!r}")
+        elif entry.value:
+            self.fail(f"validity: no-op in slot {entry.slot} carries a value")
+        if entry.position is not None:
+            first = self.first_slot.setdefault(entry.request_id, entry.slot)
+            if first != entry.slot:
+                self.fail(f"duplicate: {entry.request_id} applied in slots {first}, {entry.slot}")
+
+    def committed(self, node: int, request_id: str, outcome: Committed) -> None:
+        ack = (outcome.position, outcome.slot)
+        if self.acked.setdefault(request_id, ack) != ack:
+            self.fail(f"duplicate: {request_id} acknowledged at {self.acked[request_id]}, {ack}")
+        if self.chosen.get(outcome.slot, (request_id,))[0] != request_id:
+            self.fail(f"ack: node {node} acknowledged {request_id} at a slot holding another")
+
+    def final(self, logs: dict[int, NodeLog]) -> None:
+        """Durability of acknowledged requests and convergence, at quiescence."""
+        for rid, (position, slot) in sorted(self.acked.items()):
+            for node, log in logs.items():
+                entry = log.entries[slot] if slot < len(log.entries) else None
+                if entry is None or entry.request_id != rid or entry.position != position:
+                    self.fail(f"durability: node {node} lost acknowledged {rid} (slot {slot})")
+        digests = {(log.digest, log.count) for log in logs.values()}
+        if len(digests) > 1:
+            counts = {node: log.count for node, log in logs.items()}
+            self.fail(f"convergence: nodes differ at quiescence (requests applied: {counts})")

@@ -1,0 +1,29 @@
+"""In-memory storage with the same commit semantics as paxmr.storage.Storage."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+from paxmr.paxos import DurableState
+
+if TYPE_CHECKING:
+    from paxmr.paxos import Persist
+
+
+class MemoryStorage:
+    """What a node's disk holds. Only `commit` changes it, so whatever a crash discards is
+    exactly what the driver had not committed yet."""
+
+    def __init__(self, *, bootstrap: bool = True) -> None:
+        self._state = DurableState(voting=bootstrap)
+
+    @property
+    def voting(self) -> bool:
+        return self._state.voting
+
+    def load(self) -> DurableState:
+        return replace(self._state, accepted=dict(self._state.accepted), log=list(self._state.log))
+
+    def commit(self, persist: Persist) -> None:
+        persist.apply_to(self._state)

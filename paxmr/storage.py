@@ -1,0 +1,139 @@
+"""Durable acceptor state and chosen log in SQLite (WAL, synchronous=FULL).
+
+`commit` writes one Persist in one transaction; with synchronous=FULL it returns only after the
+WAL is fsynced, so the driver may send the Ready's messages as soon as it returns.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TYPE_CHECKING
+
+from paxmr.paxos import GENESIS_DIGEST, Ballot, DurableState, Entry, LogEntry, chain_digest
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from paxmr.paxos import Persist
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS accepted (
+    slot INTEGER PRIMARY KEY, round INTEGER NOT NULL, node INTEGER NOT NULL,
+    request_id TEXT NOT NULL, value BLOB NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS log (
+    slot INTEGER PRIMARY KEY, request_id TEXT NOT NULL, value BLOB NOT NULL,
+    position INTEGER UNIQUE, digest BLOB NOT NULL) STRICT;
+"""
+
+
+class Storage:
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: str | Path, *, bootstrap: bool = False) -> Storage:
+        """Open or create the database. A database created without `bootstrap` belongs to a
+        replica whose storage was lost or that joins late: it starts non-voting (see
+        paxmr/paxos/acceptor.py). Only the initial members of a new cluster bootstrap."""
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT OR IGNORE INTO meta VALUES ('voting', ?)", (1 if bootstrap else 0,)
+            )
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def load(self) -> DurableState:
+        meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        accepted = {
+            slot: (Ballot(round_, node), Entry(rid, value))
+            for slot, round_, node, rid, value in self._conn.execute(
+                "SELECT slot, round, node, request_id, value FROM accepted"
+            )
+        }
+        log = [
+            LogEntry(slot, rid, value, position)
+            for slot, rid, value, position in self._conn.execute(
+                "SELECT slot, request_id, value, position FROM log ORDER BY slot"
+            )
+        ]
+        return DurableState(
+            promised=Ballot(meta.get("promised_round", 0), meta.get("promised_node", 0)),
+            used_round=meta.get("used_round", 0),
+            accepted=accepted,
+            log=log,
+            voting=bool(meta["voting"]),
+            recover_until=meta.get("recover_until"),
+        )
+
+    def commit(self, persist: Persist) -> None:
+        """Make one Ready's persist durable in one transaction."""
+        if not persist:
+            return
+        conn = self._conn
+        meta: list[tuple[str, int]] = []
+        if persist.promised is not None:
+            meta += [("promised_round", persist.promised.round)]
+            meta += [("promised_node", persist.promised.node)]
+        if persist.used_round is not None:
+            meta.append(("used_round", persist.used_round))
+        if persist.voting is not None:
+            meta.append(("voting", int(persist.voting)))
+        if persist.recover_until is not None:
+            meta.append(("recover_until", persist.recover_until))
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            conn.executemany(
+                "INSERT OR REPLACE INTO accepted VALUES (?, ?, ?, ?, ?)",
+                [
+                    (slot, b.round, b.node, e.request_id, e.value)
+                    for slot, (b, e) in persist.accepted.items()
+                ],
+            )
+            if persist.log:
+                length = self.length()
+                if persist.log[0].slot != length:
+                    raise ValueError(f"log entries must start at slot {length}")
+                digest = self.digest()
+                rows = []
+                for entry in persist.log:
+                    digest = chain_digest(digest, entry)
+                    rows.append((entry.slot, entry.request_id, entry.value, entry.position, digest))
+                conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+                conn.execute("DELETE FROM accepted WHERE slot < ?", (persist.log[-1].slot + 1,))
+
+    def length(self) -> int:
+        """Applied slots, no-ops included."""
+        row = self._conn.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM log").fetchone()
+        return int(row[0])
+
+    def count(self) -> int:
+        """Applied requests: positions 0 .. count-1."""
+        row = self._conn.execute("SELECT COUNT(position) FROM log").fetchone()
+        return int(row[0])
+
+    def entries(self, start: int, stop: int) -> list[LogEntry]:
+        """Applied requests with start <= position < stop, in order."""
+        return [
+            LogEntry(slot, rid, value, position)
+            for slot, rid, value, position in self._conn.execute(
+                "SELECT slot, request_id, value, position FROM log"
+                " WHERE position >= ? AND position < ? ORDER BY position",
+                (start, stop),
+            )
+        ]
+
+    def digest(self) -> bytes:
+        """Running SHA-256 over the applied requests (paxmr.paxos.log.chain_digest)."""
+        row = self._conn.execute("SELECT digest FROM log ORDER BY slot DESC LIMIT 1").fetchone()
+        return bytes(row[0]) if row is not None else GENESIS_DIGEST
