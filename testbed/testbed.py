@@ -228,19 +228,11 @@ class Testbed:
 
     def up(self) -> None:
         """Build what is missing and boot the hosts not running yet; running ones are left alone."""
-        reason = self.unavailable_reason()
-        if reason:
-            raise TestbedError(reason)
-        self._ensure_tools()
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        base = self._ensure_base()
-        self._ensure_key()
-        self._ensure_network()
-        self._write_ssh_config()
+        base = self._prepare()
         started = []
         for host in self.hosts:
-            self._ensure_disk(host, base)
             if not self.is_running(host):
+                self._ensure_disk(host, base)
                 self._start(host)
                 started.append(host)
         for host in started:
@@ -288,8 +280,7 @@ class Testbed:
     def boot(self, host: str, timeout: float = 60) -> None:
         """Start a stopped or crashed host again on its own disk and wait for its sshd."""
         if not self.is_running(host):
-            self._ensure_network()
-            self._ensure_disk(host, self._ensure_base())
+            self._ensure_disk(host, self._prepare())
             self._start(host)
         self.wait_ssh(host, timeout)
 
@@ -350,6 +341,19 @@ class Testbed:
         )
 
     # -- internals: installation and base ------------------------------------------------------
+
+    def _prepare(self) -> Path:
+        """Everything the hosts share (tools, base, key, network, ssh config); returns the base."""
+        reason = self.unavailable_reason()
+        if reason:
+            raise TestbedError(reason)
+        self._ensure_tools()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        base = self._ensure_base()
+        self._ensure_key()
+        self._ensure_network()
+        self._write_ssh_config()
+        return base
 
     def _ensure_tools(self) -> None:
         if all(shutil.which(tool) for tool in TOOLS):
@@ -565,7 +569,9 @@ class Testbed:
         console = self._host_dir(host) / "console.log"
         if not console.exists():
             return f"(no console log at {console})"
-        tail = console.read_text(errors="replace").splitlines()[-lines:]
+        # The console is a tty: drop its colour codes, carriage returns and blank lines.
+        text = re.sub(r"\x1b\[[0-9;]*m|\r", "", console.read_text(errors="replace"))
+        tail = [line for line in text.splitlines() if line.strip()][-lines:]
         return f"--- last {len(tail)} lines of {console} ---\n" + "\n".join(tail)
 
     # -- internals: network ----------------------------------------------------------------------
