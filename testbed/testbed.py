@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -22,7 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -37,6 +39,8 @@ HOSTS = ("paxmr1", "paxmr2", "paxmr3")
 NFT_TABLE = "paxmr_testbed"
 # Short on purpose: a ControlPath must fit in a Unix socket address (108 bytes).
 CONTROL_DIR = Path("/run/paxmr-testbed")
+# Outside the state dir, which `down --purge` removes while holding it.
+LOCK_FILE = Path("/run/lock/paxmr-testbed.lock")
 CGROUP_GROUP = "paxmr-testbed"
 # The hybrid layout measured in testbed.md; nspawn needs its own group in each of these.
 HYBRID_CGROUPS = ("systemd", "unified", "memory", "pids")
@@ -164,6 +168,34 @@ def _wait_until(predicate: Callable[[], bool], timeout: float, interval: float =
     return bool(predicate())
 
 
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def _exclusive(
+    method: Callable[Concatenate[Testbed, _P], _R],
+) -> Callable[Concatenate[Testbed, _P], _R]:
+    """One change at a time across processes: two concurrent `up`s must not boot a disk twice."""
+
+    @functools.wraps(method)
+    def locked(self: Testbed, /, *args: _P.args, **kwargs: _P.kwargs) -> _R:
+        if self._lock_depth:  # re-entered (down -> stop -> crash): already held
+            return method(self, *args, **kwargs)
+        reason = self.unavailable_reason()
+        if reason:
+            raise TestbedError(reason)
+        LOCK_FILE.parent.mkdir(parents=True, exist_ok=True)
+        with LOCK_FILE.open("a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            self._lock_depth += 1
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                self._lock_depth -= 1
+
+    return locked
+
+
 class Testbed:
     """Three systemd hosts paxmr1..3 at 10.77.0.11..13 on bridge paxmr-br0, reachable over ssh."""
 
@@ -173,6 +205,7 @@ class Testbed:
         self.state_dir = Path(state_dir)
         self.hosts: list[str] = list(HOSTS)
         self.key = self.state_dir / "id_ed25519"
+        self._lock_depth = 0
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -226,6 +259,7 @@ class Testbed:
 
     # -- lifecycle -------------------------------------------------------------------------------
 
+    @_exclusive
     def up(self) -> None:
         """Build what is missing and boot the hosts not running yet; running ones are left alone."""
         base = self._prepare()
@@ -238,6 +272,7 @@ class Testbed:
         for host in started:
             self.wait_ssh(host)
 
+    @_exclusive
     def down(self, purge: bool = False) -> None:
         """Remove hosts, disks, network and ssh config; `purge` also drops the cached base."""
         for host in self.hosts:
@@ -255,6 +290,7 @@ class Testbed:
         if purge:
             shutil.rmtree(self.state_dir, ignore_errors=True)
 
+    @_exclusive
     def stop(self, host: str, timeout: float = 60) -> None:
         """Clean poweroff: nspawn turns SIGTERM into a shutdown request to the host's systemd."""
         pid = self._nspawn_pid(host)
@@ -266,6 +302,7 @@ class Testbed:
             log.warning("%s did not power off in %ss; killing it", host, timeout)
             self.crash(host)
 
+    @_exclusive
     def crash(self, host: str) -> None:
         """SIGKILL the host's PID 1: the whole host dies at once, no shutdown, disk kept as is."""
         pid = self._nspawn_pid(host)
@@ -277,6 +314,7 @@ class Testbed:
         if not _wait_until(lambda: not _pid_alive(pid), 30):
             raise TestbedError(f"{host}: nspawn (pid {pid}) still alive 30 s after the crash")
 
+    @_exclusive
     def boot(self, host: str, timeout: float = 60) -> None:
         """Start a stopped or crashed host again on its own disk and wait for its sshd."""
         if not self.is_running(host):
@@ -286,6 +324,7 @@ class Testbed:
 
     # -- faults on the network -------------------------------------------------------------------
 
+    @_exclusive
     def cut(self, host: str) -> None:
         """Drop all packets between `host` and its peers; the controller still reaches it."""
         peers = [peer for peer in self.hosts if peer != host]
@@ -297,11 +336,13 @@ class Testbed:
             }
         self._set_cut_pairs(pairs)
 
+    @_exclusive
     def heal(self, host: str) -> None:
         """Restore every link of `host` (links between other hosts stay cut)."""
         addr = self.address(host)
         self._set_cut_pairs({pair for pair in self._cut_pairs() if addr not in pair})
 
+    @_exclusive
     def heal_all(self) -> None:
         self._set_cut_pairs(set())
 
@@ -344,9 +385,6 @@ class Testbed:
 
     def _prepare(self) -> Path:
         """Everything the hosts share (tools, base, key, network, ssh config); returns the base."""
-        reason = self.unavailable_reason()
-        if reason:
-            raise TestbedError(reason)
         self._ensure_tools()
         self.state_dir.mkdir(parents=True, exist_ok=True)
         base = self._ensure_base()
