@@ -294,25 +294,23 @@ class Testbed:
     def stop(self, host: str, timeout: float = 60) -> None:
         """Clean poweroff: nspawn turns SIGTERM into a shutdown request to the host's systemd."""
         pid = self._nspawn_pid(host)
+        if pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            if not _wait_until(lambda: not _pid_alive(pid), timeout):
+                log.warning("%s did not power off in %ss; killing it", host, timeout)
+                self.crash(host)
         self._close_master(host)
-        if pid is None:
-            return
-        os.kill(pid, signal.SIGTERM)
-        if not _wait_until(lambda: not _pid_alive(pid), timeout):
-            log.warning("%s did not power off in %ss; killing it", host, timeout)
-            self.crash(host)
 
     @_exclusive
     def crash(self, host: str) -> None:
         """SIGKILL the host's PID 1: the whole host dies at once, no shutdown, disk kept as is."""
         pid = self._nspawn_pid(host)
+        if pid is not None:
+            init = self._container_init(pid)
+            os.kill(init if init is not None else pid, signal.SIGKILL)
+            if not _wait_until(lambda: not _pid_alive(pid), 30):
+                raise TestbedError(f"{host}: nspawn (pid {pid}) still alive 30 s after the crash")
         self._close_master(host)
-        if pid is None:
-            return
-        init = self._container_init(pid)
-        os.kill(init if init is not None else pid, signal.SIGKILL)
-        if not _wait_until(lambda: not _pid_alive(pid), 30):
-            raise TestbedError(f"{host}: nspawn (pid {pid}) still alive 30 s after the crash")
 
     @_exclusive
     def boot(self, host: str, timeout: float = 60) -> None:
@@ -724,12 +722,13 @@ table inet {NFT_TABLE} {{
     def _close_master(self, host: str) -> None:
         """A master to a dead host makes every later client hang: close it with the host."""
         if self.ssh_config.exists():
-            subprocess.run(
-                ["ssh", "-F", str(self.ssh_config), "-O", "exit", host],
-                capture_output=True,
-                check=False,
-                timeout=10,
-            )
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                subprocess.run(
+                    ["ssh", "-F", str(self.ssh_config), "-O", "exit", host],
+                    capture_output=True,
+                    check=False,
+                    timeout=10,
+                )
 
 
 def _discard_partial(tmp: Path) -> None:
