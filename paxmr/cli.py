@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 import click
 
-from paxmr import control, jobs, local, logs, paths
+from paxmr import control, jobs, local, logs, paths, render
 from paxmr import settings as settings_mod
 from paxmr.settings import ConfigError, Settings
 
@@ -122,15 +122,22 @@ def reduce_cmd(c: Ctx, files: tuple[str, ...]) -> None:
 @click.argument("file")
 @pass_ctx
 def run_cmd(c: Ctx, file: str) -> None:
-    """Map then reduce FILE."""
+    """Map, reduce and replicate FILE: its tally lands in the replicated log."""
     mapped = jobs.run_map(c.settings, file, _progress_bar(f"map {file}"))
     reduced = jobs.run_reduce(c.settings, mapped["outputs"])
-    result = {"file": file, "map": mapped, "reduce": reduced}
+    replicated = jobs.replicate(c.settings, reduced["output"])
+    result = {
+        "file": file,
+        "position": replicated["position"],
+        "map": mapped,
+        "reduce": reduced,
+        "replicate": replicated,
+    }
     c.emit(
         result,
         lambda r: (
-            f"{file}: {r['map']['bytes']} bytes, "
-            f"{r['reduce']['distinct']} distinct words -> {r['reduce']['output']}"
+            f"{file}: {r['map']['bytes']} bytes, {r['reduce']['distinct']} distinct words"
+            f" -> {r['reduce']['output']} -> log position {r['position']}"
         ),
     )
 
@@ -142,18 +149,20 @@ def status_cmd(c: Ctx) -> None:
     s = c.settings
     sockets = {f"mapper-{i}": s.mapper_socket(i) for i in range(1, s.mappers + 1)}
     sockets["reducer"] = s.reducer_socket
+    sockets["prm"] = s.prm_socket
     services: dict[str, str] = {}
+    prm: dict[str, Any] | None = None
     for name, path in sockets.items():
         try:
-            control.call(path, "status", timeout=5.0)
+            answer = control.call(path, "status", timeout=5.0)
             services[name] = "up"
+            if name == "prm":
+                prm = answer
         except control.ServiceDown:
             services[name] = "down"
         except control.PermissionDenied:
             services[name] = "denied"
-    result = {"node": s.node_id, "services": services}
-    c.emit(result, lambda r: f"node {r['node']}\n" + "\n".join(
-        f"  {name:<10} {state}" for name, state in r["services"].items()))  # fmt: skip
+    c.emit({"node": s.node_id, "services": services, "prm": prm}, render.status)
 
 
 @cli.command("shell")
@@ -185,6 +194,66 @@ def shell_cmd(ctx: click.Context) -> None:
         _run(prefix + words)
 
 
+# --- the replicated log ------------------------------------------------------------------------
+
+
+@cli.command("replicate")
+@click.argument("file")
+@pass_ctx
+def replicate_cmd(c: Ctx, file: str) -> None:
+    """Put the reduced tally FILE into the next free position of the replicated log."""
+    result = jobs.replicate(c.settings, file)
+    c.emit(result, lambda r: f"{r['file']} -> log position {r['position']}")
+
+
+@cli.command("stop")
+@pass_ctx
+def stop_cmd(c: Ctx) -> None:
+    """Make this node's PRM behave as failed: it refuses replicates and ignores its peers."""
+    result = control.call(c.settings.prm_socket, "stop")
+    c.emit(result, lambda _r: "PRM stopped (resume with 'paxmr resume')")
+
+
+@cli.command("resume")
+@pass_ctx
+def resume_cmd(c: Ctx) -> None:
+    """Bring a stopped PRM back; it catches up the entries it missed."""
+    result = control.call(c.settings.prm_socket, "resume")
+    c.emit(result, lambda _r: "PRM resumed")
+
+
+_POSITIONS = click.argument("positions", nargs=-1, required=True, type=click.IntRange(min=0))
+
+
+@cli.command("total")
+@_POSITIONS
+@pass_ctx
+def total_cmd(c: Ctx, positions: tuple[int, ...]) -> None:
+    """Sum of all word counts of the log entries at POSITIONS."""
+    result = control.call(c.settings.prm_socket, "total", {"positions": list(positions)})
+    c.emit(result, lambda r: str(r["total"]))
+
+
+@cli.command("print")
+@pass_ctx
+def print_cmd(c: Ctx) -> None:
+    """The replicated log: the file names in log order."""
+    result = control.call(c.settings.prm_socket, "print")
+    c.emit(result, render.log)
+
+
+@cli.command("merge")
+@_POSITIONS
+@click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
+              help="Show the N most frequent words; 0 shows all.")  # fmt: skip
+@pass_ctx
+def merge_cmd(c: Ctx, positions: tuple[int, ...], top: int) -> None:
+    """Word counts added across the log entries at POSITIONS."""
+    args = {"positions": list(positions), "top": top}
+    result = control.call(c.settings.prm_socket, "merge", args)
+    c.emit(result, render.merged)
+
+
 # --- services ----------------------------------------------------------------------------------
 
 
@@ -212,6 +281,30 @@ def serve_reducer(c: Ctx) -> None:
 
     logs.configure("reducer", c.settings.node_id)
     asyncio.run(reducer.main(c.settings))
+
+
+@serve.command("prm")
+@pass_ctx
+def serve_prm(c: Ctx) -> None:
+    """The Paxos Replication Module: this node's replica of the log."""
+    from paxmr.services import prm  # noqa: PLC0415 - only the daemon needs it
+
+    logs.configure("prm", c.settings.node_id)
+    asyncio.run(prm.main(c.settings))
+
+
+@cli.command("init")
+@pass_ctx
+def init_cmd(c: Ctx) -> None:
+    """Create this node's PRM storage as a founding member of a new cluster.
+
+    Run once per node before the first start. A node started without it (for example after
+    its disk was lost) does not vote until it has caught up from its peers.
+    """
+    from paxmr.services import prm  # noqa: PLC0415
+
+    path = prm.initialize(c.settings)
+    c.emit({"storage": str(path)}, lambda r: f"initialized {r['storage']}")
 
 
 # --- local cluster, corpus, benchmarks -----------------------------------------------------------

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from paxmr import control, paths
-from paxmr.services.mapper import intermediate_name
 from paxmr.settings import Settings
 from paxmr.wordcount import split
 
@@ -64,5 +64,11 @@ def run_reduce(settings: Settings, files: list[str]) -> dict[str, Any]:
     return result
 
 
-def intermediates(settings: Settings, file: str) -> list[str]:
-    return [intermediate_name(file, i) for i in range(1, settings.mappers + 1)]
+def replicate(settings: Settings, file: str) -> dict[str, Any]:
+    """Replicate a reduced tally; one request id for the call, so a retry never lands twice."""
+    args = {"file": file, "request_id": uuid.uuid4().hex}
+    # The PRM answers within its replicate timeout: refused with no_quorum when none was reached.
+    result: dict[str, Any] = control.call(
+        settings.prm_socket, "replicate", args, timeout=settings.timing.replicate_timeout * 3
+    )
+    return result

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from paxmr import control
+from paxmr.services import prm
 from paxmr.settings import Settings
 from paxmr.settings import load as load_settings
 
@@ -75,6 +76,7 @@ def _argvs(settings: Settings) -> list[tuple[str, list[str], Path]]:
         for i in range(1, settings.mappers + 1)
     ]
     jobs.append(("reducer", [*base, "serve", "reducer"], settings.reducer_socket))
+    jobs.append(("prm", [*base, "serve", "prm"], settings.prm_socket))
     return jobs
 
 
@@ -121,6 +123,8 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
     try:
         for node, cfg in enumerate(configs, start=1):
             settings = load_settings(cfg)
+            if not prm.db_path(settings).exists():
+                prm.initialize(settings)  # founding members vote from the start
             for name, argv, sock in _argvs(settings):
                 log = (root / f"n{node}" / "logs" / f"{name}.log").open("ab")
                 proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments

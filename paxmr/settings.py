@@ -44,9 +44,9 @@ class Timing(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    heartbeat: float = Field(default=0.05, gt=0)
-    election_min: float = Field(default=0.3, gt=0)
-    election_max: float = Field(default=0.6, gt=0)
+    heartbeat: float = Field(default=0.1, gt=0)
+    election_min: float = Field(default=0.5, gt=0)
+    election_max: float = Field(default=1.0, gt=0)
     replicate_timeout: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
@@ -87,7 +87,8 @@ class Settings(BaseSettings):
         settings_cls: type[BaseSettings],
         init_settings: PydanticBaseSettingsSource,
         env_settings: PydanticBaseSettingsSource,
-        **_unused: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - no .env files
+        file_secret_settings: PydanticBaseSettingsSource,  # noqa: ARG003 - key via LoadCredential
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Precedence: explicit arguments, then PAXMR_* variables, then the TOML file.
         return init_settings, env_settings, TomlConfigSettingsSource(settings_cls)

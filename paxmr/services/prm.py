@@ -1,0 +1,250 @@
+"""The Paxos Replication Module: drives the sans-IO core with its storage and the peer transport.
+
+One driver task owns the core's output: it takes a Ready, commits its persist (one fsync, in a
+worker thread so the loop keeps receiving), and only then sends its messages and answers its
+clients. Inputs that arrive during a commit are batched into the next Ready (group commit).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from paxmr import control, logs, paths, paxos
+from paxmr.logobject import BadLogObject, LogObject, merge, show
+from paxmr.services import daemon
+from paxmr.services.transport import Transport
+from paxmr.settings import Settings
+from paxmr.storage import Storage
+from paxmr.wordcount import tally
+
+DB_NAME = "prm.db"
+
+
+def db_path(settings: Settings) -> Path:
+    return settings.state_dir / DB_NAME
+
+
+def initialize(settings: Settings) -> Path:
+    """Create the storage of a founding member of a new cluster (it may vote from the start)."""
+    path = db_path(settings)
+    if path.exists():
+        raise FileExistsError(f"{path} already exists: this node is initialized")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Storage.open(path, bootstrap=True).close()
+    return path
+
+
+class ReplicateArgs(control.Args):
+    file: str
+    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+
+
+class PositionsArgs(control.Args):
+    positions: list[int] = Field(min_length=1)
+
+
+class MergeArgs(PositionsArgs):
+    top: int = Field(default=20, ge=0)
+
+
+# Refusals the core gives that mean "no quorum reached in time": the CLI exits 5 for these.
+_NO_QUORUM = {"timeout", "no_quorum"}
+
+
+class Prm:
+    def __init__(self, settings: Settings, storage: Storage) -> None:
+        self.settings = settings
+        self.storage = storage
+        self.log = logs.get()
+        t = settings.timing
+        config = paxos.CoreConfig(
+            heartbeat_interval=t.heartbeat,
+            election_timeout_min=t.election_min,
+            election_timeout_max=t.election_max,
+            max_value_bytes=settings.limits.value_bytes,
+            max_in_flight=settings.limits.in_flight,
+            request_timeout=t.replicate_timeout,
+        )
+        durable = storage.load()
+        self.node = paxos.Node(
+            settings.node_id,
+            [n.id for n in settings.nodes],
+            durable,
+            config,
+            random.Random(),  # election jitter, not a secret
+            time.monotonic(),
+        )
+        self.digest = paxos.GENESIS_DIGEST
+        self.objects: list[dict[str, Any]] = []  # summaries by position
+        for entry in durable.log:
+            self._applied(entry)
+        self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
+        self.wake = asyncio.Event()
+        peers = [n for n in settings.nodes if n.id != settings.node_id]
+        self.transport = Transport(
+            settings.node_id, peers, settings.cluster_key(), settings.limits.frame_bytes,
+            self._deliver,
+        )  # fmt: skip
+
+    def _applied(self, entry: paxos.LogEntry) -> None:
+        self.digest = paxos.chain_digest(self.digest, entry)
+        if entry.position is None:
+            return
+        try:
+            summary = LogObject.decode(entry.value).summary(entry.position)
+        except BadLogObject as exc:
+            self.log.exception("bad_log_object", slot=entry.slot, error=str(exc))
+            summary = {"position": entry.position, "file": None, "error": str(exc)}
+        self.objects.append({**summary, "slot": entry.slot})
+
+    def _deliver(self, src: int, msg: paxos.Message) -> None:
+        self.node.receive(src, msg, time.monotonic())
+        self.wake.set()
+
+    async def drive(self) -> None:
+        while True:
+            delay = self.node.next_deadline() - time.monotonic()
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.wake.wait(), min(delay, 1.0))
+            self.wake.clear()
+            now = time.monotonic()
+            if now >= self.node.next_deadline():
+                self.node.on_timer(now)
+            await self._carry_out(self.node.ready())
+
+    async def _carry_out(self, ready: paxos.Ready) -> None:
+        """Persist first; only then may anything that depends on it leave this process."""
+        if ready.persist:
+            await asyncio.to_thread(self.storage.commit, ready.persist)
+        for dst, msg in ready.messages:
+            self.transport.send(dst, msg)
+        for entry in ready.applied:
+            self._applied(entry)
+            if entry.position is not None:
+                self.log.info("applied", slot=entry.slot, position=entry.position)
+        for reply in ready.replies:
+            future = self.waiting.pop(reply.request_id, None)
+            if future is not None and not future.done():
+                future.set_result(reply.outcome)
+
+    # --- control operations ------------------------------------------------------------------
+
+    async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> dict[str, Any]:
+        path = paths.resolve(self.settings.data_dir, args.file)
+        if not path.is_file():
+            raise control.ControlError(
+                "not_found", f"no such file in the data directory: {args.file}"
+            )
+        try:
+            obj = await asyncio.to_thread(
+                LogObject.from_tally, path, args.file, self.settings.node_id, args.request_id
+            )
+        except tally.TallyError as exc:
+            raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
+        future = self.waiting.get(args.request_id)
+        if future is None:
+            future = self.waiting[args.request_id] = asyncio.get_running_loop().create_future()
+            self.node.submit(paxos.Request(args.request_id, obj.encode()), time.monotonic())
+            self.wake.set()
+        # The core refuses on its own request timeout; this bound only guards against a bug.
+        outcome = await asyncio.wait_for(
+            asyncio.shield(future), self.settings.timing.replicate_timeout * 2
+        )
+        if isinstance(outcome, paxos.Refused):
+            code = "no_quorum" if outcome.code in _NO_QUORUM else outcome.code
+            raise control.ControlError(code, f"replicate refused: {outcome.reason}")
+        self.log.info("replicated", file=args.file, position=outcome.position, slot=outcome.slot)
+        return {"file": args.file, "position": outcome.position, "slot": outcome.slot,
+                "request_id": args.request_id, "digest": obj.digest}  # fmt: skip
+
+    def _objects(self, positions: list[int]) -> list[LogObject]:
+        count = len(self.objects)
+        bad = [p for p in positions if not 0 <= p < count]
+        if bad:
+            raise control.ControlError(
+                "bad_position", f"no log position {bad[0]}: the log has positions 0..{count - 1}"
+                if count else f"no log position {bad[0]}: the log is empty",
+            )  # fmt: skip
+        entries = self.node.log.entries  # slot i at index i
+        return [LogObject.decode(entries[self.objects[p]["slot"]].value) for p in positions]
+
+    async def total(self, args: PositionsArgs, _p: control.Progress) -> dict[str, Any]:
+        objects = self._objects(args.positions)
+        return {"positions": args.positions, "total": sum(o.total for o in objects)}
+
+    async def merge(self, args: MergeArgs, _p: control.Progress) -> dict[str, Any]:
+        merged = merge(self._objects(args.positions))
+        top = merged.most_common(args.top or None)
+        return {
+            "positions": args.positions,
+            "distinct": len(merged),
+            "total": sum(merged.values()),
+            "words": [[show(w), n] for w, n in top],
+        }
+
+    async def print_log(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+        return {"entries": self.objects, "digest": self.digest.hex()}
+
+    async def stop(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+        self.node.stop(time.monotonic())
+        self.wake.set()
+        self.log.warning("stopped_by_operator")
+        return {"stopped": True}
+
+    async def resume(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+        self.node.resume(time.monotonic())
+        self.wake.set()
+        self.log.warning("resumed_by_operator")
+        return {"stopped": False}
+
+    async def status(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+        s = self.node.status()
+        return {
+            "node": s.node,
+            "role": s.role,
+            "leader": s.leader,
+            "ballot": [s.promised.round, s.promised.node],
+            "stopped": s.stopped,
+            "voting": s.voting,
+            "slots": s.chosen,
+            "entries": s.applied,
+            "digest": self.digest.hex(),
+            "in_flight": s.in_flight,
+            "pending": s.pending,
+            "peers": {
+                str(p): {"connected": p in self.transport.connected, "heard": p in s.peers_heard}
+                for p in self.transport.addresses
+            },
+        }
+
+    def ops(self) -> dict[str, control.Op]:
+        return {
+            "replicate": control.Op(ReplicateArgs, self.replicate),
+            "total": control.Op(PositionsArgs, self.total),
+            "merge": control.Op(MergeArgs, self.merge),
+            "print": control.Op(control.NoArgs, self.print_log),
+            "stop": control.Op(control.NoArgs, self.stop),
+            "resume": control.Op(control.NoArgs, self.resume),
+            "status": control.Op(control.NoArgs, self.status),
+        }
+
+
+async def main(settings: Settings) -> None:
+    storage = Storage.open(db_path(settings))
+    prm = Prm(settings, storage)
+    me = settings.me
+    await prm.transport.start(settings.peer_bind or me.host, me.port)
+    try:
+        await daemon.serve(settings, prm.ops(), settings.prm_socket, background=[prm.drive])
+    finally:
+        await prm.transport.close()
+        storage.close()
