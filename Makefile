@@ -22,7 +22,8 @@ lint: venv
 
 ## Every tier: unit, simulator, integration (local processes) and deploy (systemd hosts, needs root).
 test: venv
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
+	  if [ $$rc = 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 ## Unit and integration tiers only: no root needed.
 test-fast: venv
