@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
 
 import pytest
@@ -44,9 +45,19 @@ def test_each_host_reaches_its_peers(testbed: Testbed) -> None:
             assert _pings(testbed, src, dst), f"{src} -> {dst}"
 
 
-def test_hosts_reach_nothing_beyond_the_bridge(testbed: Testbed) -> None:
-    out = testbed.run("paxmr1", "ip -4 route get 192.0.2.99; ping -c1 -W1 192.0.2.99", check=False)
-    assert out.returncode != 0
+def test_hosts_reach_the_controller_only_on_the_bridge(testbed: Testbed) -> None:
+    assert testbed.run("paxmr1", "ping -c1 -W1 10.77.0.1", check=False).returncode == 0
+    # The controller's other addresses answer pings from anywhere else, but not from the hosts.
+    lines = subprocess.run(
+        ["ip", "-4", "-o", "address", "show"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    others = [
+        line.split()[3].split("/")[0]
+        for line in lines
+        if line.split()[1] not in {"lo", "paxmr-br0"}
+    ]
+    for addr in [*others, "1.1.1.1"]:
+        assert testbed.run("paxmr1", f"ping -c1 -W1 {addr}", check=False).returncode != 0, addr
 
 
 def test_cut_isolates_host_from_peers_but_not_controller(testbed: Testbed) -> None:
