@@ -675,6 +675,10 @@ table inet {NFT_TABLE} {{
         return pairs
 
     def _set_cut_pairs(self, pairs: set[tuple[str, str]]) -> None:
+        if _sh("nft", "list", "tables").find(f"bridge {NFT_TABLE}") < 0:
+            if pairs:
+                raise TestbedError("the testbed's network is not up: run `up` first")
+            return  # nothing is cut when there is no network
         # One nft transaction, so a heal never briefly opens links that stay cut.
         batch = f"flush set bridge {NFT_TABLE} cut\n"
         if pairs:
@@ -791,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
             os.execvp("ssh", ["ssh", "-F", str(bed.ssh_config), args.host, *cmd])  # noqa: S606
         else:
             getattr(bed, args.command)(args.host)
-    except TestbedError as err:
+    except (TestbedError, subprocess.CalledProcessError) as err:
         print(f"testbed: {err}", file=sys.stderr)
         return 1
     log.info("%s done in %.1f s", args.command, time.monotonic() - start)
