@@ -392,6 +392,22 @@ def bench_wordcount(c: Ctx, size: int, file: Path | None, mappers: int) -> None:
     c.emit(result, lambda r: "\n".join(f"{k:>20}: {v}" for k, v in r.items()))
 
 
+@bench.command("replicate")
+@click.option("--sequential", type=click.IntRange(10), default=500, show_default=True,
+              help="Entries replicated one after another.")  # fmt: skip
+@click.option("--concurrent", type=click.IntRange(64), default=4000, show_default=True,
+              help="Entries replicated with 64 in flight.")  # fmt: skip
+@click.option("--catchup", type=click.IntRange(1), default=1000, show_default=True,
+              help="Entries a stopped node misses before it resumes.")  # fmt: skip
+@pass_ctx
+def bench_replicate(c: Ctx, sequential: int, concurrent: int, catchup: int) -> None:
+    """A local 3-node cluster with durable storage: latency, throughput, failover, catch-up."""
+    from paxmr.bench import replicate  # noqa: PLC0415
+
+    result = replicate.run(sequential, concurrent, catchup)
+    c.emit(result, lambda r: "\n".join(f"{k:>20}: {v}" for k, v in r.items()))
+
+
 # --- entry point ---------------------------------------------------------------------------------
 
 

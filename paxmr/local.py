@@ -32,6 +32,7 @@ class Service:
     name: str
     pid: int
     socket: str
+    argv: list[str]
 
 
 def _free_ports(count: int) -> list[int]:
@@ -69,8 +70,8 @@ def _write_config(root: Path, node: int, ports: list[int], mappers: int) -> Path
     return path
 
 
-def _argvs(settings: Settings) -> list[tuple[str, list[str], Path]]:
-    base = [sys.executable, "-m", "paxmr"]
+def _argvs(settings: Settings, config: Path) -> list[tuple[str, list[str], Path]]:
+    base = [sys.executable, "-m", "paxmr", "-c", str(config)]
     jobs = [
         (f"mapper-{i}", [*base, "serve", "mapper", "--id", str(i)], settings.mapper_socket(i))
         for i in range(1, settings.mappers + 1)
@@ -101,6 +102,7 @@ def load_state(root: Path) -> list[Service]:
 
 
 def _alive(pid: int) -> bool:
+    _reap(pid)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -125,17 +127,8 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
             settings = load_settings(cfg)
             if not prm.db_path(settings).exists():
                 prm.initialize(settings)  # founding members vote from the start
-            for name, argv, sock in _argvs(settings):
-                log = (root / f"n{node}" / "logs" / f"{name}.log").open("ab")
-                proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-                    [*argv[:3], "-c", str(cfg), *argv[3:]],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-                log.close()
-                services.append(Service(node, name, proc.pid, str(sock)))
+            for name, argv, sock in _argvs(settings, cfg):
+                services.append(_spawn(root, node, name, argv, sock))
         _save(root, services)
         for s in services:
             wait_ready(Path(s.socket))
@@ -143,6 +136,32 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
         down(root)
         raise
     return configs
+
+
+def _spawn(root: Path, node: int, name: str, argv: list[str], sock: Path) -> Service:
+    with (root / f"n{node}" / "logs" / f"{name}.log").open("ab") as log:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return Service(node, name, proc.pid, str(sock), argv)
+
+
+def restart(root: Path, node: int, name: str) -> Service:
+    """Start one service again (after it was killed), with the same arguments, and wait for it."""
+    services = load_state(root)
+    old = next((s for s in services if s.node == node and s.name == name), None)
+    if old is None:
+        raise RuntimeError(f"no service {name} on node {node} in {root}")
+    if _alive(old.pid):
+        raise RuntimeError(f"{name} on node {node} still runs as pid {old.pid}")
+    new = _spawn(root, node, name, old.argv, Path(old.socket))
+    _save(root, [new if s is old else s for s in services])
+    wait_ready(Path(new.socket))
+    return new
 
 
 def _save(root: Path, services: list[Service]) -> None:
@@ -158,7 +177,6 @@ def down(root: Path, timeout: float = 10.0) -> int:
     deadline = time.monotonic() + timeout
     for s in running:
         while _alive(s.pid) and time.monotonic() < deadline:
-            _reap(s.pid)
             time.sleep(0.02)
         if _alive(s.pid):
             with contextlib.suppress(ProcessLookupError):
