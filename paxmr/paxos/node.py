@@ -451,8 +451,8 @@ class Node:
                 self._out.replies.append(Reply(entry.request_id, outcome))
 
     def _note_len(self, src: int, length: int) -> None:
-        if length > self._peer_len.get(src, 0):
-            self._peer_len[src] = length
+        # The latest report wins, even if smaller: a peer whose storage was lost starts over.
+        self._peer_len[src] = length
 
     def _catch_up(self, now: float, hint: int | None) -> None:
         """Fetch chosen entries, one batch at a time, from a peer known to be ahead."""

@@ -17,8 +17,9 @@ FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS
 class NodeFault:
     at: float
     kind: str  # one of NODE_FAULTS
-    nodes: tuple[int, ...]  # the victim, or one side of a partition
+    nodes: tuple[int, ...]  # the victim, one side of a partition, or the two ends of a link
     duration: float
+    link: bool = False  # a partition that cuts only the link between nodes[0] and nodes[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,10 +47,13 @@ def plan_faults(
             continue
         for _ in range(rng.randint(0, 3)):
             at = rng.uniform(0.1, until)
-            if kind == "partition":
-                side = tuple(rng.sample(members, rng.randint(1, len(members) // 2)))
+            duration = rng.uniform(0.05, 1.0)
+            if kind != "partition":
+                faults.append(NodeFault(at, kind, (rng.choice(members),), duration))
+            elif rng.random() < 0.5:
+                faults.append(NodeFault(at, kind, tuple(rng.sample(members, 2)), duration, True))
             else:
-                side = (rng.choice(members),)
-            faults.append(NodeFault(at, kind, side, rng.uniform(0.05, 1.0)))
+                side = tuple(rng.sample(members, rng.randint(1, len(members) // 2)))
+                faults.append(NodeFault(at, kind, side, duration))
     faults.sort(key=lambda f: f.at)
     return profile, faults

@@ -30,7 +30,7 @@ SIM_CONFIG = CoreConfig(
 )
 FAULT_PHASE = 3.0  # faults strike in [0, FAULT_PHASE); then everything heals
 LIVENESS_BOUND = 20.0  # after healing, all requests must complete and logs converge by then
-REQUESTS = 20
+REQUESTS = 40
 
 
 class NodeFactory(Protocol):
@@ -56,6 +56,8 @@ class Replica:
     incarnation: int = 0
     timer_token: int = 0
     timer_at: float = math.inf
+    power_cut_armed: bool = False  # lose-unsynced strikes while writes are in flight
+    wipe_armed: bool = False  # a lost disk strikes right after the node acknowledged an accept
 
 
 @dataclass
@@ -76,7 +78,7 @@ class RunResult:
 
 
 class World:
-    def __init__(  # noqa: PLR0913, PLR0917 - one simulated run's parameters
+    def __init__(  # noqa: PLR0917 - one simulated run's parameters
         self,
         seed: int,
         size: int,
@@ -127,8 +129,6 @@ class World:
             getattr(self, f"_on_{kind}")(arg)
             if self.checker.violations or (kind == "quiet" and self._quiescent()):
                 break
-        else:  # pragma: no cover - heartbeats keep the queue from ever emptying
-            pass
         if not self.checker.violations:
             if self._quiescent():
                 self.checker.final({i: r.log for i, r in self.replicas.items()})
@@ -164,9 +164,7 @@ class World:
     def _start(self, replica: Replica) -> None:
         durable = replica.disk.load()
         rng = random.Random(self.rng.getrandbits(64))
-        replica.node = self.factory(
-            replica.id, self.members, durable, SIM_CONFIG, rng, self.now
-        )
+        replica.node = self.factory(replica.id, self.members, durable, SIM_CONFIG, rng, self.now)
         replica.log = NodeLog([])
         for entry in durable.log:
             self.checker.learned(replica.id, entry)
@@ -200,6 +198,11 @@ class World:
             else:
                 replica.staged.append((ready.persist, ready))
             self._at(sync_at, "sync", (replica.id, replica.incarnation))
+            if replica.power_cut_armed and ready.persist:
+                replica.power_cut_armed = False
+                self._log(f"power cut on node {replica.id}")
+                self._crash(replica, lose_unsynced=True)
+                return
         deadline = node.next_deadline()
         if deadline != replica.timer_at and deadline < math.inf:
             replica.timer_token += 1
@@ -214,6 +217,13 @@ class World:
         replica.disk.commit(persist)
         if ready is not None:
             self._release(replica, ready)
+        if replica.wipe_armed and persist.accepted:
+            replica.wipe_armed = False
+            # A lost disk is survivable only while every other replica still votes.
+            if all(r.disk.voting for r in self.replicas.values()):
+                self._log(f"disk lost on node {replica.id}")
+                self._crash(replica, lose_unsynced=True)
+                replica.disk = MemoryStorage(bootstrap=False)
 
     def _release(self, replica: Replica, ready: Ready) -> None:
         for entry in ready.applied:
@@ -289,8 +299,10 @@ class World:
             return
         victim = self.replicas[fault.nodes[0]]
         if fault.kind == "partition":
-            other = [m for m in self.members if m not in fault.nodes]
-            for a in fault.nodes:
+            other = (
+                fault.nodes[1:] if fault.link else [m for m in self.members if m not in fault.nodes]
+            )
+            for a in fault.nodes[:1] if fault.link else fault.nodes:
                 for b in other:
                     self.blocked |= {(a, b), (b, a)}
         elif victim.node is None:
@@ -299,13 +311,11 @@ class World:
             victim.node.stop(self.now)
             self._after_input(victim)
         elif fault.kind == "wipe":
-            # A lost disk is survivable only while every other replica still votes.
-            if any(not r.disk.voting for r in self.replicas.values()):
-                return
-            self._crash(victim, lose_unsynced=True)
-            victim.disk = MemoryStorage(bootstrap=False)
+            victim.wipe_armed = True
+        elif fault.kind == "lose-unsynced":
+            victim.power_cut_armed = True
         else:
-            self._crash(victim, lose_unsynced=fault.kind == "lose-unsynced")
+            self._crash(victim, lose_unsynced=False)
         self.faults[fault.kind] += 1
         self._log(f"fault {fault.kind} {fault.nodes} for {fault.duration:.3f}s")
         self._at(self.now + fault.duration, "recover", fault)
@@ -318,6 +328,8 @@ class World:
             self.blocked.clear()
         elif victim.node is None:
             self._start(victim)
+        elif fault.kind in {"lose-unsynced", "wipe"}:
+            victim.power_cut_armed = victim.wipe_armed = False
         elif fault.kind == "stop" and victim.node.stopped:
             victim.node.resume(self.now)
             self._after_input(victim)
@@ -327,6 +339,7 @@ class World:
         self.healed = True
         self.blocked.clear()
         for replica in self.replicas.values():
+            replica.power_cut_armed = replica.wipe_armed = False
             if replica.node is None:
                 self._start(replica)
             elif replica.node.stopped:
