@@ -26,10 +26,8 @@ class BadLogObject(ValueError):
 
 
 def _digest(words: Sequence[bytes], counts: Sequence[int]) -> str:
-    h = hashlib.sha256(tally.HEADER)
-    for word, n in zip(words, counts, strict=True):
-        h.update(b"%s\t%d\n" % (word, n))
-    return h.hexdigest()
+    lines = b"".join([b"%s\t%d\n" % item for item in zip(words, counts, strict=True)])
+    return hashlib.sha256(tally.HEADER + lines).hexdigest()
 
 
 @dataclass(frozen=True)

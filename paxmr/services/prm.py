@@ -19,6 +19,7 @@ from pydantic import Field
 
 from paxmr import control, logs, paths, paxos
 from paxmr.logobject import BadLogObject, LogObject, merge, show
+from paxmr.paxos.messages import Accepted, Nack, Prepare, Promise
 from paxmr.services import daemon
 from paxmr.services.transport import Transport
 from paxmr.settings import Settings
@@ -54,6 +55,9 @@ class PositionsArgs(control.Args):
 class MergeArgs(PositionsArgs):
     top: int = Field(default=20, ge=0)
 
+
+# Messages that may leave only once the Ready's persist is on disk (see Prm._carry_out).
+_AFTER_COMMIT = (Prepare, Promise, Nack, Accepted)
 
 # Refusals the core gives that mean "no quorum reached in time": the CLI exits 5 for these.
 _NO_QUORUM = {"timeout", "no_quorum"}
@@ -122,11 +126,18 @@ class Prm:
             await self._carry_out(self.node.ready())
 
     async def _carry_out(self, ready: paxos.Ready) -> None:
-        """Persist first; only then may anything that depends on it leave this process."""
-        if ready.persist:
-            await asyncio.to_thread(self.storage.commit, ready.persist)
+        """Commit the Ready's persist; hold back what depends on it until it is on disk.
+
+        Only a Prepare (its round must be durable, so ballots never repeat) and the acceptor's
+        replies depend on this commit. Accepts carry a ballot made durable before its Prepare,
+        and chosen entries, catch-up and replies state facts a quorum has already made durable
+        (the previous Ready was committed before this one was taken), so they leave at once and
+        the leader's fsync overlaps its followers'.
+        """
+        held = [(d, m) for d, m in ready.messages if isinstance(m, _AFTER_COMMIT)]
         for dst, msg in ready.messages:
-            self.transport.send(dst, msg)
+            if not isinstance(msg, _AFTER_COMMIT):
+                self.transport.send(dst, msg)
         for entry in ready.applied:
             self._applied(entry)
             if entry.position is not None:
@@ -135,6 +146,10 @@ class Prm:
             future = self.waiting.pop(reply.request_id, None)
             if future is not None and not future.done():
                 future.set_result(reply.outcome)
+        if ready.persist:
+            await asyncio.to_thread(self.storage.commit, ready.persist)
+        for dst, msg in held:
+            self.transport.send(dst, msg)
 
     # --- control operations ------------------------------------------------------------------
 
