@@ -6,6 +6,7 @@ import asyncio
 import json
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -252,6 +253,32 @@ def merge_cmd(c: Ctx, positions: tuple[int, ...], top: int) -> None:
     args = {"positions": list(positions), "top": top}
     result = control.call(c.settings.prm_socket, "merge", args)
     c.emit(result, render.merged)
+
+
+@cli.command("logs")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True)
+@pass_ctx
+def logs_cmd(c: Ctx, follow: bool, lines: int) -> None:
+    """This node's paxmr journal, readable (-o json passes the JSON lines through)."""
+    argv = ["journalctl", "--unit=paxmr-*", "--output=cat", f"--lines={lines}"]
+    if follow:
+        argv.append("--follow")
+    try:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)  # noqa: S603
+    except FileNotFoundError:
+        _fail("journalctl not found: paxmr logs reads the systemd journal", EXIT_ERROR)
+    assert proc.stdout is not None
+    with proc:
+        for line in proc.stdout:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if c.json or not isinstance(record, dict):
+                click.echo(line, nl=False)
+            else:
+                click.echo(render.log_line(record))
 
 
 # --- services ----------------------------------------------------------------------------------

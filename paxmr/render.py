@@ -54,3 +54,15 @@ def merged(r: dict[str, Any]) -> str:
     lines = [head]
     lines += [f"  {w:<{widest}} {n:>10} {'#' * max(1, round(BAR * n / peak))}" for w, n in words]
     return "\n".join(lines)
+
+
+_LOG_KEYS = ("timestamp", "level", "event", "node", "role")
+
+
+def log_line(record: dict[str, Any]) -> str:
+    """One structured log record as a readable line: time, level, role@node, event, the rest."""
+    rest = " ".join(f"{k}={v}" for k, v in record.items() if k not in _LOG_KEYS)
+    return (
+        f"{record.get('timestamp', '')[:23]} {record.get('level', ''):<7} "
+        f"{record.get('role', '?')}@{record.get('node', '?')} {record.get('event', '')} {rest}"
+    ).rstrip()
