@@ -18,6 +18,7 @@ import click
 from paxmr import control, jobs, local, logs, paths, render
 from paxmr import settings as settings_mod
 from paxmr.settings import ConfigError, Settings
+from paxmr.sim.command import sim
 
 EXIT_ERROR, EXIT_USAGE, EXIT_DOWN, EXIT_DENIED, EXIT_NO_QUORUM = 1, 2, 3, 4, 5
 
@@ -433,6 +434,9 @@ def bench_replicate(c: Ctx, sequential: int, concurrent: int, catchup: int) -> N
 
     result = replicate.run(sequential, concurrent, catchup)
     c.emit(result, lambda r: "\n".join(f"{k:>20}: {v}" for k, v in r.items()))
+
+
+cli.add_command(sim)
 
 
 # --- entry point ---------------------------------------------------------------------------------
