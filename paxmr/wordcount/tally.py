@@ -34,11 +34,12 @@ def write(path: Path, counts: Iterable[tuple[bytes, int]]) -> None:
 
 
 def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> None:
+    """Write sorted ``items``; anything ``read`` would reject raises and leaves ``path`` as it was."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("wb") as f:
             f.write(HEADER)
-            f.writelines(b"%s\t%d\n" % item for item in items)
+            f.writelines(b"%s\t%d\n" % item for item in _checked(str(path), items))
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -52,27 +53,37 @@ def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> None:
         os.close(dir_fd)
 
 
-def _parse(name: str, f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
-    if f.readline() != HEADER:
-        raise TallyError(f"{name}: not a paxmr tally (first line must be {HEADER!r})")
+def _checked(name: str, items: Iterable[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
+    """Pass ``items`` through, refusing what the format cannot hold (line numbers as in a file)."""
     previous = b""
-    for number, line in enumerate(f, start=2):
-        word, tab, rest = line.partition(b"\t")
-        if not tab or not rest.endswith(b"\n") or not word or not _NOT_IN_WORD.isdisjoint(word):
-            raise TallyError(f"{name}:{number}: expected <word>TAB<count>")
-        digits = rest[:-1]
-        if not digits.isdigit() or digits.startswith(b"0"):
+    for number, (word, count) in enumerate(items, start=2):
+        if not word or not _NOT_IN_WORD.isdisjoint(word):
+            raise TallyError(f"{name}:{number}: a word must be non-empty and without whitespace")
+        if count < 1:
             raise TallyError(f"{name}:{number}: count must be a positive integer")
         if word <= previous:
             raise TallyError(f"{name}:{number}: words are not in strictly increasing order")
         previous = word
+        yield word, count
+
+
+def _parse(name: str, f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
+    if f.readline() != HEADER:
+        raise TallyError(f"{name}: not a paxmr tally (first line must be {HEADER!r})")
+    for number, line in enumerate(f, start=2):
+        word, tab, rest = line.partition(b"\t")
+        digits = rest[:-1]
+        if not tab or not rest.endswith(b"\n"):
+            raise TallyError(f"{name}:{number}: expected <word>TAB<count>")
+        if not digits.isdigit() or digits.startswith(b"0"):
+            raise TallyError(f"{name}:{number}: count must be a positive integer")
         yield word, int(digits)
 
 
 def iterate(path: Path) -> Iterator[tuple[bytes, int]]:
     """Stream a tally's (word, count) pairs in order, validating as it goes."""
     with path.open("rb") as f:
-        yield from _parse(str(path), f)
+        yield from _checked(str(path), _parse(str(path), f))
 
 
 def read(path: Path) -> dict[bytes, int]:
