@@ -34,7 +34,7 @@ def write(path: Path, counts: Iterable[tuple[bytes, int]]) -> None:
 
 
 def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> None:
-    """Write sorted ``items``; anything ``read`` would reject raises and leaves ``path`` as it was."""
+    """Write sorted ``items``; what ``read`` would reject raises and leaves ``path`` as it was."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with tmp.open("wb") as f:
@@ -73,7 +73,7 @@ def _parse(name: str, f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
     for number, line in enumerate(f, start=2):
         word, tab, rest = line.partition(b"\t")
         digits = rest[:-1]
-        if not tab or not rest.endswith(b"\n"):
+        if not word or not tab or not rest.endswith(b"\n"):
             raise TallyError(f"{name}:{number}: expected <word>TAB<count>")
         if not digits.isdigit() or digits.startswith(b"0"):
             raise TallyError(f"{name}:{number}: count must be a positive integer")
