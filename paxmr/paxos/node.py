@@ -307,6 +307,7 @@ class Node:
         plan = plan_takeover(self._promises.values(), self.log.length)
         if not self.acceptor.voting and self.acceptor.recover_until is None:
             self.acceptor.fence(self.ballot, plan.end, self._out.persist)
+            self.acceptor.caught_up(self.log.length, self._out.persist)
         self.role = LEADER
         self.leader = self.id
         self._backoff = 1.0

@@ -150,13 +150,19 @@ class World:
     def _quiescent(self) -> bool:
         if not self.healed or not all(c.done for c in self.clients.values()):
             return False
-        return len({len(r.log.entries) for r in self.replicas.values()}) == 1
+        replicas = self.replicas.values()
+        # A replica that lost its disk must have recovered its vote by quiescence, too.
+        if not all(r.node is not None and r.node.acceptor.voting for r in replicas):
+            return False
+        return len({len(r.log.entries) for r in replicas}) == 1
 
     def _report_stuck(self) -> None:
         pending = sorted(rid for rid, c in self.clients.items() if not c.done)
         lengths = {i: len(r.log.entries) for i, r in self.replicas.items()}
+        mute = [i for i, r in self.replicas.items() if r.node is None or not r.node.acceptor.voting]
         self.checker.fail(
-            f"liveness: {LIVENESS_BOUND}s after healing, pending {pending}, log lengths {lengths}"
+            f"liveness: {LIVENESS_BOUND}s after healing, pending {pending}, log lengths {lengths},"
+            f" not voting {mute}"
         )
 
     # -- nodes and their disks -------------------------------------------------------------
@@ -200,6 +206,7 @@ class World:
             self._at(sync_at, "sync", (replica.id, replica.incarnation))
             if replica.power_cut_armed and ready.persist:
                 replica.power_cut_armed = False
+                self.faults["lose-unsynced"] += 1
                 self._log(f"power cut on node {replica.id}")
                 self._crash(replica, lose_unsynced=True)
                 return
@@ -221,6 +228,7 @@ class World:
             replica.wipe_armed = False
             # A lost disk is survivable only while every other replica still votes.
             if all(r.disk.voting for r in self.replicas.values()):
+                self.faults["wipe"] += 1
                 self._log(f"disk lost on node {replica.id}")
                 self._crash(replica, lose_unsynced=True)
                 replica.disk = MemoryStorage(bootstrap=False)
@@ -256,15 +264,23 @@ class World:
     def _send(self, src: int, dst: int, msg: Message) -> None:
         profile = self.profile if not self.healed else NetworkProfile(0, 0, 0, 0)
         rng = self.rng
-        if (src, dst) in self.blocked or rng.random() < profile.drop:
+        if (src, dst) in self.blocked:
+            return
+        if rng.random() < profile.drop:
+            self.faults["drop"] += 1
             self._log(f"drop {src}->{dst} {msg}")
             return
-        copies = 2 if rng.random() < profile.dup else 1
+        copies = 1
+        if rng.random() < profile.dup:
+            self.faults["dup"] += 1
+            copies = 2
         for _ in range(copies):
             latency = rng.uniform(0.0005, 0.002)
             if rng.random() < profile.reorder:
+                self.faults["reorder"] += 1
                 latency += rng.uniform(0, 0.02)
             if rng.random() < profile.delay:
+                self.faults["delay"] += 1
                 latency += rng.uniform(0.05, 0.5)
             self._at(self.now + latency, "deliver", (src, dst, msg))
 
@@ -316,7 +332,8 @@ class World:
             victim.power_cut_armed = True
         else:
             self._crash(victim, lose_unsynced=False)
-        self.faults[fault.kind] += 1
+        if fault.kind not in {"lose-unsynced", "wipe"}:  # counted when they strike
+            self.faults[fault.kind] += 1
         self._log(f"fault {fault.kind} {fault.nodes} for {fault.duration:.3f}s")
         self._at(self.now + fault.duration, "recover", fault)
 

@@ -1,0 +1,110 @@
+"""A zero-latency, in-order network for driving a few nodes by hand in tests."""
+
+from __future__ import annotations
+
+import random
+from collections import deque
+
+from paxmr.paxos import CoreConfig, LogEntry, Message, Node, Ready, Reply, Request
+from paxmr.sim.disk import MemoryStorage
+from paxmr.sim.world import NodeFactory
+
+CONFIG = CoreConfig(
+    heartbeat_interval=0.05,
+    election_timeout_min=0.15,
+    election_timeout_max=0.3,
+    max_value_bytes=64,
+    max_in_flight=8,
+    catchup_batch=100,
+    request_timeout=1.0,
+)
+
+
+class Harness:
+    def __init__(
+        self, n: int = 3, config: CoreConfig = CONFIG, factory: NodeFactory = Node, seed: int = 0
+    ) -> None:
+        self.members = tuple(range(1, n + 1))
+        self.config = config
+        self.factory = factory
+        self.seed = seed
+        self.now = 0.0
+        self.disks = {i: MemoryStorage() for i in self.members}
+        self.nodes: dict[int, Node | None] = {}
+        self.wire: deque[tuple[int, int, Message]] = deque()
+        self.cut: set[int] = set()  # nodes whose traffic is dropped
+        self.replies: dict[int, list[Reply]] = {i: [] for i in self.members}
+        self.applied: dict[int, list[LogEntry]] = {i: [] for i in self.members}
+        self.readies: list[tuple[int, Ready]] = []
+        self.delivered = 0
+        for i in self.members:
+            self.start(i)
+
+    def node(self, i: int) -> Node:
+        node = self.nodes[i]
+        assert node is not None
+        return node
+
+    def start(self, i: int) -> None:
+        rng = random.Random(self.seed * 100 + i)
+        node = self.factory(i, self.members, self.disks[i].load(), self.config, rng, self.now)
+        self.nodes[i] = node
+        self.applied[i] = list(self.disks[i].load().log)
+
+    def crash(self, i: int) -> None:
+        self.nodes[i] = None
+
+    def flush(self, i: int) -> Ready:
+        ready = self.node(i).ready()
+        self.readies.append((i, ready))
+        self.disks[i].commit(ready.persist)  # persist before anything leaves
+        self.wire.extend((i, dst, msg) for dst, msg in ready.messages)
+        self.replies[i].extend(ready.replies)
+        self.applied[i].extend(ready.applied)
+        return ready
+
+    def deliver(self, limit: int = 1_000_000) -> None:
+        while self.wire and limit:
+            limit -= 1
+            src, dst, msg = self.wire.popleft()
+            node = self.nodes[dst]
+            if node is None or src in self.cut or dst in self.cut:
+                continue
+            self.delivered += 1
+            node.receive(src, msg, self.now)
+            self.flush(dst)
+
+    def advance(self, seconds: float) -> None:
+        end = self.now + seconds
+        while True:
+            live = [(n.next_deadline(), i) for i, n in self.nodes.items() if n is not None]
+            deadline = min(d for d, _ in live)
+            if deadline > end:
+                break
+            self.now = max(self.now, deadline)
+            for d, i in live:
+                if d <= self.now:
+                    self.node(i).on_timer(self.now)
+                    self.flush(i)
+            self.deliver()
+        self.now = end
+
+    def submit(self, i: int, rid: str, value: bytes = b"v") -> None:
+        self.node(i).submit(Request(rid, value), self.now)
+        self.flush(i)
+
+    def leader(self) -> int | None:
+        leaders = [
+            i
+            for i, n in self.nodes.items()
+            if n is not None and n.role == "leader" and i not in self.cut
+        ]
+        return leaders[0] if len(leaders) == 1 else None
+
+    def elect(self) -> int:
+        for _ in range(40):
+            self.advance(0.1)
+            leader = self.leader()
+            if leader is not None:
+                return leader
+        raise AssertionError("no leader elected")
