@@ -1,0 +1,192 @@
+"""Deploy tier: the three test hosts, site.yml run once per session, helpers to drive paxmr on them."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+REPO = Path(__file__).resolve().parents[2]
+ANSIBLE_DIR = REPO / "ansible"
+INVENTORY = REPO / "inventory" / "testbed" / "hosts.yml"
+WHEELHOUSE = REPO / "build" / "wheelhouse"
+BIN = Path(sys.executable).parent
+
+# testbed/ is a script directory, not part of the installed package.
+sys.path.insert(0, str(REPO))
+from testbed.testbed import Testbed  # noqa: E402
+
+NODE_IDS = {"paxmr1": 1, "paxmr2": 2, "paxmr3": 3}  # as in inventory/testbed/hosts.yml
+SERVICES = ["paxmr-prm.service", "paxmr-reducer.service",
+            "paxmr-mapper@1.service", "paxmr-mapper@2.service"]  # fmt: skip
+SOCKETS = {"paxmr-prm.socket": "prm.sock", "paxmr-reducer.socket": "reducer.sock",
+           "paxmr-mapper@1.socket": "mapper-1.sock", "paxmr-mapper@2.socket": "mapper-2.sock"}  # fmt: skip
+_RECAP = re.compile(
+    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
+    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+@dataclass
+class PlaybookRun:
+    playbook: str
+    returncode: int
+    output: str
+    seconds: float
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        return {
+            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in _RECAP.finditer(self.output)
+        }
+
+    def check(self) -> PlaybookRun:
+        assert self.returncode == 0, f"{self.playbook} failed:\n{self.output[-6000:]}"
+        return self
+
+
+def playbook(name: str, *args: str, timeout: float = 600) -> PlaybookRun:
+    """ansible-playbook from ansible/ (its ansible.cfg) against the testbed inventory."""
+    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
+    start = time.monotonic()
+    proc = subprocess.run(
+        [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), name, *args],
+        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+    return PlaybookRun(name, proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
+
+
+class Cluster:
+    """The deployed cluster: the paxmr command on each host, as root, with JSON output."""
+
+    def __init__(self, bed: Testbed) -> None:
+        self.bed = bed
+        self.hosts = list(bed.hosts)
+
+    def cli(self, host: str, *args: str, user: str = "root", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        cmd = f"sudo -u {user} paxmr {shlex.join(args)}"
+        return self.bed.run(host, cmd, check=False, timeout=timeout)
+
+    def json(self, host: str, *args: str, timeout: float = 120) -> Any:
+        proc = self.cli(host, *args, "-o", "json", timeout=timeout)
+        assert proc.returncode == 0, f"{host}: paxmr {' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
+        return json.loads(proc.stdout)
+
+    def status(self, host: str) -> dict[str, Any] | None:
+        proc = self.cli(host, "status", "-o", "json", timeout=30)
+        return json.loads(proc.stdout) if proc.returncode == 0 else None
+
+    def leader(self) -> str:
+        """The host every running node names as leader, once they agree."""
+        by_id = {node_id: host for host, node_id in NODE_IDS.items()}
+        agreed: set[Any] = set()
+
+        def agree() -> bool:
+            agreed.clear()
+            for host in self.hosts:
+                st = self.status(host)
+                agreed.add(st["prm"]["leader"] if st else None)
+            return len(agreed) == 1 and None not in agreed
+
+        wait_until(agree, 60, f"nodes agree on a leader (last seen {agreed})")
+        return by_id[agreed.pop()]
+
+    def wait_healthy(self, hosts: list[str] | None = None, timeout: float = 90) -> None:
+        def healthy(host: str) -> bool:
+            st = self.status(host)
+            return bool(st and st["prm"]["leader"] is not None
+                        and set(st["services"].values()) == {"up"})  # fmt: skip
+
+        for host in hosts or self.hosts:
+            wait_until(lambda h=host: healthy(h), timeout, f"{host} healthy")
+
+    def log(self, host: str) -> dict[str, Any]:
+        return self.json(host, "print")
+
+    def wait_converged(self, timeout: float = 60) -> dict[str, Any]:
+        """Wait until every host holds the same log; return it."""
+        logs: dict[str, Any] = {}
+
+        def same() -> bool:
+            for host in self.hosts:
+                logs[host] = self.log(host)
+            return len({entry["digest"] for entry in logs.values()}) == 1
+
+        wait_until(same, timeout, "identical logs on every host")
+        return logs[self.hosts[0]]
+
+    def gen(self, host: str, name: str, size: str, seed: int) -> None:
+        path = f"/var/lib/paxmr/data/{name}"
+        self.bed.run(host, f"sudo -u paxmr paxmr gen-corpus --size {size} --seed {seed} {path}", timeout=120)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="session")
+def bed() -> Iterator[Testbed]:
+    reason = Testbed.unavailable_reason()
+    if reason:
+        # CI sets this: there the deploy tier must run, and a skip would hide that it did not.
+        if os.environ.get("PAXMR_REQUIRE_DEPLOY") == "1":
+            pytest.fail(f"PAXMR_REQUIRE_DEPLOY=1 but the test hosts cannot run: {reason}")
+        pytest.skip(f"test hosts unavailable: {reason}")
+    testbed = Testbed()
+    testbed.up()
+    testbed.heal_all()
+    yield testbed
+    testbed.heal_all()
+
+
+@pytest.fixture(scope="session")
+def deployed(bed: Testbed) -> PlaybookRun:
+    """The wheelhouse built from this checkout and site.yml run once on all three hosts."""
+    subprocess.run(
+        [str(BIN / "pip"), "wheel", "--quiet", "--wheel-dir", str(WHEELHOUSE), str(REPO)],
+        check=True, capture_output=True, timeout=600,
+    )  # fmt: skip
+    return playbook("site.yml").check()
+
+
+@pytest.fixture(scope="session")
+def cluster(bed: Testbed, deployed: PlaybookRun) -> Cluster:
+    return Cluster(bed)
+
+
+@pytest.fixture
+def faults(bed: Testbed, cluster: Cluster) -> Iterator[Testbed]:
+    """A test that injects faults gets every host healed, booted and healthy again afterwards."""
+    yield bed
+    bed.heal_all()
+    for host in bed.hosts:
+        bed.boot(host)
+    cluster.wait_healthy()
+
+
+@pytest.fixture(scope="session")
+def testinfra_hosts(bed: Testbed, deployed: PlaybookRun) -> dict[str, Any]:
+    import testinfra  # noqa: PLC0415  # only the deploy tier needs it
+
+    return {
+        host: testinfra.get_host(f"ssh://{host}", ssh_config=str(bed.ssh_config), sudo=True)
+        for host in bed.hosts
+    }

@@ -1,0 +1,101 @@
+"""The deployed hosts as an operator sees them: units, sockets, files, config, journal, CLI access."""
+
+from __future__ import annotations
+
+import json
+import re
+import tomllib
+from typing import Any
+
+import pytest
+from conftest import NODE_IDS, SERVICES, SOCKETS, Cluster
+
+pytestmark = pytest.mark.deploy
+HOSTS = list(NODE_IDS)
+
+
+@pytest.fixture(params=HOSTS)
+def host(request: pytest.FixtureRequest, testinfra_hosts: dict[str, Any]) -> Any:
+    h = testinfra_hosts[request.param]
+    h.name = request.param
+    return h
+
+
+def test_units_active_and_enabled(host: Any) -> None:
+    for unit in ["paxmr.target", *SERVICES, *SOCKETS]:
+        service = host.service(unit)
+        assert service.is_running, unit
+        assert service.is_enabled, unit
+
+
+def test_sockets_are_group_owned_0660(host: Any) -> None:
+    for name in SOCKETS.values():
+        sock = host.file(f"/run/paxmr/{name}")
+        assert sock.is_socket, name
+        assert sock.mode == 0o660, name
+        assert sock.group == "paxmr-admin", name
+
+
+def test_services_run_as_paxmr(host: Any) -> None:
+    for unit in SERVICES:
+        assert host.check_output(f"systemctl show -P User {unit}") == "paxmr"
+        pid = host.check_output(f"systemctl show -P MainPID {unit}")
+        assert host.check_output(f"ps -o user= -p {pid}") == "paxmr", unit
+
+
+def test_directories_and_key_permissions(host: Any) -> None:
+    expected = {
+        "/var/lib/paxmr/state": ("paxmr", "paxmr", 0o700),
+        "/var/lib/paxmr/data": ("paxmr", "paxmr", 0o750),
+        "/etc/paxmr": ("root", "root", 0o755),
+        "/etc/paxmr/paxmr.toml": ("root", "root", 0o644),
+        "/etc/paxmr/cluster.key": ("root", "root", 0o600),
+    }
+    for path, (user, group, mode) in expected.items():
+        f = host.file(path)
+        assert (f.user, f.group, f.mode) == (user, group, mode), path
+    key = host.file("/etc/paxmr/cluster.key").content_string.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", key)
+
+
+def test_one_cluster_key_everywhere(testinfra_hosts: dict[str, Any]) -> None:
+    sums = {h.check_output("sha256sum /etc/paxmr/cluster.key").split()[0] for h in testinfra_hosts.values()}
+    assert len(sums) == 1
+
+
+def test_config_comes_from_the_inventory(host: Any) -> None:
+    config = tomllib.loads(host.file("/etc/paxmr/paxmr.toml").content_string)
+    assert config["node_id"] == NODE_IDS[host.name]
+    assert config["mappers"] == 2
+    assert config["nodes"] == [
+        {"id": i, "host": f"10.77.0.1{i}", "port": 7400} for i in sorted(NODE_IDS.values())
+    ]
+
+
+def test_security_exposure_on_the_host(host: Any) -> None:
+    for unit in SERVICES:
+        out = host.check_output(f"systemd-analyze security --no-pager {unit}")
+        level = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)[1])
+        assert level <= 2.0, f"{unit}: {level}"
+
+
+def test_verify_installed_units(host: Any) -> None:
+    cmd = host.run("systemd-analyze verify paxmr.target %s %s", " ".join(SERVICES), " ".join(SOCKETS))
+    assert cmd.rc == 0
+    assert cmd.stdout + cmd.stderr == ""
+
+
+def test_journal_has_json_lines_with_node_and_role(host: Any) -> None:
+    out = host.check_output("journalctl -o json --no-pager -n 200 SYSLOG_IDENTIFIER=paxmr-prm")
+    records = [json.loads(line) for line in out.splitlines()]
+    assert records
+    payloads = [json.loads(r["MESSAGE"]) for r in records if r["MESSAGE"].startswith("{")]
+    assert payloads
+    assert {p["node"] for p in payloads} == {NODE_IDS[host.name]}
+    assert {r["PAXMR_ROLE"] for r in records} == {"prm"}
+
+
+def test_operators_allowed_others_refused(cluster: Cluster) -> None:
+    host = HOSTS[0]
+    assert cluster.cli(host, "status", user="deploy").returncode == 0  # in paxmr-admin
+    assert cluster.cli(host, "print", user="nobody").returncode == 4  # permission denied

@@ -1,0 +1,35 @@
+"""The playbooks themselves: idempotence, check mode, the word-count job end to end."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import Cluster, PlaybookRun, playbook
+
+pytestmark = pytest.mark.deploy
+
+
+def test_second_run_changes_nothing(deployed: PlaybookRun) -> None:
+    again = playbook("site.yml").check()
+    assert again.recap()
+    assert all(r["changed"] == 0 for r in again.recap().values()), again.output[-4000:]
+
+
+def test_check_mode_on_a_deployed_cluster(deployed: PlaybookRun) -> None:
+    run = playbook("site.yml", "--check").check()
+    assert all(r["changed"] == 0 for r in run.recap().values()), run.output[-4000:]
+
+
+def test_wordcount_job_end_to_end(cluster: Cluster) -> None:
+    before = len(cluster.log(cluster.hosts[0])["entries"])
+    run = playbook("wordcount.yml", "-e", "paxmr_wordcount_size=1MiB").check()
+    assert "logs identical" in run.output
+    log = cluster.wait_converged()
+    new = log["entries"][before:]
+    assert sorted(e["node"] for e in new) == [1, 2, 3]
+    assert all(e["words"] > 0 for e in new)
+
+
+def test_rolling_restart_keeps_the_log(cluster: Cluster) -> None:
+    before = cluster.wait_converged()
+    playbook("restart.yml").check()
+    assert cluster.wait_converged() == before

@@ -1,0 +1,98 @@
+"""Faults on the deployed cluster: a killed PRM, a cut host, a crashed leader, a full reboot."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+
+import pytest
+from conftest import Cluster
+
+from testbed.testbed import Testbed
+
+pytestmark = pytest.mark.deploy
+EXIT_NO_QUORUM = 5
+
+
+def start_run(bed: Testbed, host: str, name: str) -> subprocess.Popen[str]:
+    """`paxmr run` on `host` in the background (over the testbed's ssh master)."""
+    return subprocess.Popen(
+        ["ssh", "-F", str(bed.ssh_config), host, "--", f"sudo paxmr run {name} -o json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+
+
+def run_job(cluster: Cluster, host: str, name: str, timeout: float = 90) -> dict[str, object]:
+    """`paxmr run`, retried while there is no quorum yet (an election in progress)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        proc = cluster.cli(host, "run", name, "-o", "json", timeout=timeout)
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+        assert proc.returncode == EXIT_NO_QUORUM, proc.stderr
+        assert time.monotonic() < deadline, f"no quorum for {timeout} s: {proc.stderr}"
+        time.sleep(1)
+
+
+def files(log: dict[str, object]) -> list[str]:
+    return [entry["file"] for entry in log["entries"]]  # type: ignore[attr-defined,index]
+
+
+def test_prm_killed_mid_job(cluster: Cluster, faults: Testbed) -> None:
+    host = cluster.hosts[0]
+    cluster.gen(host, "kill-mid-job.txt", "64MiB", seed=101)
+    restarts = int(faults.run(host, "systemctl show -P NRestarts paxmr-prm").stdout)
+    job = start_run(faults, host, "kill-mid-job.txt")
+    time.sleep(1)  # the mappers are counting
+    faults.run(host, "sudo systemctl kill -s KILL paxmr-prm")
+    out, err = job.communicate(timeout=180)
+    # The socket stays open across the restart: the job's replicate waits for the new PRM.
+    assert job.returncode == 0, err
+    result = json.loads(out)
+    assert int(faults.run(host, "systemctl show -P NRestarts paxmr-prm").stdout) > restarts
+    log = cluster.wait_converged()
+    assert files(log).count(result["file"]) == 1
+
+
+def test_cut_host_catches_up_after_heal(cluster: Cluster, faults: Testbed) -> None:
+    cut, *others = cluster.hosts
+    for i, host in enumerate(others):
+        cluster.gen(host, f"while-cut-{i}.txt", "1MiB", seed=200 + i)
+    before = cluster.log(cut)
+    faults.cut(cut)
+    for i, host in enumerate(others):
+        run_job(cluster, host, f"while-cut-{i}.txt")
+    # The majority committed without the cut host, which has not seen the new entries.
+    assert cluster.log(cut)["digest"] == before["digest"]
+    faults.heal(cut)
+    log = cluster.wait_converged()
+    assert {f for f in files(log) if f.startswith("while-cut-")} == {
+        f"while-cut-{i}.txt" for i in range(len(others))
+    }
+    assert len(log["entries"]) == len(before["entries"]) + len(others)
+
+
+def test_leader_host_crashed_and_booted(cluster: Cluster, faults: Testbed) -> None:
+    leader = cluster.leader()
+    survivor = next(h for h in cluster.hosts if h != leader)
+    cluster.gen(survivor, "leader-crash.txt", "1MiB", seed=301)
+    before = cluster.log(survivor)
+    faults.crash(leader)
+    run_job(cluster, survivor, "leader-crash.txt")
+    faults.boot(leader)
+    cluster.wait_healthy()
+    log = cluster.wait_converged()
+    assert log["entries"][: len(before["entries"])] == before["entries"]
+    assert len(log["entries"]) == len(before["entries"]) + 1
+
+
+def test_all_hosts_rebooted_keep_the_log(cluster: Cluster, faults: Testbed) -> None:
+    before = cluster.wait_converged()
+    for host in cluster.hosts:
+        faults.stop(host)
+    for host in cluster.hosts:
+        faults.boot(host)
+    cluster.wait_healthy()
+    assert cluster.wait_converged() == before
+    cluster.leader()  # they agree on one
