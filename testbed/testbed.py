@@ -78,11 +78,13 @@ usermod --password '*' deploy
 install -d -m 0700 -o deploy -g deploy /home/deploy/.ssh
 printf 'deploy ALL=(ALL) NOPASSWD:ALL\n' > /etc/sudoers.d/deploy
 chmod 0440 /etc/sudoers.d/deploy
+# One ed25519 host key: an RSA key would cost each fresh host seconds on its first boot.
 cat > /etc/ssh/sshd_config.d/paxmr-testbed.conf <<'EOF'
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 PermitRootLogin no
 UseDNS no
+HostKey /etc/ssh/ssh_host_ed25519_key
 EOF
 cat > /etc/systemd/system/ssh-host-keys.service <<'EOF'
 [Unit]
@@ -92,7 +94,7 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
 
 [Install]
 WantedBy=multi-user.target
@@ -262,11 +264,11 @@ class Testbed:
     @_exclusive
     def up(self) -> None:
         """Build what is missing and boot the hosts not running yet; running ones are left alone."""
-        base = self._prepare()
+        self._prepare()
         started = []
         for host in self.hosts:
             if not self.is_running(host):
-                self._ensure_disk(host, base)
+                self._ensure_disk(host)
                 self._start(host)
                 started.append(host)
         for host in started:
@@ -316,7 +318,8 @@ class Testbed:
     def boot(self, host: str, timeout: float = 60) -> None:
         """Start a stopped or crashed host again on its own disk and wait for its sshd."""
         if not self.is_running(host):
-            self._ensure_disk(host, self._prepare())
+            self._prepare()
+            self._ensure_disk(host)
             self._start(host)
         self.wait_ssh(host, timeout)
 
@@ -381,15 +384,13 @@ class Testbed:
 
     # -- internals: installation and base ------------------------------------------------------
 
-    def _prepare(self) -> Path:
-        """Everything the hosts share (tools, base, key, network, ssh config); returns the base."""
+    def _prepare(self) -> None:
+        """What all hosts share: tools, key, network, ssh config (the base is built on demand)."""
         self._ensure_tools()
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        base = self._ensure_base()
         self._ensure_key()
         self._ensure_network()
         self._write_ssh_config()
-        return base
 
     def _ensure_tools(self) -> None:
         if all(shutil.which(tool) for tool in TOOLS):
@@ -481,13 +482,16 @@ class Testbed:
     def _host_dir(self, host: str) -> Path:
         return self.state_dir / "hosts" / host
 
-    def _ensure_disk(self, host: str, base: Path) -> None:
-        """Mount the host's overlay disk (its own upper dir on the shared base); create it once."""
+    def _ensure_disk(self, host: str) -> None:
+        """Mount the host's overlay disk (its own upper dir on a base); create it once."""
         hdir = self._host_dir(host)
         root = hdir / "root"
-        if (hdir / "base").exists():
-            base = self._base_dir((hdir / "base").read_text().strip())
-        new = not (hdir / "upper").exists()
+        record = hdir / "base"  # written last: a disk without it was never finished
+        if record.exists():
+            base = self._base_dir(record.read_text().strip())
+        else:
+            self._remove_disk(host)
+            base = self._ensure_base()
         for sub in ("upper", "work", "root"):
             (hdir / sub).mkdir(parents=True, exist_ok=True)
         if not root.is_mount():
@@ -500,9 +504,9 @@ class Testbed:
                 f"lowerdir={base},upperdir={hdir / 'upper'},workdir={hdir / 'work'}",
                 str(root),
             )
-        if new:
+        if not record.exists():
             self._personalize(host, root)
-            (hdir / "base").write_text(base.name + "\n")
+            record.write_text(base.name + "\n")
 
     def _remove_disk(self, host: str) -> None:
         root = self._host_dir(host) / "root"
