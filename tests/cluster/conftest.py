@@ -1,0 +1,25 @@
+"""Fixtures of the cluster tier: one real 3-node local cluster per module (see support.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from .support import Cluster, running_cluster, small_tally
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    with running_cluster(mappers=1) as c:
+        for n in c.nodes:
+            small_tally(n)
+        yield c
+
+
+@pytest.fixture
+def healthy(cluster: Cluster) -> Iterator[Cluster]:
+    """The module's cluster, healed after the test so one failure does not cascade."""
+    yield cluster
+    cluster.heal()
+    cluster.converged()
