@@ -6,6 +6,8 @@ import random
 from dataclasses import replace
 
 import pytest
+from paxos_broken import votes_without_storage
+from paxos_harness import CONFIG, Harness
 
 from paxmr.paxos import (
     Ballot,
@@ -18,9 +20,6 @@ from paxmr.paxos import (
     Request,
 )
 from paxmr.paxos.messages import Accept, Accepted, Prepare, Promise
-
-from paxos_broken import votes_without_storage
-from paxos_harness import CONFIG, Harness
 
 
 def outcome(h: Harness, node: int, rid: str) -> Committed | Refused | None:
