@@ -1,0 +1,248 @@
+"""Failures on a real 3-node cluster: operator stop/resume, lost quorum, SIGKILLed PRMs, restarts.
+
+Each test leaves the cluster healthy (the ``healthy`` fixture heals it if a test failed midway),
+so the module shares one cluster; the full restart runs last and keeps it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+from paxmr import control, local
+
+from .support import (
+    CONVERGE_S,
+    REPLICATE_TIMEOUT,
+    Cluster,
+    Node,
+    alive,
+    service_env,
+    sigkill,
+)
+
+pytestmark = pytest.mark.integration
+
+FILE = "small_reduced"
+
+
+def _others(cluster: Cluster, node_id: int) -> list[Node]:
+    return [n for n in cluster.nodes if n.id != node_id]
+
+
+class Stream:
+    """Clients replicating one after another on the given nodes until stopped; records acks."""
+
+    def __init__(self, nodes: list[Node], clients_per_node: int = 2) -> None:
+        self.acked: dict[str, int] = {}
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True)
+            for n in nodes
+            for _ in range(clients_per_node)
+        ]
+
+    def __enter__(self) -> Stream:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(REPLICATE_TIMEOUT * 4)
+
+    def _run(self, node: Node) -> None:
+        while not self._stop.is_set():
+            rid = uuid.uuid4().hex
+            try:
+                result = node.replicate(FILE, rid)
+            except (control.ServiceDown, control.RemoteError, OSError) as exc:
+                with self._lock:
+                    self.failures.append(f"n{node.id}: {exc}")
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                self.acked[rid] = result["position"]
+
+    def wait_for(self, count: int, timeout: float = CONVERGE_S) -> None:
+        deadline = time.monotonic() + timeout
+        target = len(self.acked) + count
+        while len(self.acked) < target:
+            assert time.monotonic() < deadline, f"stream stalled: {self.failures[-5:]}"
+            time.sleep(0.02)
+
+
+def _all_acked_everywhere(cluster: Cluster, acked: dict[str, int]) -> None:
+    digest = cluster.converged()
+    for n in cluster.nodes:
+        log = n.call("print")
+        assert log["digest"] == digest
+        ids = [e["request_id"] for e in log["entries"]]
+        assert len(ids) == len(set(ids)), f"node {n.id}: a request id landed twice"
+        assert [e["position"] for e in log["entries"]] == list(range(len(ids)))
+        where = {rid: pos for pos, rid in enumerate(ids)}
+        lost = {rid for rid in acked if rid not in where}
+        assert not lost, f"node {n.id} lost {len(lost)} acknowledged replicates"
+        moved = {rid for rid, pos in acked.items() if where[rid] != pos}
+        assert not moved, f"node {n.id}: entries not at their acknowledged position"
+
+
+def _commits(node: Node, times: int = 1) -> None:
+    for _ in range(times):
+        done = node.cli("-o", "json", "replicate", FILE)
+        assert done.returncode == 0, f"node {node.id}: {done.stderr}"
+
+
+@pytest.mark.parametrize("which", ["follower", "leader"])
+def test_stop_refuses_the_others_commit_resume_catches_up(healthy: Cluster, which: str) -> None:
+    cluster = healthy
+    leader = cluster.leader()
+    victim = cluster.node(leader if which == "leader" else leader % 3 + 1)
+    others = _others(cluster, victim.id)
+
+    done = victim.cli("stop")
+    assert done.returncode == 0, done.stderr
+    status = victim.cli_json("status")["prm"]
+    assert status["stopped"] is True
+    assert status["role"] != "leader"
+
+    refused = victim.cli("replicate", FILE)
+    assert refused.returncode == 1, refused
+    assert "stopped" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    frozen = victim.status()["digest"]
+    for node in others * 3:
+        _commits(node)
+    target = cluster.converged(nodes=others)
+    assert victim.status()["digest"] == frozen != target  # it really missed them
+    assert victim.status()["stopped"] is True
+
+    done = victim.cli("resume")
+    assert done.returncode == 0, done.stderr
+    assert cluster.converged() == target
+    status = victim.cli_json("status")["prm"]
+    assert status["stopped"] is False
+    assert status["digest"] == target
+    # And it serves again: its own replicate lands everywhere.
+    _commits(victim)
+    cluster.converged()
+
+
+def test_no_quorum_replicate_fails_with_exit_5_within_its_timeout(healthy: Cluster) -> None:
+    cluster = healthy
+    lonely = cluster.node(cluster.leader())  # the hardest case: the leader loses its followers
+    stopped = _others(cluster, lonely.id)
+    before = lonely.status()["digest"]
+    for n in stopped:
+        assert n.cli("stop").returncode == 0
+    try:
+        started = time.monotonic()
+        done = lonely.cli("replicate", FILE, timeout=REPLICATE_TIMEOUT * 6)
+        elapsed = time.monotonic() - started
+        assert done.returncode == 5, done
+        assert "quorum" in done.stderr or "deadline" in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr
+        assert elapsed < 3 * REPLICATE_TIMEOUT, f"replicate took {elapsed:.1f} s"
+        assert lonely.status()["digest"] == before
+        # The follower side too: a node that is not leader, with the only other node stopped.
+        status = lonely.cli_json("status")["prm"]
+        assert status["stopped"] is False
+    finally:
+        for n in stopped:
+            n.cli("resume")
+    _commits(lonely)
+    cluster.converged()
+
+
+def test_sigkill_a_prm_mid_stream_nothing_acknowledged_is_lost(healthy: Cluster) -> None:
+    cluster = healthy
+    leader = cluster.leader()
+    victim = cluster.node(leader % 3 + 1)  # a follower
+    with Stream(cluster.nodes) as stream:
+        stream.wait_for(20)
+        sigkill(victim.prm_pid())
+        stream.wait_for(20)  # the other two keep committing without it
+        with service_env():
+            local.restart(cluster.root, victim.id, "prm")
+        stream.wait_for(20)
+    assert stream.acked
+    _all_acked_everywhere(cluster, stream.acked)
+
+
+def test_sigkill_the_leader_a_new_leader_commits(healthy: Cluster) -> None:
+    cluster = healthy
+    old = cluster.leader()
+    survivors = _others(cluster, old)
+    with Stream(survivors) as stream:
+        stream.wait_for(10)
+        old_ballot = survivors[0].status()["ballot"]
+        sigkill(cluster.node(old).prm_pid())
+        stream.wait_for(10)  # acknowledged by survivors: someone else leads now
+        new = cluster.leader(exclude=old)
+        assert new != old
+        assert survivors[0].status()["ballot"] > old_ballot
+        _commits(cluster.node(new))
+    with service_env():
+        local.restart(cluster.root, old, "prm")
+    _all_acked_everywhere(cluster, stream.acked)
+    # The restarted node follows; it does not disturb the log.
+    assert cluster.leader() in {n.id for n in cluster.nodes}
+
+
+def test_sigkill_every_prm_then_restart_keeps_acknowledged_entries(healthy: Cluster) -> None:
+    """Power loss of the whole cluster: what was acknowledged was on a quorum's disk."""
+    cluster = healthy
+    with Stream(cluster.nodes, clients_per_node=1) as stream:
+        stream.wait_for(15)
+        for n in cluster.nodes:
+            sigkill(n.prm_pid())
+    acked = dict(stream.acked)
+    with service_env():
+        for n in cluster.nodes:
+            local.restart(cluster.root, n.id, "prm")
+    cluster.leader()
+    _commits(cluster.node(1))
+    _all_acked_everywhere(cluster, acked)
+
+
+def _wait(predicate: Callable[[], bool], timeout: float = CONVERGE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def test_restart_of_all_three_prms_keeps_the_log(healthy: Cluster) -> None:
+    cluster = healthy
+    for n in cluster.nodes:
+        _commits(n)
+    digest = cluster.converged()
+    before = {n.id: n.cli_json("print") for n in cluster.nodes}
+    ballot = cluster.node(cluster.leader()).status()["ballot"]
+    pids = [s.pid for s in local.load_state(cluster.root)]
+
+    assert local.down(cluster.root) == len(pids)  # SIGTERM to every service
+    _wait(lambda: not any(alive(p) for p in pids))
+    with service_env():
+        local.up(cluster.root, 3, cluster.mappers)
+
+    assert cluster.converged() == digest
+    after = {n.id: n.cli_json("print") for n in cluster.nodes}
+    assert after == before
+    # The restarted cluster elects with a higher ballot and appends after the old entries.
+    count = len(before[1]["entries"])
+    result = cluster.node(2).cli_json("replicate", FILE)
+    assert result["position"] == count
+    cluster.converged()
+    assert cluster.node(cluster.leader()).status()["ballot"] > ballot
+    assert [e["request_id"] for e in cluster.node(3).call("print")["entries"]][:count] == [
+        e["request_id"] for e in before[1]["entries"]
+    ]
