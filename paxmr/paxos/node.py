@@ -46,6 +46,7 @@ LEADER = "leader"
 class _Pending:
     request: Request
     deadline: float
+    retry_at: float  # forward again then if still not applied (the leader may have changed)
 
 
 class Node:
@@ -116,8 +117,9 @@ class Node:
         ):
             self._refuse(rid, "busy", f"{self.config.max_in_flight} requests already in flight")
         else:
-            self._pending[rid] = _Pending(request, now + self.config.request_timeout)
-            self._retry_at = min(self._retry_at, now + self.config.heartbeat_interval)
+            retry_at = now + self.config.heartbeat_interval
+            self._pending[rid] = _Pending(request, now + self.config.request_timeout, retry_at)
+            self._retry_at = min(self._retry_at, retry_at)
             self._route(request)
 
     def receive(self, src: int, msg: Message, now: float) -> None:  # noqa: C901, PLR0912 - one case per kind
@@ -418,6 +420,7 @@ class Node:
             self._send(self.leader, Forward(request.request_id, request.value))
 
     def _retry_pending(self, now: float) -> None:
+        self._retry_at = math.inf
         for rid, pending in list(self._pending.items()):
             if now >= pending.deadline:
                 del self._pending[rid]
@@ -425,9 +428,11 @@ class Node:
                     self._refuse(rid, "no_quorum", "no leader could be reached before the deadline")
                 else:
                     self._refuse(rid, "timeout", "not applied before the deadline")
-            else:
+                continue
+            if now >= pending.retry_at:
                 self._route(pending.request)
-        self._retry_at = now + self.config.heartbeat_interval
+                pending.retry_at = now + self.config.heartbeat_interval
+            self._retry_at = min(self._retry_at, pending.retry_at, pending.deadline)
 
     def _refuse(self, rid: str, code: str, reason: str) -> None:
         self._out.replies.append(Reply(rid, Refused(code, reason)))
