@@ -92,7 +92,9 @@ class Node:
     def prm_log(self) -> Path:
         return self.root / f"n{self.id}" / "logs" / "prm.log"
 
-    def cli(self, *args: str | Path, timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str | Path, timeout: float = CLI_TIMEOUT
+    ) -> subprocess.CompletedProcess[str]:
         return paxmr("-c", self.config, *args, timeout=timeout)
 
     def cli_json(self, *args: str | Path) -> Any:
@@ -124,7 +126,9 @@ class Node:
         return result
 
     def prm_pid(self) -> int:
-        return next(s.pid for s in local.load_state(self.root) if s.node == self.id and s.name == "prm")
+        return next(
+            s.pid for s in local.load_state(self.root) if s.node == self.id and s.name == "prm"
+        )
 
     def log_events(self, event: str) -> list[dict[str, Any]]:
         """The PRM's structured log lines (``<N>{json}``) with this event name."""

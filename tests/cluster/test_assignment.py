@@ -43,7 +43,9 @@ def _entries(node: Node) -> list[dict[str, object]]:
 def test_three_nodes_map_reduce_replicate_and_agree(cluster: Cluster) -> None:
     texts: dict[int, bytes] = {}
     for n in cluster.nodes:
-        gen = n.cli("gen-corpus", "--size", "384KiB", "--seed", SEEDS[n.id], n.data / f"t{n.id}.txt")
+        gen = n.cli(
+            "gen-corpus", "--size", "384KiB", "--seed", SEEDS[n.id], n.data / f"t{n.id}.txt"
+        )
         assert gen.returncode == 0, gen.stderr
         texts[n.id] = (n.data / f"t{n.id}.txt").read_bytes()
 
@@ -94,7 +96,7 @@ def test_three_nodes_map_reduce_replicate_and_agree(cluster: Cluster) -> None:
     merged = merges[1]
     assert merged["total"] == sum(everything.values())
     assert merged["distinct"] == len(everything)
-    assert {w: n for w, n in merged["words"]} == {_show(w): n for w, n in everything.items()}
+    assert dict(merged["words"]) == {_show(w): n for w, n in everything.items()}
     assert cluster.node(2).cli("total", 0, 1, 2).stdout.strip() == str(sum(everything.values()))
 
     # merge --top N gives the N most common, most common first.
@@ -222,7 +224,12 @@ def test_replicating_a_path_outside_the_data_directory_is_refused(
 
 @pytest.mark.parametrize(
     ("command", "positions"),
-    [("total", ["999"]), ("total", ["0", "1000000"]), ("merge", ["4242"]), ("merge", ["0", "77777"])],
+    [
+        ("total", ["999"]),
+        ("total", ["0", "1000000"]),
+        ("merge", ["4242"]),
+        ("merge", ["0", "77777"]),
+    ],
 )
 def test_unknown_log_position_is_a_clear_error(
     cluster: Cluster, unchanged: None, command: str, positions: list[str]
@@ -251,7 +258,12 @@ def test_replicate_request_over_the_control_socket_with_bad_args(
 ) -> None:
     """The PRM validates its control arguments itself, not only the CLI."""
     sock = cluster.node(1).settings.prm_socket
-    for args in ({}, {"file": 7}, {"file": "small_reduced", "request_id": ""}, {"file": "x", "z": 1}):
+    for args in (
+        {},
+        {"file": 7},
+        {"file": "small_reduced", "request_id": ""},
+        {"file": "x", "z": 1},
+    ):
         with pytest.raises(control.RemoteError) as err:
             control.call(sock, "replicate", args, timeout=REPLICATE_TIMEOUT * 3)
         assert err.value.code == "bad_args", args

@@ -10,6 +10,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Self
 
 import pytest
 
@@ -48,7 +49,7 @@ class Stream:
             for _ in range(clients_per_node)
         ]
 
-    def __enter__(self) -> Stream:
+    def __enter__(self) -> Self:
         for t in self._threads:
             t.start()
         return self

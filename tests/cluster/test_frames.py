@@ -92,8 +92,11 @@ def _cases(key: bytes) -> dict[str, tuple[bytes, bool, str]]:
     return {
         "http_garbage": (b"GET / HTTP/1.1\r\nHost: paxmr\r\n\r\n", True, "connection_dropped"),
         "random_garbage": (struct.pack(">I", 200) + os.urandom(200), True, "frame_dropped"),
-        "oversized_limit_plus_one": (struct.pack(">I", (32 << 20) + 1) + b"x" * 64, True,
-                                     "connection_dropped"),  # fmt: skip
+        "oversized_limit_plus_one": (
+            struct.pack(">I", (32 << 20) + 1) + b"x" * 64,
+            True,
+            "connection_dropped",
+        ),
         "oversized_4gib": (b"\xff\xff\xff\xff" + b"x" * 64, True, "connection_dropped"),
         "length_shorter_than_tag": (struct.pack(">I", 16) + b"x" * 16, True, "connection_dropped"),
         "zero_length": (b"\x00\x00\x00\x00", True, "connection_dropped"),
@@ -105,33 +108,53 @@ def _cases(key: bytes) -> dict[str, tuple[bytes, bool, str]]:
         ),
         "valid_key_not_msgpack": (_frame(key, b"\xc1\xc1\xc1 not msgpack"), False, "frame_dropped"),
         "valid_key_not_a_map": (_frame(key, msgpack.packb([1, 2, 3])), False, "frame_dropped"),
-        "valid_key_wrong_dst": (_frame(key, _payload(HOSTILE_PREPARE, dst=3)), False,
-                                "frame_dropped"),  # fmt: skip
-        "valid_key_src_not_int": (_frame(key, _payload(HOSTILE_PREPARE, src="2")), False,
-                                  "frame_dropped"),  # fmt: skip
-        "valid_key_unknown_kind": (_frame(key, _payload({"k": "exec", "cmd": "rm -rf /"})), False,
-                                   "frame_dropped"),  # fmt: skip
-        "valid_key_short_ballot": (_frame(key, _payload({"k": "prepare", "b": [1], "from": 0})),
-                                   False, "frame_dropped"),  # fmt: skip
+        "valid_key_wrong_dst": (
+            _frame(key, _payload(HOSTILE_PREPARE, dst=3)),
+            False,
+            "frame_dropped",
+        ),
+        "valid_key_src_not_int": (
+            _frame(key, _payload(HOSTILE_PREPARE, src="2")),
+            False,
+            "frame_dropped",
+        ),
+        "valid_key_unknown_kind": (
+            _frame(key, _payload({"k": "exec", "cmd": "rm -rf /"})),
+            False,
+            "frame_dropped",
+        ),
+        "valid_key_short_ballot": (
+            _frame(key, _payload({"k": "prepare", "b": [1], "from": 0})),
+            False,
+            "frame_dropped",
+        ),
         "valid_key_negative_slot": (
             _frame(key, _payload({"k": "accept", "b": [1, 2], "e": [[-1, ["r", b"v"]]], "c": 0})),
             False,
             "frame_dropped",
         ),
         "valid_key_huge_slot": (
-            _frame(key, _payload({"k": "accept", "b": [1, 2], "e": [[2**63, ["r", b"v"]]], "c": 0})),
+            _frame(
+                key, _payload({"k": "accept", "b": [1, 2], "e": [[2**63, ["r", b"v"]]], "c": 0})
+            ),
             False,
             "frame_dropped",
         ),
-        "valid_key_bool_as_int": (_frame(key, _payload({"k": "catchup", "from": True})), False,
-                                  "frame_dropped"),  # fmt: skip
+        "valid_key_bool_as_int": (
+            _frame(key, _payload({"k": "catchup", "from": True})),
+            False,
+            "frame_dropped",
+        ),
         "valid_key_value_not_bytes": (
             _frame(key, _payload({"k": "forward", "id": "r", "v": "text, not bytes"})),
             False,
             "frame_dropped",
         ),
-        "valid_key_missing_field": (_frame(key, _payload({"k": "nack", "b": [1, 2]})), False,
-                                    "frame_dropped"),  # fmt: skip
+        "valid_key_missing_field": (
+            _frame(key, _payload({"k": "nack", "b": [1, 2]})),
+            False,
+            "frame_dropped",
+        ),
         "valid_frame_then_truncated": (valid + valid[: len(valid) // 2], True, "truncated"),
     }
 
