@@ -423,7 +423,7 @@ class Testbed:
     def _ensure_base(self) -> Path:
         """The base rootfs for the current recipe, built once (about a minute) and cached."""
         base = self._base_dir()
-        if (base / ".complete").exists():
+        if base.is_dir():  # only ever appears by the rename below, complete
             return base
         tmp = base.with_name(base.name + ".tmp")
         _discard_partial(tmp)
@@ -440,7 +440,6 @@ class Testbed:
             mirror,
         )
         _sh("chroot", str(tmp), "/bin/sh", "-c", BASE_SETUP)
-        (tmp / ".complete").write_text(RECIPE_HASH + "\n")
         tmp.rename(base)
         log.info("base built in %.0f s", time.monotonic() - start)
         self._drop_unused_bases()
@@ -455,7 +454,7 @@ class Testbed:
         for base in self._base_dir().parent.iterdir():
             if base.name not in used:
                 log.info("removing unused base %s", base.name)
-                shutil.rmtree(base, ignore_errors=True)
+                _discard_partial(base)
 
     def _ensure_key(self) -> None:
         if not self.key.exists():
@@ -739,12 +738,12 @@ table inet {NFT_TABLE} {{
                 )
 
 
-def _discard_partial(tmp: Path) -> None:
-    """Remove an interrupted build: debootstrap may have left /proc, /sys mounted inside it."""
+def _discard_partial(tree: Path) -> None:
+    """Remove a base, even an interrupted build where debootstrap left /proc, /sys mounted."""
     mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(f"{tmp}/")), reverse=True):
+    for mount in sorted((m for m in mounts if m.startswith(f"{tree}/")), reverse=True):
         _sh("umount", "--lazy", mount, check=False)
-    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(tree, ignore_errors=True)
 
 
 def _remove_cgroup(group: Path) -> None:

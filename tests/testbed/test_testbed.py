@@ -9,7 +9,8 @@ import pytest
 
 from testbed.testbed import Testbed
 
-pytestmark = pytest.mark.deploy
+# The first test may also build the base (debootstrap, 1-3 minutes) in the session fixture.
+pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
 
 
 def _pings(bed: Testbed, src: str, dst: str) -> bool:
