@@ -11,7 +11,17 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import PAXMR, Cluster, Node, ok, ok_json, paxmr, start_cluster, stop_cluster
+from .conftest import (
+    PAXMR,
+    Cluster,
+    Node,
+    clean_env,
+    ok,
+    ok_json,
+    paxmr,
+    start_cluster,
+    stop_cluster,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +83,6 @@ def test_missing_config_exits_1(tmp_path: Path) -> None:
 
 
 def test_config_from_environment(node: Node) -> None:
-    from .conftest import clean_env  # noqa: PLC0415
-
     result = paxmr("-o", "json", "status", env=clean_env(PAXMR_CONFIG=str(node.config)))
     assert json.loads(ok(result).stdout)["node"] == 1
 

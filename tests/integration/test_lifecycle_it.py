@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from paxmr import control
+from paxmr.local import wait_ready
 from paxmr.wordcount import tally
 
 from .conftest import PAXMR, clean_env, paxmr
@@ -154,8 +155,32 @@ def test_no_notify_socket_still_serves(solo: Solo, procs: list[subprocess.Popen[
         env=clean_env(),
     )
     procs.append(proc)
-    from paxmr.local import wait_ready  # noqa: PLC0415
-
     wait_ready(solo.socket_of("mapper"), timeout=READY_TIMEOUT)
     os.kill(proc.pid, signal.SIGTERM)
     assert proc.wait(timeout=15) == 0
+
+
+def test_settings_from_environment_reach_the_service(
+    solo: Solo, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    env = clean_env(
+        NOTIFY_SOCKET=solo.notify.getsockname(), PAXMR_LIMITS__CONTROL_LINE_BYTES="2048"
+    )
+    proc = subprocess.Popen(
+        [str(PAXMR), "-c", str(solo.config), "serve", "mapper", "--id", "1"],
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        env=env,
+    )
+    procs.append(proc)
+    solo.expect_notify(b"READY=1")
+    path = solo.socket_of("mapper")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(path))
+        sock.sendall(b'{"op": "status", "pad": "' + b"x" * 4096 + b'"}\n')
+        reply = json.loads(sock.makefile("rb").readline())
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "too_large"
+    assert "2048" in reply["error"]["message"]
+    assert control.call(path, "status", timeout=10)["role"] == "mapper"

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import subprocess
 import uuid
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from paxmr import control
 from paxmr.wordcount import corpus as corpus_mod
 from paxmr.wordcount import tally
 
-from .conftest import Cluster, Node, ok_json, paxmr
+from .conftest import PAXMR, Cluster, Node, clean_env, ok_json, paxmr
 
 pytestmark = pytest.mark.integration
 
@@ -222,15 +226,13 @@ def test_mapper_range_checks(node: Node) -> None:
 
 
 def test_concurrent_maps_on_one_mapper(node: Node) -> None:
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
     names = [unique("conc") for _ in range(6)]
     for i, name in enumerate(names):
         (node.data / name).write_bytes(b"w%d " % i * 1000)
     sock = node.settings.mapper_socket(1)
 
     def one(name: str) -> object:
-        return control.call(sock, "map", {"file": name, "offset": 0, "size": 3000 + 0})
+        return control.call(sock, "map", {"file": name, "offset": 0, "size": 3000})
 
     with ThreadPoolExecutor(6) as pool:
         results = list(pool.map(one, names))
@@ -263,3 +265,50 @@ def test_gen_corpus_bad_size_is_usage_error(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "is not a size like" in result.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_map_shows_a_progress_bar_on_a_terminal(node: Node, corpus: str) -> None:
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run(
+            [str(PAXMR), "-c", str(node.config), "map", corpus],
+            stdout=subprocess.PIPE,
+            stderr=follower,
+            stdin=subprocess.DEVNULL,
+            env=clean_env(COLUMNS="100"),
+            timeout=60,
+            check=False,
+        )
+        os.close(follower)
+        follower = -1
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(leader, 65536)
+            except OSError:  # EIO: the terminal's other side is closed and drained
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        if follower >= 0:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    assert f"map {corpus}".encode() in shown
+    assert b"100%" in shown
+
+
+def test_plain_map_output_has_no_progress_bar(node: Node, corpus: str) -> None:
+    result = node.cli("map", corpus)
+    assert result.returncode == 0
+    assert result.stderr == ""
+    assert result.stdout.startswith(f"mapped {2 << 20} bytes")
+
+
+def test_local_up_refuses_a_running_cluster(cluster: Cluster) -> None:
+    result = paxmr("local", "up", "--nodes", "1", "--dir", cluster.root)
+    assert result.returncode == 1
+    assert "already runs" in result.stderr
+    status = ok_json(cluster.nodes[0].cli("-o", "json", "status"))
+    assert status["services"]["mapper-1"] == "up"
