@@ -13,6 +13,7 @@ import click
 
 from paxmr.sim.faults import FAULT_KINDS
 from paxmr.sim.run import run_seeds
+from paxmr.sim.world import DRIVERS, EARLY
 
 
 def _parse_faults(_ctx: click.Context, _param: click.Parameter, value: str) -> frozenset[str]:
@@ -23,9 +24,11 @@ def _parse_faults(_ctx: click.Context, _param: click.Parameter, value: str) -> f
     return kinds
 
 
-def replay_command(seed: int, nodes: int, kinds: frozenset[str]) -> str:
+def replay_command(seed: int, nodes: int, kinds: frozenset[str], driver: str) -> str:
     faults = ",".join(k for k in FAULT_KINDS if k in kinds) or "none"
     args = ["--seed", str(seed), "--seeds", "1", "--nodes", str(nodes), "--faults", faults]
+    if driver != EARLY:
+        args += ["--driver", driver]
     return shlex.join(["paxmr", "sim", *args, "--trace"])
 
 
@@ -55,6 +58,14 @@ def replay_command(seed: int, nodes: int, kinds: frozenset[str]) -> str:
     callback=_parse_faults,
     help="Comma-separated fault kinds, or 'none'.",
 )
+@click.option(
+    "--driver",
+    type=click.Choice(DRIVERS),
+    default=EARLY,
+    show_default=True,
+    help="When effects leave relative to the commit: strict (all after), early (only Prepare"
+    " and acceptor replies after, as the PRM does), unsafe (none after: broken on purpose).",
+)
 @click.option("--trace", is_flag=True, help="Print every event of each run.")
 @click.option(
     "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
@@ -71,6 +82,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     first: int,
     nodes: str,
     kinds: frozenset[str],
+    driver: str,
     trace: bool,
     output: str,
     workers: int,
@@ -82,7 +94,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     faults: Counter[str] = Counter()
     violations: list[dict[str, object]] = []
     traces: dict[int, list[str]] = {}
-    for result in run_seeds(range(first, first + count), size, kinds, trace, workers):
+    for result in run_seeds(range(first, first + count), size, kinds, driver, trace, workers):
         steps += result.steps
         commits += result.commits
         faults += result.faults
@@ -92,7 +104,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
             {
                 "seed": result.seed,
                 "violation": text,
-                "replay": replay_command(result.seed, size, kinds),
+                "replay": replay_command(result.seed, size, kinds, driver),
             }
             for text in result.violations
         )
@@ -101,6 +113,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     report: dict[str, object] = {
         "runs": count,
         "nodes": size,
+        "driver": driver,
         "violations": violations,
         "steps": steps,
         "commits": commits,

@@ -5,11 +5,12 @@ from __future__ import annotations
 import heapq
 import math
 import random
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from paxmr.paxos import Committed, CoreConfig, Node, Request
+from paxmr.paxos import Committed, CoreConfig, Node, Ready, Request
+from paxmr.paxos.messages import Accepted, Nack, Prepare, Promise
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import NetworkProfile, NodeFault, plan_faults
@@ -17,7 +18,7 @@ from paxmr.sim.faults import NetworkProfile, NodeFault, plan_faults
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from paxmr.paxos import DurableState, Message, Persist, Ready
+    from paxmr.paxos import DurableState, Message, Persist
 
 SIM_CONFIG = CoreConfig(
     heartbeat_interval=0.05,
@@ -31,6 +32,13 @@ SIM_CONFIG = CoreConfig(
 FAULT_PHASE = 3.0  # faults strike in [0, FAULT_PHASE); then everything heals
 LIVENESS_BOUND = 20.0  # after healing, all requests must complete and logs converge by then
 REQUESTS = 40
+
+# How a driver orders a Ready's effects around the commit of its persist.
+STRICT = "strict"  # everything waits for the commit: the contract documented in paxmr.paxos
+EARLY = "early"  # only Prepare and acceptor replies wait (paxmr.services.prm does this)
+UNSAFE = "unsafe"  # nothing waits: deliberately broken, to show the checker catches it
+DRIVERS = (STRICT, EARLY, UNSAFE)
+_AFTER_COMMIT = (Prepare, Promise, Nack, Accepted)
 
 
 class NodeFactory(Protocol):
@@ -51,8 +59,7 @@ class Replica:
     disk: MemoryStorage
     node: Node | None = None
     log: NodeLog = field(default_factory=lambda: NodeLog([]))
-    staged: deque[tuple[Persist, Ready | None]] = field(default_factory=deque)
-    disk_free_at: float = 0.0
+    syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
     incarnation: int = 0
     timer_token: int = 0
     timer_at: float = math.inf
@@ -84,14 +91,14 @@ class World:
         size: int,
         kinds: frozenset[str],
         node_factory: NodeFactory = Node,
-        send_before_persist: bool = False,
+        driver: str = EARLY,
         trace: bool = False,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
         self.members = tuple(range(1, size + 1))
         self.factory = node_factory
-        self.send_before_persist = send_before_persist
+        self.driver = driver
         self.tracing = trace
         self.trace: list[str] = []
         self.now = 0.0
@@ -179,10 +186,9 @@ class World:
         self._after_input(replica)
 
     def _crash(self, replica: Replica, *, lose_unsynced: bool) -> None:
-        for persist, _ in replica.staged:
-            if not lose_unsynced:
-                replica.disk.commit(persist)  # the write reached the disk; its effects died
-        replica.staged.clear()
+        if replica.syncing is not None and not lose_unsynced:
+            replica.disk.commit(replica.syncing[0])  # the write reached the disk; its effects died
+        replica.syncing = None
         replica.node = None
         replica.incarnation += 1
         for rid, client in self.clients.items():
@@ -193,22 +199,9 @@ class World:
     def _after_input(self, replica: Replica) -> None:
         node = replica.node
         assert node is not None
-        ready = node.ready()
-        if ready.persist or ready.messages or ready.replies or ready.applied:
-            sync_at = max(self.now, replica.disk_free_at) + self.rng.uniform(0.0001, 0.0005)
-            replica.disk_free_at = sync_at
-            if self.send_before_persist:
-                # Deliberately broken driver: effects go out before the disk has them.
-                self._release(replica, ready)
-                replica.staged.append((ready.persist, None))
-            else:
-                replica.staged.append((ready.persist, ready))
-            self._at(sync_at, "sync", (replica.id, replica.incarnation))
-            if replica.power_cut_armed and ready.persist:
-                replica.power_cut_armed = False
-                self.faults["lose-unsynced"] += 1
-                self._log(f"power cut on node {replica.id}")
-                self._crash(replica, lose_unsynced=True)
+        if replica.syncing is None:  # a driver takes the next Ready once the last is on disk
+            self._take_ready(replica)
+            if replica.node is None:
                 return
         deadline = node.next_deadline()
         if deadline != replica.timer_at and deadline < math.inf:
@@ -216,14 +209,42 @@ class World:
             replica.timer_at = deadline
             self._at(deadline, "timer", (replica.id, replica.timer_token))
 
+    def _take_ready(self, replica: Replica) -> None:
+        assert replica.node is not None
+        ready = replica.node.ready()
+        if not ready.persist:
+            self._release(replica, ready)
+            return
+        if self.driver == STRICT:
+            now, later = Ready(), ready
+        elif self.driver == EARLY:
+            held: list[tuple[int, Message]] = []
+            sent: list[tuple[int, Message]] = []
+            for dst, msg in ready.messages:
+                (held if isinstance(msg, _AFTER_COMMIT) else sent).append((dst, msg))
+            now = Ready(messages=sent, replies=ready.replies, applied=ready.applied)
+            later = Ready(messages=held)
+        else:  # UNSAFE: effects go out before the disk has them
+            now, later = ready, Ready()
+        self._release(replica, now)
+        replica.syncing = (ready.persist, later)
+        self._at(
+            self.now + self.rng.uniform(0.0002, 0.003), "sync", (replica.id, replica.incarnation)
+        )
+        if replica.power_cut_armed:
+            replica.power_cut_armed = False
+            self.faults["lose-unsynced"] += 1
+            self._log(f"power cut on node {replica.id}")
+            self._crash(replica, lose_unsynced=True)
+
     def _on_sync(self, arg: tuple[int, int]) -> None:
         replica = self.replicas[arg[0]]
-        if replica.incarnation != arg[1] or not replica.staged:
+        if replica.incarnation != arg[1] or replica.syncing is None:
             return
-        persist, ready = replica.staged.popleft()
+        persist, later = replica.syncing
+        replica.syncing = None
         replica.disk.commit(persist)
-        if ready is not None:
-            self._release(replica, ready)
+        self._release(replica, later)
         if replica.wipe_armed and persist.accepted:
             replica.wipe_armed = False
             # A lost disk is survivable only while every other replica still votes.
@@ -232,6 +253,9 @@ class World:
                 self._log(f"disk lost on node {replica.id}")
                 self._crash(replica, lose_unsynced=True)
                 replica.disk = MemoryStorage(bootstrap=False)
+                return
+        if replica.node is not None:
+            self._after_input(replica)
 
     def _release(self, replica: Replica, ready: Ready) -> None:
         for entry in ready.applied:

@@ -11,18 +11,23 @@ from paxos_broken import AcceptsLowerBallots, SkipsPhaseOne, votes_without_stora
 from paxmr.sim.command import sim
 from paxmr.sim.faults import FAULT_KINDS
 from paxmr.sim.run import run_seed, run_seeds
-from paxmr.sim.world import World
+from paxmr.sim.world import EARLY, STRICT, UNSAFE, World
 
 ALL = frozenset(FAULT_KINDS)
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_seeds_with_every_fault_keep_the_invariants(nodes):
-    results = list(run_seeds(range(60), nodes, ALL, trace=False, workers=1))
+    results = list(run_seeds(range(60), nodes, ALL, EARLY, trace=False, workers=1))
     assert [r.violations for r in results if r.violations] == []
     assert sum(r.commits for r in results) == 60 * 40
     faults = sum((r.faults for r in results), start=results[0].faults.__class__())
     assert set(faults) == ALL  # every kind actually struck
+
+
+def test_a_driver_that_commits_before_every_effect_keeps_the_invariants():
+    bad = [World(seed, 3, ALL, driver=STRICT).run().violations for seed in range(40)]
+    assert [v for v in bad if v] == []
 
 
 def test_a_seed_replays_identically():
@@ -47,9 +52,7 @@ def first_violation(
 
 
 def test_replying_before_persisting_is_caught():
-    first_violation(
-        {"lose-unsynced", "crash", "partition", "drop", "delay"}, send_before_persist=True
-    )
+    first_violation({"lose-unsynced", "crash", "partition", "drop", "delay"}, driver=UNSAFE)
 
 
 def test_accepting_a_lower_ballot_is_caught():
@@ -98,6 +101,8 @@ def test_a_violation_prints_the_seed_and_the_replay_command(monkeypatch):
     assert result.exit_code == 1
     assert "VIOLATION seed 4" in result.output
     assert "paxmr sim --seed 4 --seeds 1 --nodes 3 --faults drop --trace" in result.output
+    result = CliRunner().invoke(sim, ["--seeds", "1", "--faults", "drop", "--driver", "strict"])
+    assert "--faults drop --driver strict --trace" in result.output
 
 
 class _BrokenWorld(World):
@@ -110,5 +115,9 @@ class _BrokenWorld(World):
 @pytest.mark.slow
 def test_campaign_of_500_seeds_per_cluster_size():
     for nodes in (3, 5):
-        bad = [r for r in run_seeds(range(500), nodes, ALL, trace=False, workers=2) if r.violations]
+        bad = [
+            r
+            for r in run_seeds(range(500), nodes, ALL, EARLY, trace=False, workers=2)
+            if r.violations
+        ]
         assert bad == []
