@@ -151,9 +151,6 @@ def _debian_mirror() -> str:
 
 
 def _pid_alive(pid: int) -> bool:
-    # nspawn may be our own child (started in this process): reap it so it does not stay a zombie.
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, os.WNOHANG)
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
@@ -208,6 +205,7 @@ class Testbed:
         self.hosts: list[str] = list(HOSTS)
         self.key = self.state_dir / "id_ed25519"
         self._lock_depth = 0
+        self._children: dict[str, subprocess.Popen[bytes]] = {}  # nspawns started by this object
 
     # -- queries ---------------------------------------------------------------------------------
 
@@ -552,18 +550,25 @@ class Testbed:
             group.mkdir(parents=True, exist_ok=True)
         # The shell moves itself into the host's own cgroups, then becomes nspawn: started from a
         # shared cgroup, every host's payload would land in one shared payload/ group.
-        script = 'for g in "$@"; do echo $$ > "$g/cgroup.procs"; done; exec "$NSPAWN" $NSPAWN_ARGS'
-        nspawn_args = (
-            f"--register=no --keep-unit -D {hdir / 'root'} -M {host} -b "
-            f"--network-bridge={BRIDGE} --console=read-only --resolv-conf=off "
-            "--link-journal=no"
-        )
+        script = 'for g in $CGROUPS; do echo $$ > "$g/cgroup.procs"; done; exec "$@"'
+        nspawn = [
+            shutil.which("systemd-nspawn") or "systemd-nspawn",
+            "--register=no",
+            "--keep-unit",
+            f"--directory={hdir / 'root'}",
+            f"--machine={host}",
+            "--boot",
+            f"--network-bridge={BRIDGE}",
+            "--console=read-only",
+            "--resolv-conf=off",
+            "--link-journal=no",
+        ]
         console = hdir / "console.log"
         with console.open("a") as out:
             out.write(f"\n==== boot {time.strftime('%Y-%m-%dT%H:%M:%S')} ====\n")
             out.flush()
             proc = subprocess.Popen(
-                ["sh", "-c", script, "sh", *map(str, groups)],
+                ["sh", "-c", script, "sh", *nspawn],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -571,10 +576,10 @@ class Testbed:
                 env={
                     **os.environ,
                     "SYSTEMD_NSPAWN_UNIFIED_HIERARCHY": "1",
-                    "NSPAWN": shutil.which("systemd-nspawn") or "systemd-nspawn",
-                    "NSPAWN_ARGS": nspawn_args,
+                    "CGROUPS": " ".join(map(str, groups)),  # /sys/fs/cgroup/...: no spaces
                 },
             )
+        self._children[host] = proc
         (hdir / "nspawn.pid").write_text(f"{proc.pid}\n")
         # Until the shell has exec'd nspawn the PID does not look like this host's nspawn yet.
         if not _wait_until(lambda: self.is_running(host) or proc.poll() is not None, 10, 0.01):
@@ -582,18 +587,30 @@ class Testbed:
         log.info("%s: started (nspawn pid %d)", host, proc.pid)
 
     def _nspawn_pid(self, host: str) -> int | None:
-        try:
+        """The live nspawn running this host's disk: the recorded PID, else found in /proc."""
+        child = self._children.get(host)
+        if child is not None and child.poll() is not None:  # reaps it: no zombie left behind
+            del self._children[host]
+        with contextlib.suppress(FileNotFoundError, ValueError):
             pid = int((self._host_dir(host) / "nspawn.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        if not _pid_alive(pid):
-            return None
-        # Guard against a recycled PID: it must still be this host's nspawn.
-        with contextlib.suppress(FileNotFoundError):
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            if argv[0].endswith(b"systemd-nspawn") and host.encode() in argv:
+            if self._is_nspawn_of(host, pid):
                 return pid
+        # The record can be stale (a recycled PID, an nspawn started by an older testbed.py):
+        # an unnoticed container would keep the disk and the veth name busy.
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and self._is_nspawn_of(host, int(entry.name)):
+                return int(entry.name)
         return None
+
+    def _is_nspawn_of(self, host: str, pid: int) -> bool:
+        if not _pid_alive(pid):
+            return False
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            return False
+        root = str(self._host_dir(host) / "root").encode()
+        return argv[0].endswith(b"systemd-nspawn") and any(a.endswith(root) for a in argv)
 
     @staticmethod
     def _container_init(nspawn_pid: int) -> int | None:
