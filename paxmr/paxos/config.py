@@ -16,10 +16,13 @@ class CoreConfig:
     # Slots a leader may have proposed but not yet applied; also bounds a node's pending requests.
     max_in_flight: int = 1024
     catchup_batch: int = 256
+    # An accept or catch-up message carries entries up to about this many value bytes (always at
+    # least one entry), so a batch fits the transport's frame limit.
+    batch_bytes: int = 1024 * 1024
     request_timeout: float = 5.0
 
     def __post_init__(self) -> None:
         if not 0 < self.heartbeat_interval < self.election_timeout_min <= self.election_timeout_max:
             raise ValueError("need 0 < heartbeat_interval < election_timeout_min <= max")
-        if self.max_backoff < 1 or self.max_in_flight < 1 or self.catchup_batch < 1:
-            raise ValueError("max_backoff, max_in_flight and catchup_batch must be >= 1")
+        if min(self.max_backoff, self.max_in_flight, self.catchup_batch, self.batch_bytes) < 1:
+            raise ValueError("max_backoff, max_in_flight, catchup_batch, batch_bytes must be >= 1")

@@ -152,7 +152,8 @@ class Node:
                     self._refuse(msg.request_id, msg.code, msg.reason)
             case CatchupRequest():
                 batch = self.log.entries[msg.from_slot : msg.from_slot + self.config.catchup_batch]
-                entries = tuple(Entry(e.request_id, e.value) for e in batch)
+                slots = [(e.slot, Entry(e.request_id, e.value)) for e in batch]
+                entries = tuple(entry for _, entry in self._batches(slots)[0])
                 self._send(src, CatchupReply(msg.from_slot, entries, self.log.length))
             case CatchupReply():
                 self._note_len(src, msg.chosen_len)
@@ -210,11 +211,12 @@ class Node:
     def ready(self) -> Ready:
         if self.role == LEADER and (self._unsent or self._sent_chosen != self.log.length):
             # One accept per peer per Ready: the batch, with the chosen length piggybacked.
-            entries = tuple(
-                (s, self._proposals[s].entry) for s in self._unsent if s in self._proposals
+            batches = self._batches(
+                [(s, self._proposals[s].entry) for s in self._unsent if s in self._proposals]
             )
             for peer in self.peers:
-                self._send(peer, Accept(self.ballot, entries, self.log.length))
+                for batch in batches:
+                    self._send(peer, Accept(self.ballot, batch, self.log.length))
             self._unsent.clear()
             self._sent_chosen = self.log.length
         out, self._out = self._out, Ready()
@@ -378,10 +380,9 @@ class Node:
     def _heartbeat(self, now: float) -> None:
         """Retransmit each peer's unacknowledged slots; an empty batch is the heartbeat."""
         for peer in self.peers:
-            entries = tuple((s, p.entry) for s, p in self._proposals.items() if peer not in p.acks)[
-                : self.config.catchup_batch
-            ]
-            self._send(peer, Accept(self.ballot, entries, self.log.length))
+            unacked = [(s, p.entry) for s, p in self._proposals.items() if peer not in p.acks]
+            for batch in self._batches(unacked[: self.config.catchup_batch]):
+                self._send(peer, Accept(self.ballot, batch, self.log.length))
         self._unsent.clear()
         self._sent_chosen = self.log.length
         self._heartbeat_at = now + self.config.heartbeat_interval
@@ -403,6 +404,21 @@ class Node:
         self._proposed_ids.clear()
         self._heartbeat_at = math.inf
         self._election_at = now + self._election_timeout()
+
+    def _batches(self, entries: list[tuple[int, Entry]]) -> list[tuple[tuple[int, Entry], ...]]:
+        """Split into messages of about batch_bytes; no entries gives one empty batch."""
+        batches: list[tuple[tuple[int, Entry], ...]] = []
+        batch: list[tuple[int, Entry]] = []
+        size = 0
+        for item in entries:
+            cost = len(item[1].value) + len(item[1].request_id)
+            if batch and size + cost > self.config.batch_bytes:
+                batches.append(tuple(batch))
+                batch, size = [], 0
+            batch.append(item)
+            size += cost
+        batches.append(tuple(batch))
+        return batches
 
     def _in_flight(self) -> int:
         return max(0, self._next_slot - self.log.length)

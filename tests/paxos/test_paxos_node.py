@@ -293,3 +293,21 @@ def test_a_recovered_replica_votes_again():
 def test_config_rejects_inconsistent_timeouts():
     with pytest.raises(ValueError, match="heartbeat"):
         CoreConfig(heartbeat_interval=1.0, election_timeout_min=0.5)
+
+
+def test_batches_are_split_by_bytes_and_catch_up_too():
+    config = replace(CONFIG, batch_bytes=100, max_in_flight=50)
+    h = Harness(config=config)
+    leader = h.elect()
+    h.advance(0.2)
+    follower = next(i for i in h.members if i != leader)
+    h.node(follower).stop(h.now)
+    for k in range(10):
+        h.node(leader).submit(Request(f"r{k}", b"x" * 40), h.now)
+    ready = h.flush(leader)
+    accepts = [m for d, m in ready.messages if d == follower and isinstance(m, Accept)]
+    assert [len(a.entries) for a in accepts] == [2] * 5
+    h.deliver()
+    h.node(follower).resume(h.now)
+    h.advance(0.2)
+    assert h.node(follower).log.count == 10
