@@ -369,9 +369,12 @@ class Testbed:
         """Wait until `host`'s sshd accepts the deploy key; on timeout show its console log."""
         start = time.monotonic()
         deadline = start + timeout
+        seen_running = start
         while time.monotonic() < deadline:
-            if not self.is_running(host):
-                raise TestbedError(f"{host} exited while booting\n{self._console_tail(host)}")
+            if self.is_running(host):
+                seen_running = time.monotonic()
+            elif time.monotonic() - seen_running > 2:  # not just between two boots of a reboot
+                raise TestbedError(f"{host} is not running\n{self._console_tail(host)}")
             if self._port_open(host) and self._ssh_probe(host):
                 log.info("%s: ssh ready in %.1f s", host, time.monotonic() - start)
                 return
@@ -548,9 +551,13 @@ class Testbed:
         groups = self._cgroup_dirs(host)
         for group in groups:
             group.mkdir(parents=True, exist_ok=True)
-        # The shell moves itself into the host's own cgroups, then becomes nspawn: started from a
-        # shared cgroup, every host's payload would land in one shared payload/ group.
-        script = 'for g in $CGROUPS; do echo $$ > "$g/cgroup.procs"; done; exec "$@"'
+        # The shell moves itself into the host's own cgroups before it runs nspawn: started from
+        # a shared cgroup, every host's payload would land in one shared payload/ group. It then
+        # restarts nspawn when the host reboots itself (exit 133), as systemd-nspawn@.service does.
+        script = (
+            'for g in $CGROUPS; do echo $$ > "$g/cgroup.procs"; done; '
+            'while "$@"; [ $? = 133 ]; do :; done'
+        )
         nspawn = [
             shutil.which("systemd-nspawn") or "systemd-nspawn",
             "--register=no",
@@ -580,11 +587,9 @@ class Testbed:
                 },
             )
         self._children[host] = proc
-        (hdir / "nspawn.pid").write_text(f"{proc.pid}\n")
-        # Until the shell has exec'd nspawn the PID does not look like this host's nspawn yet.
         if not _wait_until(lambda: self.is_running(host) or proc.poll() is not None, 10, 0.01):
             raise TestbedError(f"{host}: nspawn did not start\n{self._console_tail(host)}")
-        log.info("%s: started (nspawn pid %d)", host, proc.pid)
+        log.info("%s: started (nspawn pid %s)", host, self._nspawn_pid(host))
 
     def _nspawn_pid(self, host: str) -> int | None:
         """The live nspawn running this host's disk: the recorded PID, else found in /proc."""
@@ -595,10 +600,11 @@ class Testbed:
             pid = int((self._host_dir(host) / "nspawn.pid").read_text())
             if self._is_nspawn_of(host, pid):
                 return pid
-        # The record can be stale (a recycled PID, an nspawn started by an older testbed.py):
-        # an unnoticed container would keep the disk and the veth name busy.
+        # The record is stale after the host rebooted itself (a new nspawn), or if its PID was
+        # recycled: an unnoticed container would keep the disk and the veth name busy.
         for entry in Path("/proc").iterdir():
             if entry.name.isdigit() and self._is_nspawn_of(host, int(entry.name)):
+                (self._host_dir(host) / "nspawn.pid").write_text(f"{entry.name}\n")
                 return int(entry.name)
         return None
 

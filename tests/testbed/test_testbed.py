@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import time
 import uuid
 
 import pytest
@@ -101,3 +102,17 @@ def test_stop_powers_off_cleanly_and_boot_restarts(testbed: Testbed) -> None:
     assert testbed.is_running("paxmr1")
     state = testbed.run("paxmr1", "systemctl is-system-running", check=False).stdout.strip()
     assert state in {"running", "degraded"}
+
+
+def test_host_rebooting_itself_comes_back(testbed: Testbed) -> None:
+    def boots() -> int:
+        out = testbed.run("paxmr3", "sudo journalctl --list-boots -q", check=False, timeout=10)
+        return len(out.stdout.splitlines()) if out.returncode == 0 else -1
+
+    before = boots()
+    testbed.run("paxmr3", "sudo systemctl reboot", check=False)
+    deadline = time.monotonic() + 60
+    while boots() != before + 1:
+        assert time.monotonic() < deadline, "paxmr3 did not come back from its reboot"
+        time.sleep(0.5)
+    assert testbed.is_running("paxmr3")
