@@ -13,8 +13,15 @@ from paxmr.paxos.messages import Message
 
 @dataclass
 class Ready:
-    """Everything produced since the last `Node.ready()`. The driver must make `persist` durable
-    (one transaction, fsync) before it sends `messages` or delivers `replies`."""
+    """Everything produced since the last `Node.ready()`.
+
+    The driver makes `persist` durable (one transaction, one fsync: a group commit for every
+    message of the Ready) and takes the next Ready only once that commit is done. Prepare,
+    Promise, Nack and Accepted messages leave only after the commit. Everything else (accepts,
+    chosen notifications, catch-up, forwards, replies, `applied`) may leave before it: the core
+    counts its own promise or accept towards a decision only in a later Ready, and the simulator
+    checks this ordering (`paxmr sim --driver early`) as well as commit-before-everything
+    (`--driver strict`)."""
 
     persist: Persist = field(default_factory=Persist)
     messages: list[tuple[int, Message]] = field(default_factory=list)
