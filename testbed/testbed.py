@@ -69,8 +69,9 @@ BASE_PACKAGES = (
     # Ansible needs setfacl to become an unprivileged user (e.g. become_user: paxmr).
     "acl",
 )
-# Runs inside the freshly bootstrapped base (chroot). Hosts derive their identity (machine-id,
-# ssh host keys) on first boot, so nothing host-specific may stay in the base.
+# Runs inside the freshly bootstrapped base (chroot). Nothing host-specific may stay in it: each
+# host makes its own ssh host key on first boot and gets its hostname, machine-id and address
+# written onto its own disk.
 BASE_SETUP = r"""
 set -eu
 useradd --create-home --shell /bin/bash deploy
@@ -643,7 +644,7 @@ class Testbed:
             _sh("ip", "link", "add", BRIDGE, "type", "bridge")
             _sh("ip", "address", "add", f"{CONTROLLER_ADDRESS}/24", "dev", BRIDGE)
         _sh("ip", "link", "set", BRIDGE, "up")
-        if _sh("nft", "list", "tables").find(f"bridge {NFT_TABLE}") < 0:
+        if f"bridge {NFT_TABLE}" not in _sh("nft", "list", "tables"):
             # The bridge forward hook sees exactly the host<->host frames; cut pairs drop there.
             _sh(
                 "nft",
@@ -659,7 +660,7 @@ table bridge {NFT_TABLE} {{
 }}
 """,
             )
-        if _sh("nft", "list", "tables").find(f"inet {NFT_TABLE}") < 0:
+        if f"inet {NFT_TABLE}" not in _sh("nft", "list", "tables"):
             # Nothing is routed into or out of the bridge (even if ip_forward gets turned on), and
             # the hosts may reach the controller only at its bridge address.
             _sh(
@@ -701,7 +702,7 @@ table inet {NFT_TABLE} {{
         return pairs
 
     def _set_cut_pairs(self, pairs: set[tuple[str, str]]) -> None:
-        if _sh("nft", "list", "tables").find(f"bridge {NFT_TABLE}") < 0:
+        if f"bridge {NFT_TABLE}" not in _sh("nft", "list", "tables"):
             if pairs:
                 raise TestbedError("the testbed's network is not up: run `up` first")
             return  # nothing is cut when there is no network
