@@ -40,7 +40,7 @@ TIMING = {"PAXMR_TIMING__REPLICATE_TIMEOUT": str(REPLICATE_TIMEOUT)}
 CONVERGE_S = 30.0
 
 
-def clean_env() -> dict[str, str]:
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """This process's environment without anything that steers paxmr, plus the test timers."""
     env = {
         k: v
@@ -49,13 +49,14 @@ def clean_env() -> dict[str, str]:
         and k != "CREDENTIALS_DIRECTORY"
     }
     env.update(TIMING)
+    env.update(extra or {})
     return env
 
 
 @contextlib.contextmanager
-def service_env() -> Iterator[None]:
+def service_env(extra: dict[str, str] | None = None) -> Iterator[None]:
     """Services spawned by ``local`` in this block inherit the test timers (and nothing else)."""
-    with mock.patch.dict(os.environ, clean_env(), clear=True):
+    with mock.patch.dict(os.environ, clean_env(extra), clear=True):
         yield
 
 
@@ -190,10 +191,11 @@ class Cluster:
             try:
                 seen = {(st["digest"], st["entries"]) for st in (n.status() for n in nodes)}
             except (control.ServiceDown, control.RemoteError, OSError) as exc:
-                seen = {("unreachable", str(exc))}
-            if len(seen) == 1:
-                return next(iter(seen))[0]  # type: ignore[no-any-return]
-            last = seen
+                last = f"a node did not answer: {exc!r}"
+            else:
+                if len(seen) == 1:
+                    return next(iter(seen))[0]  # type: ignore[no-any-return]
+                last = seen
             time.sleep(0.1)
         raise AssertionError(f"logs did not converge within {timeout} s: {last}")
 
@@ -227,17 +229,21 @@ def sigkill(pid: int) -> None:
         time.sleep(0.02)
 
 
-def start(root: Path, nodes: int = 3, mappers: int = 1) -> Cluster:
-    with service_env():
+def start(
+    root: Path, nodes: int = 3, mappers: int = 1, env: dict[str, str] | None = None
+) -> Cluster:
+    with service_env(env):
         local.up(root, nodes, mappers)
     return Cluster(root, [Node(i, root) for i in range(1, nodes + 1)], mappers)
 
 
 @contextlib.contextmanager
-def running_cluster(mappers: int = 1) -> Iterator[Cluster]:
+def running_cluster(
+    mappers: int = 1, nodes: int = 3, env: dict[str, str] | None = None
+) -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="paxmr-cluster-"))
     try:
-        cluster = start(root, 3, mappers)
+        cluster = start(root, nodes, mappers, env)
         cluster.leader()
         yield cluster
     finally:
