@@ -7,6 +7,7 @@ once, in one order everywhere) and how the CLI refuses bad input without touchin
 from __future__ import annotations
 
 import json
+import subprocess
 import threading
 import uuid
 from collections import Counter
@@ -18,7 +19,15 @@ import pytest
 
 from paxmr import control
 
-from .support import REPLICATE_TIMEOUT, Cluster, Node, running_cluster, small_tally
+from .support import (
+    PAXMR,
+    REPLICATE_TIMEOUT,
+    Cluster,
+    Node,
+    clean_env,
+    running_cluster,
+    small_tally,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -281,3 +290,31 @@ def test_log_object_reflects_the_tally_file(cluster: Cluster) -> None:
     assert entry["digest"] == hashlib.sha256(path.read_bytes()).hexdigest() == result["digest"]
     assert entry["words"] == 6
     assert entry["distinct"] == 3
+
+
+def test_shell_runs_the_log_commands(cluster: Cluster) -> None:
+    node = cluster.node(2)
+    small_tally(node)
+    script = "replicate small_reduced\nprint\ntotal 0\nmerge 0 --top 3\ntotal 999999\nstatus\n"
+    done = subprocess.run(
+        [str(PAXMR), "-c", str(node.config), "-o", "json", "shell"],
+        input=script,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=clean_env(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no log position 999999" in done.stderr  # an error does not end the shell
+    decoder = json.JSONDecoder()
+    out, results = done.stdout.strip(), []
+    while out:
+        obj, end = decoder.raw_decode(out)
+        results.append(obj)
+        out = out[end:].strip()
+    replicated, log, total, merged, status = results
+    assert log["entries"][replicated["position"]]["request_id"] == replicated["request_id"]
+    assert total["total"] == log["entries"][0]["words"]
+    assert len(merged["words"]) == 3
+    assert status["prm"]["node"] == 2

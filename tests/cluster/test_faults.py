@@ -214,6 +214,61 @@ def test_sigkill_every_prm_then_restart_keeps_acknowledged_entries(healthy: Clus
     _all_acked_everywhere(cluster, acked)
 
 
+def test_cli_reports_a_dead_prm_with_exit_3(healthy: Cluster) -> None:
+    cluster = healthy
+    node = cluster.node(cluster.leader() % 3 + 1)
+    sigkill(node.prm_pid())
+    for args in (["replicate", FILE], ["print"], ["total", "0"], ["stop"]):
+        done = node.cli(*args)
+        assert done.returncode == 3, (args, done)
+        assert "not running" in done.stderr
+        assert "Traceback" not in done.stderr
+    status = node.cli_json("status")  # status itself succeeds and says which service is down
+    assert status["services"]["prm"] == "down"
+    assert status["prm"] is None
+    # The leader sees the peer as unreachable.
+    leader = cluster.node(cluster.leader(exclude=node.id))
+    deadline = time.monotonic() + CONVERGE_S
+    while leader.status()["peers"][str(node.id)]["connected"]:
+        assert time.monotonic() < deadline, "the leader still reports the dead peer connected"
+        time.sleep(0.1)
+    with service_env():
+        local.restart(cluster.root, node.id, "prm")
+    cluster.converged()
+
+
+def test_prm_that_lost_its_disk_catches_up_and_votes_again(healthy: Cluster) -> None:
+    """SIGKILL, delete its storage, restart uninitialized: it must relearn the log from its peers
+    and then count towards a quorum again (the other follower stopped, the cluster still commits).
+    """
+    cluster = healthy
+    for n in cluster.nodes:
+        _commits(n)
+    digest = cluster.converged()
+    leader = cluster.leader()
+    wiped, other = _others(cluster, leader)
+    sigkill(wiped.prm_pid())
+    state = cluster.root / f"n{wiped.id}" / "state"
+    for f in state.glob("prm.db*"):
+        f.unlink()
+    with service_env():
+        local.restart(cluster.root, wiped.id, "prm")
+    assert cluster.converged() == digest
+    _commits(cluster.node(leader))
+    digest = cluster.converged()
+    deadline = time.monotonic() + CONVERGE_S
+    while not wiped.status()["voting"]:
+        assert time.monotonic() < deadline, "the wiped node never voted again"
+        time.sleep(0.1)
+    assert other.cli("stop").returncode == 0
+    try:
+        _commits(cluster.node(leader), 2)  # a quorum: the leader and the wiped node
+        assert cluster.converged(nodes=[cluster.node(leader), wiped]) != digest
+    finally:
+        other.cli("resume")
+    cluster.converged()
+
+
 def _wait(predicate: Callable[[], bool], timeout: float = CONVERGE_S) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
