@@ -423,7 +423,7 @@ class Testbed:
         return self.state_dir / "base" / recipe
 
     def _ensure_base(self) -> Path:
-        """The base rootfs for the current recipe, built once (about a minute) and cached."""
+        """The base rootfs for the current recipe, built once (1-3 minutes) and cached."""
         base = self._base_dir()
         if base.is_dir():  # only ever appears by the rename below, complete
             return base
@@ -432,7 +432,7 @@ class Testbed:
         tmp.mkdir(parents=True)
         start = time.monotonic()
         mirror = _debian_mirror()
-        log.info("building base %s from %s (about a minute)", RECIPE_HASH, mirror)
+        log.info("building base %s from %s (1-3 minutes)", RECIPE_HASH, mirror)
         _sh(
             "debootstrap",
             "--variant=minbase",
