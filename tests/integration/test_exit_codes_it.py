@@ -115,6 +115,8 @@ def test_services_down_exit_3(stopped_cluster: Cluster) -> None:
     assert status["services"]["reducer"] == "down"
     rows = ok_json(paxmr("-o", "json", "local", "status", "--dir", stopped_cluster.root))
     assert rows == []
+    again = ok_json(paxmr("-o", "json", "local", "down", "--dir", stopped_cluster.root))
+    assert again == {"stopped": 0}  # down is idempotent
 
 
 def test_never_started_exit_3(tmp_path: Path) -> None:
