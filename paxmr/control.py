@@ -92,7 +92,7 @@ class Server:
     async def _answer(self, raw: bytes, writer: asyncio.StreamWriter) -> bytes:
         try:
             request = json.loads(raw)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
             return _error("bad_request", "request is not JSON")
         if not isinstance(request, dict) or not isinstance(request.get("op"), str):
             return _error("bad_request", 'request must be an object with a string "op"')

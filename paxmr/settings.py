@@ -18,6 +18,10 @@ from pydantic_settings import (
 DEFAULT_CONFIG = Path("/etc/paxmr/paxmr.toml")
 KEY_CREDENTIAL = "cluster-key"
 
+# Room in a frame beyond the value bytes of a batch: msgpack framing of its entries (about 20
+# bytes each, at most limits.in_flight of them), ballots and the HMAC tag.
+_FRAME_SLACK = 32 * 1024
+
 NodeId = Annotated[int, Field(ge=1, le=255)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -37,6 +41,17 @@ class Limits(BaseModel):
     value_bytes: int = Field(default=8 << 20, ge=1024)
     frame_bytes: int = Field(default=32 << 20, ge=4096)
     in_flight: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _value_fits_frame(self) -> Self:
+        if self.frame_bytes < self.value_bytes + _FRAME_SLACK:
+            raise ValueError("frame_bytes must be at least value_bytes + 32 KiB")
+        return self
+
+    @property
+    def batch_bytes(self) -> int:
+        """Value bytes per accept or catch-up batch, so that a batch fits in one frame."""
+        return self.frame_bytes - _FRAME_SLACK
 
 
 class Timing(BaseModel):

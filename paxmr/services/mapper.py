@@ -40,7 +40,8 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
 
     async def run_map(args: MapArgs, progress: control.Progress) -> dict[str, Any]:
         source = paths.resolve(settings.data_dir, args.file)
-        out = paths.resolve(settings.data_dir, intermediate_name(args.file, mapper_id))
+        output = intermediate_name(args.file, mapper_id)
+        out = paths.resolve(settings.data_dir, output)
         if not source.is_file():
             raise control.ControlError(
                 "not_found", f"no such file in the data directory: {args.file}"
@@ -54,8 +55,8 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
             await asyncio.wait([job], timeout=PROGRESS_EVERY)
             await progress({"done": done[0], "total": args.size})
         words = job.result()
-        log.info("map_finished", file=args.file, output=out.name, distinct=words)
-        return {"output": out.name, "distinct": words, "bytes": args.size}
+        log.info("map_finished", file=args.file, output=output, distinct=words)
+        return {"output": output, "distinct": words, "bytes": args.size}
 
     async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
         return {"role": "mapper", "id": mapper_id}

@@ -75,6 +75,7 @@ class Prm:
             election_timeout_max=t.election_max,
             max_value_bytes=settings.limits.value_bytes,
             max_in_flight=settings.limits.in_flight,
+            batch_bytes=settings.limits.batch_bytes,
             request_timeout=t.replicate_timeout,
         )
         durable = storage.load()

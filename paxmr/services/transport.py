@@ -121,7 +121,10 @@ class Transport:
                     self.deliver(src, msg)
         except FrameError as exc:
             self.log.warning("connection_dropped", peer=str(peer), reason=str(exc))
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:  # closed in the middle of a frame, not between two
+                self.log.warning("frame_dropped", peer=str(peer), reason="truncated frame")
+        except ConnectionError:
             pass
         finally:
             writer.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
@@ -35,9 +36,10 @@ def write(path: Path, counts: Iterable[tuple[bytes, int]]) -> None:
 
 def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> None:
     """Write sorted ``items``; what ``read`` would reject raises and leaves ``path`` as it was."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
     try:
-        with tmp.open("wb") as f:
+        with os.fdopen(fd, "wb") as f:
             f.write(HEADER)
             f.writelines(b"%s\t%d\n" % item for item in _checked(str(path), items))
             f.flush()

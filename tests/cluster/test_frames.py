@@ -190,11 +190,6 @@ def test_bad_frame_is_dropped_and_logged_and_the_cluster_keeps_committing(
     _still_commits(cluster)
 
 
-@pytest.mark.xfail(
-    reason="BUG: transport._accept swallows IncompleteReadError (a frame cut short by the peer "
-    "closing) without logging; the issue requires garbled frames to be dropped and logged",
-    strict=True,
-)
 def test_truncated_frame_is_logged(cluster: Cluster) -> None:
     node = cluster.node(TARGET)
     valid = _frame(node.settings.cluster_key(), _payload({"k": "catchup", "from": 0}))

@@ -71,12 +71,6 @@ SMALL_FRAMES = {
 }
 
 
-@pytest.mark.xfail(
-    reason="BUG: prm.py builds CoreConfig without batch_bytes (fixed 1 MiB in paxos/config.py), "
-    "so with limits.frame_bytes under ~1 MiB a catch-up batch outgrows the frame; the lagging "
-    "node drops it (connection_dropped) on every retry and never catches up",
-    strict=True,
-)
 def test_follower_catches_up_with_a_small_frame_limit() -> None:
     with running_cluster(env=SMALL_FRAMES) as cluster:
         _catches_up(cluster, 230_000, entries=6, timeout=15)  # about 1 s when it works

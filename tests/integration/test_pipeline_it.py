@@ -125,12 +125,6 @@ def test_file_in_subdirectory_map_and_reduce(node: Node) -> None:
     assert tally.read(sub / "f.txt_reduced") == {b"a": 2, b"b": 1}
 
 
-@pytest.mark.xfail(
-    reason="BUG: the mapper's reply gives output=out.name (the basename, e.g. 'f.txt_I_1') "
-    "instead of the name relative to the data directory ('sub/f.txt_I_1'), so `paxmr run "
-    "sub/f.txt` passes basenames to the reducer, which answers not_found (exit 1)",
-    strict=True,
-)
 def test_run_file_in_subdirectory(node: Node) -> None:
     sub = node.data / unique("sub")
     sub.mkdir()

@@ -150,14 +150,6 @@ def test_merge_is_counter_sum(streams: list[dict[bytes, int]]) -> None:
     assert merged == sorted(expected.items())
 
 
-@pytest.mark.xfail(
-    reason="BUG: tally.write_sorted names its temporary file .{name}.tmp-{pid}: two writes of the "
-    "same tally in one process (two map requests for the same file on one mapper, e.g. a client "
-    "retrying after a disconnect while the first map still runs) share the temp file; the first "
-    "rename moves the other's half-written file into place and the other fails with "
-    "FileNotFoundError (the mapper answers not_found '.F_I_1.tmp-PID')",
-    strict=True,
-)
 def test_concurrent_writes_of_one_tally_in_one_process(tmp_path: Path) -> None:
     path = tmp_path / "f_I_1"
     first_open, second_done = threading.Event(), threading.Event()
