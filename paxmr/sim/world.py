@@ -286,7 +286,7 @@ class World:
     # -- network ---------------------------------------------------------------------------
 
     def _send(self, src: int, dst: int, msg: Message) -> None:
-        profile = self.profile if not self.healed else NetworkProfile(0, 0, 0, 0)
+        profile = self.profile
         rng = self.rng
         if (src, dst) in self.blocked:
             return
@@ -378,6 +378,7 @@ class World:
 
     def _on_heal(self, _: None) -> None:
         self.healed = True
+        self.profile = NetworkProfile(drop=0, dup=0, reorder=0, delay=0)
         self.blocked.clear()
         for replica in self.replicas.values():
             replica.power_cut_armed = replica.wipe_armed = False
