@@ -96,8 +96,11 @@ def log_lines(raw: bytes) -> list[tuple[int, dict[str, object]]]:
     return out
 
 
-@pytest.mark.parametrize("service", ["mapper", "reducer"])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["TERM", "INT"])
+@pytest.mark.parametrize(
+    ("service", "sig"),
+    [("mapper", signal.SIGTERM), ("reducer", signal.SIGTERM), ("mapper", signal.SIGINT)],
+    ids=["mapper-TERM", "reducer-TERM", "mapper-INT"],
+)
 def test_ready_then_clean_stop(
     solo: Solo, procs: list[subprocess.Popen[bytes]], service: str, sig: signal.Signals
 ) -> None:

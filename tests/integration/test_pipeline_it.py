@@ -102,15 +102,19 @@ def test_nodes_are_independent(cluster: Cluster) -> None:
     assert tally.read(n2.data / f"{name}_reduced") == {b"two": 3}
 
 
-@pytest.mark.parametrize(
-    "data", [b"", b"   \n\t ", b"x" * 5000, "é".encode()], ids=["empty", "blank", "one-word", "é"]
-)
-def test_edge_case_files(node: Node, data: bytes) -> None:
-    name = unique("edge")
-    (node.data / name).write_bytes(data)
-    result = node.cli("run", name)
-    assert result.returncode == 0, result.stderr
-    assert tally.read(node.data / f"{name}_reduced") == Counter(data.split())
+EDGE_CASES = {"empty": b"", "blank": b"   \n\t ", "one-word": b"x" * 5000, "e-acute": "é".encode()}
+
+
+def test_edge_case_files(node: Node) -> None:
+    names = {case: unique(f"edge_{case}") for case in EDGE_CASES}
+    for case, name in names.items():
+        (node.data / name).write_bytes(EDGE_CASES[case])
+    # One CLI process for the four jobs: the shell runs them one after the other.
+    result = node.cli("-o", "json", "shell", input="".join(f"run {n}\n" for n in names.values()))
+    assert result.returncode == 0
+    assert result.stderr == ""
+    for case, name in names.items():
+        assert tally.read(node.data / f"{name}_reduced") == Counter(EDGE_CASES[case].split())
 
 
 def test_file_in_subdirectory_map_and_reduce(node: Node) -> None:
