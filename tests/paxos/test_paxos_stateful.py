@@ -56,6 +56,10 @@ class Schedules(RuleBasedStateMachine):
         self.h.advance(seconds)
 
     @rule(node=NODES)
+    def partition_or_heal(self, node):
+        self.h.cut ^= {node}  # a cut node neither sends nor receives
+
+    @rule(node=NODES)
     def crash_and_restart(self, node):
         self.h.crash(node)
         self.h.start(node)
