@@ -95,5 +95,5 @@ class Schedules(RuleBasedStateMachine):
         event(f"longest log {'0' if applied == 0 else '1-4' if applied < 5 else '5+'}")
 
 
-Schedules.TestCase.settings = settings(max_examples=60, stateful_step_count=60, deadline=None)
+Schedules.TestCase.settings = settings(max_examples=100, stateful_step_count=80, deadline=None)
 TestSchedules = Schedules.TestCase
