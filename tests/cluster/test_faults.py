@@ -212,6 +212,37 @@ def test_no_quorum_replicate_fails_with_exit_5_within_its_timeout(healthy: Clust
     cluster.converged()
 
 
+@pytest.mark.xfail(
+    reason="BUG: a replicate that timed out without a quorum is reported as 'replicate refused' "
+    "(node.py _retry_pending -> prm.py replicate), but the leader had already accepted it and it "
+    "is chosen once the quorum returns; the CLI makes a new request id per call (jobs.replicate), "
+    "so an operator who retries after exit 5 gets the tally in the log twice",
+    strict=True,
+)
+def test_no_quorum_failure_is_not_reported_as_refused_when_it_lands_later(
+    healthy: Cluster,
+) -> None:
+    cluster = healthy
+    lonely = cluster.node(cluster.leader())
+    stopped = _others(cluster, lonely.id)
+    cluster.converged()
+    count = lonely.status()["entries"]
+    for n in stopped:
+        assert n.cli("stop").returncode == 0
+    try:
+        done = lonely.cli("replicate", FILE)
+        assert done.returncode == 5, done
+    finally:
+        for n in stopped:
+            n.cli("resume")
+    time.sleep(2 * REPLICATE_TIMEOUT)  # no new replicates: only the failed one could land
+    cluster.converged()
+    landed = lonely.status()["entries"] == count + 1
+    assert not (landed and "refused" in done.stderr), (
+        f"exit 5 said {done.stderr.strip()!r}, yet the entry landed at position {count}"
+    )
+
+
 def test_sigkill_a_prm_mid_stream_nothing_acknowledged_is_lost(healthy: Cluster) -> None:
     cluster = healthy
     leader = cluster.leader()
