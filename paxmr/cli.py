@@ -201,10 +201,15 @@ def shell_cmd(ctx: click.Context) -> None:
 
 @cli.command("replicate")
 @click.argument("file")
+@click.option("--request-id", help="Retry an earlier replicate whose outcome was unknown.")
 @pass_ctx
-def replicate_cmd(c: Ctx, file: str) -> None:
-    """Put the reduced tally FILE into the next free position of the replicated log."""
-    result = jobs.replicate(c.settings, file)
+def replicate_cmd(c: Ctx, file: str, request_id: str | None) -> None:
+    """Put the reduced tally FILE into the next free position of the replicated log.
+
+    Each replicate has a request id; the log applies an id at most once, so retrying with the id
+    an earlier attempt printed returns that attempt's position instead of adding a copy.
+    """
+    result = jobs.replicate(c.settings, file, request_id)
     c.emit(result, lambda r: f"{r['file']} -> log position {r['position']}")
 
 

@@ -64,9 +64,9 @@ def run_reduce(settings: Settings, files: list[str]) -> dict[str, Any]:
     return result
 
 
-def replicate(settings: Settings, file: str) -> dict[str, Any]:
-    """Replicate a reduced tally; one request id for the call, so a retry never lands twice."""
-    args = {"file": file, "request_id": uuid.uuid4().hex}
+def replicate(settings: Settings, file: str, request_id: str | None = None) -> dict[str, Any]:
+    """Replicate a reduced tally. Retrying with the same request id never lands it twice."""
+    args = {"file": file, "request_id": request_id or uuid.uuid4().hex}
     # The PRM answers within its replicate timeout: refused with no_quorum when none was reached.
     result: dict[str, Any] = control.call(
         settings.prm_socket, "replicate", args, timeout=settings.timing.replicate_timeout * 3

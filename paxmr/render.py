@@ -16,8 +16,7 @@ def status(r: dict[str, Any]) -> str:
         if not prm["voting"]:
             state += " (recovering, not voting)"
         peers = ", ".join(
-            f"{p}:{'up' if v['connected'] and v['heard'] else 'unreachable'}"
-            for p, v in prm["peers"].items()
+            f"{p}:{'up' if v['connected'] else 'unreachable'}" for p, v in prm["peers"].items()
         )
         lines += [
             f"  prm        {state}, leader {prm['leader'] or 'unknown'}, ballot {prm['ballot']}",

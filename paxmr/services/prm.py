@@ -59,7 +59,8 @@ class MergeArgs(PositionsArgs):
 # Messages that may leave only once the Ready's persist is on disk (see Prm._carry_out).
 _AFTER_COMMIT = (Prepare, Promise, Nack, Accepted)
 
-# Refusals the core gives that mean "no quorum reached in time": the CLI exits 5 for these.
+# Refusals the core gives when no quorum answered in time: the request may still be chosen later,
+# so they are reported as an unknown outcome, and the CLI exits 5.
 _NO_QUORUM = {"timeout", "no_quorum"}
 
 
@@ -175,9 +176,15 @@ class Prm:
         outcome = await asyncio.wait_for(
             asyncio.shield(future), self.settings.timing.replicate_timeout * 2
         )
+        if isinstance(outcome, paxos.Refused) and outcome.code in _NO_QUORUM:
+            raise control.ControlError(
+                "no_quorum",
+                f"no quorum: {outcome.reason}. The outcome is unknown: the entry may still land"
+                f" when a quorum returns. Retry with --request-id {args.request_id} so that it"
+                " lands at most once.",
+            )
         if isinstance(outcome, paxos.Refused):
-            code = "no_quorum" if outcome.code in _NO_QUORUM else outcome.code
-            raise control.ControlError(code, f"replicate refused: {outcome.reason}")
+            raise control.ControlError(outcome.code, f"replicate refused: {outcome.reason}")
         self.log.info("replicated", file=args.file, position=outcome.position, slot=outcome.slot)
         return {"file": args.file, "position": outcome.position, "slot": outcome.slot,
                 "request_id": args.request_id, "digest": obj.digest}  # fmt: skip

@@ -85,6 +85,9 @@ class Transport:
         }
         self.connected: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        # Accepted connections. On close they are aborted, not their tasks cancelled: Python 3.11's
+        # streams report a cancelled connection handler as an "Exception in callback".
+        self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -96,7 +99,9 @@ class Transport:
             self._server.close()
         for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for writer in self._inbound.values():
+            writer.transport.abort()
+        await asyncio.gather(*self._tasks, *self._inbound, return_exceptions=True)
 
     def send(self, dst: int, msg: paxos.Message) -> None:
         queue = self.queues.get(dst)
@@ -107,6 +112,9 @@ class Transport:
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound[task] = writer
         try:
             while True:
                 body = await read_frame(reader, self.frame_limit)
@@ -127,6 +135,7 @@ class Transport:
         except ConnectionError:
             pass
         finally:
+            self._inbound.pop(task, None)
             writer.close()
 
     async def _sender(self, peer: int) -> None:

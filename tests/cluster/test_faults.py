@@ -120,12 +120,6 @@ def test_status_of_a_healthy_cluster_shows_every_peer_connected(healthy: Cluster
     assert all(p["heard"] for p in peers.values()), peers
 
 
-@pytest.mark.xfail(
-    reason="BUG: render.status shows a peer 'up' only if connected AND heard, but a follower "
-    "never hears the other follower (only the leader messages followers; paxos/node.py "
-    "status().peers_heard), so a healthy follower peer is shown 'unreachable'",
-    strict=True,
-)
 def test_text_status_of_a_healthy_cluster_shows_every_peer_up(healthy: Cluster) -> None:
     cluster = healthy
     _commits(cluster.node(cluster.leader()))
@@ -212,13 +206,6 @@ def test_no_quorum_replicate_fails_with_exit_5_within_its_timeout(healthy: Clust
     cluster.converged()
 
 
-@pytest.mark.xfail(
-    reason="BUG: a replicate that timed out without a quorum is reported as 'replicate refused' "
-    "(node.py _retry_pending -> prm.py replicate), but the leader had already accepted it and it "
-    "is chosen once the quorum returns; the CLI makes a new request id per call (jobs.replicate), "
-    "so an operator who retries after exit 5 gets the tally in the log twice",
-    strict=True,
-)
 def test_no_quorum_failure_is_not_reported_as_refused_when_it_lands_later(
     healthy: Cluster,
 ) -> None:
@@ -349,13 +336,6 @@ def test_prm_that_lost_its_disk_catches_up_and_votes_again(healthy: Cluster) -> 
     cluster.converged()
 
 
-@pytest.mark.xfail(
-    reason="BUG: on SIGTERM transport.Transport.close() (transport.py:94) closes the server but "
-    "never cancels or awaits the per-connection _accept handlers; asyncio.run cancels them at "
-    "shutdown and asyncio prints 'Exception in callback ... CancelledError' with a raw "
-    "traceback to stdout: non-JSON lines without a <N> priority in the service's log",
-    strict=True,
-)
 def test_graceful_stop_of_a_prm_logs_only_json_lines(healthy: Cluster) -> None:
     cluster = healthy
     node = cluster.node(cluster.leader() % 3 + 1)  # its peers stay up: their links are open
