@@ -188,11 +188,11 @@ def shell_cmd(ctx: click.Context) -> None:
             continue
         if words[0] in ("exit", "quit"):
             return
-        if words[0] == "help":
-            words = [*words[1:], "--help"]
         if words[0] in ("shell", "local", "serve"):
             click.echo(f"error: '{words[0]}' is not available inside the shell", err=True)
             continue
+        if words[0] == "help":
+            words = [*words[1:], "--help"]
         _run(prefix + words)
 
 

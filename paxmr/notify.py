@@ -14,8 +14,11 @@ def notify(message: str) -> bool:
     if path.startswith("@"):  # abstract namespace
         path = "\0" + path[1:]
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.connect(path)
-        sock.sendall(message.encode())
+        try:
+            sock.connect(path)
+            sock.sendall(message.encode())
+        except OSError:
+            return False  # as sd_notify(3): a notification that cannot be sent is not fatal
     return True
 
 

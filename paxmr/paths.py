@@ -9,11 +9,19 @@ class PathRefused(ValueError):
     """The name points outside the data directory (``..``, an absolute path, a symlink)."""
 
 
+# Linux's limits (NAME_MAX, PATH_MAX): past them the kernel answers ENAMETOOLONG.
+_NAME_MAX, _PATH_MAX = 255, 4096
+
+
 def resolve(data_dir: Path, name: str) -> Path:
     if not name or "\0" in name:
         raise PathRefused(f"invalid file name {name!r}")
+    if len(name.encode()) > _PATH_MAX or any(len(p.encode()) > _NAME_MAX for p in name.split("/")):
+        raise PathRefused(f"file name too long: {name[:40]!r}...")
     root = data_dir.resolve()
     path = (root / name).resolve()  # follows symlinks, so a link that leads out is caught here
     if path == root or not path.is_relative_to(root):
         raise PathRefused(f"{name!r} is outside the data directory {root}")
+    if name.endswith("/"):
+        raise PathRefused(f"{name!r} names a directory, not a file")
     return path

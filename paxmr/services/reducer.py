@@ -23,6 +23,8 @@ class ReduceArgs(control.Args):
 
 def reduced_name(intermediates: list[str]) -> str:
     """``a_b.txt_I_1, a_b.txt_I_2`` -> ``a_b.txt_reduced``: the suffix is taken off the right."""
+    if len(set(intermediates)) != len(intermediates):
+        raise control.ControlError("bad_args", "an intermediate file is named twice")
     bases = set()
     for name in intermediates:
         m = _INTERMEDIATE.fullmatch(name)

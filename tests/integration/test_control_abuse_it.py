@@ -165,21 +165,12 @@ def test_deeply_nested_json_gets_error_reply(mapper: Path) -> None:
     assert error_code(reply) == "bad_request"
 
 
-ODD_NAMES_BUG = (
-    "BUG: odd file names reach an unexpected OSError inside the op and get the catch-all "
-    "'internal' reply ('map failed unexpectedly; see the service's log', a traceback logged) "
-    "instead of a clear error: 'F/' resolves to the file F (paths.resolve drops the slash) but "
-    "the output 'F/_I_N' lies under a file (NotADirectoryError on the temp file); a component "
-    "over NAME_MAX or a name over PATH_MAX raises ENAMETOOLONG from Path.is_file()"
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("odd_names.txt/", marks=pytest.mark.xfail(reason=ODD_NAMES_BUG, strict=True)),
-        pytest.param("x" * 300, marks=pytest.mark.xfail(reason=ODD_NAMES_BUG, strict=True)),
-        pytest.param("a/" * 3000, marks=pytest.mark.xfail(reason=ODD_NAMES_BUG, strict=True)),
+        "odd_names.txt/",
+        "x" * 300,
+        "a/" * 3000,
         "odd_names.txt\n",
         "a_directory",
     ],
@@ -194,7 +185,6 @@ def test_odd_file_names_get_a_clear_error(node: Node, mapper: Path, name: str) -
     still_serving(mapper)
 
 
-@pytest.mark.xfail(reason=ODD_NAMES_BUG, strict=True)
 def test_reducer_long_name_gets_a_clear_error(node: Node) -> None:
     with pytest.raises(control.RemoteError) as info:
         control.call(node.settings.reducer_socket, "reduce", {"files": ["x" * 300 + "_I_1"]})
