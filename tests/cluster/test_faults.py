@@ -206,9 +206,11 @@ def test_no_quorum_replicate_fails_with_exit_5_within_its_timeout(healthy: Clust
     cluster.converged()
 
 
-def test_no_quorum_failure_is_not_reported_as_refused_when_it_lands_later(
+def test_no_quorum_outcome_is_unknown_and_a_retry_with_its_request_id_lands_once(
     healthy: Cluster,
 ) -> None:
+    """Exit 5 may hide an entry a quorum chooses later: the CLI must not call it refused, and
+    retrying with the request id it printed must land the tally at most once."""
     cluster = healthy
     lonely = cluster.node(cluster.leader())
     stopped = _others(cluster, lonely.id)
@@ -222,12 +224,70 @@ def test_no_quorum_failure_is_not_reported_as_refused_when_it_lands_later(
     finally:
         for n in stopped:
             n.cli("resume")
-    time.sleep(2 * REPLICATE_TIMEOUT)  # no new replicates: only the failed one could land
+    assert "refused" not in done.stderr, done.stderr
+    assert "unknown" in done.stderr, done.stderr
+    match = re.search(r"--request-id (\S+?)\b", done.stderr)
+    assert match, f"no request id to retry with in {done.stderr!r}"
+    rid = match[1]
+
+    retry = lonely.cli("-o", "json", "replicate", FILE, "--request-id", rid)
+    assert retry.returncode == 0, retry.stderr
+    position = json.loads(retry.stdout)["position"]
+    again = cluster.node(stopped[0].id).cli("-o", "json", "replicate", FILE, "--request-id", rid)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["position"] == position
     cluster.converged()
-    landed = lonely.status()["entries"] == count + 1
-    assert not (landed and "refused" in done.stderr), (
-        f"exit 5 said {done.stderr.strip()!r}, yet the entry landed at position {count}"
-    )
+    ids = [e["request_id"] for e in lonely.call("print")["entries"]]
+    assert ids.count(rid) == 1
+    assert len(ids) == count + 1
+    assert ids.index(rid) == position
+
+
+@pytest.mark.xfail(
+    reason="BUG: Node.stop (paxos/node.py stop) refuses every pending request with 'stopped', "
+    "and prm.py reports it as 'replicate refused: this node was stopped', but a pending request "
+    "was already forwarded to the leader and is usually chosen: an unknown outcome reported as "
+    "a refusal (a retry without --request-id lands the tally twice)",
+    strict=True,
+)
+def test_a_replicate_reported_as_refused_never_lands(healthy: Cluster) -> None:
+    """A follower forwards a replicate to the leader, then the operator stops the follower: the
+    client must not be told 'refused' for an entry the leader goes on to get chosen. The leader
+    is frozen (SIGSTOP) for a moment, well under an election timeout, so the forward is sure to
+    be in flight when the stop comes."""
+    cluster = healthy
+    leader = cluster.node(cluster.leader())
+    node = cluster.node(leader.id % 3 + 1)
+    rid = uuid.uuid4().hex
+    outcome: list[object] = []
+
+    def client() -> None:
+        try:
+            outcome.append(node.replicate(FILE, rid))
+        except control.RemoteError as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=client, daemon=True)
+    pid = leader.prm_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        thread.start()
+        _wait(lambda: node.status()["pending"] == 1, timeout=5)  # submitted and forwarded
+        node.call("stop")
+        thread.join(REPLICATE_TIMEOUT * 4)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        node.call("resume")
+    assert outcome, "the replicate did not return"
+    time.sleep(1)
+    cluster.converged()
+    ids = [e["request_id"] for e in node.call("print")["entries"]]
+    if isinstance(outcome[0], control.RemoteError):
+        assert "refused" not in str(outcome[0]) or rid not in ids, (
+            f"told {outcome[0]!s:.80}, yet it landed at position {ids.index(rid)}"
+        )
+    else:
+        assert ids.count(rid) == 1
 
 
 def test_sigkill_a_prm_mid_stream_nothing_acknowledged_is_lost(healthy: Cluster) -> None:
