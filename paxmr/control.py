@@ -12,10 +12,10 @@ import contextlib
 import errno
 import json
 import socket
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -147,25 +147,60 @@ class RemoteError(Exception):
         self.code = code
 
 
-@contextlib.contextmanager
-def _connect(path: Path, timeout: float | None) -> Iterator[socket.socket]:
+def _connect(path: Path, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         sock.connect(str(path))
-    except (FileNotFoundError, ConnectionRefusedError) as exc:
-        sock.close()
-        raise ServiceDown(path) from exc
-    except PermissionError as exc:
-        sock.close()
-        raise PermissionDenied(path) from exc
     except OSError as exc:
         sock.close()
+        if isinstance(exc, PermissionError):
+            raise PermissionDenied(path) from exc
         if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
             raise ServiceDown(path) from exc
         raise
-    with sock:
-        yield sock
+    return sock
+
+
+class Client:
+    """One connection for many requests, one at a time."""
+
+    def __init__(self, path: Path, timeout: float | None = 30.0) -> None:
+        self.path = path
+        self._sock = _connect(path, timeout)
+        self._stream = self._sock.makefile("rb")
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stream.close()
+        self._sock.close()
+
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> Any:
+        """One request, one result; progress lines go to ``on_progress`` as they arrive."""
+        self._sock.sendall(_line({"op": op, "args": args or {}}))
+        while True:
+            raw = self._stream.readline()
+            if not raw:
+                raise RemoteError("disconnected", f"{self.path} closed the connection")
+            reply = json.loads(raw)
+            if "progress" in reply:
+                if on_progress is not None:
+                    on_progress(reply["progress"])
+                continue
+            if reply.get("ok"):
+                return reply.get("result")
+            error = reply.get("error") or {}
+            raise RemoteError(str(error.get("code", "error")), str(error.get("message", reply)))
 
 
 def call(
@@ -176,20 +211,6 @@ def call(
     timeout: float | None = 30.0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> Any:
-    """One request, one result; progress lines go to ``on_progress`` as they arrive."""
-    with _connect(path, timeout) as sock:
-        sock.sendall(_line({"op": op, "args": args or {}}))
-        stream = sock.makefile("rb")
-        while True:
-            raw = stream.readline()
-            if not raw:
-                raise RemoteError("disconnected", f"{path} closed the connection without a reply")
-            reply = json.loads(raw)
-            if "progress" in reply:
-                if on_progress is not None:
-                    on_progress(reply["progress"])
-                continue
-            if reply.get("ok"):
-                return reply.get("result")
-            error = reply.get("error") or {}
-            raise RemoteError(str(error.get("code", "error")), str(error.get("message", reply)))
+    """One request on a connection of its own."""
+    with Client(path, timeout) as client:
+        return client.call(op, args, on_progress)

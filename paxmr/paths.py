@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 
@@ -13,12 +14,18 @@ class PathRefused(ValueError):
 _NAME_MAX, _PATH_MAX = 255, 4096
 
 
+@functools.cache
+def _real(data_dir: Path) -> Path:
+    # Resolved once per process: names are then confined to the directory found at the first use.
+    return data_dir.resolve()
+
+
 def resolve(data_dir: Path, name: str) -> Path:
     if not name or "\0" in name:
         raise PathRefused(f"invalid file name {name!r}")
     if len(name.encode()) > _PATH_MAX or any(len(p.encode()) > _NAME_MAX for p in name.split("/")):
         raise PathRefused(f"file name too long: {name[:40]!r}...")
-    root = data_dir.resolve()
+    root = _real(data_dir)
     path = (root / name).resolve()  # follows symlinks, so a link that leads out is caught here
     if path == root or not path.is_relative_to(root):
         raise PathRefused(f"{name!r} is outside the data directory {root}")

@@ -44,10 +44,17 @@ def _ms(values: list[float], q: float) -> float:
 
 
 def _many(settings: Settings, file: str, total: int, clients: int) -> float:
-    """Replicate ``total`` entries with ``clients`` in flight; returns entries per second."""
+    """Replicate ``total`` entries from ``clients`` connections; returns entries per second."""
+
+    def client(n: int) -> None:
+        with control.Client(settings.prm_socket) as c:
+            for _ in range(n):
+                c.call("replicate", {"file": file, "request_id": uuid.uuid4().hex})
+
+    shares = [total // clients + (i < total % clients) for i in range(clients)]
     started = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(lambda _i: _replicate(settings, file), range(total)))
+        list(pool.map(client, shares))
     return total / (time.perf_counter() - started)
 
 

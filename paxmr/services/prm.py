@@ -143,7 +143,7 @@ class Prm:
         for entry in ready.applied:
             self._applied(entry)
             if entry.position is not None:
-                self.log.info("applied", slot=entry.slot, position=entry.position)
+                self.log.debug("applied", slot=entry.slot, position=entry.position)
         for reply in ready.replies:
             future = self.waiting.pop(reply.request_id, None)
             if future is not None and not future.done():
