@@ -325,6 +325,25 @@ def test_sigkill_the_leader_a_new_leader_commits(healthy: Cluster) -> None:
     assert cluster.leader() in {n.id for n in cluster.nodes}
 
 
+def test_frozen_leader_wakes_up_deposed_and_the_logs_agree(healthy: Cluster) -> None:
+    """SIGSTOP the leader longer than an election timeout: the others elect and commit; when it
+    runs again it still believes it leads (competing proposers), yet nothing acknowledged is
+    lost, nothing lands twice and every log ends the same."""
+    cluster = healthy
+    old = cluster.node(cluster.leader())
+    pid = old.prm_pid()
+    with Stream(cluster.nodes) as stream:
+        stream.wait_for(15)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            stream.wait_for(15)  # the two others commit without it
+            assert cluster.leader(exclude=old.id) != old.id
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        stream.wait_for(15)
+    _all_acked_everywhere(cluster, stream.acked)
+
+
 def test_sigkill_every_prm_then_restart_keeps_acknowledged_entries(healthy: Cluster) -> None:
     """Power loss of the whole cluster: what was acknowledged was on a quorum's disk."""
     cluster = healthy
