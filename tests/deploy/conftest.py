@@ -76,17 +76,21 @@ class Cluster:
         self.bed = bed
         self.hosts = list(bed.hosts)
 
-    def cli(self, host: str, *args: str, user: str = "root", timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, host: str, *args: str, user: str = "root", timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
         cmd = f"sudo -u {user} paxmr {shlex.join(args)}"
         return self.bed.run(host, cmd, check=False, timeout=timeout)
 
     def json(self, host: str, *args: str, timeout: float = 120) -> Any:
-        proc = self.cli(host, *args, "-o", "json", timeout=timeout)
-        assert proc.returncode == 0, f"{host}: paxmr {' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
+        proc = self.cli(host, "-o", "json", *args, timeout=timeout)
+        assert proc.returncode == 0, (
+            f"{host}: paxmr {' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
+        )
         return json.loads(proc.stdout)
 
     def status(self, host: str) -> dict[str, Any] | None:
-        proc = self.cli(host, "status", "-o", "json", timeout=30)
+        proc = self.cli(host, "-o", "json", "status", timeout=30)
         return json.loads(proc.stdout) if proc.returncode == 0 else None
 
     def leader(self) -> str:
@@ -130,10 +134,14 @@ class Cluster:
 
     def gen(self, host: str, name: str, size: str, seed: int) -> None:
         path = f"/var/lib/paxmr/data/{name}"
-        self.bed.run(host, f"sudo -u paxmr paxmr gen-corpus --size {size} --seed {seed} {path}", timeout=120)
+        self.bed.run(
+            host, f"sudo -u paxmr paxmr gen-corpus --size {size} --seed {seed} {path}", timeout=120
+        )
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5) -> None:
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if predicate():

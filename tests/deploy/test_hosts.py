@@ -59,7 +59,10 @@ def test_directories_and_key_permissions(host: Any) -> None:
 
 
 def test_one_cluster_key_everywhere(testinfra_hosts: dict[str, Any]) -> None:
-    sums = {h.check_output("sha256sum /etc/paxmr/cluster.key").split()[0] for h in testinfra_hosts.values()}
+    sums = {
+        h.check_output("sha256sum /etc/paxmr/cluster.key").split()[0]
+        for h in testinfra_hosts.values()
+    }
     assert len(sums) == 1
 
 
@@ -80,7 +83,7 @@ def test_security_exposure_on_the_host(host: Any) -> None:
 
 
 def test_verify_installed_units(host: Any) -> None:
-    cmd = host.run("systemd-analyze verify paxmr.target %s %s", " ".join(SERVICES), " ".join(SOCKETS))
+    cmd = host.run(f"systemd-analyze verify paxmr.target {' '.join([*SERVICES, *SOCKETS])}")
     assert cmd.rc == 0
     assert cmd.stdout + cmd.stderr == ""
 

@@ -18,7 +18,7 @@ EXIT_NO_QUORUM = 5
 def start_run(bed: Testbed, host: str, name: str) -> subprocess.Popen[str]:
     """`paxmr run` on `host` in the background (over the testbed's ssh master)."""
     return subprocess.Popen(
-        ["ssh", "-F", str(bed.ssh_config), host, "--", f"sudo paxmr run {name} -o json"],
+        ["ssh", "-F", str(bed.ssh_config), host, "--", f"sudo paxmr -o json run {name}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
 
@@ -27,7 +27,7 @@ def run_job(cluster: Cluster, host: str, name: str, timeout: float = 90) -> dict
     """`paxmr run`, retried while there is no quorum yet (an election in progress)."""
     deadline = time.monotonic() + timeout
     while True:
-        proc = cluster.cli(host, "run", name, "-o", "json", timeout=timeout)
+        proc = cluster.cli(host, "-o", "json", "run", name, timeout=timeout)
         if proc.returncode == 0:
             return json.loads(proc.stdout)
         assert proc.returncode == EXIT_NO_QUORUM, proc.stderr
