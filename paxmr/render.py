@@ -19,7 +19,7 @@ def status(r: dict[str, Any]) -> str:
             f"{p}:{'up' if v['connected'] else 'unreachable'}" for p, v in prm["peers"].items()
         )
         lines += [
-            f"  prm        {state}, leader {prm['leader'] or 'unknown'}, ballot {prm['ballot']}",
+            f"  replica    {state}, leader {prm['leader'] or 'unknown'}, ballot {prm['ballot']}",
             (
                 f"  log        {prm['entries']} entries ({prm['slots']} slots),"
                 f" digest {prm['digest'][:16]}"

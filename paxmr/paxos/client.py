@@ -21,7 +21,8 @@ class Committed:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """Codes: stopped, too_large, invalid, busy (flow control), timeout, no_quorum."""
+    """Codes: stopped, too_large, invalid, busy (flow control); and timeout, no_quorum and
+    interrupted (stopped while pending), after which the request may still be chosen."""
 
     code: str
     reason: str

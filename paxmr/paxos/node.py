@@ -195,7 +195,8 @@ class Node:
         """The assignment's stop: behave as failed until resume."""
         self._now = now
         for rid in self._pending:
-            self._refuse(rid, "stopped", "this node was stopped")
+            # Possibly forwarded and chosen already: the outcome is unknown, not a refusal.
+            self._refuse(rid, "interrupted", "this node was stopped while the request was pending")
         self._pending.clear()
         self._step_down(now)
         self.leader = None

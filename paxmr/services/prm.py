@@ -59,9 +59,9 @@ class MergeArgs(PositionsArgs):
 # Messages that may leave only once the Ready's persist is on disk (see Prm._carry_out).
 _AFTER_COMMIT = (Prepare, Promise, Nack, Accepted)
 
-# Refusals the core gives when no quorum answered in time: the request may still be chosen later,
-# so they are reported as an unknown outcome, and the CLI exits 5.
-_NO_QUORUM = {"timeout", "no_quorum"}
+# Refusals after which the request may still be chosen: reported as an unknown outcome (the CLI
+# exits 5 for no_quorum, 1 for interrupted).
+_UNKNOWN_OUTCOME = {"timeout", "no_quorum", "interrupted"}
 
 
 class Prm:
@@ -176,12 +176,12 @@ class Prm:
         outcome = await asyncio.wait_for(
             asyncio.shield(future), self.settings.timing.replicate_timeout * 2
         )
-        if isinstance(outcome, paxos.Refused) and outcome.code in _NO_QUORUM:
+        if isinstance(outcome, paxos.Refused) and outcome.code in _UNKNOWN_OUTCOME:
+            code = "interrupted" if outcome.code == "interrupted" else "no_quorum"
             raise control.ControlError(
-                "no_quorum",
-                f"no quorum: {outcome.reason}. The outcome is unknown: the entry may still land"
-                f" when a quorum returns. Retry with --request-id {args.request_id} so that it"
-                " lands at most once.",
+                code,
+                f"{outcome.reason}. The outcome is unknown: the entry may still land. Retry"
+                f" with --request-id {args.request_id} so that it lands at most once.",
             )
         if isinstance(outcome, paxos.Refused):
             raise control.ControlError(outcome.code, f"replicate refused: {outcome.reason}")

@@ -243,13 +243,6 @@ def test_no_quorum_outcome_is_unknown_and_a_retry_with_its_request_id_lands_once
     assert ids.index(rid) == position
 
 
-@pytest.mark.xfail(
-    reason="BUG: Node.stop (paxos/node.py stop) refuses every pending request with 'stopped', "
-    "and prm.py reports it as 'replicate refused: this node was stopped', but a pending request "
-    "was already forwarded to the leader and is usually chosen: an unknown outcome reported as "
-    "a refusal (a retry without --request-id lands the tally twice)",
-    strict=True,
-)
 def test_a_replicate_reported_as_refused_never_lands(healthy: Cluster) -> None:
     """A follower forwards a replicate to the leader, then the operator stops the follower: the
     client must not be told 'refused' for an entry the leader goes on to get chosen. The leader
