@@ -200,21 +200,29 @@ class Prm:
         entries = self.node.log.entries  # slot i at index i
         return [LogObject.decode(entries[self.objects[p]["slot"]].value) for p in positions]
 
+    # Queries decode whole tallies: they run in a worker thread, off the loop that heartbeats.
+    # Their results are logged too, as the assignment's PRM printed them.
+
     async def total(self, args: PositionsArgs, _p: control.Progress) -> dict[str, Any]:
-        objects = self._objects(args.positions)
-        return {"positions": args.positions, "total": sum(o.total for o in objects)}
+        objects = await asyncio.to_thread(self._objects, args.positions)
+        total = sum(o.total for o in objects)
+        self.log.info("total", positions=args.positions, total=total)
+        return {"positions": args.positions, "total": total}
 
     async def merge(self, args: MergeArgs, _p: control.Progress) -> dict[str, Any]:
-        merged = merge(self._objects(args.positions))
-        top = merged.most_common(args.top or None)
+        objects = await asyncio.to_thread(self._objects, args.positions)
+        merged = await asyncio.to_thread(merge, objects)
+        top = [[show(w), n] for w, n in merged.most_common(args.top or None)]
+        self.log.info("merge", positions=args.positions, distinct=len(merged), top=top[:10])
         return {
             "positions": args.positions,
             "distinct": len(merged),
             "total": sum(merged.values()),
-            "words": [[show(w), n] for w, n in top],
+            "words": top,
         }
 
     async def print_log(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+        self.log.info("print", files=[e["file"] for e in self.objects], digest=self.digest.hex())
         return {"entries": self.objects, "digest": self.digest.hex()}
 
     async def stop(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
