@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from conftest import Cluster, PlaybookRun, playbook
 
@@ -33,3 +35,25 @@ def test_rolling_restart_keeps_the_log(cluster: Cluster) -> None:
     before = cluster.wait_converged()
     playbook("restart.yml").check()
     assert cluster.wait_converged() == before
+
+
+def test_uninstall_removes_everything_then_site_founds_a_new_cluster(
+    cluster: Cluster, testinfra_hosts: dict[str, Any]
+) -> None:
+    playbook("uninstall.yml").check()
+    again = playbook("uninstall.yml").check()
+    assert all(r["changed"] == 0 for r in again.recap().values()), again.output[-4000:]
+    for host in testinfra_hosts.values():
+        for path in [
+            "/opt/paxmr",
+            "/etc/paxmr",
+            "/var/lib/paxmr",
+            "/run/paxmr",
+            "/usr/local/bin/paxmr",
+        ]:
+            assert not host.file(path).exists, path
+        assert host.check_output("find /etc/systemd -name 'paxmr*'") == ""
+        assert not host.user("paxmr").exists
+        assert not host.group("paxmr-admin").exists
+    playbook("site.yml").check()
+    assert cluster.wait_converged()["entries"] == []
