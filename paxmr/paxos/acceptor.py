@@ -32,7 +32,8 @@ class Acceptor:
         self.recover_until = durable.recover_until
 
     def may_promise(self, ballot: Ballot) -> bool:
-        # Strictly greater: a node that lost its storage may reuse a ballot it once used.
+        # Strictly greater: even with the random round a wiped node restarts from (storage.py),
+        # a promise must never be repeated for a ballot this acceptor already promised.
         return self.voting and ballot > self.promised
 
     def may_accept(self, ballot: Ballot) -> bool:
