@@ -37,7 +37,7 @@ def test_rolling_restart_keeps_the_log(cluster: Cluster) -> None:
     assert cluster.wait_converged() == before
 
 
-def test_uninstall_removes_everything_then_site_founds_a_new_cluster(
+def test_uninstall_removes_everything_then_check_and_site_found_a_new_cluster(
     cluster: Cluster, testinfra_hosts: dict[str, Any]
 ) -> None:
     playbook("uninstall.yml").check()
@@ -55,5 +55,8 @@ def test_uninstall_removes_everything_then_site_founds_a_new_cluster(
         assert host.check_output("find /etc/systemd -name 'paxmr*'") == ""
         assert not host.user("paxmr").exists
         assert not host.group("paxmr-admin").exists
+    # Check mode on hosts without paxmr previews the install and changes nothing.
+    playbook("site.yml", "--check").check()
+    assert not testinfra_hosts["paxmr1"].file("/opt/paxmr").exists
     playbook("site.yml").check()
     assert cluster.wait_converged()["entries"] == []
