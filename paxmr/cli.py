@@ -164,6 +164,8 @@ def status_cmd(c: Ctx) -> None:
             services[name] = "down"
         except control.PermissionDenied:
             services[name] = "denied"
+        except (TimeoutError, control.RemoteError):
+            services[name] = "not answering"
     c.emit({"node": s.node_id, "services": services, "prm": prm}, render.status)
 
 
@@ -359,7 +361,7 @@ _DIR = click.option(
 
 
 @local_group.command("up")
-@click.option("--nodes", type=click.IntRange(1, 9), default=3, show_default=True)
+@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True)
 @click.option("--mappers", type=click.IntRange(1, 64), default=2, show_default=True)
 @_DIR
 @pass_ctx
@@ -470,7 +472,7 @@ def _run(argv: list[str] | None = None) -> int:
     except control.ServiceDown as exc:
         click.echo(f"paxmr: {exc}", err=True)
         return EXIT_DOWN
-    except control.PermissionDenied as exc:
+    except (control.PermissionDenied, PermissionError) as exc:
         click.echo(f"paxmr: {exc}", err=True)
         return EXIT_DENIED
     except control.RemoteError as exc:

@@ -192,7 +192,12 @@ class Client:
             raw = self._stream.readline()
             if not raw:
                 raise RemoteError("disconnected", f"{self.path} closed the connection")
-            reply = json.loads(raw)
+            try:
+                reply = json.loads(raw)
+            except ValueError:
+                raise RemoteError(
+                    "bad_reply", f"{self.path} answered with something not JSON"
+                ) from None
             if "progress" in reply:
                 if on_progress is not None:
                     on_progress(reply["progress"])

@@ -9,9 +9,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from paxmr import control, paths
+from paxmr import control
 from paxmr.settings import Settings
-from paxmr.wordcount import split
 
 # Counting a large file can take minutes; the services send progress lines meanwhile.
 JOB_TIMEOUT = 3600.0
@@ -20,12 +19,15 @@ JOB_TIMEOUT = 3600.0
 def run_map(
     settings: Settings, file: str, on_progress: Callable[[int, int], None] | None = None
 ) -> dict[str, Any]:
-    """Split ``file`` at whitespace into one range per mapper and count the ranges in parallel."""
-    source = paths.resolve(settings.data_dir, file)
-    if not source.is_file():
-        raise control.RemoteError("not_found", f"no such file in the data directory: {file}")
-    ranges = split.split(source, settings.mappers)
-    total = sum(r.size for r in ranges)
+    """Split ``file`` at whitespace into one range per mapper and count the ranges in parallel.
+
+    The services do all file access: the data directory need not be readable by the caller.
+    """
+    answer = control.call(
+        settings.mapper_socket(1), "split", {"file": file, "parts": settings.mappers}
+    )
+    ranges = [tuple(r) for r in answer["ranges"]]
+    total = sum(size for _, size in ranges)
     done = [0] * len(ranges)
     lock = threading.Lock()
     started = time.monotonic()
@@ -37,7 +39,8 @@ def run_map(
                 if on_progress is not None:
                     on_progress(sum(done), total)
 
-        args = {"file": file, "offset": ranges[index].offset, "size": ranges[index].size}
+        offset, size = ranges[index]
+        args = {"file": file, "offset": offset, "size": size}
         result: dict[str, Any] = control.call(
             settings.mapper_socket(index + 1),
             "map",
@@ -67,8 +70,17 @@ def run_reduce(settings: Settings, files: list[str]) -> dict[str, Any]:
 def replicate(settings: Settings, file: str, request_id: str | None = None) -> dict[str, Any]:
     """Replicate a reduced tally. Retrying with the same request id never lands it twice."""
     args = {"file": file, "request_id": request_id or uuid.uuid4().hex}
-    # The PRM answers within its replicate timeout: refused with no_quorum when none was reached.
-    result: dict[str, Any] = control.call(
-        settings.prm_socket, "replicate", args, timeout=settings.timing.replicate_timeout * 3
-    )
+    try:
+        # The PRM answers within its replicate timeout, with no_quorum when none was reached.
+        result: dict[str, Any] = control.call(
+            settings.prm_socket, "replicate", args, timeout=settings.timing.replicate_timeout * 3
+        )
+    except (TimeoutError, control.RemoteError) as exc:
+        if isinstance(exc, control.RemoteError) and exc.code != "disconnected":
+            raise
+        raise control.RemoteError(
+            "unknown_outcome",
+            f"no answer from the PRM ({exc}); the entry may still land: retry with"
+            f" --request-id {args['request_id']}",
+        ) from exc
     return result

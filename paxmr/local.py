@@ -117,8 +117,9 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
     root.mkdir(parents=True, exist_ok=True)
     key = root / "cluster.key"
     if not key.exists():
-        key.write_text(secrets.token_hex(32) + "\n")
-        key.chmod(0o600)
+        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
     ports = _free_ports(nodes)
     configs = [_write_config(root, n, ports, mappers) for n in range(1, nodes + 1)]
     services: list[Service] = []
@@ -165,7 +166,9 @@ def restart(root: Path, node: int, name: str) -> Service:
 
 
 def _save(root: Path, services: list[Service]) -> None:
-    (root / STATE).write_text(json.dumps({"services": [asdict(s) for s in services]}, indent=1))
+    tmp = root / f".{STATE}.tmp"
+    tmp.write_text(json.dumps({"services": [asdict(s) for s in services]}, indent=1))
+    tmp.replace(root / STATE)
 
 
 def down(root: Path, timeout: float = 10.0) -> int:

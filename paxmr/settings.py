@@ -90,6 +90,8 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _membership(self) -> Self:
         ids = [n.id for n in self.nodes]
+        if len(ids) == 1:
+            raise ValueError("[[nodes]] needs at least 2 members (3 to survive a failure)")
         if len(set(ids)) != len(ids):
             raise ValueError("node ids in [[nodes]] must be unique")
         if self.nodes and self.node_id not in ids:

@@ -23,7 +23,7 @@ def _peak_rss_mib(pid: int) -> float:
 def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
         root = Path(tmp)
-        local.up(root, nodes=1, mappers=mappers)
+        local.up(root, nodes=2, mappers=mappers)  # the smallest cluster; node 1 does the work
         try:
             settings = load(local.config_path(root, 1))
             text = settings.data_dir / "bench.txt"

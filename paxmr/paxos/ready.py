@@ -8,7 +8,11 @@ from paxmr.paxos.ballot import Ballot
 from paxmr.paxos.client import Reply
 from paxmr.paxos.durable import Persist
 from paxmr.paxos.log import LogEntry
-from paxmr.paxos.messages import Message
+from paxmr.paxos.messages import Accepted, Message, Nack, Prepare, Promise
+
+# What depends on the Ready's commit: a Prepare (its round must be durable so that ballots never
+# repeat) and the acceptor's replies.
+AFTER_COMMIT = (Prepare, Promise, Nack, Accepted)
 
 
 @dataclass
@@ -16,10 +20,11 @@ class Ready:
     """Everything produced since the last `Node.ready()`.
 
     The driver makes `persist` durable (one transaction, one fsync: a group commit for every
-    message of the Ready) and takes the next Ready only once that commit is done. Prepare,
-    Promise, Nack and Accepted messages leave only after the commit. Everything else (accepts,
-    chosen notifications, catch-up, forwards, replies, `applied`) may leave before it: the core
-    counts its own promise or accept towards a decision only in a later Ready, and the simulator
+    message of the Ready) and takes the next Ready only once that commit is done. Messages of the
+    kinds in AFTER_COMMIT leave only after the commit. Everything else (accepts, chosen
+    notifications, catch-up, forwards, replies, `applied`) may leave before it: a decision that
+    counts this node's own promise or accept also needs a peer's reply to a message of this
+    Ready, so it falls in a later Ready (with two or more members), and the simulator
     checks this ordering (`paxmr sim --driver early`) as well as commit-before-everything
     (`--driver strict`)."""
 

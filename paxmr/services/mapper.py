@@ -11,9 +11,14 @@ from pydantic import Field
 from paxmr import control, logs, paths
 from paxmr.services import daemon
 from paxmr.settings import Settings
-from paxmr.wordcount import count, tally
+from paxmr.wordcount import count, split, tally
 
 PROGRESS_EVERY = 0.25  # seconds between progress lines
+
+
+class SplitArgs(control.Args):
+    file: str
+    parts: int = Field(ge=1, le=1024)
 
 
 class MapArgs(control.Args):
@@ -58,10 +63,23 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
         log.info("map_finished", file=args.file, output=output, distinct=words)
         return {"output": output, "distinct": words, "bytes": args.size}
 
+    async def run_split(args: SplitArgs, _progress: control.Progress) -> dict[str, Any]:
+        source = paths.resolve(settings.data_dir, args.file)
+        if not source.is_file():
+            raise control.ControlError(
+                "not_found", f"no such file in the data directory: {args.file}"
+            )
+        ranges = await asyncio.to_thread(split.split, source, args.parts)
+        return {"ranges": [[r.offset, r.size] for r in ranges]}
+
     async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
         return {"role": "mapper", "id": mapper_id}
 
-    return {"map": control.Op(MapArgs, run_map), "status": control.Op(control.NoArgs, status)}
+    return {
+        "split": control.Op(SplitArgs, run_split),
+        "map": control.Op(MapArgs, run_map),
+        "status": control.Op(control.NoArgs, status),
+    }
 
 
 async def main(settings: Settings, mapper_id: int) -> None:

@@ -19,7 +19,7 @@ from pydantic import Field
 
 from paxmr import control, logs, paths, paxos
 from paxmr.logobject import BadLogObject, LogObject, merge, show
-from paxmr.paxos.messages import Accepted, Nack, Prepare, Promise
+from paxmr.paxos.ready import AFTER_COMMIT
 from paxmr.services import daemon
 from paxmr.services.transport import Transport
 from paxmr.settings import Settings
@@ -56,12 +56,14 @@ class MergeArgs(PositionsArgs):
     top: int = Field(default=20, ge=0)
 
 
-# Messages that may leave only once the Ready's persist is on disk (see Prm._carry_out).
-_AFTER_COMMIT = (Prepare, Promise, Nack, Accepted)
+# Refusals after which the request may still be chosen: reported as an unknown outcome with the
+# request id to retry with (the CLI exits 5 for no_quorum). A "busy" may come from a new leader
+# while an old leader's proposal of the same request can still be chosen.
+_UNKNOWN_OUTCOME = {"timeout", "no_quorum", "interrupted", "busy"}
 
-# Refusals after which the request may still be chosen: reported as an unknown outcome (the CLI
-# exits 5 for no_quorum, 1 for interrupted).
-_UNKNOWN_OUTCOME = {"timeout", "no_quorum", "interrupted"}
+
+def _same_tally(a: LogObject, b: LogObject) -> bool:
+    return (a.file, a.digest) == (b.file, b.digest)
 
 
 class Prm:
@@ -108,7 +110,7 @@ class Prm:
             summary = LogObject.decode(entry.value).summary(entry.position)
         except BadLogObject as exc:
             self.log.exception("bad_log_object", slot=entry.slot, error=str(exc))
-            summary = {"position": entry.position, "file": None, "error": str(exc)}
+            summary = {"position": entry.position, "file": None, "words": 0, "error": str(exc)}
         self.objects.append({**summary, "slot": entry.slot})
 
     def _deliver(self, src: int, msg: paxos.Message) -> None:
@@ -128,17 +130,14 @@ class Prm:
             await self._carry_out(self.node.ready())
 
     async def _carry_out(self, ready: paxos.Ready) -> None:
-        """Commit the Ready's persist; hold back what depends on it until it is on disk.
+        """Commit the Ready's persist, holding back only what depends on it (paxos.Ready).
 
-        Only a Prepare (its round must be durable, so ballots never repeat) and the acceptor's
-        replies depend on this commit. Accepts carry a ballot made durable before its Prepare,
-        and chosen entries, catch-up and replies state facts a quorum has already made durable
-        (the previous Ready was committed before this one was taken), so they leave at once and
-        the leader's fsync overlaps its followers'.
+        Accepts, chosen entries and replies leave at once, so the leader's fsync overlaps its
+        followers'; the next Ready is taken only after this commit.
         """
-        held = [(d, m) for d, m in ready.messages if isinstance(m, _AFTER_COMMIT)]
+        held = [(d, m) for d, m in ready.messages if isinstance(m, AFTER_COMMIT)]
         for dst, msg in ready.messages:
-            if not isinstance(msg, _AFTER_COMMIT):
+            if not isinstance(msg, AFTER_COMMIT):
                 self.transport.send(dst, msg)
         for entry in ready.applied:
             self._applied(entry)
@@ -167,17 +166,18 @@ class Prm:
             )
         except tally.TallyError as exc:
             raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
+        value = obj.encode()
         future = self.waiting.get(args.request_id)
         if future is None:
             future = self.waiting[args.request_id] = asyncio.get_running_loop().create_future()
-            self.node.submit(paxos.Request(args.request_id, obj.encode()), time.monotonic())
+            self.node.submit(paxos.Request(args.request_id, value), time.monotonic())
             self.wake.set()
         # The core refuses on its own request timeout; this bound only guards against a bug.
         outcome = await asyncio.wait_for(
             asyncio.shield(future), self.settings.timing.replicate_timeout * 2
         )
         if isinstance(outcome, paxos.Refused) and outcome.code in _UNKNOWN_OUTCOME:
-            code = "interrupted" if outcome.code == "interrupted" else "no_quorum"
+            code = "no_quorum" if outcome.code in {"timeout", "no_quorum"} else outcome.code
             raise control.ControlError(
                 code,
                 f"{outcome.reason}. The outcome is unknown: the entry may still land. Retry"
@@ -185,11 +185,24 @@ class Prm:
             )
         if isinstance(outcome, paxos.Refused):
             raise control.ControlError(outcome.code, f"replicate refused: {outcome.reason}")
+        landed = self.node.log.entries[outcome.slot].value
+        # The same retry sent through another node differs only in its "node" field.
+        if landed != value and not _same_tally(LogObject.decode(landed), obj):
+            raise control.ControlError(
+                "conflict",
+                f"request id {args.request_id} is already in the log at position"
+                f" {outcome.position} with other content: use a new request id",
+            )
         self.log.info("replicated", file=args.file, position=outcome.position, slot=outcome.slot)
         return {"file": args.file, "position": outcome.position, "slot": outcome.slot,
                 "request_id": args.request_id, "digest": obj.digest}  # fmt: skip
 
     def _objects(self, positions: list[int]) -> list[LogObject]:
+        self._check_positions(positions)
+        entries = self.node.log.entries  # slot i at index i
+        return [LogObject.decode(entries[self.objects[p]["slot"]].value) for p in positions]
+
+    def _check_positions(self, positions: list[int]) -> None:
         count = len(self.objects)
         bad = [p for p in positions if not 0 <= p < count]
         if bad:
@@ -197,15 +210,13 @@ class Prm:
                 "bad_position", f"no log position {bad[0]}: the log has positions 0..{count - 1}"
                 if count else f"no log position {bad[0]}: the log is empty",
             )  # fmt: skip
-        entries = self.node.log.entries  # slot i at index i
-        return [LogObject.decode(entries[self.objects[p]["slot"]].value) for p in positions]
 
     # Queries decode whole tallies: they run in a worker thread, off the loop that heartbeats.
     # Their results are logged too, as the assignment's PRM printed them.
 
     async def total(self, args: PositionsArgs, _p: control.Progress) -> dict[str, Any]:
-        objects = await asyncio.to_thread(self._objects, args.positions)
-        total = sum(o.total for o in objects)
+        self._check_positions(args.positions)
+        total = sum(self.objects[p]["words"] for p in args.positions)
         self.log.info("total", positions=args.positions, total=total)
         return {"positions": args.positions, "total": total}
 
@@ -247,7 +258,7 @@ class Prm:
             "stopped": s.stopped,
             "voting": s.voting,
             "slots": s.chosen,
-            "entries": s.applied,
+            "entries": len(self.objects),
             "digest": self.digest.hex(),
             "in_flight": s.in_flight,
             "pending": s.pending,

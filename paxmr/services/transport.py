@@ -12,7 +12,7 @@ Replayed frames are harmless: Paxos tolerates duplicated and reordered messages.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import collections
 import hashlib
 import hmac
 import struct
@@ -25,12 +25,18 @@ from paxmr.settings import NodeAddress
 
 TAG = 32
 _HEADER = struct.Struct(">I")
-QUEUE_LIMIT = 10_000  # frames held for a peer that is down; beyond, new ones are dropped
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
+CONNECT_TIMEOUT = 2.0
+BODY_TIMEOUT = 30.0  # a frame's body must follow its length prefix within this time
+INBOUND_PER_PEER = 4  # accepted connections allowed per cluster peer, to bound memory
 
 
 class FrameError(Exception):
     """This frame cannot be accepted; the message says why (for the log, never the peer)."""
+
+
+class AuthError(FrameError):
+    """The frame was not made with the cluster key: its sender is not one of us."""
 
 
 def encode(key: bytes, src: int, dst: int, msg: paxos.Message) -> bytes:
@@ -45,7 +51,7 @@ def decode(key: bytes, body: bytes, me: int) -> tuple[int, paxos.Message]:
     """``body`` is a frame without its length prefix; returns (sender, message)."""
     tag, payload = body[:TAG], body[TAG:]
     if len(tag) != TAG or not hmac.compare_digest(tag, hmac.digest(key, payload, hashlib.sha256)):
-        raise FrameError("bad authentication tag (wrong cluster key?)")
+        raise AuthError("bad authentication tag (wrong cluster key?)")
     try:
         obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
@@ -62,7 +68,38 @@ async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
     (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
     if length > limit or length <= TAG:
         raise FrameError(f"frame length {length} outside (32, {limit}]")
-    return await reader.readexactly(length)
+    try:
+        async with asyncio.timeout(BODY_TIMEOUT):
+            return await reader.readexactly(length)
+    except TimeoutError:
+        raise FrameError(f"frame body not received within {BODY_TIMEOUT} s") from None
+
+
+class Outbox:
+    """Frames waiting for one peer, bounded in bytes: when the peer is down or slow, new frames
+    are dropped (a lost message, as on a real network; Paxos retransmits what matters)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.bytes = 0
+        self._frames: collections.deque[bytes] = collections.deque()
+        self._ready = asyncio.Event()
+
+    def put(self, frame: bytes) -> bool:
+        if self.bytes + len(frame) > self.limit:
+            return False
+        self._frames.append(frame)
+        self.bytes += len(frame)
+        self._ready.set()
+        return True
+
+    async def take(self, most: int) -> list[bytes]:
+        while not self._frames:
+            self._ready.clear()
+            await self._ready.wait()
+        frames = [self._frames.popleft() for _ in range(min(most, len(self._frames)))]
+        self.bytes -= sum(len(f) for f in frames)
+        return frames
 
 
 Deliver = Callable[[int, paxos.Message], None]
@@ -80,9 +117,7 @@ class Transport:
         self.deliver = deliver
         self.log = logs.get()
         self.addresses = {p.id: p for p in peers}
-        self.queues: dict[int, asyncio.Queue[bytes]] = {
-            p.id: asyncio.Queue(QUEUE_LIMIT) for p in peers
-        }
+        self.outboxes = {p.id: Outbox(2 * frame_limit) for p in peers}
         self.connected: set[int] = set()
         self._tasks: list[asyncio.Task[None]] = []
         # Accepted connections. On close they are aborted, not their tasks cancelled: Python 3.11's
@@ -104,14 +139,21 @@ class Transport:
         await asyncio.gather(*self._tasks, *self._inbound, return_exceptions=True)
 
     def send(self, dst: int, msg: paxos.Message) -> None:
-        queue = self.queues.get(dst)
-        if queue is None:
+        outbox = self.outboxes.get(dst)
+        if outbox is None:
             return
-        with contextlib.suppress(asyncio.QueueFull):  # a lost message, as on a real network
-            queue.put_nowait(encode(self.key, self.me, dst, msg))
+        frame = encode(self.key, self.me, dst, msg)
+        if len(frame) - _HEADER.size > self.frame_limit:
+            self.log.error("frame_too_large", peer=dst, bytes=len(frame), limit=self.frame_limit)
+        elif not outbox.put(frame):
+            self.log.debug("frame_not_queued", peer=dst, queued_bytes=outbox.bytes)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
+        if len(self._inbound) >= INBOUND_PER_PEER * len(self.addresses):
+            self.log.warning("connection_refused", peer=str(peer), reason="too many connections")
+            writer.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._inbound[task] = writer
@@ -120,10 +162,11 @@ class Transport:
                 body = await read_frame(reader, self.frame_limit)
                 try:
                     src, msg = decode(self.key, body, self.me)
+                except AuthError as exc:
+                    self.log.warning("frame_dropped", peer=str(peer), reason=str(exc))
+                    return  # not one of us: stop listening to this connection
                 except FrameError as exc:
                     self.log.warning("frame_dropped", peer=str(peer), reason=str(exc))
-                    if "authentication" in str(exc):
-                        return  # not one of us: stop listening to this connection
                     continue
                 if src in self.addresses:
                     self.deliver(src, msg)
@@ -140,12 +183,13 @@ class Transport:
 
     async def _sender(self, peer: int) -> None:
         address = self.addresses[peer]
-        queue = self.queues[peer]
+        outbox = self.outboxes[peer]
         delay = RECONNECT_MIN
         while True:
             try:
-                _, writer = await asyncio.open_connection(address.host, address.port)
-            except OSError:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    _, writer = await asyncio.open_connection(address.host, address.port)
+            except (OSError, TimeoutError):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
@@ -154,9 +198,7 @@ class Transport:
             self.log.info("peer_connected", peer=peer)
             try:
                 while True:
-                    frames = [await queue.get()]
-                    while not queue.empty() and len(frames) < 256:
-                        frames.append(queue.get_nowait())
+                    frames = await outbox.take(256)
                     writer.writelines(frames)
                     await writer.drain()
             except (ConnectionError, OSError):

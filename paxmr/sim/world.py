@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from paxmr.paxos import Committed, CoreConfig, Node, Ready, Request
-from paxmr.paxos.messages import Accepted, Nack, Prepare, Promise
+from paxmr.paxos.ready import AFTER_COMMIT
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import NetworkProfile, NodeFault, plan_faults
@@ -39,7 +39,6 @@ STRICT = "strict"  # everything waits for the commit: the contract documented in
 EARLY = "early"  # only Prepare and acceptor replies wait (paxmr.services.prm does this)
 UNSAFE = "unsafe"  # nothing waits: deliberately broken, to show the checker catches it
 DRIVERS = (STRICT, EARLY, UNSAFE)
-_AFTER_COMMIT = (Prepare, Promise, Nack, Accepted)
 
 
 class NodeFactory(Protocol):
@@ -222,7 +221,7 @@ class World:
             held: list[tuple[int, Message]] = []
             sent: list[tuple[int, Message]] = []
             for dst, msg in ready.messages:
-                (held if isinstance(msg, _AFTER_COMMIT) else sent).append((dst, msg))
+                (held if isinstance(msg, AFTER_COMMIT) else sent).append((dst, msg))
             now = Ready(messages=sent, replies=ready.replies, applied=ready.applied)
             later = Ready(messages=held)
         else:  # UNSAFE: effects go out before the disk has them

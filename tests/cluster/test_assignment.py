@@ -289,6 +289,19 @@ def test_log_object_reflects_the_tally_file(cluster: Cluster) -> None:
     assert entry["distinct"] == 3
 
 
+def test_a_request_id_reused_for_other_content_is_a_conflict(cluster: Cluster) -> None:
+    node = cluster.node(2)
+    rid = uuid.uuid4().hex
+    first = node.cli_json("replicate", small_tally(node, "first_reduced"), "--request-id", rid)
+    (node.data / "other_reduced").write_bytes(b"paxmr-tally 1\nzebra\t9\n")
+    again = node.cli("replicate", "other_reduced", "--request-id", rid)
+    assert again.returncode == 1, again
+    assert f"already in the log at position {first['position']} with other content" in again.stderr
+    retry = node.cli_json("replicate", "first_reduced", "--request-id", rid)
+    assert retry["position"] == first["position"]
+    assert len(_entries(node)) == first["position"] + 1
+
+
 def test_shell_runs_the_log_commands(cluster: Cluster) -> None:
     node = cluster.node(2)
     small_tally(node)

@@ -89,7 +89,7 @@ def test_bad_request_gets_error_reply(mapper: Path, raw: bytes, code: str) -> No
 
 def test_unknown_op_lists_known_ops(mapper: Path) -> None:
     reply = ask(mapper, b'{"op": "explode"}\n')
-    assert "map, status" in str(reply["error"])
+    assert "map, split, status" in str(reply["error"])
 
 
 def test_missing_args_are_named(mapper: Path) -> None:

@@ -59,7 +59,7 @@ def test_help_exits_0() -> None:
         ("mapers = 2\n", "mapers"),
         ("[limits]\ncontrol_line_bytes = 1\n", "limits.control_line_bytes"),
         ("node_id = = 1\n", "not valid TOML"),
-        ('node_id = 4\n[[nodes]]\nid = 1\nhost = "h"\nport = 1\n', "node_id 4"),
+        ('node_id = 4\n[[nodes]]\nid = 1\nhost = "h"\nport = 1\n', "at least 2 members"),
     ],
 )
 def test_bad_config_exits_1_naming_file_and_field(tmp_path: Path, text: str, field: str) -> None:
@@ -89,10 +89,10 @@ def test_config_from_environment(node: Node) -> None:
 
 @pytest.fixture
 def stopped_cluster() -> Iterator[Cluster]:
-    """A one-node cluster that ran and was taken down with ``paxmr local down``."""
+    """A two-node cluster that ran and was taken down with ``paxmr local down``."""
     root = Path(tempfile.mkdtemp(prefix="paxmr-down-"))
     try:
-        c = start_cluster(root, nodes=1, mappers=1)
+        c = start_cluster(root, nodes=2, mappers=1)
         (c.nodes[0].data / "f.txt").write_bytes(b"a b\n")
         ok(c.nodes[0].cli("map", "f.txt"))
         down = ok(stop_cluster(root))

@@ -305,7 +305,7 @@ def test_plain_map_output_has_no_progress_bar(node: Node, corpus: str) -> None:
 
 
 def test_local_up_refuses_a_running_cluster(cluster: Cluster) -> None:
-    result = paxmr("local", "up", "--nodes", "1", "--dir", cluster.root)
+    result = paxmr("local", "up", "--nodes", "2", "--dir", cluster.root)
     assert result.returncode == 1
     assert "already runs" in result.stderr
     status = ok_json(cluster.nodes[0].cli("-o", "json", "status"))

@@ -149,8 +149,15 @@ def test_duplicate_node_ids(tmp_path: Path) -> None:
 
 
 def test_node_id_not_in_nodes(tmp_path: Path) -> None:
-    text = 'node_id = 3\n[[nodes]]\nid = 1\nhost = "a"\nport = 1\n'
-    with pytest.raises(ConfigError, match=r"node_id 3 is not one of \[\[nodes\]\] ids \[1\]"):
+    member = '[[nodes]]\nid = {}\nhost = "a"\nport = 1\n'
+    text = "node_id = 3\n" + member.format(1) + member.format(2)
+    with pytest.raises(ConfigError, match=r"node_id 3 is not one of \[\[nodes\]\] ids \[1, 2\]"):
+        load(config(tmp_path, text))
+
+
+def test_a_single_member_is_refused(tmp_path: Path) -> None:
+    text = 'node_id = 1\n[[nodes]]\nid = 1\nhost = "a"\nport = 1\n'
+    with pytest.raises(ConfigError, match="at least 2 members"):
         load(config(tmp_path, text))
 
 
