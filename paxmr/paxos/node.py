@@ -46,7 +46,9 @@ LEADER = "leader"
 class _Pending:
     request: Request
     deadline: float
-    retry_at: float  # forward again then if still not applied (the leader may have changed)
+    # Forward again then if still not applied (the forward may have been lost). Not sooner:
+    # a forward carries the whole value; a new leader gets it at once (see _on_accept).
+    retry_at: float
 
 
 class Node:
@@ -117,7 +119,7 @@ class Node:
         ):
             self._refuse(rid, "busy", f"{self.config.max_in_flight} requests already in flight")
         else:
-            retry_at = now + self.config.heartbeat_interval
+            retry_at = now + self.config.election_timeout_min
             self._pending[rid] = _Pending(request, now + self.config.request_timeout, retry_at)
             self._retry_at = min(self._retry_at, retry_at)
             self._route(request)
@@ -263,7 +265,7 @@ class Node:
         fenced = acceptor.voting or acceptor.recover_until is not None
         if self.role != FOLLOWER and msg.ballot > self.ballot and fenced:
             self._step_down(now)
-        self.leader = msg.ballot.node
+        self._follow(msg.ballot.node)
         if fenced:
             # An unfenced replica keeps campaigning: winning phase 1 is how it fences.
             self._election_at = now + self._election_timeout()
@@ -430,6 +432,12 @@ class Node:
 
     # -- client requests --------------------------------------------------------------------
 
+    def _follow(self, leader: int) -> None:
+        if leader != self.leader:
+            self.leader = leader
+            for pending in self._pending.values():  # a new leader: forward what waits at once
+                self._route(pending.request)
+
     def _route(self, request: Request) -> None:
         if self.role == LEADER:
             self._propose_request(request)
@@ -448,7 +456,7 @@ class Node:
                 continue
             if now >= pending.retry_at:
                 self._route(pending.request)
-                pending.retry_at = now + self.config.heartbeat_interval
+                pending.retry_at = now + self.config.election_timeout_min
             self._retry_at = min(self._retry_at, pending.retry_at, pending.deadline)
 
     def _refuse(self, rid: str, code: str, reason: str) -> None:
