@@ -443,7 +443,29 @@ def bench_replicate(c: Ctx, sequential: int, concurrent: int, catchup: int) -> N
     c.emit(result, lambda r: "\n".join(f"{k:>20}: {v}" for k, v in r.items()))
 
 
-cli.add_command(sim)
+def _set_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.find_object(Ctx).output = value  # type: ignore[union-attr]
+
+
+def _accept_output_after_command(group: click.Group) -> None:
+    """``paxmr status -o json`` as well as ``paxmr -o json status``."""
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            _accept_output_after_command(command)
+        elif not any("--output" in p.opts for p in command.params):
+            option = click.Option(
+                ["-o", "--output"],
+                type=click.Choice(["text", "json"]),
+                expose_value=False,
+                callback=_set_output,
+                help="Render for people (text) or scripts (json).",
+            )
+            command.params.append(option)
+
+
+_accept_output_after_command(cli)
+cli.add_command(sim)  # it has an -o of its own
 
 
 # --- entry point ---------------------------------------------------------------------------------
