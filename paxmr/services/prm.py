@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import random
 import time
 import uuid
@@ -60,6 +61,9 @@ class MergeArgs(PositionsArgs):
 # request id to retry with (the CLI exits 5 for no_quorum). A "busy" may come from a new leader
 # while an old leader's proposal of the same request can still be chosen.
 _UNKNOWN_OUTCOME = {"timeout", "no_quorum", "interrupted", "busy"}
+
+
+_INLINE_TALLY = 64 * 1024  # bytes
 
 
 def _same_tally(a: LogObject, b: LogObject) -> bool:
@@ -160,10 +164,13 @@ class Prm:
             raise control.ControlError(
                 "not_found", f"no such file in the data directory: {args.file}"
             )
+        parse = functools.partial(
+            LogObject.from_tally, path, args.file, self.settings.node_id, args.request_id
+        )
         try:
-            obj = await asyncio.to_thread(
-                LogObject.from_tally, path, args.file, self.settings.node_id, args.request_id
-            )
+            # A large tally is parsed in a worker thread, so the loop keeps heartbeating; a
+            # small one costs less than the hand-off to the thread.
+            obj = await asyncio.to_thread(parse) if path.stat().st_size > _INLINE_TALLY else parse()
         except tally.TallyError as exc:
             raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
         value = obj.encode()
