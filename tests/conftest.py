@@ -1,12 +1,39 @@
-"""Shared by every tier: hypothesis settings that do not flake on a busy CI machine."""
+"""Shared by every tier: hypothesis settings that do not flake on a busy CI machine, and the
+three test hosts (testbed/testbed.py), booted once per session for the testbed and deploy tiers."""
 
 from __future__ import annotations
 
 import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+# testbed/ is a script directory, not part of the installed package.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from testbed.testbed import Testbed
 
 # No per-example deadline: a loaded 2-core runner must not turn a slow example into a failure.
 settings.register_profile("paxmr", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", parent=settings.get_profile("paxmr"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "paxmr"))
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[Testbed]:
+    reason = Testbed.unavailable_reason()
+    if reason:
+        # CI sets this: there the deploy tier must run, and a skip would hide that it did not.
+        if os.environ.get("PAXMR_REQUIRE_DEPLOY") == "1":
+            pytest.fail(f"PAXMR_REQUIRE_DEPLOY=1 but the test hosts cannot run: {reason}")
+        pytest.skip(f"test hosts unavailable: {reason}")
+    bed = Testbed()
+    bed.up()
+    bed.heal_all()
+    yield bed
+    # Left running for the next session (`make testbed-down` removes them); only undo faults.
+    bed.heal_all()
+    for host in bed.hosts:
+        bed.boot(host)

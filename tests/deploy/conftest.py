@@ -72,15 +72,15 @@ def playbook(name: str, *args: str, timeout: float = 600) -> PlaybookRun:
 class Cluster:
     """The deployed cluster: the paxmr command on each host, as root, with JSON output."""
 
-    def __init__(self, bed: Testbed) -> None:
-        self.bed = bed
-        self.hosts = list(bed.hosts)
+    def __init__(self, testbed: Testbed) -> None:
+        self.testbed = testbed
+        self.hosts = list(testbed.hosts)
 
     def cli(
         self, host: str, *args: str, user: str = "root", timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
         cmd = f"sudo -u {user} paxmr {shlex.join(args)}"
-        return self.bed.run(host, cmd, check=False, timeout=timeout)
+        return self.testbed.run(host, cmd, check=False, timeout=timeout)
 
     def json(self, host: str, *args: str, timeout: float = 120) -> Any:
         proc = self.cli(host, "-o", "json", *args, timeout=timeout)
@@ -134,7 +134,7 @@ class Cluster:
 
     def gen(self, host: str, name: str, size: str, seed: int) -> None:
         path = f"/var/lib/paxmr/data/{name}"
-        self.bed.run(
+        self.testbed.run(
             host, f"sudo -u paxmr paxmr gen-corpus --size {size} --seed {seed} {path}", timeout=120
         )
 
@@ -151,22 +151,7 @@ def wait_until(
 
 
 @pytest.fixture(scope="session")
-def bed() -> Iterator[Testbed]:
-    reason = Testbed.unavailable_reason()
-    if reason:
-        # CI sets this: there the deploy tier must run, and a skip would hide that it did not.
-        if os.environ.get("PAXMR_REQUIRE_DEPLOY") == "1":
-            pytest.fail(f"PAXMR_REQUIRE_DEPLOY=1 but the test hosts cannot run: {reason}")
-        pytest.skip(f"test hosts unavailable: {reason}")
-    testbed = Testbed()
-    testbed.up()
-    testbed.heal_all()
-    yield testbed
-    testbed.heal_all()
-
-
-@pytest.fixture(scope="session")
-def deployed(bed: Testbed) -> PlaybookRun:
+def deployed(testbed: Testbed) -> PlaybookRun:
     """The wheelhouse built from this checkout and site.yml run once on all three hosts."""
     subprocess.run(
         [str(BIN / "pip"), "wheel", "--quiet", "--wheel-dir", str(WHEELHOUSE), str(REPO)],
@@ -176,25 +161,25 @@ def deployed(bed: Testbed) -> PlaybookRun:
 
 
 @pytest.fixture(scope="session")
-def cluster(bed: Testbed, deployed: PlaybookRun) -> Cluster:
-    return Cluster(bed)
+def cluster(testbed: Testbed, deployed: PlaybookRun) -> Cluster:
+    return Cluster(testbed)
 
 
 @pytest.fixture
-def faults(bed: Testbed, cluster: Cluster) -> Iterator[Testbed]:
+def faults(testbed: Testbed, cluster: Cluster) -> Iterator[Testbed]:
     """A test that injects faults gets every host healed, booted and healthy again afterwards."""
-    yield bed
-    bed.heal_all()
-    for host in bed.hosts:
-        bed.boot(host)
+    yield testbed
+    testbed.heal_all()
+    for host in testbed.hosts:
+        testbed.boot(host)
     cluster.wait_healthy()
 
 
 @pytest.fixture(scope="session")
-def testinfra_hosts(bed: Testbed, deployed: PlaybookRun) -> dict[str, Any]:
+def testinfra_hosts(testbed: Testbed, deployed: PlaybookRun) -> dict[str, Any]:
     import testinfra  # noqa: PLC0415  # only the deploy tier needs it
 
     return {
-        host: testinfra.get_host(f"ssh://{host}", ssh_config=str(bed.ssh_config), sudo=True)
-        for host in bed.hosts
+        host: testinfra.get_host(f"ssh://{host}", ssh_config=str(testbed.ssh_config), sudo=True)
+        for host in testbed.hosts
     }

@@ -15,10 +15,10 @@ pytestmark = pytest.mark.deploy
 EXIT_NO_QUORUM = 5
 
 
-def start_run(bed: Testbed, host: str, name: str) -> subprocess.Popen[str]:
+def start_run(testbed: Testbed, host: str, name: str) -> subprocess.Popen[str]:
     """`paxmr run` on `host` in the background (over the testbed's ssh master)."""
     return subprocess.Popen(
-        ["ssh", "-F", str(bed.ssh_config), host, "--", f"sudo paxmr -o json run {name}"],
+        ["ssh", "-F", str(testbed.ssh_config), host, "--", f"sudo paxmr -o json run {name}"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
     )  # fmt: skip
 
