@@ -68,7 +68,10 @@ def replay_command(seed: int, nodes: int, kinds: frozenset[str], driver: str) ->
 )
 @click.option("--trace", is_flag=True, help="Print every event of each run.")
 @click.option(
-    "-o", "--output", type=click.Choice(["text", "json"]), default="text", show_default=True
+    "-o",
+    "--output",
+    type=click.Choice(["text", "json"]),
+    help="text or json [default: paxmr's own -o, else text].",
 )
 @click.option(
     "--workers",
@@ -84,10 +87,11 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     kinds: frozenset[str],
     driver: str,
     trace: bool,
-    output: str,
+    output: str | None,
     workers: int,
 ) -> None:
     """Run seeded schedules (clients, faults, healing) and check the log's invariants."""
+    output = output or click.get_current_context().find_root().params.get("output") or "text"
     size = int(nodes)
     started = time.monotonic()
     steps = commits = 0
