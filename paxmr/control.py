@@ -121,7 +121,7 @@ class Server:
         except PathRefused as exc:
             return _error("path_refused", str(exc))
         except FileNotFoundError as exc:
-            return _error("not_found", f"no such file: {exc.filename}")
+            return _error("not_found", f"{exc.strerror}: {exc.filename}")
         except Exception:
             self.log.exception("op_failed", op=name)
             return _error("internal", f"{name} failed unexpectedly; see the service's log")

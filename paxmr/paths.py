@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 from pathlib import Path
 
@@ -49,4 +50,12 @@ def resolve(data_dir: Path, name: str) -> Path:
         raise PathRefused(f"{name!r} is outside the data directory {root}")
     if name.endswith("/"):
         raise PathRefused(f"{name!r} names a directory, not a file")
+    return path
+
+
+def existing(data_dir: Path, name: str) -> Path:
+    """``resolve``, for a file that must already be there (an input)."""
+    path = resolve(data_dir, name)
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such file in the data directory", name)
     return path

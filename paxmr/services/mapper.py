@@ -44,13 +44,9 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
     log = logs.get()
 
     async def run_map(args: MapArgs, progress: control.Progress) -> dict[str, Any]:
-        source = paths.resolve(settings.data_dir, args.file)
+        source = paths.existing(settings.data_dir, args.file)
         output = intermediate_name(args.file, mapper_id)
         out = paths.resolve(settings.data_dir, output)
-        if not source.is_file():
-            raise control.ControlError(
-                "not_found", f"no such file in the data directory: {args.file}"
-            )
         if args.offset + args.size > source.stat().st_size:
             raise control.ControlError("bad_args", "offset + size is past the end of the file")
         log.info("map_started", file=args.file, offset=args.offset, size=args.size)
@@ -64,11 +60,7 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
         return {"output": output, "distinct": words, "bytes": args.size}
 
     async def run_split(args: SplitArgs, _progress: control.Progress) -> dict[str, Any]:
-        source = paths.resolve(settings.data_dir, args.file)
-        if not source.is_file():
-            raise control.ControlError(
-                "not_found", f"no such file in the data directory: {args.file}"
-            )
+        source = paths.existing(settings.data_dir, args.file)
         ranges = await asyncio.to_thread(split.split, source, args.parts)
         return {"ranges": [[r.offset, r.size] for r in ranges]}
 

@@ -159,11 +159,7 @@ class Prm:
     # --- control operations ------------------------------------------------------------------
 
     async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> dict[str, Any]:
-        path = paths.resolve(self.settings.data_dir, args.file)
-        if not path.is_file():
-            raise control.ControlError(
-                "not_found", f"no such file in the data directory: {args.file}"
-            )
+        path = paths.existing(self.settings.data_dir, args.file)
         parse = functools.partial(
             LogObject.from_tally, path, args.file, self.settings.node_id, args.request_id
         )

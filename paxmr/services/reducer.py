@@ -54,11 +54,8 @@ def ops(settings: Settings) -> dict[str, control.Op]:
 
     async def run_reduce(args: ReduceArgs, _progress: control.Progress) -> dict[str, Any]:
         name = reduced_name(args.files)
-        inputs = [paths.resolve(settings.data_dir, f) for f in args.files]
+        inputs = [paths.existing(settings.data_dir, f) for f in args.files]
         out = paths.resolve(settings.data_dir, name)
-        for f, p in zip(args.files, inputs, strict=True):
-            if not p.is_file():
-                raise control.ControlError("not_found", f"no such file in the data directory: {f}")
         try:
             distinct = await asyncio.to_thread(_reduce, inputs, out)
         except tally.TallyError as exc:
