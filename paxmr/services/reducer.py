@@ -37,16 +37,7 @@ def reduced_name(intermediates: list[str]) -> str:
 
 
 def _reduce(inputs: list[Path], out: Path) -> int:
-    distinct = 0
-
-    def counted(items: Any) -> Any:
-        nonlocal distinct
-        for item in items:
-            distinct += 1
-            yield item
-
-    tally.write_sorted(out, counted(tally.merge(tally.iterate(p) for p in inputs)))
-    return distinct
+    return tally.write_sorted(out, tally.merge(tally.iterate(p) for p in inputs))
 
 
 def ops(settings: Settings) -> dict[str, control.Op]:

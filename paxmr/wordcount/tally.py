@@ -34,14 +34,18 @@ def write(path: Path, counts: Iterable[tuple[bytes, int]]) -> None:
     write_sorted(path, sorted(counts))
 
 
-def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> None:
-    """Write sorted ``items``; what ``read`` would reject raises and leaves ``path`` as it was."""
+def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> int:
+    """Write sorted ``items`` and return how many; what ``read`` would reject raises and leaves
+    ``path`` as it was."""
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
+    written = 0
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(HEADER)
-            f.writelines(b"%s\t%d\n" % item for item in _checked(str(path), items))
+            for item in _checked(str(path), items):
+                f.write(b"%s\t%d\n" % item)
+                written += 1
             f.flush()
             os.fsync(f.fileno())
         tmp.replace(path)
@@ -53,6 +57,7 @@ def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    return written
 
 
 def _checked(name: str, items: Iterable[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
