@@ -128,22 +128,6 @@ class Storage:
         row = self._conn.execute("SELECT COALESCE(MAX(slot) + 1, 0) FROM log").fetchone()
         return int(row[0])
 
-    def count(self) -> int:
-        """Applied requests: positions 0 .. count-1."""
-        row = self._conn.execute("SELECT COUNT(position) FROM log").fetchone()
-        return int(row[0])
-
-    def entries(self, start: int, stop: int) -> list[LogEntry]:
-        """Applied requests with start <= position < stop, in order."""
-        return [
-            LogEntry(slot, rid, value, position)
-            for slot, rid, value, position in self._conn.execute(
-                "SELECT slot, request_id, value, position FROM log"
-                " WHERE position >= ? AND position < ? ORDER BY position",
-                (start, stop),
-            )
-        ]
-
     def digest(self) -> bytes:
         """Running SHA-256 over the applied requests (paxmr.paxos.log.chain_digest)."""
         row = self._conn.execute("SELECT digest FROM log ORDER BY slot DESC LIMIT 1").fetchone()
