@@ -6,7 +6,6 @@ WAL is fsynced, so the driver may send the Ready's messages as soon as it return
 
 from __future__ import annotations
 
-import secrets
 import sqlite3
 from typing import TYPE_CHECKING
 
@@ -16,8 +15,6 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from paxmr.paxos import Persist
-
-LOST_ROUND_BASE = 2**40  # far above rounds a cluster uses, far below the wire limit 2**62
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -49,15 +46,8 @@ class Storage:
                     conn.execute(statement)
             fresh = conn.execute("SELECT 1 FROM meta WHERE key = 'voting'").fetchone() is None
             if fresh:
+                # Without bootstrap, its ballots are made new by the core (acceptor.py).
                 conn.execute("INSERT INTO meta VALUES ('voting', ?)", (1 if bootstrap else 0,))
-            if fresh and not bootstrap:
-                # This node may have used rounds it no longer remembers: start at a random one
-                # so that its ballots are new, and a stale or replayed Promise for a ballot it
-                # used before the loss cannot count toward its fence.
-                conn.execute(
-                    "INSERT INTO meta VALUES ('used_round', ?)",
-                    (LOST_ROUND_BASE + secrets.randbelow(LOST_ROUND_BASE),),
-                )
         return cls(conn)
 
     def close(self) -> None:

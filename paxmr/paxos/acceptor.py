@@ -1,19 +1,42 @@
 """The acceptor role: promises and accepts, and the lost-storage rule.
 
 A node whose storage was lost may have promised or accepted things it no longer remembers, so it
-must not vote (promise or accept) until that cannot matter. Its rule:
+must not vote (promise or accept) until that cannot matter. Call the lost node's earlier life its
+old incarnation. The rule:
 
-1. Fence: it runs phase 1 with a fresh ballot r and needs promises from a majority of the cluster
-   *not counting itself* (acceptors promise only ballots strictly above their promise). Any ballot
-   b it accepted before the loss had a phase-1 majority that meets that majority, so r > b; and
-   after promising r that majority accepts nothing below r. So a value can only ever be chosen
-   below r in a slot where one of them had accepted something when it promised, and those slots
-   are all below E = max(reported applied length, highest reported accepted slot + 1).
-2. Catch up: it learns every chosen slot below E, then votes again (`recover_until` = E).
+0. Fresh ballots. Every campaign of a node that cannot vote starts at a random round in
+   [1, FRESH_ROUNDS) above every round it knows of (Node._campaign), so its ballots differ from
+   the old incarnation's, whose rounds it has forgotten: a stale or replayed reply to an old
+   ballot cannot count for a new one. (The chance of a repeat is below the number of rounds the
+   old incarnation used, divided by FRESH_ROUNDS, per campaign.)
+1. Fence: it runs phase 1 with such a ballot r and needs an answer from *every* other member,
+   and promises (answers from voters) from a majority of all members. A voter's answer is a
+   promise of r; a non-voting member's answer gives up every ballot of its own below r.
+   - Forgotten promises. The old incarnation may have promised some ballot p that then counts
+     in p's phase-1 quorum although the new incarnation accepts below p. Every such p was made
+     by some other member q before the fence began, and q answered the fence: a voter promised
+     r > its own promise >= p (a campaign promises its own ballot first), a non-voter gave up
+     its ballots below r, and in both cases q drops its campaign or leadership at p. A proposer
+     never takes a ballot up again (rounds only grow, see Node._campaign), so no phase 1 or 2
+     at a ballot below r completes after the fence: the forgotten promises count for nothing.
+   - Forgotten accepts. A value chosen before the fence at some ballot b < r was accepted by a
+     majority; at least one of its members is a voter that answered the fence (a majority of
+     voters answered, and two majorities meet in a node that is not the lost one, or in the
+     lost one only if it is in both, which cannot be as it is not a voter). That voter reports
+     the slot: as applied (below its applied length) or as an accepted row. So every slot in
+     which a value can have been chosen below r lies below E = max(reported applied length,
+     highest reported accepted slot + 1), and after promising r that majority accepts nothing
+     below r.
+2. Catch up: it learns every chosen slot below E, then votes again (`recover_until` = E), with
+   its promise at r or above.
 
-Afterwards its promises can hide only pre-loss accepts at ballots below r, in slots that are
-chosen and which it reports as applied, or in slots where nothing can be chosen below r: the
-usual Paxos argument (the highest reported ballot at or above the chosen one) is untouched.
+Afterwards its promises can hide only accepts of its old incarnation at ballots below r, in slots
+that are chosen and which it reports as applied, or in slots where nothing can be chosen below r;
+and no forgotten promise can combine with its new accepts. The usual Paxos argument (the highest
+reported ballot at or above the chosen one) is untouched.
+
+Safety needs a voting majority to keep its disks; while a majority is lost the fence never
+completes, so the cluster stays unavailable rather than forget acknowledged entries.
 """
 
 from __future__ import annotations
@@ -39,15 +62,22 @@ class Acceptor:
     def may_accept(self, ballot: Ballot) -> bool:
         return self.voting and ballot >= self.promised
 
-    def promise(
-        self, ballot: Ballot, from_slot: int, persist: Persist
-    ) -> tuple[AcceptedValue, ...]:
+    def promise(self, ballot: Ballot, persist: Persist) -> None:
         self.raise_promise(ballot, persist)
-        return tuple(
-            AcceptedValue(slot, b, entry)
-            for slot, (b, entry) in sorted(self.accepted.items())
-            if slot >= from_slot
-        )
+
+    def page(self, from_slot: int, budget: int) -> tuple[tuple[AcceptedValue, ...], bool]:
+        """Accepted rows from `from_slot` on, up to about `budget` value bytes (at least one
+        row), and whether more follow: a Promise fits a frame whatever is in flight."""
+        rows: list[AcceptedValue] = []
+        size = 0
+        for slot in sorted(s for s in self.accepted if s >= from_slot):
+            ballot, entry = self.accepted[slot]
+            cost = len(entry.value) + len(entry.request_id)
+            if rows and size + cost > budget:
+                return tuple(rows), True
+            rows.append(AcceptedValue(slot, ballot, entry))
+            size += cost
+        return tuple(rows), False
 
     def raise_promise(self, ballot: Ballot, persist: Persist) -> None:
         if ballot > self.promised:

@@ -40,11 +40,17 @@ class Prepare:
 
 @dataclass(frozen=True, slots=True)
 class Promise:
-    """Phase 1b: the acceptor's accepted values from `from_slot` on and its applied length."""
+    """Phase 1b, one page of it: the acceptor's accepted values from `from_slot` on (as many as
+    fit a batch; `more` if the rest follows on request, see Node._on_promise) and its applied
+    length. `voter` is False for a node that lost its storage: it cannot promise, only give up
+    its own ballots below `ballot` (the lost-storage fence counts that, see acceptor.py)."""
 
     ballot: Ballot
+    from_slot: int
     accepted: tuple[AcceptedValue, ...]
     chosen_len: int
+    voter: bool = True
+    more: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,15 @@ def to_wire(msg: Message) -> dict[str, Any]:
             return {"k": "prepare", "b": _ballot(msg.ballot), "from": msg.from_slot}
         case Promise():
             acc = [[a.slot, _ballot(a.ballot), _entry(a.entry)] for a in msg.accepted]
-            return {"k": "promise", "b": _ballot(msg.ballot), "acc": acc, "len": msg.chosen_len}
+            return {
+                "k": "promise",
+                "b": _ballot(msg.ballot),
+                "from": msg.from_slot,
+                "acc": acc,
+                "len": msg.chosen_len,
+                "voter": msg.voter,
+                "more": msg.more,
+            }
         case Nack():
             return {
                 "k": "nack",
@@ -179,6 +193,12 @@ def _as_bytes(value: Any, what: str) -> bytes:
     return value
 
 
+def _as_bool(value: Any, what: str) -> bool:
+    if type(value) is not bool:
+        raise BadMessage(f"{what} must be a boolean")
+    return value
+
+
 def _as_list(value: Any, what: str, length: int | None = None) -> list[Any]:
     if type(value) is not list or len(value) > MAX_BATCH:
         raise BadMessage(f"{what} must be a list of at most {MAX_BATCH} items")
@@ -215,8 +235,11 @@ def _promise(f: dict[Any, Any]) -> Message:
     acc = _as_list(_field(f, "acc"), "accepted")
     return Promise(
         _as_ballot(_field(f, "b")),
+        _as_int(_field(f, "from"), "from"),
         tuple(_accepted_value(a) for a in acc),
         _as_int(_field(f, "len"), "len"),
+        _as_bool(_field(f, "voter"), "voter"),
+        _as_bool(_field(f, "more"), "more"),
     )
 
 

@@ -8,7 +8,7 @@ file or global randomness.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from paxmr.paxos.acceptor import Acceptor
@@ -17,8 +17,10 @@ from paxmr.paxos.client import Committed, Refused, Reply, Request
 from paxmr.paxos.leader import Proposal, plan_takeover
 from paxmr.paxos.log import AppliedLog, Entry
 from paxmr.paxos.messages import (
+    MAX_SLOT,
     Accept,
     Accepted,
+    AcceptedValue,
     CatchupReply,
     CatchupRequest,
     Forward,
@@ -41,6 +43,10 @@ FOLLOWER = "follower"
 CANDIDATE = "candidate"
 LEADER = "leader"
 
+# A node that cannot vote campaigns this far (at random) above the rounds it knows of, so that
+# its ballots are new to everyone although it forgot the rounds it used (see acceptor.py).
+FRESH_ROUNDS = 2**32
+
 
 @dataclass(slots=True)
 class _Pending:
@@ -49,6 +55,36 @@ class _Pending:
     # Forward again then if still not applied (the forward may have been lost). Not sooner:
     # a forward carries the whole value; a new leader gets it at once (see _on_accept).
     retry_at: float
+
+
+@dataclass(slots=True)
+class _Campaign:
+    """Phase 1 at `ballot`. Promises arrive in pages (Promise.more); a peer counts once its
+    last page is in."""
+
+    ballot: Ballot
+    from_slot: int
+    fence: bool  # this node lost its storage: every peer must answer (acceptor.py)
+    rows: dict[int, list[AcceptedValue]] = field(default_factory=dict)
+    answered: dict[int, Promise] = field(default_factory=dict)  # complete, pages joined
+
+    def votes(self) -> int:
+        return sum(1 for p in self.answered.values() if p.voter)
+
+
+@dataclass(slots=True)
+class _Leadership:
+    """Phase 2 at `ballot`, for every slot from the takeover on."""
+
+    ballot: Ballot
+    since: float
+    next_slot: int
+    heartbeat_at: float
+    proposals: dict[int, Proposal] = field(default_factory=dict)
+    unsent: list[int] = field(default_factory=list)
+    proposed_ids: set[str] = field(default_factory=set)
+    acked: dict[int, float] = field(default_factory=dict)
+    sent_chosen: int = -1  # announce the new ballot in the next Ready even with no slots
 
 
 class Node:
@@ -75,29 +111,31 @@ class Node:
         self._used_round = durable.used_round
         self._seen_round = max(durable.used_round, durable.promised.round)
         self.stopped = False
-        self.role = FOLLOWER
         self.leader: int | None = None
-        self.ballot = ZERO  # this node's own ballot while candidate or leader
-        self._promises: dict[int, Promise] = {}
-        self._proposals: dict[int, Proposal] = {}
-        self._unsent: list[int] = []
-        self._next_slot = 0
-        self._proposed_ids: set[str] = set()
-        self._leader_since = now
-        self._sent_chosen = 0
+        self._campaign: _Campaign | None = None
+        self._lead: _Leadership | None = None
         self._pending: dict[str, _Pending] = {}
         self._heard: dict[int, float] = {}
-        self._acked: dict[int, float] = {}
+        self._probed_at = math.inf  # a node that must fence first asks whether all peers are up
         self._peer_len: dict[int, int] = {}
         self._backoff = 1.0
         self._election_at = now + self._election_timeout()
-        self._heartbeat_at = math.inf
         self._retry_at = math.inf
         self._catchup_at: float | None = None
         self._out = Ready()
 
     def _make_acceptor(self, durable: DurableState) -> Acceptor:
         return Acceptor(durable)
+
+    @property
+    def role(self) -> str:
+        return LEADER if self._lead else CANDIDATE if self._campaign else FOLLOWER
+
+    @property
+    def ballot(self) -> Ballot:
+        """This node's own ballot while candidate or leader."""
+        own = self._lead or self._campaign
+        return own.ballot if own else ZERO
 
     # -- driver interface -------------------------------------------------------------------
 
@@ -115,7 +153,7 @@ class Node:
         elif rid in self._pending:
             return  # the reply to the first submit answers this one too
         elif len(self._pending) >= self.config.max_in_flight or (
-            self.role == LEADER and self._in_flight() >= self.config.max_in_flight
+            self._lead and self._in_flight(self._lead) >= self.config.max_in_flight
         ):
             self._refuse(rid, "busy", f"{self.config.max_in_flight} requests already in flight")
         else:
@@ -134,14 +172,14 @@ class Node:
                 self._on_prepare(src, msg, now)
             case Promise():
                 self._note_len(src, msg.chosen_len)
-                if self.role == CANDIDATE and msg.ballot == self.ballot:
-                    self._promises[src] = msg
-                    if len(self._promises) >= self.quorum:
-                        self._become_leader(now)
+                self._on_promise(src, msg, now)
             case Nack():
                 self._note_len(src, msg.chosen_len)
                 self._seen_round = max(self._seen_round, msg.promised.round)
-                if self.role != FOLLOWER and msg.ballot == self.ballot < msg.promised:
+                # Any higher ballot ends this one: its accepts can no longer win everywhere,
+                # and a leader that stayed on after a higher ballot chose could announce
+                # another ballot's value as its own (see _learn).
+                if self.role != FOLLOWER and msg.promised > self.ballot:
                     self._step_down(now)
             case Accept():
                 self._on_accept(src, msg, now)
@@ -160,7 +198,7 @@ class Node:
             case CatchupReply():
                 self._note_len(src, msg.chosen_len)
                 for offset, entry in enumerate(msg.entries):
-                    self.log.learn(msg.from_slot + offset, entry)
+                    self._learn(msg.from_slot + offset, entry, now)
                 self._apply()
                 self._catchup_at = None
                 self._catch_up(now, src)
@@ -169,14 +207,17 @@ class Node:
         self._now = now
         if self.stopped:
             return
-        if self.role == LEADER:
-            if now >= self._heartbeat_at:
-                if self._has_quorum(now):
-                    self._heartbeat(now)
+        if self._lead:
+            if now >= self._lead.heartbeat_at:
+                if self._has_quorum(self._lead, now):
+                    self._heartbeat(self._lead, now)
                 else:
                     self._step_down(now)
         elif now >= self._election_at:
-            self._campaign(now)
+            if self._may_campaign():
+                self._start_campaign(now)
+            else:
+                self._probe(now)
         if self._pending and now >= self._retry_at:
             self._retry_pending(now)
         if self._catchup_at is not None and now >= self._catchup_at:
@@ -186,7 +227,7 @@ class Node:
     def next_deadline(self) -> float:
         if self.stopped:
             return math.inf
-        deadline = self._heartbeat_at if self.role == LEADER else self._election_at
+        deadline = self._lead.heartbeat_at if self._lead else self._election_at
         if self._pending:
             deadline = min(deadline, self._retry_at)
         if self._catchup_at is not None:
@@ -212,16 +253,17 @@ class Node:
         self._election_at = now + self._election_timeout()
 
     def ready(self) -> Ready:
-        if self.role == LEADER and (self._unsent or self._sent_chosen != self.log.length):
+        lead = self._lead
+        if lead and (lead.unsent or lead.sent_chosen != self.log.length):
             # One accept per peer per Ready: the batch, with the chosen length piggybacked.
             batches = self._batches(
-                [(s, self._proposals[s].entry) for s in self._unsent if s in self._proposals]
+                [(s, lead.proposals[s].entry) for s in lead.unsent if s in lead.proposals]
             )
             for peer in self.peers:
                 for batch in batches:
-                    self._send(peer, Accept(self.ballot, batch, self.log.length))
-            self._unsent.clear()
-            self._sent_chosen = self.log.length
+                    self._send(peer, Accept(lead.ballot, batch, self.log.length))
+            lead.unsent.clear()
+            lead.sent_chosen = self.log.length
         out, self._out = self._out, Ready()
         return out
 
@@ -236,7 +278,7 @@ class Node:
             voting=self.acceptor.voting,
             chosen=self.log.length,
             applied=self.log.count,
-            in_flight=self._in_flight() if self.role == LEADER else 0,
+            in_flight=self._in_flight(self._lead) if self._lead else 0,
             pending=len(self._pending),
             peers_heard=tuple(p for p in self.peers if self._heard.get(p, -math.inf) >= recent),
         )
@@ -245,15 +287,31 @@ class Node:
 
     def _on_prepare(self, src: int, msg: Prepare, now: float) -> None:
         self._seen_round = max(self._seen_round, msg.ballot.round)
-        if self.acceptor.may_promise(msg.ballot):
+        acceptor = self.acceptor
+        if acceptor.may_promise(msg.ballot):
             if self.role != FOLLOWER:
                 self._step_down(now)
-            accepted = self.acceptor.promise(msg.ballot, msg.from_slot, self._out.persist)
+            acceptor.promise(msg.ballot, self._out.persist)
             self.leader = None
             self._election_at = now + self._election_timeout()  # give the candidate time
-            self._send(src, Promise(msg.ballot, accepted, self.log.length))
-        elif self.acceptor.voting:
-            self._send(src, Nack(msg.ballot, self.acceptor.promised, self.log.length))
+            self._send_promise(src, msg)
+        elif acceptor.voting and msg.ballot == acceptor.promised and msg.ballot.node == src:
+            # The next page of this promise (or a repeat) for the candidate. Nothing was
+            # accepted at or above the ballot since the promise, unless the candidate itself
+            # proposed: it then leads and no longer counts promises.
+            self._send_promise(src, msg)
+        elif not acceptor.voting and msg.ballot > self.ballot:
+            # Cannot promise; gives up its own ballots below this one (acceptor.py, step 1).
+            if self.role != FOLLOWER:
+                self._step_down(now)
+            self._send(src, Promise(msg.ballot, msg.from_slot, (), self.log.length, voter=False))
+        else:
+            refused_by = max(acceptor.promised, self.ballot)
+            self._send(src, Nack(msg.ballot, refused_by, self.log.length))
+
+    def _send_promise(self, dst: int, msg: Prepare) -> None:
+        rows, more = self.acceptor.page(msg.from_slot, self.config.batch_bytes)
+        self._send(dst, Promise(msg.ballot, msg.from_slot, rows, self.log.length, more=more))
 
     def _on_accept(self, src: int, msg: Accept, now: float) -> None:
         self._seen_round = max(self._seen_round, msg.ballot.round)
@@ -278,8 +336,10 @@ class Node:
                 if slot >= self.log.length:
                     acceptor.accept(msg.ballot, slot, entry, persist)
                     acked.append(slot)
-            # Slots below the leader's applied length are chosen; a value this node accepted in
-            # the leader's own ballot is the chosen one (one value per slot per ballot).
+            # Slots below the leader's applied length are chosen. A value this node accepted
+            # in the leader's own ballot is the chosen one: the leader proposed it (one value
+            # per slot per ballot), and a leader that learns another value was chosen in a
+            # slot it proposed for stops leading before it announces that slot (_learn).
             for slot in range(self.log.length, msg.chosen):
                 if not self.log.knows(slot):
                     entry_ = acceptor.accepted_at(slot, msg.ballot)
@@ -292,120 +352,160 @@ class Node:
 
     # -- proposer ---------------------------------------------------------------------------
 
-    def _campaign(self, now: float) -> None:
+    def _may_campaign(self) -> bool:
+        """A node that must fence needs every peer, so it campaigns only when all of them
+        answered its last probe: a campaign that cannot finish would only depose the leader."""
+        if self.acceptor.voting or self.acceptor.recover_until is not None:
+            return True
+        return all(self._heard.get(p, -math.inf) >= self._probed_at for p in self.peers)
+
+    def _probe(self, now: float) -> None:
+        """Ask every peer for its applied length (an empty catch-up): their answers tell that
+        they are up, and where the log ends."""
+        self._probed_at = now
+        self._election_at = now + self._election_timeout()
+        for peer in self.peers:
+            self._send(peer, CatchupRequest(MAX_SLOT))
+
+    def _start_campaign(self, now: float) -> None:
         self._step_down(now)
-        round_ = max(self._used_round, self._seen_round, self.acceptor.promised.round) + 1
+        acceptor = self.acceptor
+        round_ = max(self._used_round, self._seen_round, acceptor.promised.round) + 1
+        if not acceptor.voting:
+            round_ += self._rng.randrange(FRESH_ROUNDS)  # see acceptor.py, step 0
         self._used_round = self._seen_round = round_
         self._out.persist.used_round = round_
-        self.role = CANDIDATE
-        self.ballot = Ballot(round_, self.id)
+        ballot = Ballot(round_, self.id)
+        fence = not acceptor.voting and acceptor.recover_until is None
+        campaign = self._campaign = _Campaign(ballot, self.log.length, fence)
         self._election_at = now + self._election_timeout()
         self._backoff = min(self._backoff * 2, self.config.max_backoff)
         for peer in self.peers:
-            self._send(peer, Prepare(self.ballot, self.log.length))
+            self._send(peer, Prepare(ballot, campaign.from_slot))
         # A replica that lost its storage does not count itself (see acceptor.py).
-        if self.acceptor.may_promise(self.ballot):
-            accepted = self.acceptor.promise(self.ballot, self.log.length, self._out.persist)
-            self._promises[self.id] = Promise(self.ballot, accepted, self.log.length)
-            if len(self._promises) >= self.quorum:
-                self._become_leader(now)
+        if acceptor.may_promise(ballot):
+            acceptor.promise(ballot, self._out.persist)
+            rows = tuple(
+                AcceptedValue(slot, b, entry)
+                for slot, (b, entry) in sorted(acceptor.accepted.items())
+                if slot >= campaign.from_slot
+            )
+            campaign.answered[self.id] = Promise(ballot, campaign.from_slot, rows, self.log.length)
+            self._check_elected(campaign, now)
 
-    def _become_leader(self, now: float) -> None:
-        plan = plan_takeover(self._promises.values(), self.log.length)
-        if not self.acceptor.voting and self.acceptor.recover_until is None:
-            self.acceptor.fence(self.ballot, plan.end, self._out.persist)
+    def _on_promise(self, src: int, msg: Promise, now: float) -> None:
+        campaign = self._campaign
+        if campaign is None or msg.ballot != campaign.ballot or src in campaign.answered:
+            return
+        rows = campaign.rows.setdefault(src, [])
+        expected = rows[-1].slot + 1 if rows else campaign.from_slot
+        if msg.from_slot != expected:
+            return  # a repeated or reordered page
+        rows.extend(msg.accepted)
+        if msg.more and msg.accepted:
+            self._send(src, Prepare(campaign.ballot, msg.accepted[-1].slot + 1))
+            return
+        del campaign.rows[src]
+        joined = Promise(msg.ballot, campaign.from_slot, tuple(rows), msg.chosen_len, msg.voter)
+        campaign.answered[src] = joined
+        self._check_elected(campaign, now)
+
+    def _check_elected(self, campaign: _Campaign, now: float) -> None:
+        if campaign.votes() < self.quorum:
+            return
+        if campaign.fence and any(p not in campaign.answered for p in self.peers):
+            return
+        self._become_leader(campaign, now)
+
+    def _become_leader(self, campaign: _Campaign, now: float) -> None:
+        plan = plan_takeover(campaign.answered.values(), self.log.length)
+        if campaign.fence:
+            self.acceptor.fence(campaign.ballot, plan.end, self._out.persist)
             self.acceptor.caught_up(self.log.length, self._out.persist)
-        self.role = LEADER
+        self._campaign = None
+        lead = self._lead = _Leadership(
+            campaign.ballot, now, plan.end, now + self.config.heartbeat_interval
+        )
         self.leader = self.id
         self._backoff = 1.0
-        self._leader_since = now
-        self._acked = {}
-        self._heartbeat_at = now + self.config.heartbeat_interval
-        self._sent_chosen = -1  # announce the new ballot in the next Ready even with no slots
-        self._promises.clear()
         for slot, entry in plan.values.items():
-            self._propose(slot, self.log.learned(slot) or entry)
-        self._next_slot = plan.end
+            self._propose(lead, slot, self.log.learned(slot) or entry)
         self._catch_up(now, None)
         for pending in self._pending.values():
             self._route(pending.request)
 
-    def _propose(self, slot: int, entry: Entry) -> None:
+    def _propose(self, lead: _Leadership, slot: int, entry: Entry) -> None:
         proposal = Proposal(entry)
-        self._proposals[slot] = proposal
+        lead.proposals[slot] = proposal
         if not entry.is_noop:
-            self._proposed_ids.add(entry.request_id)
-        if self.acceptor.may_accept(self.ballot):
-            self.acceptor.accept(self.ballot, slot, entry, self._out.persist)
+            lead.proposed_ids.add(entry.request_id)
+        if self.acceptor.may_accept(lead.ballot):
+            self.acceptor.accept(lead.ballot, slot, entry, self._out.persist)
             proposal.acks.add(self.id)
-        self._unsent.append(slot)
-        self._check_chosen(slot, proposal)
+        lead.unsent.append(slot)
+        self._check_chosen(lead, slot, proposal)
 
-    def _propose_request(self, request: Request) -> bool:
+    def _propose_request(self, lead: _Leadership, request: Request) -> bool:
         """Propose in the next free slot; False if the in-flight window is full."""
         rid = request.request_id
-        if rid in self.log.positions or rid in self._proposed_ids:
+        if rid in self.log.positions or rid in lead.proposed_ids:
             return True
-        if self._in_flight() >= self.config.max_in_flight:
+        if self._in_flight(lead) >= self.config.max_in_flight:
             return False
-        slot = max(self._next_slot, self.log.length)
-        self._next_slot = slot + 1
-        self._propose(slot, Entry(rid, request.value))
+        slot = max(lead.next_slot, self.log.length)
+        lead.next_slot = slot + 1
+        self._propose(lead, slot, Entry(rid, request.value))
         return True
 
     def _on_accepted(self, src: int, msg: Accepted, now: float) -> None:
         self._note_len(src, msg.chosen_len)
-        if self.role == LEADER and msg.ballot == self.ballot:
-            self._acked[src] = now
+        lead = self._lead
+        if lead and msg.ballot == lead.ballot:
+            lead.acked[src] = now
             for slot in msg.slots:
-                proposal = self._proposals.get(slot)
+                proposal = lead.proposals.get(slot)
                 if proposal is not None:
                     proposal.acks.add(src)
-                    self._check_chosen(slot, proposal)
+                    self._check_chosen(lead, slot, proposal)
             self._apply()
         self._catch_up(now, src)
 
-    def _check_chosen(self, slot: int, proposal: Proposal) -> None:
+    def _check_chosen(self, lead: _Leadership, slot: int, proposal: Proposal) -> None:
         if len(proposal.acks) >= self.quorum:
             self.log.learn(slot, proposal.entry)
-            del self._proposals[slot]
+            del lead.proposals[slot]
 
     def _on_forward(self, src: int, msg: Forward) -> None:
-        if self.role != LEADER:
+        if not self._lead:
             return  # the origin retries until its deadline
         if len(msg.value) > self.config.max_value_bytes:
             reason = f"value exceeds {self.config.max_value_bytes} bytes"
             self._send(src, Refuse(msg.request_id, "too_large", reason))
-        elif not self._propose_request(Request(msg.request_id, msg.value)):
+        elif not self._propose_request(self._lead, Request(msg.request_id, msg.value)):
             reason = f"the leader has {self.config.max_in_flight} slots in flight"
             self._send(src, Refuse(msg.request_id, "busy", reason))
 
-    def _heartbeat(self, now: float) -> None:
+    def _heartbeat(self, lead: _Leadership, now: float) -> None:
         """Retransmit each peer's unacknowledged slots; an empty batch is the heartbeat."""
         for peer in self.peers:
-            unacked = [(s, p.entry) for s, p in self._proposals.items() if peer not in p.acks]
+            unacked = [(s, p.entry) for s, p in lead.proposals.items() if peer not in p.acks]
             for batch in self._batches(unacked[: self.config.catchup_batch]):
-                self._send(peer, Accept(self.ballot, batch, self.log.length))
-        self._unsent.clear()
-        self._sent_chosen = self.log.length
-        self._heartbeat_at = now + self.config.heartbeat_interval
+                self._send(peer, Accept(lead.ballot, batch, self.log.length))
+        lead.unsent.clear()
+        lead.sent_chosen = self.log.length
+        lead.heartbeat_at = now + self.config.heartbeat_interval
 
-    def _has_quorum(self, now: float) -> bool:
+    def _has_quorum(self, lead: _Leadership, now: float) -> bool:
         window = self.config.election_timeout_max
-        if now - self._leader_since < window:
+        if now - lead.since < window:
             return True
-        alive = sum(1 for p in self.peers if self._acked.get(p, -math.inf) >= now - window)
+        alive = sum(1 for p in self.peers if lead.acked.get(p, -math.inf) >= now - window)
         return alive + (1 if self.acceptor.voting else 0) >= self.quorum
 
     def _step_down(self, now: float) -> None:
-        if self.role == LEADER:
+        if self._lead:
             self.leader = None
-        self.role = FOLLOWER
-        self._promises.clear()
-        self._proposals.clear()
-        self._unsent.clear()
-        self._proposed_ids.clear()
-        self._heartbeat_at = math.inf
+        self._campaign = self._lead = None
         self._election_at = now + self._election_timeout()
 
     def _batches(self, entries: list[tuple[int, Entry]]) -> list[tuple[tuple[int, Entry], ...]]:
@@ -423,8 +523,8 @@ class Node:
         batches.append(tuple(batch))
         return batches
 
-    def _in_flight(self) -> int:
-        return max(0, self._next_slot - self.log.length)
+    def _in_flight(self, lead: _Leadership) -> int:
+        return max(0, lead.next_slot - self.log.length)
 
     def _election_timeout(self) -> float:
         cfg = self.config
@@ -439,8 +539,8 @@ class Node:
                 self._route(pending.request)
 
     def _route(self, request: Request) -> None:
-        if self.role == LEADER:
-            self._propose_request(request)
+        if self._lead:
+            self._propose_request(self._lead, request)
         elif self.leader is not None and self.leader != self.id:
             self._send(self.leader, Forward(request.request_id, request.value))
 
@@ -464,6 +564,17 @@ class Node:
 
     # -- learner ----------------------------------------------------------------------------
 
+    def _learn(self, slot: int, entry: Entry, now: float) -> None:
+        """A chosen value from a peer's log. If this node leads and proposed another value in
+        that slot, a higher ballot chose it: this ballot is over. Leading on, it would announce
+        the slot as chosen, and a follower holding this ballot's proposal would apply that
+        instead (see _on_accept)."""
+        lead = self._lead
+        proposal = lead.proposals.get(slot) if lead else None
+        if proposal is not None and proposal.entry != entry:
+            self._step_down(now)
+        self.log.learn(slot, entry)
+
     def _apply(self) -> None:
         applied = self.log.apply_learned()
         if not applied:
@@ -473,10 +584,12 @@ class Node:
         length = self.log.length
         self.acceptor.forget_below(length)
         self.acceptor.caught_up(length, self._out.persist)
-        if self._proposals and min(self._proposals) < length:
-            self._proposals = {s: p for s, p in self._proposals.items() if s >= length}
+        lead = self._lead
+        if lead and lead.proposals and min(lead.proposals) < length:
+            lead.proposals = {s: p for s, p in lead.proposals.items() if s >= length}
         for entry in applied:
-            self._proposed_ids.discard(entry.request_id)
+            if lead:
+                lead.proposed_ids.discard(entry.request_id)
             if self._pending.pop(entry.request_id, None) is not None:
                 outcome = Committed(*self.log.positions[entry.request_id])
                 self._out.replies.append(Reply(entry.request_id, outcome))

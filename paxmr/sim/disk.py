@@ -15,8 +15,8 @@ class MemoryStorage:
     """What a node's disk holds. Only `commit` changes it, so whatever a crash discards is
     exactly what the driver had not committed yet."""
 
-    def __init__(self, *, bootstrap: bool = True, used_round: int = 0) -> None:
-        self._state = DurableState(voting=bootstrap, used_round=used_round)
+    def __init__(self, *, bootstrap: bool = True) -> None:
+        self._state = DurableState(voting=bootstrap)
 
     @property
     def voting(self) -> bool:

@@ -14,7 +14,6 @@ from paxmr.paxos.ready import AFTER_COMMIT
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import NetworkProfile, NodeFault, plan_faults
-from paxmr.storage import LOST_ROUND_BASE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -252,9 +251,7 @@ class World:
                 self.faults["wipe"] += 1
                 self._log(f"disk lost on node {replica.id}")
                 self._crash(replica, lose_unsynced=True)
-                # As storage.py does for a lost disk: restart from a random round.
-                fresh_round = LOST_ROUND_BASE + self.rng.randrange(LOST_ROUND_BASE)
-                replica.disk = MemoryStorage(bootstrap=False, used_round=fresh_round)
+                replica.disk = MemoryStorage(bootstrap=False)
                 return
         if replica.node is not None:
             self._after_input(replica)

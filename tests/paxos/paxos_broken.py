@@ -8,7 +8,7 @@ from dataclasses import replace
 
 from paxmr.paxos import Ballot, CoreConfig, DurableState, Node
 from paxmr.paxos.acceptor import Acceptor
-from paxmr.paxos.node import LEADER
+from paxmr.paxos.node import _Campaign, _Leadership
 
 
 class LowerBallotAcceptor(Acceptor):
@@ -24,24 +24,26 @@ class AcceptsLowerBallots(Node):
 class SkipsPhaseOne(Node):
     """After losing leadership it takes a new ballot and proposes without phase 1."""
 
-    def _campaign(self, now: float) -> None:
-        if self.ballot.round == 0:
-            super()._campaign(now)
+    _led_before = False
+
+    def _start_campaign(self, now: float) -> None:
+        if not self._led_before:
+            super()._start_campaign(now)
             return
         self._step_down(now)
         round_ = max(self._used_round, self._seen_round, self.acceptor.promised.round) + 1
         self._used_round = self._seen_round = round_
         self._out.persist.used_round = round_
-        self.ballot = Ballot(round_, self.id)
-        self.acceptor.raise_promise(self.ballot, self._out.persist)
-        self.role = LEADER
+        ballot = Ballot(round_, self.id)
+        self.acceptor.raise_promise(ballot, self._out.persist)
+        self._lead = _Leadership(ballot, now, self.log.length, now + self.config.heartbeat_interval)
         self.leader = self.id
-        self._leader_since = now
-        self._heartbeat_at = now + self.config.heartbeat_interval
-        self._sent_chosen = -1
-        self._next_slot = self.log.length
         for pending in self._pending.values():
             self._route(pending.request)
+
+    def _become_leader(self, campaign: _Campaign, now: float) -> None:
+        self._led_before = True
+        super()._become_leader(campaign, now)
 
 
 def votes_without_storage(

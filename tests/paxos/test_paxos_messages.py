@@ -27,7 +27,8 @@ B = Ballot(7, 2)
 E = Entry("req-1", b"\x00tally")
 MESSAGES = [
     Prepare(B, 3),
-    Promise(B, (AcceptedValue(3, Ballot(6, 1), E), AcceptedValue(4, B, Entry("", b""))), 3),
+    Promise(B, 3, (AcceptedValue(3, Ballot(6, 1), E), AcceptedValue(4, B, Entry("", b""))), 3),
+    Promise(B, 0, (), 0, voter=False, more=True),
     Nack(B, Ballot(8, 3), 10),
     Accept(B, ((3, E), (4, Entry("", b""))), 3),
     Accept(B, (), 9),

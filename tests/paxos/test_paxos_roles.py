@@ -19,9 +19,12 @@ def test_ballots_order_by_round_then_node():
 def test_takeover_re_proposes_the_highest_ballot_value_and_fills_gaps_with_no_ops():
     promises = [
         Promise(
-            Ballot(9, 1), (AcceptedValue(2, Ballot(3, 2), A), AcceptedValue(5, Ballot(4, 2), C)), 2
+            Ballot(9, 1),
+            1,
+            (AcceptedValue(2, Ballot(3, 2), A), AcceptedValue(5, Ballot(4, 2), C)),
+            2,
         ),
-        Promise(Ballot(9, 1), (AcceptedValue(2, Ballot(5, 3), B),), 1),
+        Promise(Ballot(9, 1), 1, (AcceptedValue(2, Ballot(5, 3), B),), 1),
     ]
     plan = plan_takeover(promises, own_len=1)
     assert plan.chosen_len == 2
@@ -30,7 +33,7 @@ def test_takeover_re_proposes_the_highest_ballot_value_and_fills_gaps_with_no_op
 
 
 def test_takeover_ignores_values_below_a_peer_applied_length():
-    promises = [Promise(Ballot(9, 1), (AcceptedValue(1, Ballot(3, 2), A),), 4)]
+    promises = [Promise(Ballot(9, 1), 0, (AcceptedValue(1, Ballot(3, 2), A),), 4)]
     plan = plan_takeover(promises, own_len=0)
     assert (plan.chosen_len, plan.end, plan.values) == (4, 4, {})
 
