@@ -8,6 +8,7 @@ the SHA-256 of the tally in its file format, so an operator can check an entry a
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -62,20 +63,31 @@ class LogObject:
 
     @classmethod
     def decode(cls, value: bytes) -> LogObject:
+        """Raises BadLogObject, and nothing else, for any value that is not a log object: a
+        chosen value comes from a peer, and every replica applies it (see catalog.py)."""
         try:
             body: Any = msgpack.unpackb(value, raw=False)
-            if body["v"] != VERSION:
-                raise BadLogObject(f"log object version {body['v']} is not {VERSION}")
-            obj = cls(
-                str(body["file"]),
-                int(body["node"]),
-                str(body["rid"]),
-                tuple(body["words"]),
-                tuple(body["counts"]),
-                str(body["digest"]),
-            )
-        except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
-            raise BadLogObject(f"not a log object: {exc}") from exc
+        except (ValueError, TypeError, msgpack.ExtraData, msgpack.StackError) as exc:
+            raise BadLogObject(f"not msgpack: {exc}") from exc
+        if not isinstance(body, dict) or body.get("v") != VERSION:
+            raise BadLogObject(f"not a version {VERSION} log object")
+        file, node, rid = body.get("file"), body.get("node"), body.get("rid")
+        words, counts, digest = body.get("words"), body.get("counts"), body.get("digest")
+        if not (
+            type(file) is str
+            and type(node) is int
+            and type(rid) is str
+            and type(digest) is str
+            and type(words) is list
+            and type(counts) is list
+            and len(words) == len(counts)
+            and all(type(w) is bytes for w in words)
+            and all(type(n) is int and n > 0 for n in counts)
+        ):
+            raise BadLogObject("log object fields have the wrong types")
+        if any(a >= b for a, b in itertools.pairwise(words)):
+            raise BadLogObject("log object words are not strictly increasing")
+        obj = cls(file, node, rid, tuple(words), tuple(counts), digest)
         if _digest(obj.words, obj.counts) != obj.digest:
             raise BadLogObject("log object digest does not match its counts")
         return obj

@@ -7,7 +7,7 @@ from paxmr.paxos.durable import DurableState, Persist
 from paxmr.paxos.log import GENESIS_DIGEST, NOOP, Entry, LogEntry, chain_digest
 from paxmr.paxos.messages import BadMessage, Message, from_wire, to_wire
 from paxmr.paxos.node import Node
-from paxmr.paxos.ready import NodeStatus, Ready
+from paxmr.paxos.ready import NodeStatus, Ready, split
 
 __all__ = [
     "GENESIS_DIGEST",
@@ -30,5 +30,6 @@ __all__ = [
     "Request",
     "chain_digest",
     "from_wire",
+    "split",
     "to_wire",
 ]

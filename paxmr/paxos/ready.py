@@ -34,6 +34,16 @@ class Ready:
     applied: list[LogEntry] = field(default_factory=list)
 
 
+def split(ready: Ready) -> tuple[Ready, Ready]:
+    """(what may be carried out before the persist is committed, what must wait for it): the
+    PRM and the simulator both run a Ready through this."""
+    early: list[tuple[int, Message]] = []
+    held: list[tuple[int, Message]] = []
+    for item in ready.messages:
+        (held if isinstance(item[1], AFTER_COMMIT) else early).append(item)
+    return Ready(messages=early, replies=ready.replies, applied=ready.applied), Ready(messages=held)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     node: int

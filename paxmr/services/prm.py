@@ -19,8 +19,9 @@ from typing import Any
 from pydantic import Field
 
 from paxmr import control, logs, paths, paxos
+from paxmr.catalog import Catalog
 from paxmr.logobject import BadLogObject, LogObject, merge, show
-from paxmr.paxos.ready import AFTER_COMMIT
+from paxmr.paxos.messages import Forward, Refuse
 from paxmr.services import daemon
 from paxmr.services.transport import Transport
 from paxmr.settings import Settings
@@ -66,8 +67,15 @@ _UNKNOWN_OUTCOME = {"timeout", "no_quorum", "interrupted", "busy"}
 _INLINE_TALLY = 64 * 1024  # bytes
 
 
-def _same_tally(a: LogObject, b: LogObject) -> bool:
-    return (a.file, a.digest) == (b.file, b.digest)
+def _same_tally(a: LogObject | None, b: LogObject) -> bool:
+    return a is not None and (a.file, a.digest) == (b.file, b.digest)
+
+
+def _decoded(value: bytes) -> LogObject | None:
+    try:
+        return LogObject.decode(value)
+    except BadLogObject:
+        return None  # a forged entry under this request id: a conflict
 
 
 class Prm:
@@ -94,10 +102,10 @@ class Prm:
             random.Random(),  # election jitter, not a secret
             time.monotonic(),
         )
-        self.digest = paxos.GENESIS_DIGEST
-        self.objects: list[dict[str, Any]] = []  # summaries by position
+        self.catalog = Catalog()
         for entry in durable.log:
             self._applied(entry)
+        self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
         self.wake = asyncio.Event()
         peers = [n for n in settings.nodes if n.id != settings.node_id]
@@ -107,17 +115,27 @@ class Prm:
         )  # fmt: skip
 
     def _applied(self, entry: paxos.LogEntry) -> None:
-        self.digest = paxos.chain_digest(self.digest, entry)
-        if entry.position is None:
-            return
-        try:
-            summary = LogObject.decode(entry.value).summary(entry.position)
-        except BadLogObject as exc:
-            self.log.exception("bad_log_object", slot=entry.slot, error=str(exc))
-            summary = {"position": entry.position, "file": None, "words": 0, "error": str(exc)}
-        self.objects.append({**summary, "slot": entry.slot})
+        summary = self.catalog.apply(entry)
+        if summary is not None and "error" in summary:
+            self.log.error("bad_log_object", slot=entry.slot, error=summary["error"])
 
     def _deliver(self, src: int, msg: paxos.Message) -> None:
+        if isinstance(msg, Forward):
+            # Checked before the leader proposes it, in a worker thread: a value can be large.
+            task = asyncio.create_task(self._check_forward(src, msg))
+            self._checks.add(task)
+            task.add_done_callback(self._checks.discard)
+            return
+        self.node.receive(src, msg, time.monotonic())
+        self.wake.set()
+
+    async def _check_forward(self, src: int, msg: Forward) -> None:
+        try:
+            await asyncio.to_thread(LogObject.decode, msg.value)
+        except BadLogObject as exc:
+            self.log.warning("forward_refused", src=src, request_id=msg.request_id, error=str(exc))
+            self.transport.send(src, Refuse(msg.request_id, "invalid", f"not a log object: {exc}"))
+            return
         self.node.receive(src, msg, time.monotonic())
         self.wake.set()
 
@@ -139,10 +157,15 @@ class Prm:
         Accepts, chosen entries and replies leave at once, so the leader's fsync overlaps its
         followers'; the next Ready is taken only after this commit.
         """
-        held = [(d, m) for d, m in ready.messages if isinstance(m, AFTER_COMMIT)]
+        early, after_commit = paxos.split(ready)
+        self._release(early)
+        if ready.persist:
+            await asyncio.to_thread(self.storage.commit, ready.persist)
+        self._release(after_commit)
+
+    def _release(self, ready: paxos.Ready) -> None:
         for dst, msg in ready.messages:
-            if not isinstance(msg, AFTER_COMMIT):
-                self.transport.send(dst, msg)
+            self.transport.send(dst, msg)
         for entry in ready.applied:
             self._applied(entry)
             if entry.position is not None:
@@ -151,10 +174,6 @@ class Prm:
             future = self.waiting.pop(reply.request_id, None)
             if future is not None and not future.done():
                 future.set_result(reply.outcome)
-        if ready.persist:
-            await asyncio.to_thread(self.storage.commit, ready.persist)
-        for dst, msg in held:
-            self.transport.send(dst, msg)
 
     # --- control operations ------------------------------------------------------------------
 
@@ -190,7 +209,7 @@ class Prm:
             raise control.ControlError(outcome.code, f"replicate refused: {outcome.reason}")
         landed = self.node.log.entries[outcome.slot].value
         # The same retry sent through another node differs only in its "node" field.
-        if landed != value and not _same_tally(LogObject.decode(landed), obj):
+        if landed != value and not _same_tally(_decoded(landed), obj):
             raise control.ControlError(
                 "conflict",
                 f"request id {args.request_id} is already in the log at position"
@@ -203,10 +222,16 @@ class Prm:
     def _objects(self, positions: list[int]) -> list[LogObject]:
         self._check_positions(positions)
         entries = self.node.log.entries  # slot i at index i
-        return [LogObject.decode(entries[self.objects[p]["slot"]].value) for p in positions]
+        objects = []
+        for p in positions:
+            try:
+                objects.append(LogObject.decode(entries[self.catalog.summaries[p]["slot"]].value))
+            except BadLogObject as exc:
+                raise control.ControlError("bad_entry", f"log position {p}: {exc}") from exc
+        return objects
 
     def _check_positions(self, positions: list[int]) -> None:
-        count = len(self.objects)
+        count = len(self.catalog.summaries)
         bad = [p for p in positions if not 0 <= p < count]
         if bad:
             raise control.ControlError(
@@ -219,7 +244,7 @@ class Prm:
 
     async def total(self, args: PositionsArgs, _p: control.Progress) -> dict[str, Any]:
         self._check_positions(args.positions)
-        total = sum(self.objects[p]["words"] for p in args.positions)
+        total = sum(self.catalog.summaries[p]["words"] for p in args.positions)
         self.log.info("total", positions=args.positions, total=total)
         return {"positions": args.positions, "total": total}
 
@@ -236,8 +261,12 @@ class Prm:
         }
 
     async def print_log(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
-        self.log.info("print", files=[e["file"] for e in self.objects], digest=self.digest.hex())
-        return {"entries": self.objects, "digest": self.digest.hex()}
+        self.log.info(
+            "print",
+            files=[e["file"] for e in self.catalog.summaries],
+            digest=self.catalog.digest.hex(),
+        )
+        return {"entries": self.catalog.summaries, "digest": self.catalog.digest.hex()}
 
     async def stop(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
         self.node.stop(time.monotonic())
@@ -261,8 +290,8 @@ class Prm:
             "stopped": s.stopped,
             "voting": s.voting,
             "slots": s.chosen,
-            "entries": len(self.objects),
-            "digest": self.digest.hex(),
+            "entries": len(self.catalog.summaries),
+            "digest": self.catalog.digest.hex(),
             "in_flight": s.in_flight,
             "pending": s.pending,
             "peers": {

@@ -50,3 +50,36 @@ def test_merge_adds_counts_and_show_keeps_invalid_utf8_visible(tmp_path: Path) -
     assert merged == {b"x": 5, b"\xff": 2}
     assert show(b"\xff") == "\\xff"
     assert show("é".encode()) == "é"
+
+
+def _body(**changes: object) -> bytes:
+    body = {"v": 1, "file": "f", "node": 1, "rid": "r", "words": [b"a"], "counts": [1]}
+    body["digest"] = hashlib.sha256(tally.HEADER + b"a\t1\n").hexdigest()
+    body.update(changes)
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"\xc1",  # never used by msgpack
+        msgpack.packb([1, 2]),
+        _body(v=2),
+        _body(words=[1]),  # accepted by the first decode, then the digest step raised TypeError
+        _body(words=[b"a", 2], counts=[1, 1]),
+        _body(counts=[b"1"]),
+        _body(counts=[0]),
+        _body(counts=[1, 2]),
+        _body(words=[b"b", b"a"], counts=[1, 1]),
+        _body(file=None),
+        _body(node="1"),
+        _body(digest=3),
+        _body(digest="0" * 64),
+    ],
+)
+def test_anything_that_is_not_a_log_object_raises_bad_log_object_only(value: bytes) -> None:
+    assert LogObject.decode(_body()).words == (b"a",)  # the unchanged body is valid
+    with pytest.raises(BadLogObject):
+        LogObject.decode(value)

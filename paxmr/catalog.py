@@ -1,0 +1,34 @@
+"""What a replica shows of its applied log: one summary per position, and the log's digest.
+
+The PRM and the simulator apply every chosen entry through `Catalog.apply`, so a value that
+would crash one crashes the other. Applying never raises: a chosen value is whatever a proposer
+put in the log (a peer holding the cluster key can forge one), and a replica that failed on it
+would fail again on every restart, as would every other replica.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from paxmr import paxos
+from paxmr.logobject import BadLogObject, LogObject
+
+
+class Catalog:
+    def __init__(self) -> None:
+        self.digest = paxos.GENESIS_DIGEST
+        self.summaries: list[dict[str, Any]] = []  # by position
+
+    def apply(self, entry: paxos.LogEntry) -> dict[str, Any] | None:
+        """Add an applied entry; return its summary, with an "error" for a value that is not a
+        log object (it keeps its position, so positions agree on every replica)."""
+        self.digest = paxos.chain_digest(self.digest, entry)
+        if entry.position is None:
+            return None
+        try:
+            summary = LogObject.decode(entry.value).summary(entry.position)
+        except BadLogObject as exc:
+            summary = {"position": entry.position, "file": None, "words": 0, "error": str(exc)}
+        summary["slot"] = entry.slot
+        self.summaries.append(summary)
+        return summary
