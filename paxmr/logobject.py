@@ -43,9 +43,16 @@ class LogObject:
     @classmethod
     def from_tally(cls, path: Path, file: str, node: int, request_id: str) -> LogObject:
         """Raises ``tally.TallyError`` when ``path`` is not a valid tally."""
-        items = list(tally.iterate(path))
-        words = tuple(w for w, _ in items)
-        counts = tuple(n for _, n in items)
+        return cls.from_counts(file, node, request_id, tally.iterate(path))
+
+    @classmethod
+    def from_counts(
+        cls, file: str, node: int, request_id: str, items: Iterable[tuple[bytes, int]]
+    ) -> LogObject:
+        """From (word, count) pairs sorted by word, as a tally file holds them."""
+        pairs = list(items)
+        words = tuple(w for w, _ in pairs)
+        counts = tuple(n for _, n in pairs)
         return cls(file, node, request_id, words, counts, _digest(words, counts))
 
     def encode(self) -> bytes:

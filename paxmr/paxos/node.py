@@ -370,9 +370,7 @@ class Node:
     def _start_campaign(self, now: float) -> None:
         self._step_down(now)
         acceptor = self.acceptor
-        round_ = max(self._used_round, self._seen_round, acceptor.promised.round) + 1
-        if not acceptor.voting:
-            round_ += self._rng.randrange(FRESH_ROUNDS)  # see acceptor.py, step 0
+        round_ = self._next_round()
         self._used_round = self._seen_round = round_
         self._out.persist.used_round = round_
         ballot = Ballot(round_, self.id)
@@ -392,6 +390,12 @@ class Node:
             )
             campaign.answered[self.id] = Promise(ballot, campaign.from_slot, rows, self.log.length)
             self._check_elected(campaign, now)
+
+    def _next_round(self) -> int:
+        round_ = max(self._used_round, self._seen_round, self.acceptor.promised.round) + 1
+        if not self.acceptor.voting:
+            round_ += self._rng.randrange(FRESH_ROUNDS)  # see acceptor.py, step 0
+        return round_
 
     def _on_promise(self, src: int, msg: Promise, now: float) -> None:
         campaign = self._campaign

@@ -49,7 +49,7 @@ def replay_command(seed: int, nodes: int, kinds: frozenset[str], driver: str) ->
     show_default=True,
     help="First seed; seeds first .. first+N-1 run.",
 )
-@click.option("--nodes", type=click.Choice(["3", "5"]), default="3", show_default=True)
+@click.option("--nodes", type=click.Choice(["3", "5", "7"]), default="3", show_default=True)
 @click.option(
     "--faults",
     "kinds",

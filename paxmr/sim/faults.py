@@ -1,4 +1,9 @@
-"""Fault kinds and the seeded plan of when they strike."""
+"""Fault kinds and the seeded plan of when they strike.
+
+Each seed draws its own mix: which of the allowed kinds it uses and how hard, and possibly one
+message kind it delays on purpose (a targeted delay), so that a campaign covers quiet runs,
+single-fault runs and storms alike.
+"""
 
 from __future__ import annotations
 
@@ -8,52 +13,86 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import random
 
-NETWORK_FAULTS = ("drop", "dup", "reorder", "delay")
-NODE_FAULTS = ("partition", "crash", "stop", "lose-unsynced", "wipe")
+# Per message: lost, delivered twice, a little late, very late (up to several election
+# timeouts), and any earlier message delivered again at a later time (a replayed frame).
+NETWORK_FAULTS = ("drop", "dup", "reorder", "delay", "replay")
+# Per node or link: cut links (two-way, one-way or a whole side), a crash and restart, the
+# assignment's stop, a power cut that loses unsynced writes, a lost disk (after any commit),
+# and a malformed value forwarded by a peer that holds the cluster key.
+NODE_FAULTS = ("partition", "crash", "stop", "lose-unsynced", "wipe", "forge")
 FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS
+
+# Message kinds a targeted delay may pick (class names in paxmr.paxos.messages).
+MESSAGE_KINDS = ("Prepare", "Promise", "Nack", "Accept", "Accepted", "Forward", "CatchupReply")
+MAX_DELAY = 1.5  # seconds: five of the simulator's longest election timeouts
 
 
 @dataclass(frozen=True, slots=True)
 class NodeFault:
     at: float
     kind: str  # one of NODE_FAULTS
-    nodes: tuple[int, ...]  # the victim, one side of a partition, or the two ends of a link
+    nodes: tuple[int, ...]  # the victim (for forge, nodes[1] is the forger)
     duration: float
-    link: bool = False  # a partition that cuts only the link between nodes[0] and nodes[1]
+    cut: frozenset[tuple[int, int]] = frozenset()  # (src, dst) links a partition blocks
 
 
 @dataclass(frozen=True, slots=True)
 class NetworkProfile:
     """Per-message fault probabilities while faults are on."""
 
-    drop: float
-    dup: float
-    reorder: float
-    delay: float
+    drop: float = 0.0
+    dup: float = 0.0
+    reorder: float = 0.0
+    delay: float = 0.0
+    replay: float = 0.0
+    slow_kind: str | None = None  # a targeted delay: this kind is late with `slow` probability
+    slow: float = 0.0
 
 
 def plan_faults(
     rng: random.Random, kinds: frozenset[str], members: tuple[int, ...], until: float
 ) -> tuple[NetworkProfile, list[NodeFault]]:
+    mix = {k for k in sorted(kinds) if rng.random() < 0.75} or set(kinds)
+    slow_kind = rng.choice(MESSAGE_KINDS) if "delay" in mix and rng.random() < 0.5 else None
     profile = NetworkProfile(
-        drop=rng.uniform(0.02, 0.2) if "drop" in kinds else 0.0,
-        dup=rng.uniform(0.02, 0.1) if "dup" in kinds else 0.0,
-        reorder=rng.uniform(0.1, 0.5) if "reorder" in kinds else 0.0,
-        delay=rng.uniform(0.02, 0.1) if "delay" in kinds else 0.0,
+        drop=rng.uniform(0.02, 0.2) if "drop" in mix else 0.0,
+        dup=rng.uniform(0.02, 0.1) if "dup" in mix else 0.0,
+        reorder=rng.uniform(0.1, 0.5) if "reorder" in mix else 0.0,
+        delay=rng.uniform(0.02, 0.1) if "delay" in mix else 0.0,
+        replay=rng.uniform(0.005, 0.05) if "replay" in mix else 0.0,
+        slow_kind=slow_kind,
+        slow=rng.uniform(0.3, 0.9) if slow_kind else 0.0,
     )
     faults = []
+    most = 2 + len(members) // 2
     for kind in NODE_FAULTS:
-        if kind not in kinds:
+        if kind not in mix:
             continue
-        for _ in range(rng.randint(0, 3)):
+        for _ in range(rng.randint(0, most)):
             at = rng.uniform(0.1, until)
             duration = rng.uniform(0.05, 1.0)
-            if kind != "partition":
-                faults.append(NodeFault(at, kind, (rng.choice(members),), duration))
-            elif rng.random() < 0.5:
-                faults.append(NodeFault(at, kind, tuple(rng.sample(members, 2)), duration, True))
+            if kind == "partition":
+                faults.append(NodeFault(at, kind, (), duration, _cut(rng, members)))
+            elif kind == "forge":
+                faults.append(NodeFault(at, kind, tuple(rng.sample(members, 2)), 0.0))
             else:
-                side = tuple(rng.sample(members, rng.randint(1, len(members) // 2)))
-                faults.append(NodeFault(at, kind, side, duration))
+                faults.append(NodeFault(at, kind, (rng.choice(members),), duration))
     faults.sort(key=lambda f: f.at)
     return profile, faults
+
+
+def _cut(rng: random.Random, members: tuple[int, ...]) -> frozenset[tuple[int, int]]:
+    """A two-way or one-way cut of one link, or of a side from the rest (one-way: asymmetric)."""
+    if rng.random() < 0.5:
+        a, b = rng.sample(members, 2)
+        side, rest = [a], [b]
+    else:
+        side = rng.sample(members, rng.randint(1, len(members) // 2))
+        rest = [m for m in members if m not in side]
+    pairs = {(a, b) for a in side for b in rest}
+    way = rng.choice(("both", "out", "in"))
+    if way == "both":
+        pairs |= {(b, a) for a, b in pairs}
+    elif way == "in":
+        pairs = {(b, a) for a, b in pairs}
+    return frozenset(pairs)

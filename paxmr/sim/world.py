@@ -1,4 +1,8 @@
-"""One simulated cluster: nodes, their disks, a faulty network and clients, on a virtual clock."""
+"""One simulated cluster: nodes, their disks, a faulty network and clients, on a virtual clock.
+
+The nodes are the production core (paxmr.paxos.Node); a Ready is carried out through
+paxos.split as the PRM does, and applied entries go through the PRM's own Catalog.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +13,44 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from paxmr.paxos import Committed, CoreConfig, Node, Ready, Request
-from paxmr.paxos.ready import AFTER_COMMIT
+import msgpack
+
+from paxmr.catalog import Catalog
+from paxmr.logobject import LogObject
+from paxmr.paxos import Committed, CoreConfig, Node, Ready, Request, split, to_wire
+from paxmr.paxos.messages import Accept, CatchupReply, Forward, Promise
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
-from paxmr.sim.faults import NetworkProfile, NodeFault, plan_faults
+from paxmr.sim.faults import MAX_DELAY, NetworkProfile, NodeFault, plan_faults
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from paxmr.paxos import DurableState, Message, Persist
 
+# The deployment's proportions, scaled down: a frame holds four of the largest values, and a
+# batch leaves room in a frame for one more entry and the framing (paxmr.settings.Limits).
+MAX_VALUE = 2048
+FRAME_BYTES = 4 * MAX_VALUE
 SIM_CONFIG = CoreConfig(
     heartbeat_interval=0.05,
     election_timeout_min=0.15,
     election_timeout_max=0.3,
-    max_value_bytes=1024,
+    max_value_bytes=MAX_VALUE,
     max_in_flight=64,
     catchup_batch=8,
+    batch_bytes=FRAME_BYTES - MAX_VALUE,
     request_timeout=1.0,
 )
 FAULT_PHASE = 3.0  # faults strike in [0, FAULT_PHASE); then everything heals
 LIVENESS_BOUND = 20.0  # after healing, all requests must complete and logs converge by then
 REQUESTS = 40
+_FRAMING = 64  # the transport's length prefix, tag and {"src", "dst"} envelope, at most
+_HISTORY = 4096  # messages kept for replays
 
 # How a driver orders a Ready's effects around the commit of its persist.
 STRICT = "strict"  # everything waits for the commit: the contract documented in paxmr.paxos
-EARLY = "early"  # only Prepare and acceptor replies wait (paxmr.services.prm does this)
+EARLY = "early"  # only Prepare and acceptor replies wait (paxos.split, as the PRM does)
 UNSAFE = "unsafe"  # nothing waits: deliberately broken, to show the checker catches it
 DRIVERS = (STRICT, EARLY, UNSAFE)
 
@@ -58,12 +73,13 @@ class Replica:
     disk: MemoryStorage
     node: Node | None = None
     log: NodeLog = field(default_factory=lambda: NodeLog([]))
+    catalog: Catalog = field(default_factory=Catalog)
     syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
     incarnation: int = 0
     timer_token: int = 0
     timer_at: float = math.inf
     power_cut_armed: bool = False  # lose-unsynced strikes while writes are in flight
-    wipe_armed: bool = False  # a lost disk strikes right after the node acknowledged an accept
+    wipe_armed: bool = False  # a lost disk strikes right after the node's next commit
 
 
 @dataclass
@@ -83,6 +99,39 @@ class RunResult:
     trace: list[str]
 
 
+def client_value(rng: random.Random, rid: str, large: bool) -> bytes:
+    """A real log object of a size up to MAX_VALUE, unique to its request."""
+    target = rng.randint(MAX_VALUE // 2, MAX_VALUE) if large else rng.randint(60, 400)
+    word = rid.encode() + b"-" + b"w" * max(1, target - 160)
+    return LogObject.from_counts(f"{rid}_reduced", 1, rid, [(word, 1)]).encode()
+
+
+def forged_value(rng: random.Random) -> bytes:
+    """What a peer holding the cluster key could forward: anything but a log object."""
+    body = {
+        "v": 1,
+        "file": "x",
+        "node": 9,
+        "rid": "x",
+        "words": [b"a"],
+        "counts": [1],
+        "digest": "",
+    }
+    body |= rng.choice(
+        [
+            {"words": [1]},  # decoded once, then the digest step raised (issue 8, defect 4)
+            {"counts": ["1"]},
+            {"v": 7},
+            {"words": [b"b", b"a"], "counts": [1, 1]},
+            {"digest": "0" * 64},
+        ]
+    )
+    if rng.random() < 0.2:
+        return rng.randbytes(rng.randint(0, 64))
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
+
+
 class World:
     def __init__(  # noqa: PLR0917 - one simulated run's parameters
         self,
@@ -96,6 +145,7 @@ class World:
         self.seed = seed
         self.rng = random.Random(seed)
         self.members = tuple(range(1, size + 1))
+        self.quorum = size // 2 + 1
         self.factory = node_factory
         self.driver = driver
         self.tracing = trace
@@ -107,7 +157,8 @@ class World:
         self.events: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self.healed = False
-        self.blocked: set[tuple[int, int]] = set()
+        self.blocked: Counter[tuple[int, int]] = Counter()  # (src, dst) -> cuts holding it
+        self.history: list[tuple[int, int, Message]] = []
         self.profile, plan = plan_faults(self.rng, kinds, self.members, FAULT_PHASE)
         self.replicas = {i: Replica(i, MemoryStorage(bootstrap=True)) for i in self.members}
         for replica in self.replicas.values():
@@ -115,11 +166,13 @@ class World:
         for fault in plan:
             self._at(fault.at, "fault", fault)
         self.clients: dict[str, Client] = {}
+        large = self.rng.random() < 0.5
         for k in range(REQUESTS):
-            request = Request(f"r{k}", f"value {k} of seed {seed}".encode())
-            self.clients[request.request_id] = Client(request)
-            self.checker.submit(request.request_id, request.value)
-            self._at(self.rng.uniform(0, FAULT_PHASE), "client", request.request_id)
+            rid = f"r{k}"
+            request = Request(rid, client_value(self.rng, rid, large and self.rng.random() < 0.7))
+            self.clients[rid] = Client(request)
+            self.checker.submit(rid, request.value)
+            self._at(self.rng.uniform(0, FAULT_PHASE), "client", rid)
         self._at(FAULT_PHASE, "heal", None)
 
     # -- the loop -----------------------------------------------------------------------------
@@ -178,11 +231,19 @@ class World:
         rng = random.Random(self.rng.getrandbits(64))
         replica.node = self.factory(replica.id, self.members, durable, SIM_CONFIG, rng, self.now)
         replica.log = NodeLog([])
+        replica.catalog = Catalog()  # the PRM rebuilds its catalog from the log at start-up
         for entry in durable.log:
             self.checker.learned(replica.id, entry)
             replica.log.append(entry)
+            self._catalog(replica, entry)
         self._log(f"start node {replica.id} voting={durable.voting} log={len(durable.log)}")
         self._after_input(replica)
+
+    def _catalog(self, replica: Replica, entry: Any) -> None:
+        try:
+            replica.catalog.apply(entry)
+        except Exception as exc:  # what would crash-loop a PRM
+            self.checker.fail(f"crash: node {replica.id} raised {exc!r} applying slot {entry.slot}")
 
     def _crash(self, replica: Replica, *, lose_unsynced: bool) -> None:
         if replica.syncing is not None and not lose_unsynced:
@@ -217,12 +278,7 @@ class World:
         if self.driver == STRICT:
             now, later = Ready(), ready
         elif self.driver == EARLY:
-            held: list[tuple[int, Message]] = []
-            sent: list[tuple[int, Message]] = []
-            for dst, msg in ready.messages:
-                (held if isinstance(msg, AFTER_COMMIT) else sent).append((dst, msg))
-            now = Ready(messages=sent, replies=ready.replies, applied=ready.applied)
-            later = Ready(messages=held)
+            now, later = split(ready)
         else:  # UNSAFE: effects go out before the disk has them
             now, later = ready, Ready()
         self._release(replica, now)
@@ -244,10 +300,11 @@ class World:
         replica.syncing = None
         replica.disk.commit(persist)
         self._release(replica, later)
-        if replica.wipe_armed and persist.accepted:
+        if replica.wipe_armed:
             replica.wipe_armed = False
-            # A lost disk is survivable only while every other replica still votes.
-            if all(r.disk.voting for r in self.replicas.values()):
+            # Survivable while a majority of the others still votes; recoveries may overlap.
+            others = [r for r in self.replicas.values() if r is not replica]
+            if sum(1 for r in others if r.disk.voting) >= self.quorum:
                 self.faults["wipe"] += 1
                 self._log(f"disk lost on node {replica.id}")
                 self._crash(replica, lose_unsynced=True)
@@ -259,6 +316,7 @@ class World:
     def _release(self, replica: Replica, ready: Ready) -> None:
         for entry in ready.applied:
             self.checker.applied(replica.id, replica.log, entry)
+            self._catalog(replica, entry)
         for dst, msg in ready.messages:
             self._send(replica.id, dst, msg)
         for reply in ready.replies:
@@ -284,14 +342,32 @@ class World:
 
     # -- network ---------------------------------------------------------------------------
 
+    def _fits(self, src: int, dst: int, msg: Message) -> bool:
+        """The transport drops a frame over its limit; a core that sends one has a bug."""
+        if not isinstance(msg, Promise | Accept | CatchupReply | Forward):
+            return True  # no values: a few hundred bytes at most
+        size = len(msgpack.packb(to_wire(msg), use_bin_type=True)) + _FRAMING
+        if size <= FRAME_BYTES:
+            return True
+        self.checker.fail(
+            f"frame: node {src} sent node {dst} a {type(msg).__name__} of {size} bytes,"
+            f" over the {FRAME_BYTES}-byte frame limit"
+        )
+        return False
+
     def _send(self, src: int, dst: int, msg: Message) -> None:
+        if not self._fits(src, dst, msg):
+            return
+        if not self.healed:
+            self._remember(src, dst, msg)
         profile = self.profile
         rng = self.rng
-        if (src, dst) in self.blocked:
+        if self.blocked[src, dst]:
             return
         if rng.random() < profile.drop:
             self.faults["drop"] += 1
-            self._log(f"drop {src}->{dst} {msg}")
+            if self.tracing:
+                self._log(f"drop {src}->{dst} {msg}")
             return
         copies = 1
         if rng.random() < profile.dup:
@@ -302,17 +378,31 @@ class World:
             if rng.random() < profile.reorder:
                 self.faults["reorder"] += 1
                 latency += rng.uniform(0, 0.02)
-            if rng.random() < profile.delay:
+            slow = profile.slow_kind == type(msg).__name__ and rng.random() < profile.slow
+            if slow or rng.random() < profile.delay:
                 self.faults["delay"] += 1
-                latency += rng.uniform(0.05, 0.5)
+                latency += rng.uniform(0.05, MAX_DELAY)
             self._at(self.now + latency, "deliver", (src, dst, msg))
+
+    def _remember(self, src: int, dst: int, msg: Message) -> None:
+        """Keep a sample of what was sent; now and then deliver one of them again, late."""
+        rng = self.rng
+        if len(self.history) < _HISTORY:
+            self.history.append((src, dst, msg))
+        else:
+            self.history[rng.randrange(_HISTORY)] = (src, dst, msg)
+        if rng.random() < self.profile.replay:
+            self.faults["replay"] += 1
+            old = rng.choice(self.history)
+            self._at(self.now + rng.uniform(0.0005, MAX_DELAY), "deliver", old)
 
     def _on_deliver(self, arg: tuple[int, int, Message]) -> None:
         src, dst, msg = arg
         replica = self.replicas[dst]
-        if replica.node is None or (src, dst) in self.blocked:
+        if replica.node is None or self.blocked[src, dst]:
             return
-        self._log(f"deliver {src}->{dst} {msg}")
+        if self.tracing:
+            self._log(f"deliver {src}->{dst} {msg}")
         replica.node.receive(src, msg, self.now)
         self._after_input(replica)
 
@@ -336,17 +426,19 @@ class World:
     def _on_fault(self, fault: NodeFault) -> None:
         if self.healed:
             return
-        victim = self.replicas[fault.nodes[0]]
         if fault.kind == "partition":
-            other = (
-                fault.nodes[1:] if fault.link else [m for m in self.members if m not in fault.nodes]
-            )
-            for a in fault.nodes[:1] if fault.link else fault.nodes:
-                for b in other:
-                    self.blocked |= {(a, b), (b, a)}
-        elif victim.node is None:
+            self.blocked.update(fault.cut)
+            self.faults["partition"] += 1
+            self._log(f"fault partition {sorted(fault.cut)} for {fault.duration:.3f}s")
+            self._at(self.now + fault.duration, "recover", fault)
             return
-        elif fault.kind == "stop":
+        if fault.kind == "forge":
+            self._forge(fault.nodes[1])
+            return
+        victim = self.replicas[fault.nodes[0]]
+        if victim.node is None:
+            return
+        if fault.kind == "stop":
             victim.node.stop(self.now)
             self._after_input(victim)
         elif fault.kind == "wipe":
@@ -360,13 +452,29 @@ class World:
         self._log(f"fault {fault.kind} {fault.nodes} for {fault.duration:.3f}s")
         self._at(self.now + fault.duration, "recover", fault)
 
+    def _forge(self, forger: int) -> None:
+        """The forger sends its value where it gets proposed: to a leader, if there is one."""
+        leaders = [r for r in self.replicas.values() if r.node and r.node.role == "leader"]
+        victim = next((r for r in leaders if r.id != forger), None)
+        if victim is None or victim.node is None:
+            return
+        rid = f"forged{self.faults['forge']}"
+        value = forged_value(self.rng)
+        self.faults["forge"] += 1
+        self.checker.submit(rid, value)  # valid for the log's purposes: a peer proposed it
+        self._log(f"forge: node {forger} forwards {value!r} to node {victim.id}")
+        victim.node.receive(forger, Forward(rid, value), self.now)
+        self._after_input(victim)
+
     def _on_recover(self, fault: NodeFault) -> None:
         if self.healed:
             return
-        victim = self.replicas[fault.nodes[0]]
         if fault.kind == "partition":
-            self.blocked.clear()
-        elif victim.node is None:
+            self.blocked.subtract(fault.cut)  # links heal one cut at a time
+            self._log(f"recover partition {sorted(fault.cut)}")
+            return
+        victim = self.replicas[fault.nodes[0]]
+        if victim.node is None:
             self._start(victim)
         elif fault.kind in {"lose-unsynced", "wipe"}:
             victim.power_cut_armed = victim.wipe_armed = False
@@ -377,7 +485,7 @@ class World:
 
     def _on_heal(self, _: None) -> None:
         self.healed = True
-        self.profile = NetworkProfile(drop=0, dup=0, reorder=0, delay=0)
+        self.profile = NetworkProfile()
         self.blocked.clear()
         for replica in self.replicas.values():
             replica.power_cut_armed = replica.wipe_armed = False

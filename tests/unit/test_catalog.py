@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgpack
 
 from paxmr.catalog import Catalog
-from paxmr.logobject import LogObject, _digest
+from paxmr.logobject import LogObject
 from paxmr.paxos import GENESIS_DIGEST, LogEntry, chain_digest
 
 # The value that crash-looped every PRM: decoded once, then the digest step raised TypeError.
@@ -15,8 +15,7 @@ FORGED = msgpack.packb(
 
 
 def _real(rid: str) -> bytes:
-    words, counts = (b"apple", b"pear"), (3, 1)
-    return LogObject("f_reduced", 1, rid, words, counts, _digest(words, counts)).encode()
+    return LogObject.from_counts("f_reduced", 1, rid, [(b"apple", 3), (b"pear", 1)]).encode()
 
 
 def test_a_forged_value_keeps_its_position_with_an_error_and_the_log_goes_on() -> None:
