@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+import pytest
 from paxos_harness import CONFIG, Harness
 
 import paxmr.storage
@@ -206,36 +207,41 @@ def test_defect2_a_forgotten_promise_never_loses_an_acknowledged_value():
 
 # -- defect 3 -----------------------------------------------------------------------------------
 
-LIMITS = Limits()  # the defaults: 8 MiB values, 32 MiB frames
 # The transport's frame holds the HMAC tag (32 bytes) and a map with src, dst and the message.
 ENVELOPE = 64
 TALLY = 7 * 1024 * 1024
 
 
-def test_defect3_large_values_in_flight_never_make_the_cluster_unelectable():
-    # The core configured from the limits as the PRM does it.
+def accepted_then_leader_dies(limits: Limits, values: dict[str, bytes]) -> None:
+    """3 members, the core configured from `limits` as the PRM does it: `values` are accepted
+    by both followers, the leader dies before it hears back. Every message must fit in a frame
+    (over-limit ones are dropped, as the transport does), and the cluster elects a leader again
+    (if need be, once the old leader restarts) which keeps the values (all three accepted them,
+    so they were chosen) and commits."""
     config = replace(
         CONFIG,
-        max_value_bytes=LIMITS.value_bytes,
-        batch_bytes=LIMITS.batch_bytes,
-        max_in_flight=LIMITS.in_flight,
+        max_value_bytes=limits.value_bytes,
+        batch_bytes=limits.batch_bytes,
+        max_in_flight=limits.in_flight,
     )
     h = Harness(3, config)
-    h.frame_limit = LIMITS.frame_bytes - ENVELOPE  # over-limit messages are dropped when sent
+    h.frame_limit = limits.frame_bytes - ENVELOPE
     leader = h.elect()
     h.advance(0.2)
     h.wire.clear()
-    # Five 7 MiB tallies are accepted by both followers; the leader dies before it hears back.
-    tallies = {f"t{k}": bytes([k]) * TALLY for k in range(5)}
-    for rid, value in tallies.items():
+    for rid, value in values.items():
         h.node(leader).submit(Request(rid, value), h.now)
     h.flush(leader)
-    h.deliver_where(lambda s, _d, m: s == leader and isinstance(m, Accept))
-    h.crash(leader)
-    h.wire.clear()
     followers = [i for i in h.members if i != leader]
+    for _ in range(20):
+        h.deliver_where(lambda s, _d, m: s == leader and isinstance(m, Accept))
+        h.wire.clear()  # the Accepted replies are lost
+        if all(len(h.disks[i].load().accepted) == len(values) for i in followers):
+            break
+        h.fire(leader)  # a heartbeat retransmits what is not acknowledged
     for i in followers:
-        assert len(h.disks[i].load().accepted) == len(tallies)
+        assert len(h.disks[i].load().accepted) == len(values)
+    h.crash(leader)
 
     def elect(seconds: float) -> int | None:
         for _ in range(int(seconds / 0.1)):
@@ -255,8 +261,23 @@ def test_defect3_large_values_in_flight_never_make_the_cluster_unelectable():
     )
     assert not oversized, report
     assert new_leader is not None, report
-    # The tallies were chosen (all three accepted them): the cluster keeps them, and commits.
     h.submit(new_leader, "after", b"after")
     settle(h, 1.0)
     for i in followers:
-        assert [e.request_id for e in h.applied[i]] == [*tallies, "after"]
+        assert [e.request_id for e in h.applied[i]] == [*values, "after"]
+
+
+def test_defect3_large_values_in_flight_never_make_the_cluster_unelectable():
+    # The issue's figures: five 7 MiB tallies with the default limits (8 MiB values, 32 MiB
+    # frames) give a 36.7 MB Promise unless it is split.
+    accepted_then_leader_dies(Limits(), {f"t{k}": bytes([k]) * TALLY for k in range(5)})
+
+
+@pytest.mark.xfail(reason="page and batch budgets count value bytes only, not each row's framing")
+def test_many_rows_in_flight_never_make_the_cluster_unelectable():
+    # Not in the issue; found writing the test above. 4000 values that together fill a batch
+    # (about 8 KiB each; the in-flight limit raised to 4096): the Promise page counts only
+    # value and request id bytes, and the other ~10 bytes of each row exceed the 32 KiB slack.
+    limits = Limits(in_flight=4096)
+    size = limits.batch_bytes // 4000 - 8
+    accepted_then_leader_dies(limits, {f"r{k:06d}": bytes([k % 251]) * size for k in range(4000)})
