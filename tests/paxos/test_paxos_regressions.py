@@ -107,12 +107,14 @@ def test_defect1_a_follower_never_applies_a_value_that_was_not_chosen():
     h.deliver_where(among({3, 4, 5}))
     assert [e.request_id for e in h.applied[4]] == ["X"]
     h.wire.clear()
-    # The delayed Prepare(round 1) reaches node 4, which Nacks it with its length 1.
+    # The delayed Prepare(round 1) reaches node 4, which Nacks it with its length 1. (The old
+    # core stays leader at round 2; the fixed one steps down, as the Nack names round 3.)
     h.put(delayed_prepare)
     h.deliver_where(link(1, 4, Prepare))
     h.deliver_where(link(4, 1, Nack))
     # Node 2's delayed Accepted reaches node 1, which catches up from node 4 (X in slot 0), and
-    # whatever node 1 then sends reaches nodes 2 and 4.
+    # whatever node 1 then sends reaches nodes 2 and 4: on the old core an Accept at round 2
+    # announcing slot 0 as chosen, and node 2 applies its own row, Y.
     h.put(delayed_accepted)
     h.deliver_where(among({1, 2, 4}))
     assert_safe(h)
