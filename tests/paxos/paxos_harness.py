@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import random
 from collections import deque
+from typing import TYPE_CHECKING
 
-from paxmr.paxos import CoreConfig, LogEntry, Message, Node, Ready, Reply, Request
+import msgpack
+
+from paxmr.paxos import CoreConfig, LogEntry, Message, Node, Persist, Ready, Reply, Request, to_wire
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.world import NodeFactory
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+# (src, dst, message) on the wire
+Wired = tuple[int, int, Message]
 
 CONFIG = CoreConfig(
     heartbeat_interval=0.05,
@@ -31,7 +40,11 @@ class Harness:
         self.now = 0.0
         self.disks = {i: MemoryStorage() for i in self.members}
         self.nodes: dict[int, Node | None] = {}
-        self.wire: deque[tuple[int, int, Message]] = deque()
+        self.wire: deque[Wired] = deque()
+        # With a frame limit, a message whose encoding exceeds it is dropped when sent, as the
+        # transport drops over-limit frames, and recorded here as (src, dst, kind, bytes).
+        self.frame_limit: int | None = None
+        self.oversized: list[tuple[int, int, str, int]] = []
         self.cut: set[int] = set()  # nodes whose traffic is dropped
         self.replies: dict[int, list[Reply]] = {i: [] for i in self.members}
         self.applied: dict[int, list[LogEntry]] = {i: [] for i in self.members}
@@ -58,7 +71,13 @@ class Harness:
         ready = self.node(i).ready()
         self.readies.append((i, ready))
         self.disks[i].commit(ready.persist)  # persist before anything leaves
-        self.wire.extend((i, dst, msg) for dst, msg in ready.messages)
+        for dst, msg in ready.messages:
+            if self.frame_limit is not None:
+                size = len(msgpack.packb(to_wire(msg), use_bin_type=True))
+                if size > self.frame_limit:
+                    self.oversized.append((i, dst, type(msg).__name__, size))
+                    continue
+            self.wire.append((i, dst, msg))
         self.replies[i].extend(ready.replies)
         self.applied[i].extend(ready.applied)
         return ready
@@ -73,6 +92,47 @@ class Harness:
             self.delivered += 1
             node.receive(src, msg, self.now)
             self.flush(dst)
+
+    def deliver_where(self, pred: Callable[[int, int, Message], bool]) -> int:
+        """Deliver only messages matching pred (also those their delivery produces), in wire
+        order; everything else stays on the wire in its order. Returns how many."""
+        count = 0
+        while True:
+            item = next((m for m in self.wire if pred(*m)), None)
+            if item is None:
+                return count
+            self.wire.remove(item)
+            self.wire.appendleft(item)
+            before = self.delivered
+            self.deliver(limit=1)
+            count += self.delivered - before
+
+    def take(self, pred: Callable[[int, int, Message], bool]) -> list[Wired]:
+        """Remove the messages matching pred from the wire: to drop them, or hold them back
+        and `put` them later (a delayed message)."""
+        taken = [m for m in self.wire if pred(*m)]
+        self.wire = deque(m for m in self.wire if not pred(*m))
+        return taken
+
+    def put(self, messages: Iterable[Wired]) -> None:
+        """Put held messages back in front of the wire (delivered next)."""
+        self.wire.extendleft(reversed(list(messages)))
+
+    def fire(self, i: int) -> Ready:
+        """Fire node i's next timer alone (the others are slow), without delivering."""
+        node = self.node(i)
+        self.now = max(self.now, node.next_deadline())
+        node.on_timer(self.now)
+        return self.flush(i)
+
+    def wipe(self, i: int, used_round: int | None = None) -> None:
+        """Node i loses its disk and restarts from empty, non-voting storage; `used_round` is
+        a round the storage layer starts it from, if it does."""
+        self.crash(i)
+        self.disks[i] = MemoryStorage(bootstrap=False)
+        if used_round is not None:
+            self.disks[i].commit(Persist(used_round=used_round))
+        self.start(i)
 
     def advance(self, seconds: float) -> None:
         end = self.now + seconds
