@@ -44,7 +44,7 @@ from __future__ import annotations
 from paxmr.paxos.ballot import Ballot
 from paxmr.paxos.durable import DurableState, Persist
 from paxmr.paxos.log import Entry
-from paxmr.paxos.messages import AcceptedValue
+from paxmr.paxos.messages import MAX_BATCH, AcceptedValue, wire_cost
 
 
 class Acceptor:
@@ -66,14 +66,14 @@ class Acceptor:
         self.raise_promise(ballot, persist)
 
     def page(self, from_slot: int, budget: int) -> tuple[tuple[AcceptedValue, ...], bool]:
-        """Accepted rows from `from_slot` on, up to about `budget` value bytes (at least one
-        row), and whether more follow: a Promise fits a frame whatever is in flight."""
+        """Accepted rows from `from_slot` on, up to `budget` bytes (at least one row), and
+        whether more follow: a Promise fits a frame whatever is in flight."""
         rows: list[AcceptedValue] = []
         size = 0
         for slot in sorted(s for s in self.accepted if s >= from_slot):
             ballot, entry = self.accepted[slot]
-            cost = len(entry.value) + len(entry.request_id)
-            if rows and size + cost > budget:
+            cost = wire_cost(entry)
+            if rows and (size + cost > budget or len(rows) == MAX_BATCH):
                 return tuple(rows), True
             rows.append(AcceptedValue(slot, ballot, entry))
             size += cost

@@ -17,6 +17,15 @@ if TYPE_CHECKING:
 
 MAX_SLOT = 2**62
 MAX_BATCH = 100_000
+# Bytes an entry adds to a message beyond its request id and value: msgpack's headers for its
+# list, slot, ballot, id and value, rounded up. Budgets count this too (wire_cost), so a batch
+# of many small entries fits its frame as well as one of a few large ones.
+ENTRY_FRAMING = 48
+
+
+def wire_cost(entry: Entry) -> int:
+    """An upper bound on the bytes `entry` adds to a message."""
+    return len(entry.value) + len(entry.request_id.encode()) + ENTRY_FRAMING
 
 
 class BadMessage(ValueError):

@@ -17,6 +17,7 @@ from paxmr.paxos.client import Committed, Refused, Reply, Request
 from paxmr.paxos.leader import Proposal, plan_takeover
 from paxmr.paxos.log import AppliedLog, Entry
 from paxmr.paxos.messages import (
+    MAX_BATCH,
     MAX_SLOT,
     Accept,
     Accepted,
@@ -29,6 +30,7 @@ from paxmr.paxos.messages import (
     Prepare,
     Promise,
     Refuse,
+    wire_cost,
 )
 from paxmr.paxos.ready import NodeStatus, Ready
 
@@ -197,6 +199,8 @@ class Node:
                 self._send(src, CatchupReply(msg.from_slot, entries, self.log.length))
             case CatchupReply():
                 self._note_len(src, msg.chosen_len)
+                if msg.from_slot == MAX_SLOT:
+                    return  # the answer to a probe (_probe): no entries, no catch-up in progress
                 for offset, entry in enumerate(msg.entries):
                     self._learn(msg.from_slot + offset, entry, now)
                 self._apply()
@@ -320,6 +324,10 @@ class Node:
         if acceptor.voting and not acceptor.may_accept(msg.ballot):
             self._send(src, Nack(msg.ballot, acceptor.promised, self.log.length))
             return
+        if self._lead and msg.ballot < self._lead.ballot:
+            # Reaches a leader that cannot vote yet (a voter Nacks above): refused all the same.
+            self._send(src, Nack(msg.ballot, self._lead.ballot, self.log.length))
+            return
         fenced = acceptor.voting or acceptor.recover_until is not None
         if self.role != FOLLOWER and msg.ballot > self.ballot and fenced:
             self._step_down(now)
@@ -329,26 +337,30 @@ class Node:
             self._election_at = now + self._election_timeout()
             self._backoff = 1.0
         if acceptor.voting:
-            persist = self._out.persist
-            acceptor.raise_promise(msg.ballot, persist)
-            acked = []
-            for slot, entry in msg.entries:
-                if slot >= self.log.length:
-                    acceptor.accept(msg.ballot, slot, entry, persist)
-                    acked.append(slot)
-            # Slots below the leader's applied length are chosen. A value this node accepted
-            # in the leader's own ballot is the chosen one: the leader proposed it (one value
-            # per slot per ballot), and a leader that learns another value was chosen in a
-            # slot it proposed for stops leading before it announces that slot (_learn).
-            for slot in range(self.log.length, msg.chosen):
-                if not self.log.knows(slot):
-                    entry_ = acceptor.accepted_at(slot, msg.ballot)
-                    if entry_ is None:
-                        break
-                    self.log.learn(slot, entry_)
-            self._apply()
-            self._send(src, Accepted(msg.ballot, tuple(acked), self.log.length))
+            self._accept(src, msg)
         self._catch_up(now, src)
+
+    def _accept(self, src: int, msg: Accept) -> None:
+        acceptor = self.acceptor
+        persist = self._out.persist
+        acceptor.raise_promise(msg.ballot, persist)
+        acked = []
+        for slot, entry in msg.entries:
+            if slot >= self.log.length:
+                acceptor.accept(msg.ballot, slot, entry, persist)
+                acked.append(slot)
+        # Slots below the leader's applied length are chosen. A value this node accepted in
+        # the leader's own ballot is the chosen one: the leader proposed it (one value per
+        # slot per ballot), and a leader that learns another value was chosen in a slot it
+        # proposed for stops leading before it announces that slot (_learn).
+        for slot in range(self.log.length, msg.chosen):
+            if not self.log.knows(slot):
+                entry_ = acceptor.accepted_at(slot, msg.ballot)
+                if entry_ is None:
+                    break
+                self.log.learn(slot, entry_)
+        self._apply()
+        self._send(src, Accepted(msg.ballot, tuple(acked), self.log.length))
 
     # -- proposer ---------------------------------------------------------------------------
 
@@ -513,13 +525,14 @@ class Node:
         self._election_at = now + self._election_timeout()
 
     def _batches(self, entries: list[tuple[int, Entry]]) -> list[tuple[tuple[int, Entry], ...]]:
-        """Split into messages of about batch_bytes; no entries gives one empty batch."""
+        """Split into messages of at most batch_bytes (or one entry); no entries gives one empty
+        batch."""
         batches: list[tuple[tuple[int, Entry], ...]] = []
         batch: list[tuple[int, Entry]] = []
         size = 0
         for item in entries:
-            cost = len(item[1].value) + len(item[1].request_id)
-            if batch and size + cost > self.config.batch_bytes:
+            cost = wire_cost(item[1])
+            if batch and (size + cost > self.config.batch_bytes or len(batch) == MAX_BATCH):
                 batches.append(tuple(batch))
                 batch, size = [], 0
             batch.append(item)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
 
 from paxmr.paxos import GENESIS_DIGEST, chain_digest
 
 if TYPE_CHECKING:
     from paxmr.paxos import Committed, LogEntry
+
+
+def _show(value: tuple[str, bytes]) -> str:
+    rid, data = value
+    return f"{rid or 'no-op'!r} ({len(data)} bytes, sha256 {hashlib.sha256(data).hexdigest()[:12]})"
 
 
 class NodeLog:
@@ -52,10 +58,13 @@ class Checker:
         value = (entry.request_id, entry.value)
         known = self.chosen.setdefault(entry.slot, value)
         if known != value:
-            self.fail(f"agreement: node {node} has {value!r} in slot {entry.slot}, not {known!r}")
+            self.fail(
+                f"agreement: node {node} has {_show(value)} in slot {entry.slot},"
+                f" not {_show(known)}"
+            )
         if entry.request_id:
             if self.submitted.get(entry.request_id) != entry.value:
-                self.fail(f"validity: slot {entry.slot} holds an unsubmitted {value!r}")
+                self.fail(f"validity: slot {entry.slot} holds an unsubmitted {_show(value)}")
         elif entry.value:
             self.fail(f"validity: no-op in slot {entry.slot} carries a value")
         if entry.position is not None:

@@ -296,7 +296,7 @@ def test_config_rejects_inconsistent_timeouts():
 
 
 def test_batches_are_split_by_bytes_and_catch_up_too():
-    config = replace(CONFIG, batch_bytes=100, max_in_flight=50)
+    config = replace(CONFIG, batch_bytes=200, max_in_flight=50)  # two 90-byte entries
     h = Harness(config=config)
     leader = h.elect()
     h.advance(0.2)
