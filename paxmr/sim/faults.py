@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 # Per message: lost, delivered twice, a little late, very late (up to several election
 # timeouts), and any earlier message delivered again at a later time (a replayed frame).
 NETWORK_FAULTS = ("drop", "dup", "reorder", "delay", "replay")
-# Per node or link: cut links (two-way, one-way or a whole side), a crash and restart, the
+# Per node or link: cut links (two-way, one-way or a whole side: messages lost), clogged links
+# (FoundationDB's swizzle-clogging: the links of some nodes clog one by one and unclog in random
+# order, their messages held and then delivered late), a crash and restart, the
 # assignment's stop, a power cut that loses unsynced writes, a lost disk (after any commit),
 # and a malformed value forwarded by a peer that holds the cluster key.
-NODE_FAULTS = ("partition", "crash", "stop", "lose-unsynced", "wipe", "forge")
+NODE_FAULTS = ("partition", "clog", "crash", "stop", "lose-unsynced", "wipe", "forge")
 FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS
 
 # Message kinds a targeted delay may pick (class names in paxmr.paxos.messages).
@@ -73,12 +75,28 @@ def plan_faults(
             duration = rng.uniform(0.05, 1.0)
             if kind == "partition":
                 faults.append(NodeFault(at, kind, (), duration, _cut(rng, members)))
+            elif kind == "clog":
+                faults.extend(_swizzle(rng, members, at))
             elif kind == "forge":
                 faults.append(NodeFault(at, kind, tuple(rng.sample(members, 2)), 0.0))
             else:
                 faults.append(NodeFault(at, kind, (rng.choice(members),), duration))
     faults.sort(key=lambda f: f.at)
     return profile, faults
+
+
+def _swizzle(rng: random.Random, members: tuple[int, ...], at: float) -> list[NodeFault]:
+    """Clog the links of a few nodes one by one; each unclogs after its own delay, so they
+    unclog in an order of their own."""
+    nodes = rng.sample(members, rng.randint(1, len(members) - 1))
+    links = [(a, b) for a in nodes for b in members if a != b]
+    links += [(b, a) for a, b in links if rng.random() < 0.5]
+    rng.shuffle(links)
+    faults = []
+    for k, link in enumerate(links):
+        start = at + k * rng.uniform(0.0, 0.05)
+        faults.append(NodeFault(start, "clog", (), rng.uniform(0.1, MAX_DELAY), frozenset([link])))
+    return faults
 
 
 def _cut(rng: random.Random, members: tuple[int, ...]) -> frozenset[tuple[int, int]]:

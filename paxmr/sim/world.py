@@ -158,6 +158,7 @@ class World:
         self._seq = 0
         self.healed = False
         self.blocked: Counter[tuple[int, int]] = Counter()  # (src, dst) -> cuts holding it
+        self.clogged: dict[tuple[int, int], list[Message]] = {}  # held until the link unclogs
         self.history: list[tuple[int, int, Message]] = []
         self.profile, plan = plan_faults(self.rng, kinds, self.members, FAULT_PHASE)
         self.replicas = {i: Replica(i, MemoryStorage(bootstrap=True)) for i in self.members}
@@ -360,15 +361,25 @@ class World:
             return
         if not self.healed:
             self._remember(src, dst, msg)
-        profile = self.profile
-        rng = self.rng
         if self.blocked[src, dst]:
             return
+        held = self.clogged.get((src, dst))
+        if held is not None:
+            held.append(msg)
+            return
+        latencies = self._latencies(msg)
+        if self.tracing and not latencies:
+            self._log(f"drop {src}->{dst} {msg}")
+        for latency in latencies:
+            self._at(self.now + latency, "deliver", (src, dst, msg))
+
+    def _latencies(self, msg: Message) -> list[float]:
+        """When each copy of a message arrives: none if lost, two if duplicated."""
+        profile, rng = self.profile, self.rng
+        latencies: list[float] = []
         if rng.random() < profile.drop:
             self.faults["drop"] += 1
-            if self.tracing:
-                self._log(f"drop {src}->{dst} {msg}")
-            return
+            return latencies
         copies = 1
         if rng.random() < profile.dup:
             self.faults["dup"] += 1
@@ -382,7 +393,8 @@ class World:
             if slow or rng.random() < profile.delay:
                 self.faults["delay"] += 1
                 latency += rng.uniform(0.05, MAX_DELAY)
-            self._at(self.now + latency, "deliver", (src, dst, msg))
+            latencies.append(latency)
+        return latencies
 
     def _remember(self, src: int, dst: int, msg: Message) -> None:
         """Keep a sample of what was sent; now and then deliver one of them again, late."""
@@ -426,15 +438,27 @@ class World:
     def _on_fault(self, fault: NodeFault) -> None:
         if self.healed:
             return
-        if fault.kind == "partition":
+        if fault.kind == "clog":
+            self._clog(fault)
+        elif fault.kind == "partition":
             self.blocked.update(fault.cut)
             self.faults["partition"] += 1
             self._log(f"fault partition {sorted(fault.cut)} for {fault.duration:.3f}s")
             self._at(self.now + fault.duration, "recover", fault)
-            return
-        if fault.kind == "forge":
+        elif fault.kind == "forge":
             self._forge(fault.nodes[1])
-            return
+        else:
+            self._node_fault(fault)
+
+    def _clog(self, fault: NodeFault) -> None:
+        link = next(iter(fault.cut))
+        if link not in self.clogged:
+            self.clogged[link] = []
+            self.faults["clog"] += 1
+            self._log(f"clog {link} for {fault.duration:.3f}s")
+            self._at(self.now + fault.duration, "unclog", link)
+
+    def _node_fault(self, fault: NodeFault) -> None:
         victim = self.replicas[fault.nodes[0]]
         if victim.node is None:
             return
@@ -466,6 +490,13 @@ class World:
         victim.node.receive(forger, Forward(rid, value), self.now)
         self._after_input(victim)
 
+    def _on_unclog(self, link: tuple[int, int]) -> None:
+        held = self.clogged.pop(link, None)
+        if held:
+            self._log(f"unclog {link}: {len(held)} held messages")
+        for k, msg in enumerate(held or ()):
+            self._at(self.now + 0.0001 * (k + 1), "deliver", (*link, msg))
+
     def _on_recover(self, fault: NodeFault) -> None:
         if self.healed:
             return
@@ -487,6 +518,8 @@ class World:
         self.healed = True
         self.profile = NetworkProfile()
         self.blocked.clear()
+        for link in list(self.clogged):
+            self._on_unclog(link)
         for replica in self.replicas.values():
             replica.power_cut_armed = replica.wipe_armed = False
             if replica.node is None:
