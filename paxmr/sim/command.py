@@ -12,7 +12,7 @@ from collections import Counter
 import click
 
 from paxmr.sim.faults import FAULT_KINDS
-from paxmr.sim.run import run_seeds
+from paxmr.sim.run import SCHEDULES, TIMED, run_seeds
 from paxmr.sim.world import DRIVERS, EARLY
 
 
@@ -24,11 +24,15 @@ def _parse_faults(_ctx: click.Context, _param: click.Parameter, value: str) -> f
     return kinds
 
 
-def replay_command(seed: int, nodes: int, kinds: frozenset[str], driver: str) -> str:
+def replay_command(
+    seed: int, nodes: int, kinds: frozenset[str], driver: str, schedule: str = TIMED
+) -> str:
     faults = ",".join(k for k in FAULT_KINDS if k in kinds) or "none"
     args = ["--seed", str(seed), "--seeds", "1", "--nodes", str(nodes), "--faults", faults]
     if driver != EARLY:
         args += ["--driver", driver]
+    if schedule != TIMED:
+        args += ["--schedule", schedule]
     return shlex.join(["paxmr", "sim", *args, "--trace"])
 
 
@@ -66,6 +70,15 @@ def replay_command(seed: int, nodes: int, kinds: frozenset[str], driver: str) ->
     help="When effects leave relative to the commit: strict (all after), early (only Prepare"
     " and acceptor replies after, as the PRM does), unsafe (none after: broken on purpose).",
 )
+@click.option(
+    "--schedule",
+    type=click.Choice(SCHEDULES),
+    default=TIMED,
+    show_default=True,
+    help="timed: a virtual clock, faults, then healing, checking safety and liveness. async: a"
+    " seeded scheduler picks every event (any message in flight, any timer) for STEPS steps,"
+    " checking safety; it reaches orders of events that clocks make rare.",
+)
 @click.option("--trace", is_flag=True, help="Print every event of each run.")
 @click.option(
     "-o",
@@ -86,6 +99,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     nodes: str,
     kinds: frozenset[str],
     driver: str,
+    schedule: str,
     trace: bool,
     output: str | None,
     workers: int,
@@ -98,7 +112,8 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     faults: Counter[str] = Counter()
     violations: list[dict[str, object]] = []
     traces: dict[int, list[str]] = {}
-    for result in run_seeds(range(first, first + count), size, kinds, driver, trace, workers):
+    seeds = range(first, first + count)
+    for result in run_seeds(seeds, size, kinds, driver, trace, workers, schedule):
         steps += result.steps
         commits += result.commits
         faults += result.faults
@@ -108,7 +123,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
             {
                 "seed": result.seed,
                 "violation": text,
-                "replay": replay_command(result.seed, size, kinds, driver),
+                "replay": replay_command(result.seed, size, kinds, driver, schedule),
             }
             for text in result.violations
         )
@@ -118,6 +133,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
         "runs": count,
         "nodes": size,
         "driver": driver,
+        "schedule": schedule,
         "violations": violations,
         "steps": steps,
         "commits": commits,

@@ -74,7 +74,7 @@ def plan_faults(
             at = rng.uniform(0.1, until)
             duration = rng.uniform(0.05, 1.0)
             if kind == "partition":
-                faults.append(NodeFault(at, kind, (), duration, _cut(rng, members)))
+                faults.append(NodeFault(at, kind, (), duration, cut_links(rng, members)))
             elif kind == "clog":
                 faults.extend(_swizzle(rng, members, at))
             elif kind == "forge":
@@ -99,7 +99,7 @@ def _swizzle(rng: random.Random, members: tuple[int, ...], at: float) -> list[No
     return faults
 
 
-def _cut(rng: random.Random, members: tuple[int, ...]) -> frozenset[tuple[int, int]]:
+def cut_links(rng: random.Random, members: tuple[int, ...]) -> frozenset[tuple[int, int]]:
     """A two-way or one-way cut of one link, or of a side from the rest (one-way: asymmetric)."""
     if rng.random() < 0.5:
         a, b = rng.sample(members, 2)
@@ -113,4 +113,6 @@ def _cut(rng: random.Random, members: tuple[int, ...]) -> frozenset[tuple[int, i
         pairs |= {(b, a) for a, b in pairs}
     elif way == "in":
         pairs = {(b, a) for a, b in pairs}
+    if len(pairs) > 1 and rng.random() < 0.3:
+        pairs.discard(rng.choice(sorted(pairs)))  # one link of the cut still gets through
     return frozenset(pairs)

@@ -5,21 +5,32 @@ from __future__ import annotations
 import multiprocessing
 from typing import TYPE_CHECKING
 
+from paxmr.sim.explore import Explorer
 from paxmr.sim.world import EARLY, RunResult, World
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
 _PER_TASK = 16
+TIMED = "timed"  # world.py: a virtual clock, faults, clients, healing, then liveness
+ASYNC = "async"  # explore.py: a scheduler orders every event; safety only
+SCHEDULES = (TIMED, ASYNC)
 
 
-def run_seed(
-    seed: int, nodes: int, kinds: frozenset[str], driver: str = EARLY, trace: bool = False
+def run_seed(  # noqa: PLR0917 - one run's parameters
+    seed: int,
+    nodes: int,
+    kinds: frozenset[str],
+    driver: str = EARLY,
+    trace: bool = False,
+    schedule: str = TIMED,
 ) -> RunResult:
+    if schedule == ASYNC:
+        return Explorer(seed, nodes, kinds, trace=trace).run()
     return World(seed, nodes, kinds, driver=driver, trace=trace).run()
 
 
-def _run(task: tuple[int, int, frozenset[str], str, bool]) -> RunResult:
+def _run(task: tuple[int, int, frozenset[str], str, bool, str]) -> RunResult:
     return run_seed(*task)
 
 
@@ -30,9 +41,10 @@ def run_seeds(  # noqa: PLR0917 - one campaign's parameters
     driver: str,
     trace: bool,
     workers: int,
+    schedule: str = TIMED,
 ) -> Iterator[RunResult]:
     """Results in seed order; each run depends only on its seed, so workers change nothing."""
-    tasks = [(seed, nodes, kinds, driver, trace) for seed in seeds]
+    tasks = [(seed, nodes, kinds, driver, trace, schedule) for seed in seeds]
     if workers <= 1 or len(tasks) <= _PER_TASK:
         yield from map(_run, tasks)
         return

@@ -132,6 +132,19 @@ def forged_value(rng: random.Random) -> bytes:
     return packed
 
 
+def frame_violation(src: int, dst: int, msg: Message) -> str | None:
+    """The transport drops a frame over its limit; a core that sends one has a bug."""
+    if not isinstance(msg, Promise | Accept | CatchupReply | Forward):
+        return None  # no values: a few hundred bytes at most
+    size = len(msgpack.packb(to_wire(msg), use_bin_type=True)) + _FRAMING
+    if size <= FRAME_BYTES:
+        return None
+    return (
+        f"frame: node {src} sent node {dst} a {type(msg).__name__} of {size} bytes,"
+        f" over the {FRAME_BYTES}-byte frame limit"
+    )
+
+
 class World:
     def __init__(  # noqa: PLR0917 - one simulated run's parameters
         self,
@@ -344,17 +357,10 @@ class World:
     # -- network ---------------------------------------------------------------------------
 
     def _fits(self, src: int, dst: int, msg: Message) -> bool:
-        """The transport drops a frame over its limit; a core that sends one has a bug."""
-        if not isinstance(msg, Promise | Accept | CatchupReply | Forward):
-            return True  # no values: a few hundred bytes at most
-        size = len(msgpack.packb(to_wire(msg), use_bin_type=True)) + _FRAMING
-        if size <= FRAME_BYTES:
-            return True
-        self.checker.fail(
-            f"frame: node {src} sent node {dst} a {type(msg).__name__} of {size} bytes,"
-            f" over the {FRAME_BYTES}-byte frame limit"
-        )
-        return False
+        violation = frame_violation(src, dst, msg)
+        if violation is not None:
+            self.checker.fail(violation)
+        return violation is None
 
     def _send(self, src: int, dst: int, msg: Message) -> None:
         if not self._fits(src, dst, msg):

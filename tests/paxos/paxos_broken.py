@@ -106,6 +106,9 @@ class FencesWithAMajority(Node):
     def _next_round(self) -> int:
         return max(self._used_round, self._seen_round, self.acceptor.promised.round) + 1
 
+    def _may_campaign(self) -> bool:
+        return True  # no probe first: it needs no one but a majority
+
     def _check_elected(self, campaign: _Campaign, now: float) -> None:
         if campaign.votes() >= self.quorum:
             self._become_leader(campaign, now)

@@ -1,0 +1,250 @@
+"""Asynchronous schedules: no clock orders the messages, a seeded scheduler does.
+
+At each step the scheduler draws one enabled action: deliver any message in flight (not the
+oldest: any), drop one, deliver again a message sent earlier (a replay), fire one node's timer
+(the clock moves only then), submit a request, crash and restart a node, lose a node's disk,
+cut links (holding their messages: a leader with a minority, or any links) and heal them, or
+stall a node's timers for a while (a paused process, a slow clock: safety must not depend on
+timing). Fault actions run only for the fault kinds asked for (stall counts as delay, cut as
+partition). Every Ready is committed before its effects leave (the strict order), so what the
+schedule explores is the order of events alone; it reaches orders that clocks make rare. Only
+safety is checked (agreement, validity, no duplicate, acknowledgements, frame sizes): an
+adversarial scheduler can starve any protocol.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from paxmr.catalog import Catalog
+from paxmr.paxos import Committed, Node, Request
+from paxmr.sim.checker import Checker, NodeLog
+from paxmr.sim.disk import MemoryStorage
+from paxmr.sim.faults import MESSAGE_KINDS, cut_links
+from paxmr.sim.world import SIM_CONFIG, NodeFactory, RunResult, client_value, frame_violation
+
+if TYPE_CHECKING:
+    from paxmr.paxos import Message
+
+STEPS = 500
+REQUESTS = 16
+ACTIONS = ("deliver", "drop", "replay", "timer", "submit", "crash", "wipe", "cut", "stall")
+WEIGHTS = (70, 5, 3, 7, 6, 1, 1, 4, 2)
+# The fault kind that enables each fault action (the others always run).
+ACTION_KINDS = {
+    "drop": "drop",
+    "replay": "replay",
+    "crash": "crash",
+    "wipe": "wipe",
+    "cut": "partition",
+    "stall": "delay",
+}
+MAX_WIPES = 2
+
+
+@dataclass
+class _Node:
+    disk: MemoryStorage = field(default_factory=MemoryStorage)
+    node: Node | None = None
+    log: NodeLog = field(default_factory=lambda: NodeLog([]))
+    catalog: Catalog = field(default_factory=Catalog)
+
+
+class Explorer:
+    def __init__(  # noqa: PLR0917 - one walk's parameters
+        self,
+        seed: int,
+        size: int,
+        kinds: frozenset[str],
+        node_factory: NodeFactory = Node,
+        steps: int = STEPS,
+        trace: bool = False,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.members = tuple(range(1, size + 1))
+        self.quorum = size // 2 + 1
+        self.factory = node_factory
+        self.steps = steps
+        self.actions = [a for a in ACTIONS if ACTION_KINDS.get(a, "") in kinds | {""}]
+        self.weights = [w for a, w in zip(ACTIONS, WEIGHTS, strict=True) if a in self.actions]
+        self.tracing = trace
+        self.trace: list[str] = []
+        self.now = 0.0
+        self.faults: Counter[str] = Counter()
+        self.checker = Checker()
+        self.flight: list[tuple[int, int, Message]] = []
+        self.history: list[tuple[int, int, Message]] = []
+        self.cut: set[tuple[int, int]] = set()
+        self.stalled: dict[int, int] = {}  # node -> the step its timers run again
+        # A targeted delay: messages of this kind are seldom delivered, so they arrive late.
+        slow = "delay" in kinds and self.rng.random() < 0.5
+        self.slow_kind = self.rng.choice(MESSAGE_KINDS) if slow else None
+        self.step = 0
+        self.nodes = {i: _Node() for i in self.members}
+        self.requests = [
+            Request(f"r{k}", client_value(self.rng, f"r{k}", self.rng.random() < 0.5))
+            for k in range(REQUESTS)
+        ]
+        for request in self.requests:
+            self.checker.submit(request.request_id, request.value)
+        for i in self.members:
+            self._start(i)
+
+    def run(self) -> RunResult:
+        done = 0
+        for done in range(1, self.steps + 1):
+            self.step = done
+            action = self.rng.choices(self.actions, self.weights)[0]
+            getattr(self, f"_{action}")()
+            if self.checker.violations:
+                break
+        return RunResult(
+            self.seed, done, len(self.checker.acked), self.faults, self.checker.violations,
+            self.trace,
+        )  # fmt: skip
+
+    def _log(self, text: str) -> None:
+        if self.tracing:
+            self.trace.append(f"{self.now:9.4f} {text}")
+
+    # -- nodes -------------------------------------------------------------------------------
+
+    def _start(self, i: int) -> None:
+        state = self.nodes[i]
+        durable = state.disk.load()
+        rng = random.Random(self.rng.getrandbits(64))
+        state.node = self.factory(i, self.members, durable, SIM_CONFIG, rng, self.now)
+        state.log, state.catalog = NodeLog([]), Catalog()
+        for entry in durable.log:
+            self.checker.learned(i, entry)
+            state.log.append(entry)
+            state.catalog.apply(entry)
+        self._log(f"start node {i} voting={durable.voting} log={len(durable.log)}")
+
+    def _flush(self, i: int) -> None:
+        state = self.nodes[i]
+        assert state.node is not None
+        ready = state.node.ready()
+        state.disk.commit(ready.persist)  # strict: on disk before anything leaves
+        for entry in ready.applied:
+            self.checker.applied(i, state.log, entry)
+            try:
+                state.catalog.apply(entry)
+            except Exception as exc:  # what would crash-loop a PRM
+                self.checker.fail(f"crash: node {i} raised {exc!r} applying slot {entry.slot}")
+        for dst, msg in ready.messages:
+            if (violation := frame_violation(i, dst, msg)) is not None:
+                self.checker.fail(violation)
+                continue
+            self.flight.append((i, dst, msg))
+            self.history.append((i, dst, msg))
+        for reply in ready.replies:
+            if isinstance(reply.outcome, Committed):
+                self.checker.committed(i, reply.request_id, reply.outcome)
+                self._log(f"node {i}: {reply.request_id} committed {reply.outcome}")
+
+    def _live(self) -> list[int]:
+        return [i for i, s in self.nodes.items() if s.node is not None]
+
+    # -- actions -----------------------------------------------------------------------------
+
+    def _deliver(self) -> None:
+        """Any message on a link that is not cut (a cut link holds its messages, as a clogged
+        link does, until it heals)."""
+        open_ = [
+            k
+            for k, (src, dst, msg) in enumerate(self.flight)
+            if (src, dst) not in self.cut
+            and (type(msg).__name__ != self.slow_kind or self.rng.random() < 0.05)
+        ]
+        if not open_:
+            return
+        src, dst, msg = self.flight.pop(self.rng.choice(open_))
+        node = self.nodes[dst].node
+        if node is None:
+            return
+        self._log(f"deliver {src}->{dst} {msg}")
+        node.receive(src, msg, self.now)
+        self._flush(dst)
+
+    def _drop(self) -> None:
+        if self.flight:
+            self.flight.pop(self.rng.randrange(len(self.flight)))
+            self.faults["drop"] += 1
+
+    def _replay(self) -> None:
+        if self.history:
+            self.flight.append(self.rng.choice(self.history))
+            self.faults["replay"] += 1
+
+    def _timer(self) -> None:
+        live = [i for i in self._live() if self.stalled.get(i, 0) <= self.step]
+        if not live:
+            return
+        # Mostly in deadline order, as clocks run; now and then one node's timer out of turn.
+        if self.rng.random() < 0.75:
+            i = min(live, key=lambda j: self.nodes[j].node.next_deadline())  # type: ignore[union-attr]
+        else:
+            i = self.rng.choice(live)
+        node = self.nodes[i].node
+        assert node is not None
+        self.now = max(self.now, node.next_deadline())
+        self._log(f"timer node {i}")
+        node.on_timer(self.now)
+        self._flush(i)
+
+    def _submit(self) -> None:
+        live = self._live()
+        if not live:
+            return
+        i = self.rng.choice(live)
+        request = self.rng.choice(self.requests)
+        node = self.nodes[i].node
+        assert node is not None
+        self._log(f"submit {request.request_id} to node {i}")
+        node.submit(request, self.now)
+        self._flush(i)
+
+    def _crash(self) -> None:
+        i = self.rng.choice(self.members)
+        self.faults["crash"] += 1
+        self._log(f"crash and restart node {i}")
+        self._start(i)
+
+    def _wipe(self) -> None:
+        i = self.rng.choice(self.members)
+        others = [s for j, s in self.nodes.items() if j != i]
+        # A lost disk is survivable only while a voting majority keeps its own.
+        if self.faults["wipe"] >= MAX_WIPES or sum(s.disk.voting for s in others) < self.quorum:
+            return
+        self.faults["wipe"] += 1
+        self._log(f"disk lost on node {i}")
+        self.nodes[i].disk = MemoryStorage(bootstrap=False)
+        self._start(i)
+
+    def _stall(self) -> None:
+        i = self.rng.choice(self.members)
+        self.stalled[i] = self.step + self.rng.randint(20, 200)
+        self.faults["delay"] += 1
+        self._log(f"stall node {i}'s timers until step {self.stalled[i]}")
+
+    def _cut(self) -> None:
+        """Heal every cut, or cut a random set of links (each one way)."""
+        if self.cut and self.rng.random() < 0.6:
+            self.cut.clear()
+            self._log("heal links")
+            return
+        leaders = [i for i, s in self.nodes.items() if s.node and s.node.role == "leader"]
+        if leaders and self.rng.random() < 0.5:
+            # Isolate a leader with a minority of followers: the rest can elect and choose.
+            side = [leaders[0], *self.rng.sample(self.members, (len(self.members) - 1) // 2)]
+            rest = [m for m in self.members if m not in side]
+            self.cut = {(a, b) for a in side for b in rest} | {(b, a) for a in side for b in rest}
+        else:
+            self.cut = set(cut_links(self.rng, self.members))
+        self.faults["partition"] += 1
+        self._log(f"cut {sorted(self.cut)}")
