@@ -5,9 +5,10 @@ oldest: any), drop one, deliver again a message sent earlier (a replay), fire on
 (the clock moves only then), submit a request, crash and restart a node, lose a node's disk,
 cut links (holding their messages: a leader with a minority, or any links) and heal them, or
 stall a node's timers for a while (a paused process, a slow clock: safety must not depend on
-timing). Fault actions run only for the fault kinds asked for (stall counts as delay, cut as
-partition). Every Ready is committed before its effects leave (the strict order), so what the
-schedule explores is the order of events alone; it reaches orders that clocks make rare. Only
+timing); commits finish in any order (a power cut loses the one under way). Fault actions run
+only for the fault kinds asked for (stall counts as delay, cut as partition, power as
+lose-unsynced). Effects leave around the commit as the driver says (paxos.split for the PRM's
+early order). It reaches orders of events that clocks make rare. Only
 safety is checked (agreement, validity, no duplicate, acknowledgements, frame sizes): an
 adversarial scheduler can starve any protocol.
 """
@@ -20,24 +21,38 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from paxmr.catalog import Catalog
-from paxmr.paxos import Committed, Node, Request
+from paxmr.paxos import Committed, Node, Ready, Request, split
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
-from paxmr.sim.world import SIM_CONFIG, NodeFactory, RunResult, client_value, frame_violation
+from paxmr.sim.world import (
+    EARLY,
+    SIM_CONFIG,
+    STRICT,
+    NodeFactory,
+    RunResult,
+    client_value,
+    frame_violation,
+)
 
 if TYPE_CHECKING:
-    from paxmr.paxos import Message
+    from paxmr.paxos import Message, Persist
 
 STEPS = 500
 REQUESTS = 16
-ACTIONS = ("deliver", "drop", "replay", "timer", "submit", "crash", "wipe", "cut", "stall")
-WEIGHTS = (70, 5, 3, 7, 6, 1, 1, 4, 2)
+ACTIONS = (
+    *("deliver", "sync", "drop", "replay", "timer", "submit"),
+    *("crash", "power", "wipe", "cut", "stall"),
+)
+# Typical weights; each walk scales each by a random factor (swarm testing: a walk that hardly
+# syncs or hardly delivers explores what an even mix does not).
+WEIGHTS = (70, 40, 5, 3, 7, 6, 1, 2, 1, 4, 2)
 # The fault kind that enables each fault action (the others always run).
 ACTION_KINDS = {
     "drop": "drop",
     "replay": "replay",
     "crash": "crash",
+    "power": "lose-unsynced",
     "wipe": "wipe",
     "cut": "partition",
     "stall": "delay",
@@ -51,6 +66,7 @@ class _Node:
     node: Node | None = None
     log: NodeLog = field(default_factory=lambda: NodeLog([]))
     catalog: Catalog = field(default_factory=Catalog)
+    syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
 
 
 class Explorer:
@@ -60,6 +76,7 @@ class Explorer:
         size: int,
         kinds: frozenset[str],
         node_factory: NodeFactory = Node,
+        driver: str = EARLY,
         steps: int = STEPS,
         trace: bool = False,
     ) -> None:
@@ -68,9 +85,14 @@ class Explorer:
         self.members = tuple(range(1, size + 1))
         self.quorum = size // 2 + 1
         self.factory = node_factory
+        self.driver = driver
         self.steps = steps
         self.actions = [a for a in ACTIONS if ACTION_KINDS.get(a, "") in kinds | {""}]
-        self.weights = [w for a, w in zip(ACTIONS, WEIGHTS, strict=True) if a in self.actions]
+        self.weights = [
+            w * self.rng.uniform(0.1, 3)
+            for a, w in zip(ACTIONS, WEIGHTS, strict=True)
+            if a in self.actions
+        ]
         self.tracing = trace
         self.trace: list[str] = []
         self.now = 0.0
@@ -118,6 +140,7 @@ class Explorer:
         durable = state.disk.load()
         rng = random.Random(self.rng.getrandbits(64))
         state.node = self.factory(i, self.members, durable, SIM_CONFIG, rng, self.now)
+        state.syncing = None
         state.log, state.catalog = NodeLog([]), Catalog()
         for entry in durable.log:
             self.checker.learned(i, entry)
@@ -126,10 +149,26 @@ class Explorer:
         self._log(f"start node {i} voting={durable.voting} log={len(durable.log)}")
 
     def _flush(self, i: int) -> None:
+        """Take the node's next Ready, as a driver does once its last commit is done."""
         state = self.nodes[i]
         assert state.node is not None
+        if state.syncing is not None:
+            return  # inputs batch into the Ready after this commit
         ready = state.node.ready()
-        state.disk.commit(ready.persist)  # strict: on disk before anything leaves
+        if not ready.persist:
+            self._release(i, ready)
+            return
+        if self.driver == STRICT:
+            now, later = Ready(), ready
+        elif self.driver == EARLY:
+            now, later = split(ready)
+        else:  # UNSAFE
+            now, later = ready, Ready()
+        self._release(i, now)
+        state.syncing = (ready.persist, later)
+
+    def _release(self, i: int, ready: Ready) -> None:
+        state = self.nodes[i]
         for entry in ready.applied:
             self.checker.applied(i, state.log, entry)
             try:
@@ -209,10 +248,38 @@ class Explorer:
         node.submit(request, self.now)
         self._flush(i)
 
+    def _sync(self) -> None:
+        """A commit in progress reaches the disk; what waited for it leaves."""
+        busy = [i for i, s in self.nodes.items() if s.syncing is not None]
+        if not busy:
+            return
+        i = self.rng.choice(busy)
+        state = self.nodes[i]
+        assert state.syncing is not None
+        persist, later = state.syncing
+        state.syncing = None
+        state.disk.commit(persist)
+        self._release(i, later)
+        self._flush(i)
+
     def _crash(self) -> None:
+        """A process crash: a write under way reaches the disk, its effects die."""
         i = self.rng.choice(self.members)
+        syncing = self.nodes[i].syncing
+        if syncing is not None:
+            self.nodes[i].disk.commit(syncing[0])
         self.faults["crash"] += 1
         self._log(f"crash and restart node {i}")
+        self._start(i)
+
+    def _power(self) -> None:
+        """A power cut: a node loses the write it had under way."""
+        busy = [i for i, s in self.nodes.items() if s.syncing is not None]
+        if not busy:
+            return
+        i = self.rng.choice(busy)
+        self.faults["lose-unsynced"] += 1
+        self._log(f"power cut on node {i}")
         self._start(i)
 
     def _wipe(self) -> None:

@@ -79,6 +79,10 @@ def plan_faults(
                 faults.extend(_swizzle(rng, members, at))
             elif kind == "forge":
                 faults.append(NodeFault(at, kind, tuple(rng.sample(members, 2)), 0.0))
+            elif kind == "lose-unsynced" and rng.random() < 0.3:
+                # A power cut of a whole rack: several nodes at once (correlated failures).
+                victims = tuple(rng.sample(members, rng.randint(2, len(members))))
+                faults.append(NodeFault(at, kind, victims, duration))
             else:
                 faults.append(NodeFault(at, kind, (rng.choice(members),), duration))
     faults.sort(key=lambda f: f.at)

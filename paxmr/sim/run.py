@@ -26,7 +26,7 @@ def run_seed(  # noqa: PLR0917 - one run's parameters
     schedule: str = TIMED,
 ) -> RunResult:
     if schedule == ASYNC:
-        return Explorer(seed, nodes, kinds, trace=trace).run()
+        return Explorer(seed, nodes, kinds, driver=driver, trace=trace).run()
     return World(seed, nodes, kinds, driver=driver, trace=trace).run()
 
 

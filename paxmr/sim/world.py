@@ -474,7 +474,8 @@ class World:
         elif fault.kind == "wipe":
             victim.wipe_armed = True
         elif fault.kind == "lose-unsynced":
-            victim.power_cut_armed = True
+            for i in fault.nodes:
+                self.replicas[i].power_cut_armed = True
         else:
             self._crash(victim, lose_unsynced=False)
         if fault.kind not in {"lose-unsynced", "wipe"}:  # counted when they strike
@@ -510,14 +511,15 @@ class World:
             self.blocked.subtract(fault.cut)  # links heal one cut at a time
             self._log(f"recover partition {sorted(fault.cut)}")
             return
-        victim = self.replicas[fault.nodes[0]]
-        if victim.node is None:
-            self._start(victim)
-        elif fault.kind in {"lose-unsynced", "wipe"}:
-            victim.power_cut_armed = victim.wipe_armed = False
-        elif fault.kind == "stop" and victim.node.stopped:
-            victim.node.resume(self.now)
-            self._after_input(victim)
+        for i in fault.nodes:
+            victim = self.replicas[i]
+            if victim.node is None:
+                self._start(victim)
+            elif fault.kind in {"lose-unsynced", "wipe"}:
+                victim.power_cut_armed = victim.wipe_armed = False
+            elif fault.kind == "stop" and victim.node.stopped:
+                victim.node.resume(self.now)
+                self._after_input(victim)
         self._log(f"recover {fault.kind} {fault.nodes}")
 
     def _on_heal(self, _: None) -> None:
