@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -40,9 +40,9 @@ class LogObject:
     digest: str
 
     @classmethod
-    def from_tally(cls, path: Path, file: str, node: int, request_id: str) -> LogObject:
+    def from_tally(cls, path: Path | BinaryIO, file: str, node: int, request_id: str) -> LogObject:
         """Raises ``tally.TallyError`` when ``path`` is not a valid tally."""
-        items = list(tally.iterate(path))
+        items = list(tally.iterate(path, file))
         words = tuple(w for w, _ in items)
         counts = tuple(n for _, n in items)
         return cls(file, node, request_id, words, counts, _digest(words, counts))
