@@ -24,6 +24,24 @@ def test_hosts_and_addresses(testbed: Testbed) -> None:
     assert testbed.ssh_config.read_text().count("ControlPersist 60s") == 3
 
 
+# What stock Debian cloud images have and lack; the role must cope with exactly this.
+STOCK = {"paxmr1": ("12", "3.11"), "paxmr2": ("13", "3.13"), "paxmr3": ("12", "3.11")}
+
+
+@pytest.mark.parametrize("host", list(STOCK))
+def test_hosts_are_stock_debian_images_of_their_recipe(testbed: Testbed, host: str) -> None:
+    debian, python = STOCK[host]
+    assert testbed.recipes[host].name == f"debian{debian}-stock"
+    probe = testbed.run(
+        host,
+        ". /etc/os-release; echo $VERSION_ID;"
+        " python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")';"
+        " python3 -m ensurepip --version >/dev/null 2>&1 && echo ensurepip || echo no-ensurepip;"
+        " for tool in setfacl gcc cc pip3; do command -v $tool || echo no-$tool; done",
+    ).stdout.split()
+    assert probe == [debian, python, "no-ensurepip", "no-setfacl", "no-gcc", "no-cc", "no-pip3"]
+
+
 def test_up_is_idempotent(testbed: Testbed) -> None:
     before = {row["host"]: row["pid"] for row in testbed.status()}
     testbed.up()
