@@ -4,32 +4,32 @@ from __future__ import annotations
 
 import pytest
 
-from testbed.testbed import RECIPES, TestbedError, host_recipes
+import testbed.testbed as tb
 
 
 def test_default_is_a_mixed_cluster_of_stock_images() -> None:
-    names = {host: recipe.name for host, recipe in host_recipes("").items()}
+    names = {host: recipe.name for host, recipe in tb.host_recipes("").items()}
     assert names == {
         "paxmr1": "debian12-stock",
         "paxmr2": "debian13-stock",
         "paxmr3": "debian12-stock",
     }
-    assert {r.suite for r in RECIPES.values()} == {"bookworm", "trixie"}
-    for recipe in RECIPES.values():
+    assert {r.suite for r in tb.RECIPES.values()} == {"bookworm", "trixie"}
+    for recipe in tb.RECIPES.values():
         assert "python3-venv" not in recipe.packages
         assert "acl" not in recipe.packages
 
 
 def test_override_and_errors() -> None:
-    assert host_recipes("paxmr3=debian13-stock")["paxmr3"].name == "debian13-stock"
-    with pytest.raises(TestbedError, match="bad host recipe"):
-        host_recipes("paxmr9=debian13-stock")
-    with pytest.raises(TestbedError, match="bad host recipe"):
-        host_recipes("paxmr1=ubuntu24-stock")
+    assert tb.host_recipes("paxmr3=debian13-stock")["paxmr3"].name == "debian13-stock"
+    with pytest.raises(tb.TestbedError, match="bad host recipe"):
+        tb.host_recipes("paxmr9=debian13-stock")
+    with pytest.raises(tb.TestbedError, match="bad host recipe"):
+        tb.host_recipes("paxmr1=ubuntu24-stock")
 
 
 def test_recipe_key_follows_its_content() -> None:
-    a, b = RECIPES["debian12-stock"], RECIPES["debian13-stock"]
+    a, b = tb.RECIPES["debian12-stock"], tb.RECIPES["debian13-stock"]
     assert a.key.startswith("debian12-stock-")
     assert a.key != b.key
     assert type(a)(a.name, a.suite, (*a.packages, "acl")).key != a.key
