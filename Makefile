@@ -15,9 +15,10 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 lint: venv
-	$(BIN)/ruff check paxmr tests testbed
-	$(BIN)/ruff format --check paxmr tests testbed
+	$(BIN)/ruff check paxmr tests testbed ansible/roles
+	$(BIN)/ruff format --check paxmr tests testbed ansible/roles
 	$(BIN)/mypy
+	$(BIN)/mypy --strict ansible/roles/paxmr/files/wheelhouse.py
 	cd ansible && ../$(BIN)/ansible-lint --profile production
 
 ## Every tier: unit, simulator, integration (local processes) and deploy (systemd hosts, needs root).

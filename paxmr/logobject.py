@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -41,9 +41,9 @@ class LogObject:
     digest: str
 
     @classmethod
-    def from_tally(cls, path: Path, file: str, node: int, request_id: str) -> LogObject:
+    def from_tally(cls, path: Path | BinaryIO, file: str, node: int, request_id: str) -> LogObject:
         """Raises ``tally.TallyError`` when ``path`` is not a valid tally."""
-        return cls.from_counts(file, node, request_id, tally.iterate(path))
+        return cls.from_counts(file, node, request_id, tally.iterate(path, file))
 
     @classmethod
     def from_counts(

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Concatenate, ParamSpec, TypeVar
 
@@ -51,27 +52,31 @@ TOOLS = {  # command -> Debian package providing it
     "nft": "nftables",
     "ssh": "openssh-client",
     "ssh-keygen": "openssh-client",
+    "zstd": "zstd",  # the cached bases are .tar.zst
 }
+# The suite this machine's apt sources name: its mirror serves every Debian suite (trixie too).
+MIRROR_SUITE = "bookworm"
+# Owners, modes, device nodes, file capabilities and ACLs of a root filesystem, as they are.
+_TAR_KEEP = ("--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls")
 
-SUITE = "bookworm"
-BASE_PACKAGES = (
+# The base packages of a stock-like host: what Debian's cloud images ship that the role or the
+# tests use, and nothing more. No python3-venv, no acl, no compiler, as on a fresh cloud VM.
+# iputils-ping and procps are in every stock image; the tests use them (ping, ps for testinfra).
+STOCK_PACKAGES = (
     "systemd",
     "systemd-sysv",
     "dbus",
     "openssh-server",
     "python3",
-    "python3-venv",
     "iproute2",
+    "sudo",
     "iputils-ping",
     "procps",
-    "sudo",
-    "less",
-    # Ansible needs setfacl to become an unprivileged user (e.g. become_user: paxmr).
-    "acl",
 )
 # Runs inside the freshly bootstrapped base (chroot). Nothing host-specific may stay in it: each
 # host makes its own ssh host key on first boot and gets its hostname, machine-id and address
-# written onto its own disk.
+# written onto its own disk. The deploy user stands in for the login user that cloud-init creates
+# on a cloud image (admin on Debian, ubuntu on Ubuntu): ssh key only, passwordless sudo.
 BASE_SETUP = r"""
 set -eu
 useradd --create-home --shell /bin/bash deploy
@@ -110,9 +115,6 @@ rm -f /etc/ssh/ssh_host_* /etc/machine-id /var/lib/dbus/machine-id /etc/hostname
     /var/lib/systemd/random-seed
 : > /etc/resolv.conf
 """
-RECIPE_HASH = hashlib.sha256(
-    "\n".join((SUITE, " ".join(BASE_PACKAGES), BASE_SETUP)).encode()
-).hexdigest()[:16]
 
 
 class TestbedError(RuntimeError):
@@ -123,6 +125,53 @@ class CommandFailed(subprocess.CalledProcessError):
     def __str__(self) -> str:
         tail = (self.stderr or self.output or "").strip()[-2000:]
         return f"{super().__str__()}\n{tail}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one kind of host's base is made: a Debian suite, its packages, the setup script."""
+
+    name: str
+    suite: str
+    packages: tuple[str, ...] = STOCK_PACKAGES
+    setup: str = BASE_SETUP
+
+    @property
+    def key(self) -> str:
+        """The base's cache name: a changed recipe builds a new base."""
+        text = "\n".join((self.suite, " ".join(self.packages), self.setup))
+        return f"{self.name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+# Both from the Debian mirror this machine's apt uses; Ubuntu would need an Ubuntu mirror.
+RECIPES = {
+    recipe.name: recipe
+    for recipe in (
+        Recipe("debian12-stock", "bookworm"),  # Python 3.11
+        Recipe("debian13-stock", "trixie"),  # Python 3.13
+    )
+}
+# A mixed cluster, two bases to build. PAXMR_TESTBED_RECIPES="paxmr3=debian13-stock" changes it.
+DEFAULT_HOST_RECIPES = {
+    "paxmr1": "debian12-stock",
+    "paxmr2": "debian13-stock",
+    "paxmr3": "debian12-stock",
+}
+
+
+def host_recipes(spec: str | None = None) -> dict[str, Recipe]:
+    """Each host's recipe: the defaults, changed by `host=recipe,...` ($PAXMR_TESTBED_RECIPES)."""
+    chosen = dict(DEFAULT_HOST_RECIPES)
+    spec = os.environ.get("PAXMR_TESTBED_RECIPES", "") if spec is None else spec
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        host, _, name = item.partition("=")
+        if host not in chosen or name not in RECIPES:
+            raise TestbedError(
+                f"bad host recipe {item!r}: hosts are {', '.join(HOSTS)}, "
+                f"recipes {', '.join(RECIPES)}"
+            )
+        chosen[host] = name
+    return {host: RECIPES[name] for host, name in chosen.items()}
 
 
 def _sh(*cmd: str, input_: str | None = None, check: bool = True) -> str:
@@ -140,12 +189,12 @@ def _debian_mirror() -> str:
             fields = dict(
                 line.split(":", 1) for line in stanza.splitlines() if re.match(r"^\w+:", line)
             )
-            if SUITE in fields.get("Suites", "").split():
+            if MIRROR_SUITE in fields.get("Suites", "").split():
                 return fields["URIs"].split()[0]
     for path in [sources / "sources.list", *sorted(sources.glob("sources.list.d/*.list"))]:
         if path.exists():
             for line in path.read_text().splitlines():
-                match = re.match(rf"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+{SUITE}\s", line)
+                match = re.match(rf"^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+{MIRROR_SUITE}\s", line)
                 if match:
                     return match[1]
     return "http://deb.debian.org/debian"
@@ -197,13 +246,15 @@ def _exclusive(
 
 
 class Testbed:
-    """Three systemd hosts paxmr1..3 at 10.77.0.11..13 on bridge paxmr-br0, reachable over ssh."""
+    """Three systemd hosts paxmr1..3 at 10.77.0.11..13 on bridge paxmr-br0, reachable over ssh,
+    each booted from its recipe's base (`host_recipes`: Debian 12 and 13 as stock cloud images)."""
 
     __test__ = False  # not a pytest test class despite its name
 
     def __init__(self, state_dir: Path | str = STATE_DIR) -> None:
         self.state_dir = Path(state_dir)
         self.hosts: list[str] = list(HOSTS)
+        self.recipes = host_recipes()
         self.key = self.state_dir / "id_ed25519"
         self._lock_depth = 0
         self._children: dict[str, subprocess.Popen[bytes]] = {}  # nspawns started by this object
@@ -253,6 +304,7 @@ class Testbed:
                 "running": self.is_running(host),
                 "pid": self._nspawn_pid(host),
                 "address": self.address(host),
+                "recipe": self.recipes[host].name,
                 "cut_from": self.cut_from(host),
             }
             for host in self.hosts
@@ -275,7 +327,7 @@ class Testbed:
 
     @_exclusive
     def down(self, purge: bool = False) -> None:
-        """Remove hosts, disks, network and ssh config; `purge` also drops the cached base."""
+        """Remove hosts, disks, network and ssh config; `purge` also drops the cached bases."""
         for host in self.hosts:
             self.stop(host)
             self._remove_disk(host)
@@ -283,8 +335,7 @@ class Testbed:
             _remove_cgroup(group)
         with contextlib.suppress(FileNotFoundError):
             self.state_dir.joinpath("hosts").rmdir()
-        if self._base_dir().parent.is_dir():
-            self._drop_unused_bases()
+        self._drop_unused_bases()
         self._remove_network()
         self.ssh_config.unlink(missing_ok=True)
         shutil.rmtree(CONTROL_DIR, ignore_errors=True)
@@ -419,44 +470,70 @@ class Testbed:
             stdout=subprocess.DEVNULL,
         )
 
-    def _base_dir(self, recipe: str = RECIPE_HASH) -> Path:
-        return self.state_dir / "base" / recipe
+    def _base_dir(self, key: str) -> Path:
+        return self.state_dir / "base" / key
 
-    def _ensure_base(self) -> Path:
-        """The base rootfs for the current recipe, built once (1-3 minutes) and cached."""
-        base = self._base_dir()
+    def _base_tarball(self, key: str) -> Path:
+        return self.state_dir / "cache" / f"{key}.tar.zst"
+
+    def _ensure_base(self, recipe: Recipe) -> Path:
+        """The recipe's base rootfs: unpacked from its cached tarball (seconds), else built with
+        debootstrap (1-2 minutes) and its tarball cached for next time."""
+        base = self._base_dir(recipe.key)
         if base.is_dir():  # only ever appears by the rename below, complete
             return base
         tmp = base.with_name(base.name + ".tmp")
         _discard_partial(tmp)
         tmp.mkdir(parents=True)
         start = time.monotonic()
+        tarball = self._base_tarball(recipe.key)
+        if tarball.exists():
+            _sh("tar", *_TAR_KEEP, "--zstd", "-x", "-f", str(tarball), "-C", str(tmp))
+            tmp.rename(base)
+            log.info("base %s unpacked in %.1f s", recipe.key, time.monotonic() - start)
+            return base
         mirror = _debian_mirror()
-        log.info("building base %s from %s (1-3 minutes)", RECIPE_HASH, mirror)
+        log.info("building base %s from %s (1-2 minutes)", recipe.key, mirror)
         _sh(
             "debootstrap",
             "--variant=minbase",
-            f"--include={','.join(BASE_PACKAGES)}",
-            SUITE,
+            f"--include={','.join(recipe.packages)}",
+            recipe.suite,
             str(tmp),
             mirror,
         )
-        _sh("chroot", str(tmp), "/bin/sh", "-c", BASE_SETUP)
+        _sh("chroot", str(tmp), "/bin/sh", "-c", recipe.setup)
+        built = time.monotonic()
+        tarball.parent.mkdir(parents=True, exist_ok=True)
+        partial = tarball.with_name(tarball.name + ".tmp")
+        _sh("tar", *_TAR_KEEP, "--zstd", "-c", "-f", str(partial), "-C", str(tmp), ".")
+        partial.rename(tarball)
         tmp.rename(base)
-        log.info("base built in %.0f s", time.monotonic() - start)
-        self._drop_unused_bases()
+        log.info(
+            "base %s built in %.0f s, cached as %s (%.0f MB) in %.0f s",
+            recipe.key,
+            built - start,
+            tarball,
+            tarball.stat().st_size / 1e6,
+            time.monotonic() - built,
+        )
         return base
 
     def _drop_unused_bases(self) -> None:
-        """Old recipes' bases go once no host disk still sits on them."""
-        used = {RECIPE_HASH}
+        """Unpacked bases go once no host disk sits on them; their tarballs stay (`--purge`)."""
+        used = set()
         for host in self.hosts:
             with contextlib.suppress(FileNotFoundError):
                 used.add((self._host_dir(host) / "base").read_text().strip())
-        for base in self._base_dir().parent.iterdir():
+        wanted = {recipe.key for recipe in RECIPES.values()}
+        for base in self.state_dir.joinpath("base").glob("*"):
             if base.name not in used:
-                log.info("removing unused base %s", base.name)
+                log.info("removing unpacked base %s", base.name)
                 _discard_partial(base)
+        for tarball in self.state_dir.joinpath("cache").glob("*"):
+            if tarball.name.removesuffix(".tar.zst") not in wanted:  # an old recipe's
+                log.info("removing cached base %s", tarball.name)
+                tarball.unlink()
 
     def _ensure_key(self) -> None:
         if not self.key.exists():
@@ -488,11 +565,21 @@ class Testbed:
         hdir = self._host_dir(host)
         root = hdir / "root"
         record = hdir / "base"  # written last: a disk without it was never finished
-        if record.exists():
+        recipe = self.recipes[host]
+        if record.exists() and record.read_text().strip() != recipe.key:
+            log.warning(
+                "%s: its disk sits on base %s, not %s (its recipe); `down` to rebuild it",
+                host,
+                record.read_text().strip(),
+                recipe.key,
+            )
+        if record.exists() and self._base_dir(record.read_text().strip()).is_dir():
             base = self._base_dir(record.read_text().strip())
+        elif record.exists() and record.read_text().strip() == recipe.key:
+            base = self._ensure_base(recipe)  # unpacked again from its tarball
         else:
             self._remove_disk(host)
-            base = self._ensure_base()
+            base = self._ensure_base(recipe)
         for sub in ("upper", "work", "root"):
             (hdir / sub).mkdir(parents=True, exist_ok=True)
         if not root.is_mount():
@@ -786,7 +873,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="build (cached) and boot the three hosts; idempotent")
     down = sub.add_parser("down", help="remove the hosts, their disks and the network")
-    down.add_argument("--purge", action="store_true", help="also drop the cached base rootfs")
+    down.add_argument("--purge", action="store_true", help="also drop the cached bases")
     sub.add_parser("status", help="per host: running, nspawn pid, address, cut from")
     for name, text in (
         ("stop", "clean poweroff"),
@@ -814,7 +901,8 @@ def main(argv: list[str] | None = None) -> int:
                 cut = ",".join(row["cut_from"]) if row["cut_from"] else "-"  # type: ignore[arg-type]
                 state = "running" if row["running"] else "down"
                 print(
-                    f"{row['host']}\t{state}\tpid={row['pid'] or '-'}\t{row['address']}\tcut={cut}"
+                    f"{row['host']}\t{state}\tpid={row['pid'] or '-'}\t{row['address']}\t"
+                    f"{row['recipe']}\tcut={cut}"
                 )
             return 0
         elif args.command == "ssh":

@@ -1,8 +1,15 @@
-"""map + reduce through one local node's real services, against one process with a Counter."""
+"""map + reduce through one local node's real services, against one process with a Counter.
+
+Every figure is printed beside its baseline from the same run: the whole job (split, mappers in
+parallel, reduce) and the counting kernel alone on one core, each against the streaming
+``bytes.split()`` + ``Counter`` loop; ``wc -w`` scanning the same file is the machine's ceiling
+for one core.
+"""
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -39,24 +46,41 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
             reduced = jobs.run_reduce(settings, mapped["outputs"])
             paxmr_s = time.perf_counter() - started
 
-            # The baseline: the same streaming bytes.split() + Counter loop, in one process.
+            # The baseline: the streaming bytes.split() + Counter loop, in one process.
             started = time.perf_counter()
-            baseline = count.count_range(text, 0, size)
+            baseline = count.count_range_reference(text, 0, size)
             baseline_s = time.perf_counter() - started
 
+            # The kernel alone, one process on one core, and wc -w: what one core can scan.
+            started = time.perf_counter()
+            kernel_words = len(count.count_range_arrow(text, 0, size))
+            kernel_s = time.perf_counter() - started
+            started = time.perf_counter()
+            subprocess.run(["wc", "-w", str(text)], check=True, capture_output=True)  # noqa: S603, S607
+            wc_s = time.perf_counter() - started
+
             equal = tally.read(settings.data_dir / reduced["output"]) == dict(baseline)
+            equal = equal and kernel_words == len(baseline)
             rss = max(
                 _peak_rss_mib(s.pid) for s in local.load_state(root) if s.name.startswith("mapper")
             )
         finally:
             local.down(root)
+    mb = size / 1e6
     return {
         "bytes": size,
         "mappers": mappers,
         "paxmr_s": round(paxmr_s, 3),
         "baseline_s": round(baseline_s, 3),
         "speedup": round(baseline_s / paxmr_s, 2),
-        "mb_per_s": round(size / 1e6 / paxmr_s, 1),
+        "mb_per_s": round(mb / paxmr_s, 1),
+        "baseline_mb_per_s": round(mb / baseline_s, 1),
+        "kernel_one_core_s": round(kernel_s, 3),
+        "kernel_speedup_per_core": round(baseline_s / kernel_s, 2),
+        "kernel_mb_per_s": round(mb / kernel_s, 1),
+        "wc_w_s": round(wc_s, 3),
+        "wc_w_mb_per_s": round(mb / wc_s, 1),
+        "kernel_vs_wc_w": round(wc_s / kernel_s, 2),
         "distinct_words": reduced["distinct"],
         "mapper_max_rss_mib": round(rss, 1),
         "equal": equal,

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import Field
 
@@ -31,12 +32,13 @@ def intermediate_name(file: str, mapper_id: int) -> str:
     return f"{file}_I_{mapper_id}"
 
 
-def _map(source: Path, out: Path, args: MapArgs, done: list[int]) -> int:
+def _map(source: BinaryIO, out: tuple[int, str], args: MapArgs, done: list[int]) -> int:
     def progress(n: int) -> None:
         done[0] = n
 
-    counts = count.count_range(source, args.offset, args.size, progress)
-    tally.write(out, counts.items())
+    counts = count.count_range_arrow(source, args.offset, args.size, progress)
+    dir_fd, name = out
+    tally.write_blocks(Path(name), counts.tally_blocks(), dir_fd=dir_fd)
     return len(counts)
 
 
@@ -44,24 +46,26 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
     log = logs.get()
 
     async def run_map(args: MapArgs, progress: control.Progress) -> dict[str, Any]:
-        source = paths.existing(settings.data_dir, args.file)
         output = intermediate_name(args.file, mapper_id)
-        out = paths.resolve(settings.data_dir, output)
-        if args.offset + args.size > source.stat().st_size:
-            raise control.ControlError("bad_args", "offset + size is past the end of the file")
-        log.info("map_started", file=args.file, offset=args.offset, size=args.size)
-        done = [0]
-        job = asyncio.ensure_future(asyncio.to_thread(_map, source, out, args, done))
-        while not job.done():
-            await asyncio.wait([job], timeout=PROGRESS_EVERY)
-            await progress({"done": done[0], "total": args.size})
-        words = job.result()
+        with (
+            paths.open_input(settings.data_dir, args.file) as source,
+            paths.output(settings.data_dir, output) as out,
+        ):
+            if args.offset + args.size > os.fstat(source.fileno()).st_size:
+                raise control.ControlError("bad_args", "offset + size is past the end of the file")
+            log.info("map_started", file=args.file, offset=args.offset, size=args.size)
+            done = [0]
+            job = asyncio.ensure_future(asyncio.to_thread(_map, source, out, args, done))
+            while not job.done():
+                await asyncio.wait([job], timeout=PROGRESS_EVERY)
+                await progress({"done": done[0], "total": args.size})
+            words = job.result()
         log.info("map_finished", file=args.file, output=output, distinct=words)
         return {"output": output, "distinct": words, "bytes": args.size}
 
     async def run_split(args: SplitArgs, _progress: control.Progress) -> dict[str, Any]:
-        source = paths.existing(settings.data_dir, args.file)
-        ranges = await asyncio.to_thread(split.split, source, args.parts)
+        with paths.open_input(settings.data_dir, args.file) as source:
+            ranges = await asyncio.to_thread(split.split, source, args.parts)
         return {"ranges": [[r.offset, r.size] for r in ranges]}
 
     async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
@@ -75,4 +79,5 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
 
 
 async def main(settings: Settings, mapper_id: int) -> None:
+    count.frugal()
     await daemon.serve(settings, ops(settings, mapper_id), settings.mapper_socket(mapper_id))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import random
 import time
 import uuid
@@ -178,16 +179,17 @@ class Prm:
     # --- control operations ------------------------------------------------------------------
 
     async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> dict[str, Any]:
-        path = paths.existing(self.settings.data_dir, args.file)
-        parse = functools.partial(
-            LogObject.from_tally, path, args.file, self.settings.node_id, args.request_id
-        )
-        try:
-            # A large tally is parsed in a worker thread, so the loop keeps heartbeating; a
-            # small one costs less than the hand-off to the thread.
-            obj = await asyncio.to_thread(parse) if path.stat().st_size > _INLINE_TALLY else parse()
-        except tally.TallyError as exc:
-            raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
+        with paths.open_input(self.settings.data_dir, args.file) as source:  # race-free
+            parse = functools.partial(
+                LogObject.from_tally, source, args.file, self.settings.node_id, args.request_id
+            )
+            try:
+                # A large tally is parsed in a worker thread, so the loop keeps heartbeating; a
+                # small one costs less than the hand-off to the thread.
+                big = os.fstat(source.fileno()).st_size > _INLINE_TALLY
+                obj = await asyncio.to_thread(parse) if big else parse()
+            except tally.TallyError as exc:
+                raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
         value = obj.encode()
         future = self.waiting.get(args.request_id)
         if future is None:

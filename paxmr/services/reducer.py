@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from pydantic import Field
 
@@ -36,8 +37,10 @@ def reduced_name(intermediates: list[str]) -> str:
     return f"{bases.pop()}_reduced"
 
 
-def _reduce(inputs: list[Path], out: Path) -> int:
-    return tally.write_sorted(out, tally.merge(tally.iterate(p) for p in inputs))
+def _reduce(inputs: dict[str, BinaryIO], out: tuple[int, str]) -> int:
+    dir_fd, name = out
+    merged = tally.merge(tally.iterate(f, n) for n, f in inputs.items())
+    return tally.write_sorted(Path(name), merged, dir_fd=dir_fd)
 
 
 def ops(settings: Settings) -> dict[str, control.Op]:
@@ -45,12 +48,15 @@ def ops(settings: Settings) -> dict[str, control.Op]:
 
     async def run_reduce(args: ReduceArgs, _progress: control.Progress) -> dict[str, Any]:
         name = reduced_name(args.files)
-        inputs = [paths.existing(settings.data_dir, f) for f in args.files]
-        out = paths.resolve(settings.data_dir, name)
-        try:
-            distinct = await asyncio.to_thread(_reduce, inputs, out)
-        except tally.TallyError as exc:
-            raise control.ControlError("bad_tally", str(exc)) from exc
+        with contextlib.ExitStack() as stack:
+            inputs = {
+                f: stack.enter_context(paths.open_input(settings.data_dir, f)) for f in args.files
+            }
+            out = stack.enter_context(paths.output(settings.data_dir, name))
+            try:
+                distinct = await asyncio.to_thread(_reduce, inputs, out)
+            except tally.TallyError as exc:
+                raise control.ControlError("bad_tally", str(exc)) from exc
         log.info("reduce_finished", inputs=args.files, output=name, distinct=distinct)
         return {"output": name, "distinct": distinct}
 

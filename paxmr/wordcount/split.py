@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 from typing import BinaryIO, NamedTuple
 
@@ -28,15 +29,19 @@ def _next_whitespace(f: BinaryIO, pos: int, end: int) -> int:
     return end
 
 
-def split(path: Path, parts: int) -> list[ByteRange]:
-    """Exactly ``parts`` ranges covering the file in order; some are empty for tiny files."""
+def split(source: Path | BinaryIO, parts: int) -> list[ByteRange]:
+    """Exactly ``parts`` ranges covering the file in order; some are empty for tiny files.
+
+    ``source`` is a path or a binary file open for reading."""
     if parts < 1:
         raise ValueError("parts must be at least 1")
-    end = path.stat().st_size
+    if isinstance(source, Path):
+        with source.open("rb") as f:
+            return split(f, parts)
+    end = os.fstat(source.fileno()).st_size
     cuts = [0]
-    with path.open("rb") as f:
-        for i in range(1, parts):
-            target = max(end * i // parts, cuts[-1])
-            cuts.append(_next_whitespace(f, target, end))
+    for i in range(1, parts):
+        target = max(end * i // parts, cuts[-1])
+        cuts.append(_next_whitespace(source, target, end))
     cuts.append(end)
     return [ByteRange(a, b - a) for a, b in itertools.pairwise(cuts)]

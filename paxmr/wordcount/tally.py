@@ -12,12 +12,15 @@ Files are written to a temporary name, fsynced and renamed, so a reader never se
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import heapq
+import io
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, BinaryIO
 
 from paxmr.wordcount import WHITESPACE
 
@@ -29,35 +32,68 @@ class TallyError(ValueError):
     """The file is not a valid tally; the message names the file and line."""
 
 
-def write(path: Path, counts: Iterable[tuple[bytes, int]]) -> None:
+def write(path: Path, counts: Iterable[tuple[bytes, int]], *, dir_fd: int | None = None) -> None:
     """Write ``counts`` (any order) atomically and durably."""
-    write_sorted(path, sorted(counts))
+    write_sorted(path, sorted(counts), dir_fd=dir_fd)
 
 
-def write_sorted(path: Path, items: Iterable[tuple[bytes, int]]) -> int:
+def write_sorted(
+    path: Path, items: Iterable[tuple[bytes, int]], *, dir_fd: int | None = None
+) -> int:
     """Write sorted ``items`` and return how many; what ``read`` would reject raises and leaves
-    ``path`` as it was."""
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    tmp = Path(name)
+    ``path`` as it was. With ``dir_fd``, ``path`` is a plain name in that directory."""
     written = 0
+
+    def lines() -> Iterator[bytes]:
+        nonlocal written
+        for item in _checked(str(path), items):
+            written += 1
+            yield b"%s\t%d\n" % item
+
+    write_blocks(path, lines(), dir_fd=dir_fd)
+    return written
+
+
+def write_blocks(path: Path, blocks: Iterable[bytes], *, dir_fd: int | None = None) -> None:
+    """Write a tally whose body (its lines after the header) comes in ``blocks``, already valid.
+
+    The file is written under a temporary name, fsynced, renamed over ``path`` (a rename never
+    follows a link at the destination) and the directory fsynced. With ``dir_fd``, ``path`` is a
+    plain name inside that directory and nothing is looked up by name from elsewhere.
+    """
+    own_dir = dir_fd is None
+    if dir_fd is None:
+        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    name = path.name if own_dir else str(path)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(HEADER)
-            for item in _checked(str(path), items):
-                f.write(b"%s\t%d\n" % item)
-                written += 1
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
+        tmp, fd = _create_temporary(dir_fd, name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(HEADER)
+                for block in blocks:
+                    f.write(block)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+            raise
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
-        os.close(dir_fd)
-    return written
+        if own_dir:
+            os.close(dir_fd)
+
+
+def _create_temporary(dir_fd: int, name: str) -> tuple[str, int]:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for _ in range(100):
+        tmp = f".{name[:200]}.{secrets.token_hex(6)}.tmp"
+        try:
+            return tmp, os.open(tmp, flags, 0o644, dir_fd=dir_fd)
+        except FileExistsError:
+            continue
+    raise FileExistsError(errno.EEXIST, "no free temporary name", name)
 
 
 def _checked(name: str, items: Iterable[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
@@ -87,14 +123,38 @@ def _parse(name: str, f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
         yield word, int(digits)
 
 
-def iterate(path: Path) -> Iterator[tuple[bytes, int]]:
-    """Stream a tally's (word, count) pairs in order, validating as it goes."""
-    with path.open("rb") as f:
-        yield from _checked(str(path), _parse(str(path), f))
+def iterate(source: Path | BinaryIO, name: str | None = None) -> Iterator[tuple[bytes, int]]:
+    """Stream a tally's (word, count) pairs in order, validating as it goes.
+
+    ``source`` is a path or a binary file open for reading (read from its start, buffered);
+    ``name`` is what error messages call it."""
+    if isinstance(source, Path):
+        with source.open("rb") as f:
+            yield from _checked(str(source), _parse(str(source), f))
+        return
+    name = name or "tally"
+    source.seek(0)
+    with io.BufferedReader(_Unclosed(source), 1 << 16) as f:
+        yield from _checked(name, _parse(name, f))
 
 
-def read(path: Path) -> dict[bytes, int]:
-    return dict(iterate(path))
+class _Unclosed(io.RawIOBase):
+    """A caller's file, read through a buffer that must not close it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.raw.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def read(source: Path | BinaryIO, name: str | None = None) -> dict[bytes, int]:
+    return dict(iterate(source, name))
 
 
 def merge(tallies: Iterable[Iterable[tuple[bytes, int]]]) -> Iterator[tuple[bytes, int]]:

@@ -152,9 +152,11 @@ def wait_until(
 
 @pytest.fixture(scope="session")
 def deployed(testbed: Testbed) -> PlaybookRun:
-    """The wheelhouse built from this checkout and site.yml run once on all three hosts."""
+    """paxmr's wheel built from this checkout and site.yml run once on all three hosts (the role
+    downloads the wheels for each host's Python and architecture next to it)."""
     subprocess.run(
-        [str(BIN / "pip"), "wheel", "--quiet", "--wheel-dir", str(WHEELHOUSE), str(REPO)],
+        [str(BIN / "pip"), "wheel", "--quiet", "--no-deps", "--wheel-dir", str(WHEELHOUSE),
+         str(REPO)],
         check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     return playbook("site.yml").check()

@@ -21,6 +21,17 @@ def host(request: pytest.FixtureRequest, testinfra_hosts: dict[str, Any]) -> Any
     return h
 
 
+def test_installed_for_the_hosts_own_python_on_a_stock_image(host: Any) -> None:
+    py = host.check_output("python3 -c 'import sys; print(*sys.version_info[:2], sep=\"\")'")
+    assert host.file(f"/opt/paxmr/venv/bin/python{py[0]}.{py[1:]}").exists
+    compiled = host.check_output("ls /opt/paxmr/venv/lib/python*/site-packages/pydantic_core/")
+    assert f".cpython-{py}-{host.system_info.arch}-linux-gnu.so" in compiled
+    # Nothing was added to the image to get there: no python3-venv, no acl, no pip in the venv.
+    for package in ["python3-venv", f"python3.{py[1:]}-venv", "acl"]:
+        assert not host.package(package).is_installed, package
+    assert not host.file("/opt/paxmr/venv/bin/pip").exists
+
+
 def test_units_active_and_enabled(host: Any) -> None:
     for unit in ["paxmr.target", *SERVICES, *SOCKETS]:
         service = host.service(unit)

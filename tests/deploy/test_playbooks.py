@@ -21,6 +21,18 @@ def test_check_mode_on_a_deployed_cluster(deployed: PlaybookRun) -> None:
     assert all(r["changed"] == 0 for r in run.recap().values()), run.output[-4000:]
 
 
+def test_preflight_names_what_a_host_lacks(deployed: PlaybookRun) -> None:
+    # As if paxmr supported Python up to 3.12 only: the Debian 13 host (3.13) must be refused
+    # before anything is changed on it, with one message that says why.
+    run = playbook("site.yml", "--check", "-e", "paxmr_python_max=3.12")
+    assert run.returncode != 0
+    assert "paxmr2 cannot run paxmr: python3 is 3.13, paxmr needs 3.11 to 3.12." in run.output
+    recap = run.recap()
+    assert recap["paxmr2"]["failed"] == 1
+    assert recap["paxmr2"]["changed"] == 0
+    assert recap["paxmr1"]["failed"] == recap["paxmr3"]["failed"] == 0
+
+
 def test_wordcount_job_end_to_end(cluster: Cluster) -> None:
     before = len(cluster.log(cluster.hosts[0])["entries"])
     run = playbook("wordcount.yml", "-e", "paxmr_wordcount_size=1MiB").check()

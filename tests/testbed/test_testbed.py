@@ -15,13 +15,33 @@ pytestmark = [pytest.mark.deploy, pytest.mark.timeout(600)]
 
 
 def _pings(bed: Testbed, src: str, dst: str) -> bool:
-    return bed.run(src, f"ping -c1 -W1 {bed.address(dst)}", check=False).returncode == 0
+    # As root: Debian 13's ping needs net.ipv4.ping_group_range, which systemd-sysctl sets on a VM
+    # but cannot set inside a container (its /proc/sys is read-only).
+    return bed.run(src, f"sudo ping -c1 -W1 {bed.address(dst)}", check=False).returncode == 0
 
 
 def test_hosts_and_addresses(testbed: Testbed) -> None:
     assert testbed.hosts == ["paxmr1", "paxmr2", "paxmr3"]
     assert [testbed.address(h) for h in testbed.hosts] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
     assert testbed.ssh_config.read_text().count("ControlPersist 60s") == 3
+
+
+# What stock Debian cloud images have and lack; the role must cope with exactly this.
+STOCK = {"paxmr1": ("12", "3.11"), "paxmr2": ("13", "3.13"), "paxmr3": ("12", "3.11")}
+
+
+@pytest.mark.parametrize("host", list(STOCK))
+def test_hosts_are_stock_debian_images_of_their_recipe(testbed: Testbed, host: str) -> None:
+    debian, python = STOCK[host]
+    assert testbed.recipes[host].name == f"debian{debian}-stock"
+    probe = testbed.run(
+        host,
+        ". /etc/os-release; echo $VERSION_ID;"
+        " python3 -c 'import sys; print(*sys.version_info[:2], sep=\".\")';"
+        " python3 -m ensurepip --version >/dev/null 2>&1 && echo ensurepip || echo no-ensurepip;"
+        " for tool in setfacl gcc cc pip3; do command -v $tool || echo no-$tool; done",
+    ).stdout.split()
+    assert probe == [debian, python, "no-ensurepip", "no-setfacl", "no-gcc", "no-cc", "no-pip3"]
 
 
 def test_up_is_idempotent(testbed: Testbed) -> None:
@@ -48,7 +68,7 @@ def test_each_host_reaches_its_peers(testbed: Testbed) -> None:
 
 
 def test_hosts_reach_the_controller_only_on_the_bridge(testbed: Testbed) -> None:
-    assert testbed.run("paxmr1", "ping -c1 -W1 10.77.0.1", check=False).returncode == 0
+    assert testbed.run("paxmr1", "sudo ping -c1 -W1 10.77.0.1", check=False).returncode == 0
     # The controller's other addresses answer pings from anywhere else, but not from the hosts.
     lines = subprocess.run(
         ["ip", "-4", "-o", "address", "show"], capture_output=True, text=True, check=True
@@ -59,7 +79,7 @@ def test_hosts_reach_the_controller_only_on_the_bridge(testbed: Testbed) -> None
         if line.split()[1] not in {"lo", "paxmr-br0"}
     ]
     for addr in [*others, "1.1.1.1"]:
-        assert testbed.run("paxmr1", f"ping -c1 -W1 {addr}", check=False).returncode != 0, addr
+        assert testbed.run("paxmr1", f"sudo ping -c1 -W1 {addr}", check=False).returncode != 0, addr
 
 
 def test_cut_isolates_host_from_peers_but_not_controller(testbed: Testbed) -> None:

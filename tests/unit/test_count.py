@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from paxmr.wordcount import WHITESPACE, count
-from paxmr.wordcount.count import count_range
+from paxmr.wordcount.count import count_range, count_range_arrow, count_range_reference
 from paxmr.wordcount.split import split
 
 # Texts rich in the awkward cases: invalid UTF-8, multi-byte characters, every whitespace kind,
@@ -28,6 +28,7 @@ texts = st.lists(pieces, max_size=80).map(b"".join)
 @pytest.fixture
 def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(count, "CHUNK", 3)
+    monkeypatch.setattr(count, "COMPACT_ROWS", 4)
 
 
 def test_whole_file(tmp_path: Path) -> None:
@@ -58,18 +59,71 @@ def test_progress_reports_bytes_done(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert seen == list(range(10, 81, 10))
 
 
-@given(data=texts, chunk=st.integers(1, 16), parts=st.integers(1, 6))
+@given(data=texts, chunk=st.integers(1, 16), compact=st.integers(1, 8), parts=st.integers(1, 6))
 def test_ranges_sum_to_counter_of_whole(
-    tmp_path_factory: pytest.TempPathFactory, data: bytes, chunk: int, parts: int
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, chunk: int, compact: int, parts: int
 ) -> None:
     path = tmp_path_factory.mktemp("count") / "f"
     path.write_bytes(data)
-    saved = count.CHUNK
-    count.CHUNK = chunk  # small chunks exercise the carry of a word cut by a chunk boundary
+    saved = count.CHUNK, count.COMPACT_ROWS
+    # Small chunks exercise words cut by a chunk boundary; few rows, the compaction of counts.
+    count.CHUNK, count.COMPACT_ROWS = chunk, compact
     try:
         total: Counter[bytes] = Counter()
         for r in split(path, parts):
             total += count_range(path, r.offset, r.size)
+            assert count_range(path, r.offset, r.size) == count_range_reference(
+                path, r.offset, r.size, chunk
+            )
+    finally:
+        count.CHUNK, count.COMPACT_ROWS = saved
+    assert total == Counter(data.split())
+
+
+@given(data=texts, chunk=st.integers(1, 16))
+def test_counts_sorted_and_tally_blocks_match_counter(
+    tmp_path_factory: pytest.TempPathFactory, data: bytes, chunk: int
+) -> None:
+    path = tmp_path_factory.mktemp("count") / "f"
+    path.write_bytes(data)
+    saved = count.CHUNK
+    count.CHUNK = chunk
+    try:
+        counts = count_range_arrow(path, 0, len(data))
     finally:
         count.CHUNK = saved
-    assert total == Counter(data.split())
+    expected = sorted(Counter(data.split()).items())
+    assert list(counts.items(batch=3)) == expected
+    body = b"".join(counts.tally_blocks(batch=2))
+    assert body == b"".join(b"%s\t%d\n" % item for item in expected)
+
+
+@pytest.mark.parametrize("ws", [bytes([c]) for c in WHITESPACE])
+def test_every_ascii_whitespace_separates_and_nothing_else(tmp_path: Path, ws: bytes) -> None:
+    # Bytes Python's str.split would treat as space but bytes.split does not: NEL, NBSP, \x1c-\x1f.
+    others = b"\x85\xa0\x1c\x1d\x1e\x1f\x00\xc2\x85\xe2\x80\x83"
+    data = ws.join([b"a", others, b"a" + others, b"\xff\xfe", b"a"]) + ws
+    path = tmp_path / "f"
+    path.write_bytes(data)
+    assert count_range(path, 0, len(data)) == Counter(data.split())
+
+
+def test_one_huge_word_is_scanned_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 16 MiB word read in 4 KiB chunks: each byte is scanned once and the word gathered once
+    (the old loop copied and re-scanned the growing carry for every chunk: quadratic)."""
+    monkeypatch.setattr(count, "CHUNK", 4096)
+    scanned: list[int] = []
+    spaced = count._spaced
+
+    def counting(chunk: bytes) -> bytes:
+        scanned.append(len(chunk))
+        return spaced(chunk)
+
+    monkeypatch.setattr(count, "_spaced", counting)
+    path = tmp_path / "f"
+    word = b"w" * (16 << 20)
+    path.write_bytes(b"a\t" + word + b"\nb")
+    counts = count_range_arrow(path, 0, path.stat().st_size)
+    assert sum(scanned) == path.stat().st_size
+    assert counts.counts.to_pylist() == [1, 1, 1]
+    assert counts.words.to_pylist() == [b"a", b"b", word]
