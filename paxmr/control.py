@@ -12,6 +12,7 @@ import contextlib
 import errno
 import json
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,29 +56,85 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 
 def _error(code: str, message: str) -> bytes:
+    message = printable(message)  # it may quote a client's text; it ends up on a terminal
     return _line({"ok": False, "error": {"code": code, "message": message}})
 
 
-class Server:
-    """Serves a table of operations on a listening Unix socket."""
+# C0 and C1 controls and DEL (terminal escape sequences start with ESC or CSI) and the
+# bidirectional overrides that reorder what a terminal shows.
+_UNPRINTABLE = {
+    c: f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+    for c in [*range(0x20), *range(0x7F, 0xA0), *range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+}
 
-    def __init__(self, ops: dict[str, Op], *, line_limit: int) -> None:
+
+def printable(text: str) -> str:
+    """``text`` with control characters written as backslash escapes, for a terminal."""
+    return text.translate(_UNPRINTABLE)
+
+
+class Server:
+    """Serves a table of operations on a listening Unix socket.
+
+    At most ``max_connections`` connections are kept (so a flood of clients cannot exhaust the
+    service's file descriptors): past that, a new client takes the place of the connection that
+    has waited longest for its next request, or gets a ``busy`` reply when every connection is
+    running a request. A connection that sends no complete request for ``idle_timeout`` seconds
+    is closed.
+    """
+
+    def __init__(
+        self,
+        ops: dict[str, Op],
+        *,
+        line_limit: int,
+        max_connections: int = 256,
+        idle_timeout: float = 60.0,
+    ) -> None:
         self.ops = ops
         self.line_limit = line_limit
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.active: set[asyncio.StreamWriter] = set()
+        self.idle: dict[asyncio.StreamWriter, None] = {}  # waiting for a request, oldest first
         self.log = logs.get()
 
     async def start(self, sock: socket.socket) -> asyncio.Server:
         return await asyncio.start_unix_server(self._client, sock=sock, limit=self.line_limit)
 
+    def _admit(self, writer: asyncio.StreamWriter) -> bool:
+        if len(self.active) >= self.max_connections:
+            if not self.idle:
+                return False
+            oldest = next(iter(self.idle))
+            self._drop(oldest)
+            oldest.transport.abort()
+        self.active.add(writer)
+        return True
+
+    def _drop(self, writer: asyncio.StreamWriter) -> None:
+        self.active.discard(writer)
+        self.idle.pop(writer, None)
+
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if not self._admit(writer):
+            self.log.warning("control_busy", connections=len(self.active))
+            writer.write(_error("busy", f"{len(self.active)} connections are busy; retry later"))
+            writer.close()
+            return
         try:
             while True:
+                self.idle[writer] = None
                 try:
-                    raw = await reader.readline()
+                    raw = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+                except TimeoutError:
+                    return  # idle too long, or a request line that never ends
                 except ValueError:  # the line outgrew the limit; the stream cannot resync
                     writer.write(_error("too_large", f"request over {self.line_limit} bytes"))
                     await writer.drain()
                     return
+                finally:
+                    self.idle.pop(writer, None)
                 if not raw:
                     return
                 writer.write(await self._answer(raw, writer))
@@ -85,17 +142,15 @@ class Server:
         except (ConnectionError, BrokenPipeError):
             pass
         finally:
+            self._drop(writer)
             writer.close()
             with contextlib.suppress(ConnectionError, BrokenPipeError):
                 await writer.wait_closed()
 
     async def _answer(self, raw: bytes, writer: asyncio.StreamWriter) -> bytes:
-        try:
-            request = json.loads(raw)
-        except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
-            return _error("bad_request", "request is not JSON")
-        if not isinstance(request, dict) or not isinstance(request.get("op"), str):
-            return _error("bad_request", 'request must be an object with a string "op"')
+        request = _request(raw)
+        if isinstance(request, bytes):
+            return request  # an error reply
         name = request["op"]
         op = self.ops.get(name)
         if op is None:
@@ -128,6 +183,24 @@ class Server:
         return _line({"ok": True, "result": result})
 
 
+def _request(raw: bytes) -> dict[str, Any] | bytes:
+    """The request in ``raw``, or the error reply it gets."""
+    try:
+        request = json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than Python parses
+        return _error("bad_request", "request is not JSON")
+    if not isinstance(request, dict) or not isinstance(request.get("op"), str):
+        return _error("bad_request", 'request must be an object with a string "op"')
+    try:
+        _line(request)  # a lone surrogate (\\udcff) passes JSON but is no Unicode text
+    except UnicodeEncodeError:
+        return _error(
+            "bad_request",
+            "request holds text that is not valid Unicode (a file name that is not UTF-8?)",
+        )
+    return request
+
+
 # --- client --------------------------------------------------------------------------------------
 
 
@@ -148,18 +221,30 @@ class RemoteError(Exception):
 
 
 def _connect(path: Path, timeout: float | None) -> socket.socket:
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    try:
-        sock.connect(str(path))
-    except OSError as exc:
-        sock.close()
-        if isinstance(exc, PermissionError):
-            raise PermissionDenied(path) from exc
-        if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
-            raise ServiceDown(path) from exc
-        raise
-    return sock
+    # A full listen backlog (a burst of clients) answers EAGAIN at once: wait a little and try
+    # again, within the timeout, instead of failing while the service catches up.
+    deadline = time.monotonic() + (timeout if timeout is not None else 30.0)
+    pause = 0.005
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except BlockingIOError:
+            sock.close()
+            if time.monotonic() + pause > deadline:
+                raise TimeoutError(f"{path}: the service's backlog stayed full") from None
+            time.sleep(pause)
+            pause = min(pause * 2, 0.2)
+            continue
+        except OSError as exc:
+            sock.close()
+            if isinstance(exc, PermissionError):
+                raise PermissionDenied(path) from exc
+            if exc.errno in (errno.ENOENT, errno.ECONNREFUSED, errno.ENOTSOCK):
+                raise ServiceDown(path) from exc
+            raise
+        return sock
 
 
 class Client:
@@ -187,7 +272,10 @@ class Client:
         on_progress: Callable[[dict[str, Any]], None] | None = None,
     ) -> Any:
         """One request, one result; progress lines go to ``on_progress`` as they arrive."""
-        self._sock.sendall(_line({"op": op, "args": args or {}}))
+        # ASCII JSON: text that is not valid Unicode (a file name that is not UTF-8, taken from
+        # argv as lone surrogates) still goes out, and the service answers with a clear error.
+        request = json.dumps({"op": op, "args": args or {}}, separators=(",", ":"))
+        self._sock.sendall(request.encode() + b"\n")
         while True:
             raw = self._stream.readline()
             if not raw:

@@ -54,6 +54,8 @@ def _write_config(root: Path, node: int, ports: list[int], mappers: int) -> Path
     home = root / f"n{node}"
     for sub in ("data", "state", "run", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
+    for private in ("data", "state", "logs"):  # the sockets in run/ guard themselves (0660)
+        (home / private).chmod(0o700)
     members = "".join(
         f'\n[[nodes]]\nid = {i}\nhost = "127.0.0.1"\nport = {port}\n'
         for i, port in enumerate(ports, start=1)
@@ -114,7 +116,7 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
     """Start every node; refuses when a cluster already runs in ``root``."""
     if any(_alive(s.pid) for s in load_state(root)):
         raise RuntimeError(f"a local cluster already runs in {root}; `paxmr local down` first")
-    root.mkdir(parents=True, exist_ok=True)
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
     key = root / "cluster.key"
     if not key.exists():
         fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -140,7 +142,9 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
 
 
 def _spawn(root: Path, node: int, name: str, argv: list[str], sock: Path) -> Service:
-    with (root / f"n{node}" / "logs" / f"{name}.log").open("ab") as log:
+    path = root / f"n{node}" / "logs" / f"{name}.log"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
+    with os.fdopen(os.open(path, flags, 0o600), "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             argv,
             stdout=log,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from paxmr.control import printable  # words, file names and log values may hold escapes
+
 BAR = 40
 
 
@@ -35,7 +37,7 @@ def log(r: dict[str, Any]) -> str:
         return "the log is empty"
     lines = [f"{'pos':>4}  {'file':<32} {'node':>4} {'words':>12} {'distinct':>9}"]
     lines += [
-        f"{e['position']:>4}  {e['file']!s:<32} {e.get('node', '?'):>4} "
+        f"{e['position']:>4}  {printable(str(e['file'])):<32} {e.get('node', '?'):>4} "
         f"{e.get('words', 0):>12} {e.get('distinct', 0):>9}"
         for e in entries
     ]
@@ -44,7 +46,7 @@ def log(r: dict[str, Any]) -> str:
 
 
 def merged(r: dict[str, Any]) -> str:
-    words = r["words"]
+    words = [(printable(w), n) for w, n in r["words"]]
     head = f"positions {r['positions']}: {r['total']} words, {r['distinct']} distinct"
     if not words:
         return head
@@ -61,7 +63,7 @@ _LOG_KEYS = ("timestamp", "level", "event", "node", "role")
 def log_line(record: dict[str, Any]) -> str:
     """One structured log record as a readable line: time, level, role@node, event, the rest."""
     rest = " ".join(f"{k}={v}" for k, v in record.items() if k not in _LOG_KEYS)
-    return (
+    return printable(
         f"{record.get('timestamp', '')[:23]} {record.get('level', ''):<7} "
         f"{record.get('role', '?')}@{record.get('node', '?')} {record.get('event', '')} {rest}"
     ).rstrip()

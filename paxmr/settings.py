@@ -38,6 +38,9 @@ class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     control_line_bytes: int = Field(default=1 << 20, ge=1024)
+    # Per service; kept well under the units' LimitNOFILE. Past it the longest-idle is dropped.
+    control_connections: int = Field(default=256, ge=2)
+    control_idle_seconds: float = Field(default=60.0, gt=0)
     value_bytes: int = Field(default=8 << 20, ge=1024)
     frame_bytes: int = Field(default=32 << 20, ge=4096)
     in_flight: int = Field(default=1024, ge=1)

@@ -54,9 +54,13 @@ async def serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
-    server = await control.Server(ops, line_limit=settings.limits.control_line_bytes).start(
-        listen(socket_path)
-    )
+    limits = settings.limits
+    server = await control.Server(
+        ops,
+        line_limit=limits.control_line_bytes,
+        max_connections=limits.control_connections,
+        idle_timeout=limits.control_idle_seconds,
+    ).start(listen(socket_path))
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(job()) for job in background]
     interval = notify.watchdog_interval()
     if interval is not None:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import resource
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from paxmr import control
+from paxmr.local import load_state
 
-from .conftest import Node
+from .conftest import Cluster, Node
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +193,57 @@ def test_reducer_long_name_gets_a_clear_error(node: Node) -> None:
     with pytest.raises(control.RemoteError) as info:
         control.call(node.settings.reducer_socket, "reduce", {"files": ["x" * 300 + "_I_1"]})
     assert info.value.code in {"bad_args", "not_found", "path_refused"}, str(info.value)
+
+
+@pytest.mark.parametrize("service", ["mapper", "reducer", "prm"])
+def test_a_lone_surrogate_in_a_name_is_a_clear_error(node: Node, service: str) -> None:
+    s = node.settings
+    path, op, args = {
+        "mapper": (s.mapper_socket(1), "map", {"file": "bad\udcff", "offset": 0, "size": 0}),
+        "reducer": (s.reducer_socket, "reduce", {"files": ["bad\udcff_I_1"]}),
+        "prm": (s.prm_socket, "replicate", {"file": "bad\udcff_reduced"}),
+    }[service]
+    raw = json.dumps({"op": op, "args": args}).encode() + b"\n"  # ASCII JSON: "\udcff"
+    reply = ask(path, raw)
+    assert error_code(reply) == "bad_request"
+    assert "not valid Unicode" in reply["error"]["message"]  # type: ignore[index]
+    assert control.call(path, "status", timeout=10)
+
+
+def test_a_name_that_is_not_utf8_from_the_shell(node: Node) -> None:
+    result = node.cli("map", os.fsdecode(b"bad\xff.txt"))  # argv bytes -> "bad\udcff.txt"
+    assert result.returncode == 1, result.stderr
+    assert "not valid Unicode" in result.stderr
+    assert "internal" not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def open_files(cluster: Cluster, name: str) -> int:
+    pid = next(s.pid for s in load_state(cluster.root) if s.node == 1 and s.name == name)
+    return sum(1 for _ in Path(f"/proc/{pid}/fd").iterdir())
+
+
+def test_a_flood_of_idle_clients_leaves_the_service_reachable(
+    cluster: Cluster, mapper: Path
+) -> None:
+    """1,100 idle connections (more than systemd's default 1,024 file descriptors): the service
+    keeps at most limits.control_connections (256) of them and still answers a new client."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1300:
+        pytest.skip(f"this process may open only {hard} files")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1300), hard))
+    flood: list[socket.socket] = []
+    try:
+        for _ in range(1100):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            flood.append(sock)
+            sock.connect(str(mapper))  # blocking: waits while the backlog is full
+        reply = control.call(mapper, "status", timeout=10)
+        assert reply["role"] == "mapper"
+        time.sleep(0.5)  # the last of the flood accepted (and the oldest dropped)
+        assert open_files(cluster, "mapper-1") < 256 + 50
+    finally:
+        for sock in flood:
+            sock.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    still_serving(mapper)

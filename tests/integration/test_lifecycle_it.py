@@ -19,7 +19,7 @@ from paxmr import control
 from paxmr.local import wait_ready
 from paxmr.wordcount import tally
 
-from .conftest import PAXMR, clean_env, paxmr
+from .conftest import PAXMR, Cluster, clean_env, paxmr
 
 pytestmark = pytest.mark.integration
 
@@ -187,3 +187,12 @@ def test_settings_from_environment_reach_the_service(
     assert reply["error"]["code"] == "too_large"
     assert "2048" in reply["error"]["message"]
     assert control.call(path, "status", timeout=10)["role"] == "mapper"
+
+
+def test_local_mode_keeps_state_data_and_logs_private(cluster: Cluster) -> None:
+    for node in cluster.nodes:
+        home = node.config.parent
+        for sub in ("data", "state", "logs"):
+            assert (home / sub).stat().st_mode & 0o777 == 0o700, sub
+        for log in (home / "logs").iterdir():
+            assert log.stat().st_mode & 0o077 == 0, log

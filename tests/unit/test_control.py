@@ -1,0 +1,153 @@
+"""The control server on a real Unix socket: connection cap, idle timeout, bad text."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paxmr import control, render
+
+
+class Gate:
+    """An op that holds its connection busy until the test opens the gate."""
+
+    def __init__(self) -> None:
+        self.opened = asyncio.Event()
+
+    async def run(self, _args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
+        await self.opened.wait()
+        return {"gate": "passed"}
+
+
+async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
+    return {"role": "test"}
+
+
+@asynccontextmanager
+async def serving(
+    tmp_path: Path, *, max_connections: int, idle_timeout: float, gate: Gate | None = None
+) -> AsyncIterator[tuple[Path, control.Server]]:
+    path = tmp_path / "s.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(str(path))
+    sock.listen(64)
+    ops = {"status": control.Op(control.NoArgs, status)}
+    if gate is not None:
+        ops["wait"] = control.Op(control.NoArgs, gate.run)
+    server = control.Server(
+        ops, line_limit=4096, max_connections=max_connections, idle_timeout=idle_timeout
+    )
+    listener = await server.start(sock)
+    try:
+        yield path, server
+    finally:
+        listener.close()
+
+
+async def request(path: Path, line: bytes) -> dict[str, Any]:
+    reader, writer = await asyncio.open_unix_connection(str(path))
+    writer.write(line)
+    await writer.drain()
+    reply = await asyncio.wait_for(reader.readline(), 10)
+    writer.close()
+    result: dict[str, Any] = json.loads(reply)
+    return result
+
+
+def run(test: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 60))
+
+
+def test_idle_clients_beyond_the_cap_do_not_lock_others_out(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with serving(tmp_path, max_connections=8, idle_timeout=60) as (path, server):
+            idle = [await asyncio.open_unix_connection(str(path)) for _ in range(40)]
+            await asyncio.sleep(0.2)
+            assert len(server.active) <= 8  # the oldest idle ones were dropped
+            reply = await request(path, b'{"op":"status"}\n')
+            assert reply == {"ok": True, "result": {"role": "test"}}
+            for _, writer in idle:
+                writer.close()
+
+    run(test)
+
+
+def test_busy_reply_when_every_connection_runs_a_request(tmp_path: Path) -> None:
+    async def test() -> None:
+        gate = Gate()
+        async with serving(tmp_path, max_connections=2, idle_timeout=60, gate=gate) as (path, _):
+            waiting = [asyncio.create_task(request(path, b'{"op":"wait"}\n')) for _ in range(2)]
+            await asyncio.sleep(0.2)
+            reply = await request(path, b'{"op":"status"}\n')
+            assert reply["ok"] is False
+            assert reply["error"]["code"] == "busy"
+            gate.opened.set()
+            assert [(await w)["result"] for w in waiting] == [{"gate": "passed"}] * 2
+            reply = await request(path, b'{"op":"status"}\n')  # served again
+            assert reply["ok"] is True
+
+    run(test)
+
+
+@pytest.mark.parametrize("sent", [b"", b'{"op":"sta'])
+def test_idle_and_never_ending_requests_are_dropped(tmp_path: Path, sent: bytes) -> None:
+    async def test() -> None:
+        async with serving(tmp_path, max_connections=8, idle_timeout=0.3) as (path, server):
+            reader, writer = await asyncio.open_unix_connection(str(path))
+            writer.write(sent)
+            await writer.drain()
+            assert await asyncio.wait_for(reader.read(), 5) == b""  # closed by the server
+            await asyncio.sleep(0.05)
+            assert not server.active
+            writer.close()
+
+    run(test)
+
+
+def test_lone_surrogate_is_a_clear_bad_request(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with serving(tmp_path, max_connections=8, idle_timeout=60) as (path, _):
+            reply = await request(path, b'{"op":"status","args":{"x":"\\udcff"}}\n')
+            assert reply["error"]["code"] == "bad_request"
+            assert "not valid Unicode" in reply["error"]["message"]
+            assert (await request(path, b'{"op":"status"}\n'))["ok"] is True
+
+    run(test)
+
+
+ESCAPES = "\x1b[2J\x1b]0;pwned\x07\x9b31m\u202etxt\x7f"
+
+
+def test_error_messages_never_carry_control_characters(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with serving(tmp_path, max_connections=8, idle_timeout=60) as (path, _):
+            op = json.dumps({"op": ESCAPES}).encode() + b"\n"
+            message = (await request(path, op))["error"]["message"]
+            assert not any(c in message for c in "\x1b\x07\x9b\u202e\x7f")
+            assert "\\x1b[2J" in message
+
+    run(test)
+
+
+def test_text_output_escapes_counted_words_and_names() -> None:
+    merged = render.merged(
+        {"positions": [0], "total": 3, "distinct": 2, "words": [[ESCAPES, 2], ["plain", 1]]}
+    )
+    shown = render.log(
+        {
+            "entries": [{"position": 0, "file": ESCAPES, "node": 1, "words": 3, "distinct": 2}],
+            "digest": "00",
+        }
+    )
+    line = render.log_line({"event": "merge", "top": [[ESCAPES, 2]]})
+    for text in (merged, shown, line):
+        assert not any(c in text for c in "\x1b\x07\x9b\u202e\x7f"), text
+        assert "\\x1b[2J" in text
+    assert "plain" in merged
