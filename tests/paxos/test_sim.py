@@ -63,27 +63,26 @@ def first_violation(
     pytest.fail(f"no violation in {limit} seeds")
 
 
-NET = {"drop", "dup", "reorder", "delay", "replay", "partition", "clog"}
-
-# Each broken core, the schedule and faults that find it, and a bound on the seeds searched
-# (a few times the first seed that finds it today). Found by the simulator alone; the four
-# defects of issue 8 are also reproduced step by step in test_paxos_regressions.py.
+# Each broken core, the schedule that finds it, and a bound on the seeds searched (about twice
+# the first seed that finds it today, with every fault kind). The four defects of issue 8 are
+# also replayed step by step in test_paxos_regressions.py; defects 1 and 2 are not listed here
+# because no schedule of either kind found their broken copies in 300 seeds (see the README).
 CAUGHT = [
-    pytest.param(3, ALL, 200, "timed", {"driver": UNSAFE}, id="reply-before-persist-3"),
-    pytest.param(5, ALL, 200, "timed", {"driver": UNSAFE}, id="reply-before-persist-5"),
-    pytest.param(3, NET, 300, "timed", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-3"),
-    pytest.param(5, NET, 300, "timed", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-5"),
-    pytest.param(3, ALL, 200, "timed", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-3"),
-    pytest.param(5, ALL, 200, "async", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-5"),
-    pytest.param(3, ALL, 200, "timed", {"node_factory": votes_without_storage}, id="wiped-votes-3"),
-    pytest.param(3, ALL, 200, "timed", {"node_factory": SendsWholePromises}, id="defect3-3"),
-    pytest.param(5, ALL, 200, "async", {"node_factory": SendsWholePromises}, id="defect3-5"),
+    pytest.param(3, 600, "timed", {"driver": UNSAFE}, id="reply-before-persist-3"),
+    pytest.param(3, 100, "async", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-3"),
+    pytest.param(5, 100, "timed", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-5"),
+    pytest.param(3, 100, "timed", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-3"),
+    pytest.param(5, 100, "timed", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-5"),
+    pytest.param(3, 100, "timed", {"node_factory": votes_without_storage}, id="wiped-votes-3"),
+    pytest.param(5, 400, "timed", {"node_factory": votes_without_storage}, id="wiped-votes-5"),
+    pytest.param(3, 100, "timed", {"node_factory": SendsWholePromises}, id="defect3-3"),
+    pytest.param(5, 100, "timed", {"node_factory": SendsWholePromises}, id="defect3-5"),
 ]
 
 
-@pytest.mark.parametrize(("nodes", "kinds", "limit", "schedule", "world"), CAUGHT)
-def test_a_broken_core_is_caught(nodes, kinds, limit, schedule, world):
-    first_violation(nodes, set(kinds), limit, schedule, **world)
+@pytest.mark.parametrize(("nodes", "limit", "schedule", "world"), CAUGHT)
+def test_a_broken_core_is_caught(nodes, limit, schedule, world):
+    first_violation(nodes, set(ALL), limit, schedule, **world)
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
@@ -138,11 +137,12 @@ class _BrokenWorld(World):
 
 
 @pytest.mark.slow
-def test_campaign_of_500_seeds_per_cluster_size():
-    for nodes in (3, 5):
-        bad = [
-            r
-            for r in run_seeds(range(500), nodes, ALL, EARLY, trace=False, workers=2)
-            if r.violations
-        ]
-        assert bad == []
+@pytest.mark.parametrize("nodes", [3, 5, 7])
+def test_campaign_per_cluster_size(nodes):
+    """What `make test` runs in CI: a few hundred seeds of each schedule (the campaigns of
+    10,000 seeds per size are run by hand: paxmr sim --seeds 10000 --nodes N)."""
+    for schedule in ("timed", "async"):
+        seeds = range(200 if nodes == 7 else 300)
+        results = run_seeds(seeds, nodes, ALL, EARLY, trace=False, workers=2, schedule=schedule)
+        bad = [(r.seed, r.violations) for r in results if r.violations]
+        assert bad == [], f"{schedule}: {bad}"
