@@ -329,17 +329,42 @@ def serve_prm(c: Ctx) -> None:
 
 
 @cli.command("init")
+@click.option(
+    "--found",
+    is_flag=True,
+    help="Found a new cluster with the configured members (required: init does nothing else).",
+)
+@click.option(
+    "--cluster-id",
+    metavar="ID",
+    help="The new cluster's id: give every founding member the same one [default: a new one].",
+)
 @pass_ctx
-def init_cmd(c: Ctx) -> None:
-    """Create this node's PRM storage as a founding member of a new cluster.
+def init_cmd(c: Ctx, found: bool, cluster_id: str | None) -> None:
+    """Found a new cluster: create this node's PRM storage as a founding member.
 
-    Run once per node before the first start. A node started without it (for example after
-    its disk was lost) does not vote until it has caught up from its peers.
+    Run once on each founding member, with the same --cluster-id, before their first start;
+    the storage records the cluster id and the member list, and the PRM will not start with
+    another list. Never run it on a node of a running cluster, not even after its disk was
+    lost: such a node starts without init and votes again only after it has fenced off what
+    it forgot and caught up from its peers.
     """
     from paxmr.services import prm  # noqa: PLC0415
 
-    path = prm.initialize(c.settings)
-    c.emit({"storage": str(path)}, lambda r: f"initialized {r['storage']}")
+    if not found:
+        raise click.UsageError(
+            "init founds a new cluster: pass --found (and the same --cluster-id on every"
+            " founding member). A node of a running cluster, even one that lost its disk,"
+            " starts without init."
+        )
+    path, identity = prm.initialize(c.settings, cluster_id)
+    c.emit(
+        {"storage": str(path), "cluster_id": identity.cluster_id, "members": identity.members},
+        lambda r: (
+            f"founded cluster {r['cluster_id']} with members"
+            f" {', '.join(map(str, r['members']))}: {r['storage']}"
+        ),
+    )
 
 
 # --- local cluster, corpus, benchmarks -----------------------------------------------------------

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -124,12 +125,13 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
             f.write(secrets.token_hex(32) + "\n")
     ports = _free_ports(nodes)
     configs = [_write_config(root, n, ports, mappers) for n in range(1, nodes + 1)]
+    cluster_id = uuid.uuid4().hex
     services: list[Service] = []
     try:
         for node, cfg in enumerate(configs, start=1):
             settings = load_settings(cfg)
             if not prm.db_path(settings).exists():
-                prm.initialize(settings)  # founding members vote from the start
+                prm.initialize(settings, cluster_id)  # founding members vote from the start
             for name, argv, sock in _argvs(settings, cfg):
                 services.append(_spawn(root, node, name, argv, sock))
         _save(root, services)

@@ -7,6 +7,7 @@ WAL is fsynced, so the driver may send the Ready's messages as soon as it return
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from paxmr.paxos import GENESIS_DIGEST, Ballot, DurableState, Entry, LogEntry, chain_digest
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS identity (
+    only INTEGER PRIMARY KEY CHECK (only = 0), cluster_id TEXT NOT NULL, members TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS accepted (
     slot INTEGER PRIMARY KEY, round INTEGER NOT NULL, node INTEGER NOT NULL,
     request_id TEXT NOT NULL, value BLOB NOT NULL) STRICT;
@@ -27,15 +31,27 @@ CREATE TABLE IF NOT EXISTS log (
 """
 
 
+@dataclass(frozen=True)
+class Identity:
+    """Which cluster a founding member's storage belongs to, and who founded it: a node does
+    not start with another member list (the file says where nodes are, not who votes)."""
+
+    cluster_id: str
+    members: tuple[int, ...]
+
+
 class Storage:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
 
     @classmethod
-    def open(cls, path: str | Path, *, bootstrap: bool = False) -> Storage:
+    def open(
+        cls, path: str | Path, *, bootstrap: bool = False, identity: Identity | None = None
+    ) -> Storage:
         """Open or create the database. A database created without `bootstrap` belongs to a
         replica whose storage was lost or that joins late: it starts non-voting (see
-        paxmr/paxos/acceptor.py). Only the initial members of a new cluster bootstrap."""
+        paxmr/paxos/acceptor.py). Only the founding members of a new cluster bootstrap, and
+        they record the cluster's `identity`."""
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -48,7 +64,18 @@ class Storage:
             if fresh:
                 # Without bootstrap, its ballots are made new by the core (acceptor.py).
                 conn.execute("INSERT INTO meta VALUES ('voting', ?)", (1 if bootstrap else 0,))
+            if fresh and identity is not None:
+                members = ",".join(map(str, identity.members))
+                conn.execute(
+                    "INSERT INTO identity VALUES (0, ?, ?)", (identity.cluster_id, members)
+                )
         return cls(conn)
+
+    def identity(self) -> Identity | None:
+        row = self._conn.execute("SELECT cluster_id, members FROM identity").fetchone()
+        if row is None:
+            return None
+        return Identity(row[0], tuple(int(m) for m in row[1].split(",")))
 
     def close(self) -> None:
         self._conn.close()

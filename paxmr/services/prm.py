@@ -25,8 +25,8 @@ from paxmr.logobject import BadLogObject, LogObject, merge, show
 from paxmr.paxos.messages import Forward, Refuse
 from paxmr.services import daemon
 from paxmr.services.transport import Transport
-from paxmr.settings import Settings
-from paxmr.storage import Storage
+from paxmr.settings import ConfigError, Settings
+from paxmr.storage import Identity, Storage
 from paxmr.wordcount import tally
 
 DB_NAME = "prm.db"
@@ -36,14 +36,29 @@ def db_path(settings: Settings) -> Path:
     return settings.state_dir / DB_NAME
 
 
-def initialize(settings: Settings) -> Path:
-    """Create the storage of a founding member of a new cluster (it may vote from the start)."""
+def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path, Identity]:
+    """Create the storage of a founding member of a new cluster (it may vote from the start).
+    Every founding member gets the same `cluster_id`; one is made up when none is given."""
     path = db_path(settings)
     if path.exists():
         raise FileExistsError(f"{path} already exists: this node is initialized")
     path.parent.mkdir(parents=True, exist_ok=True)
-    Storage.open(path, bootstrap=True).close()
-    return path
+    identity = Identity(cluster_id or uuid.uuid4().hex, tuple(sorted(n.id for n in settings.nodes)))
+    Storage.open(path, bootstrap=True, identity=identity).close()
+    return path, identity
+
+
+def check_identity(settings: Settings, identity: Identity | None) -> None:
+    """Refuse to start with a member list other than the one this node's cluster was founded
+    with: quorums computed from two lists can overlap in no node (issue 9)."""
+    configured = tuple(sorted(n.id for n in settings.nodes))
+    if identity is not None and configured != identity.members:
+        raise ConfigError(
+            f"the configured members {list(configured)} differ from the members"
+            f" {list(identity.members)} of cluster {identity.cluster_id}, which this node's"
+            f" storage ({db_path(settings)}) belongs to. A member list is not changed by"
+            " editing the configuration: restore the founding list"
+        )
 
 
 class ReplicateArgs(control.Args):
@@ -316,6 +331,11 @@ class Prm:
 
 async def main(settings: Settings) -> None:
     storage = Storage.open(db_path(settings))
+    try:
+        check_identity(settings, storage.identity())
+    except ConfigError:
+        storage.close()
+        raise
     prm = Prm(settings, storage)
     me = settings.me
     await prm.transport.start(settings.peer_bind or me.host, me.port)

@@ -1,0 +1,67 @@
+"""Cluster identity (issue 9): a node's storage records the cluster it founded and its members;
+the member list of a running cluster does not change by editing configuration files."""
+
+from __future__ import annotations
+
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from paxmr import local
+
+from .support import CONVERGE_S, paxmr, running_cluster, small_tally
+
+pytestmark = pytest.mark.integration
+
+
+def _add_member(config: Path, node_id: int, port: int) -> None:
+    with config.open("a") as f:
+        f.write(f'\n[[nodes]]\nid = {node_id}\nhost = "127.0.0.1"\nport = {port}\n')
+
+
+def test_a_rolling_restart_with_another_member_list_is_refused(tmp_path: Path) -> None:
+    """The review's first unsafe operation: members restarted one by one with a changed list
+    would compute quorums from two lists. A node refuses to start with a list other than its
+    cluster's, saying why, and starts again once the list is restored."""
+    with running_cluster() as cluster:
+        node = cluster.node(2)
+        entries = node.replicate(small_tally(node))["position"] + 1
+        founded = tomllib.loads(node.config.read_text())
+        local.down(cluster.root)
+        saved = tmp_path / "paxmr.toml"
+        shutil.copy(node.config, saved)
+        _add_member(node.config, 4, 1)
+        _add_member(node.config, 5, 2)
+        result = paxmr("-c", node.config, "serve", "prm", timeout=30)
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert "configured members [1, 2, 3, 4, 5] differ from the members [1, 2, 3]" in (
+            result.stderr
+        )
+        # Shrinking is refused the same way.
+        text = saved.read_text()
+        keep = [n for n in founded["nodes"] if n["id"] != 3]
+        assert len(keep) == 2
+        shrunk = text.split("[[nodes]]")[0] + "".join(
+            f'[[nodes]]\nid = {n["id"]}\nhost = "{n["host"]}"\nport = {n["port"]}\n' for n in keep
+        )
+        node.config.write_text(shrunk)
+        result = paxmr("-c", node.config, "serve", "prm", timeout=30)
+        assert result.returncode == 1
+        assert "differ from the members [1, 2, 3]" in result.stderr
+        shutil.copy(saved, node.config)
+        local.up(cluster.root, 3, cluster.mappers)
+        cluster.converged(timeout=CONVERGE_S)
+        assert node.status()["entries"] == entries  # nothing lost on the way
+
+
+def test_init_founds_only_when_told(tmp_path: Path) -> None:
+    with running_cluster() as cluster:
+        node = cluster.node(1)
+        result = paxmr("-c", node.config, "init")
+        assert result.returncode == 2
+        assert "--found" in result.stderr
+        result = paxmr("-c", node.config, "init", "--found")
+        assert result.returncode == 1
+        assert "already exists" in result.stderr
