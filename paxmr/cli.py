@@ -367,6 +367,65 @@ def init_cmd(c: Ctx, found: bool, cluster_id: str | None) -> None:
     )
 
 
+@cli.command("refound")
+@click.option(
+    "--from",
+    "survivor",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="A copy of the most advanced survivor's prm.db (its PRM stopped when copied).",
+)
+@click.option("--cluster-id", metavar="ID", required=True, help="The new cluster's id.")
+@click.option(
+    "--accept-data-loss",
+    is_flag=True,
+    help="Confirm: entries acknowledged by the old cluster but missing from the survivor's log"
+    " are lost for good.",
+)
+@pass_ctx
+def refound_cmd(c: Ctx, survivor: Path, cluster_id: str, accept_data_loss: bool) -> None:
+    """Re-found a cluster that lost a majority of its disks, from its most advanced survivor.
+
+    Never automatic, and a last resort: the old cluster cannot recover by itself (it needs a
+    majority that remembers), and whatever the survivor had not applied is lost, acknowledged
+    or not. Stop every PRM of the cluster first; pick the survivor with the longest log
+    (`paxmr status`); copy its prm.db aside (with its -wal file, if any); on EVERY member move
+    the old prm.db away and run this with the same --from copy and the same new --cluster-id;
+    then start them all. The new cluster's log starts as the survivor's applied log, on every
+    member alike.
+    """
+    from paxmr.services import prm  # noqa: PLC0415
+    from paxmr.storage import Identity, Storage  # noqa: PLC0415
+
+    if not accept_data_loss:
+        raise click.UsageError(
+            "refound loses every entry the survivor had not applied, acknowledged or not:"
+            " pass --accept-data-loss to confirm"
+        )
+    path = prm.db_path(c.settings)
+    if path.exists():
+        raise FileExistsError(
+            f"{path} exists: move it away first (keep it until the new cluster works)"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    identity = Identity(cluster_id, tuple(sorted(n.id for n in c.settings.nodes)))
+    storage = Storage.open(path, bootstrap=True, identity=identity)
+    try:
+        slots = storage.take_over(survivor)
+    finally:
+        storage.close()
+    click.echo(
+        f"paxmr: WARNING: re-founded as cluster {cluster_id} with members"
+        f" {', '.join(map(str, identity.members))} from {survivor}: entries the survivor had not"
+        " applied are lost",
+        err=True,
+    )
+    c.emit(
+        {"storage": str(path), "cluster_id": cluster_id, "slots": slots},
+        lambda r: f"re-founded {r['storage']}: {r['slots']} log slots taken over",
+    )
+
+
 # --- local cluster, corpus, benchmarks -----------------------------------------------------------
 
 

@@ -71,6 +71,24 @@ class Storage:
                 )
         return cls(conn)
 
+    def take_over(self, survivor: Path) -> int:
+        """Copy the applied log of `survivor` (another node's database) into this new one:
+        how every member of a re-founded cluster starts (`paxmr refound`). Returns the number
+        of log slots taken over."""
+        source = sqlite3.connect(survivor)
+        try:
+            rows = source.execute(
+                "SELECT slot, request_id, value, position, digest FROM log ORDER BY slot"
+            ).fetchall()
+        finally:
+            source.close()
+        with self._conn as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT COUNT(*) FROM log").fetchone()[0]:
+                raise ValueError("take_over needs a new database")
+            conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
     def identity(self) -> Identity | None:
         row = self._conn.execute("SELECT cluster_id, members FROM identity").fetchone()
         if row is None:

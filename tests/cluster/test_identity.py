@@ -65,3 +65,39 @@ def test_init_founds_only_when_told(tmp_path: Path) -> None:
         result = paxmr("-c", node.config, "init", "--found")
         assert result.returncode == 1
         assert "already exists" in result.stderr
+
+
+def test_a_cluster_that_lost_a_majority_of_disks_is_refounded_from_its_survivor(
+    tmp_path: Path,
+) -> None:
+    """Two of three disks lost: the cluster cannot recover by itself (a wiped node needs a
+    voting majority to fence). The operator re-founds it from the survivor, on every member;
+    the new cluster holds the survivor's log, alike everywhere, and takes replicates."""
+    with running_cluster() as cluster:
+        node = cluster.node(1)
+        for k in range(2):
+            node.replicate(small_tally(node, f"t{k}_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        before = node.status()
+        local.down(cluster.root)
+        survivor = tmp_path / "survivor.db"
+        for n in cluster.nodes:
+            db = n.settings.state_dir / "prm.db"
+            if n.id == 1:
+                shutil.copy(db, survivor)
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        args = ("refound", "--from", survivor, "--cluster-id", "second")
+        refused = paxmr("-c", node.config, *args)
+        assert refused.returncode == 2
+        assert "--accept-data-loss" in refused.stderr
+        for n in cluster.nodes:
+            result = paxmr("-c", n.config, *args, "--accept-data-loss")
+            assert result.returncode == 0, result.stderr
+            assert "WARNING" in result.stderr
+        local.up(cluster.root, 3, cluster.mappers)
+        digest = cluster.converged(timeout=CONVERGE_S)
+        assert digest == before["digest"]
+        assert node.status()["entries"] == before["entries"]
+        cluster.node(3).replicate(small_tally(cluster.node(3), "after_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
