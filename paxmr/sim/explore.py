@@ -216,8 +216,12 @@ class Explorer:
             self.faults["drop"] += 1
 
     def _replay(self) -> None:
-        if self.history:
-            self.flight.append(self.rng.choice(self.history))
+        """Deliver again some earlier message: of the targeted kind, if the walk has one."""
+        pool = self.history
+        if self.slow_kind is not None:
+            pool = [m for m in self.history if type(m[2]).__name__ == self.slow_kind] or pool
+        if pool:
+            self.flight.append(self.rng.choice(pool))
             self.faults["replay"] += 1
 
     def _timer(self) -> None:
@@ -308,9 +312,13 @@ class Explorer:
         leaders = [i for i, s in self.nodes.items() if s.node and s.node.role == "leader"]
         if leaders and self.rng.random() < 0.5:
             # Isolate a leader with a minority of followers: the rest can elect and choose.
-            side = [leaders[0], *self.rng.sample(self.members, (len(self.members) - 1) // 2)]
+            leader = leaders[0]
+            others = [m for m in self.members if m != leader]
+            side = [leader, *self.rng.sample(others, (len(self.members) - 1) // 2)]
             rest = [m for m in self.members if m not in side]
             self.cut = {(a, b) for a in side for b in rest} | {(b, a) for a in side for b in rest}
+            if self.rng.random() < 0.5:  # and paused, so it does not notice it lost its quorum
+                self.stalled[leader] = self.step + self.rng.randint(20, 200)
         else:
             self.cut = set(cut_links(self.rng, self.members))
         self.faults["partition"] += 1
