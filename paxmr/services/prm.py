@@ -198,10 +198,18 @@ class Prm:
             parse = functools.partial(
                 LogObject.from_tally, source, args.file, self.settings.node_id, args.request_id
             )
+            size = os.fstat(source.fileno()).st_size
+            limit = self.settings.limits.value_bytes
+            if size > 2 * limit:
+                # Its log object would be larger still (a tally line never takes more than
+                # twice its encoded bytes): refused before it is read at all.
+                raise control.ControlError(
+                    "too_large", f"{args.file} is {size} bytes: its log object would exceed {limit}"
+                )
             try:
                 # A large tally is parsed in a worker thread, so the loop keeps heartbeating; a
                 # small one costs less than the hand-off to the thread.
-                big = os.fstat(source.fileno()).st_size > _INLINE_TALLY
+                big = size > _INLINE_TALLY
                 obj = await asyncio.to_thread(parse) if big else parse()
             except tally.TallyError as exc:
                 raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
@@ -239,13 +247,15 @@ class Prm:
     def _objects(self, positions: list[int]) -> list[LogObject]:
         self._check_positions(positions)
         entries = self.node.log.entries  # slot i at index i
-        objects = []
+        decoded: dict[int, LogObject] = {}  # one copy per position, however often it is listed
         for p in positions:
+            if p in decoded:
+                continue
             try:
-                objects.append(LogObject.decode(entries[self.catalog.summaries[p]["slot"]].value))
+                decoded[p] = LogObject.decode(entries[self.catalog.summaries[p]["slot"]].value)
             except BadLogObject as exc:
                 raise control.ControlError("bad_entry", f"log position {p}: {exc}") from exc
-        return objects
+        return [decoded[p] for p in positions]
 
     def _check_positions(self, positions: list[int]) -> None:
         count = len(self.catalog.summaries)

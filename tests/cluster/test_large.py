@@ -74,3 +74,29 @@ SMALL_FRAMES = {
 def test_follower_catches_up_with_a_small_frame_limit() -> None:
     with running_cluster(env=SMALL_FRAMES) as cluster:
         _catches_up(cluster, 230_000, entries=6, timeout=15)  # about 1 s when it works
+
+
+def test_a_tally_far_over_the_limit_is_refused_before_it_is_read(cluster: Cluster) -> None:
+    """A tally more than twice the value limit is refused from its size alone (issue 12: a
+    200 MiB tally was parsed, 690 MiB of memory, before its refusal)."""
+    node = cluster.node(3)
+    limit = node.settings.limits.value_bytes
+    path = node.data / "vast_reduced"
+    with path.open("wb") as f:  # not even a valid tally past its header: it is never read
+        f.write(b"paxmr-tally 1\n")
+        f.truncate(2 * limit + 1)
+    done = node.cli("replicate", "vast_reduced")
+    assert done.returncode == 1, done
+    assert "would exceed" in done.stderr
+    assert "too_large" in done.stderr
+
+
+def test_merge_counts_a_position_listed_twice_twice(cluster: Cluster) -> None:
+    node = cluster.node(1)
+    (node.data / "m_reduced").write_bytes(b"paxmr-tally 1\nalpha\t3\n")
+    position = node.replicate("m_reduced")["position"]
+    once = node.cli_json("merge", str(position))
+    twice = node.cli_json("merge", str(position), str(position))
+    assert twice["total"] == 2 * once["total"]
+    total = node.cli_json("total", str(position), str(position))
+    assert total["total"] == twice["total"]
