@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING
 
+from paxmr.catalog import Catalog
 from paxmr.paxos import GENESIS_DIGEST, chain_digest
 
 if TYPE_CHECKING:
@@ -17,20 +18,21 @@ def _show(value: tuple[str, bytes]) -> str:
 
 
 class NodeLog:
-    """What one node has applied, as the service would have shown it."""
+    """What one node has applied, as the service would have shown it: the entries, and the
+    PRM's own catalog of them (a PRM rebuilds it from its log at every start)."""
 
-    def __init__(self, entries: list[LogEntry]) -> None:
+    def __init__(self) -> None:
         self.entries: list[LogEntry] = []
         self.digest = GENESIS_DIGEST
         self.count = 0
-        for entry in entries:
-            self.append(entry)
+        self.catalog = Catalog()
 
     def append(self, entry: LogEntry) -> None:
         self.entries.append(entry)
         self.digest = chain_digest(self.digest, entry)
         if entry.position is not None:
             self.count += 1
+        self.catalog.apply(entry)
 
 
 class Checker:
@@ -51,7 +53,21 @@ class Checker:
         if entry.slot != len(log.entries):
             self.fail(f"order: node {node} applied slot {entry.slot} at {len(log.entries)}")
         self.learned(node, entry)
-        log.append(entry)
+        self._append(node, log, entry)
+
+    def restored(self, node: int, entries: list[LogEntry]) -> NodeLog:
+        """A node's log as it starts from its disk."""
+        log = NodeLog()
+        for entry in entries:
+            self.learned(node, entry)
+            self._append(node, log, entry)
+        return log
+
+    def _append(self, node: int, log: NodeLog, entry: LogEntry) -> None:
+        try:
+            log.append(entry)
+        except Exception as exc:  # what would crash-loop a PRM
+            self.fail(f"crash: node {node} raised {exc!r} applying slot {entry.slot}")
 
     def learned(self, node: int, entry: LogEntry) -> None:
         """Agreement, validity and no duplicates for one slot a node holds."""

@@ -20,17 +20,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from paxmr.catalog import Catalog
-from paxmr.paxos import Committed, Node, Ready, Request, split
+from paxmr.paxos import Committed, Node, Ready, Request
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
 from paxmr.sim.world import (
     EARLY,
     SIM_CONFIG,
-    STRICT,
     NodeFactory,
     RunResult,
+    by_driver,
     client_value,
     frame_violation,
 )
@@ -64,8 +63,7 @@ MAX_WIPES = 2
 class _Node:
     disk: MemoryStorage = field(default_factory=MemoryStorage)
     node: Node | None = None
-    log: NodeLog = field(default_factory=lambda: NodeLog([]))
-    catalog: Catalog = field(default_factory=Catalog)
+    log: NodeLog = field(default_factory=NodeLog)
     syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
 
 
@@ -141,11 +139,7 @@ class Explorer:
         rng = random.Random(self.rng.getrandbits(64))
         state.node = self.factory(i, self.members, durable, SIM_CONFIG, rng, self.now)
         state.syncing = None
-        state.log, state.catalog = NodeLog([]), Catalog()
-        for entry in durable.log:
-            self.checker.learned(i, entry)
-            state.log.append(entry)
-            state.catalog.apply(entry)
+        state.log = self.checker.restored(i, durable.log)
         self._log(f"start node {i} voting={durable.voting} log={len(durable.log)}")
 
     def _flush(self, i: int) -> None:
@@ -158,12 +152,7 @@ class Explorer:
         if not ready.persist:
             self._release(i, ready)
             return
-        if self.driver == STRICT:
-            now, later = Ready(), ready
-        elif self.driver == EARLY:
-            now, later = split(ready)
-        else:  # UNSAFE
-            now, later = ready, Ready()
+        now, later = by_driver(self.driver, ready)
         self._release(i, now)
         state.syncing = (ready.persist, later)
 
@@ -171,10 +160,6 @@ class Explorer:
         state = self.nodes[i]
         for entry in ready.applied:
             self.checker.applied(i, state.log, entry)
-            try:
-                state.catalog.apply(entry)
-            except Exception as exc:  # what would crash-loop a PRM
-                self.checker.fail(f"crash: node {i} raised {exc!r} applying slot {entry.slot}")
         for dst, msg in ready.messages:
             if (violation := frame_violation(i, dst, msg)) is not None:
                 self.checker.fail(violation)

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
 
-from paxmr.catalog import Catalog
 from paxmr.logobject import LogObject
 from paxmr.paxos import Committed, CoreConfig, Node, Ready, Request, split, to_wire
 from paxmr.paxos.messages import Accept, CatchupReply, Forward, Promise
@@ -72,8 +71,7 @@ class Replica:
     id: int
     disk: MemoryStorage
     node: Node | None = None
-    log: NodeLog = field(default_factory=lambda: NodeLog([]))
-    catalog: Catalog = field(default_factory=Catalog)
+    log: NodeLog = field(default_factory=NodeLog)
     syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
     incarnation: int = 0
     timer_token: int = 0
@@ -130,6 +128,15 @@ def forged_value(rng: random.Random) -> bytes:
         return rng.randbytes(rng.randint(0, 64))
     packed: bytes = msgpack.packb(body, use_bin_type=True)
     return packed
+
+
+def by_driver(driver: str, ready: Ready) -> tuple[Ready, Ready]:
+    """(what leaves before the commit of ready.persist, what waits for it)."""
+    if driver == STRICT:
+        return Ready(), ready
+    if driver == EARLY:
+        return split(ready)
+    return ready, Ready()  # UNSAFE: effects go out before the disk has them
 
 
 def frame_violation(src: int, dst: int, msg: Message) -> str | None:
@@ -244,20 +251,9 @@ class World:
         durable = replica.disk.load()
         rng = random.Random(self.rng.getrandbits(64))
         replica.node = self.factory(replica.id, self.members, durable, SIM_CONFIG, rng, self.now)
-        replica.log = NodeLog([])
-        replica.catalog = Catalog()  # the PRM rebuilds its catalog from the log at start-up
-        for entry in durable.log:
-            self.checker.learned(replica.id, entry)
-            replica.log.append(entry)
-            self._catalog(replica, entry)
+        replica.log = self.checker.restored(replica.id, durable.log)
         self._log(f"start node {replica.id} voting={durable.voting} log={len(durable.log)}")
         self._after_input(replica)
-
-    def _catalog(self, replica: Replica, entry: Any) -> None:
-        try:
-            replica.catalog.apply(entry)
-        except Exception as exc:  # what would crash-loop a PRM
-            self.checker.fail(f"crash: node {replica.id} raised {exc!r} applying slot {entry.slot}")
 
     def _crash(self, replica: Replica, *, lose_unsynced: bool) -> None:
         if replica.syncing is not None and not lose_unsynced:
@@ -289,12 +285,7 @@ class World:
         if not ready.persist:
             self._release(replica, ready)
             return
-        if self.driver == STRICT:
-            now, later = Ready(), ready
-        elif self.driver == EARLY:
-            now, later = split(ready)
-        else:  # UNSAFE: effects go out before the disk has them
-            now, later = ready, Ready()
+        now, later = by_driver(self.driver, ready)
         self._release(replica, now)
         replica.syncing = (ready.persist, later)
         self._at(
@@ -330,7 +321,6 @@ class World:
     def _release(self, replica: Replica, ready: Ready) -> None:
         for entry in ready.applied:
             self.checker.applied(replica.id, replica.log, entry)
-            self._catalog(replica, entry)
         for dst, msg in ready.messages:
             self._send(replica.id, dst, msg)
         for reply in ready.replies:
