@@ -11,10 +11,10 @@ from paxos_harness import Harness
 from test_paxos_regressions import assert_safe, link
 
 from paxmr.paxos import Request
-from paxmr.paxos.messages import Accept, CatchupReply, CatchupRequest, Prepare, Promise
+from paxmr.paxos.messages import Accept, CatchupReply, Prepare, Promise
 
 
-def test_a_leader_that_starts_voting_mid_term_promised_its_own_ballot():
+def test_a_leader_that_starts_voting_mid_term_promised_its_own_ballot():  # noqa: C901 - one schedule
     """5 members. Node 1 lost its disk, fenced at r and leads there without voting (it has not
     caught up). Node 5 campaigns at p = r+1; nodes 2, 3, 4 promise p (their Promises are held);
     node 1 is Nacked and campaigns again, non-voting, at r2 (a random round far above p), wins
