@@ -2,16 +2,21 @@
 
 Driven by hand through the harness, as in test_paxos_regressions.py: every message stays on the
 wire until the test delivers, holds back or drops it, and every Ready is committed before its
-messages leave. Each test asserts only the safety property (assert_safe).
+messages leave. Each test asserts only the property broken: safety (assert_safe) or that every
+message fits a frame.
 """
 
 from __future__ import annotations
 
-from paxos_harness import Harness
-from test_paxos_regressions import assert_safe, link
+from dataclasses import replace
 
-from paxmr.paxos import Request
-from paxmr.paxos.messages import Accept, CatchupReply, Prepare, Promise
+import msgpack
+from paxos_harness import CONFIG, Harness
+from test_paxos_regressions import ENVELOPE, assert_safe, link
+
+from paxmr.paxos import Request, to_wire
+from paxmr.paxos.messages import Accept, CatchupReply, Forward, Prepare, Promise
+from paxmr.settings import Limits
 
 
 def test_a_leader_that_starts_voting_mid_term_promised_its_own_ballot():  # noqa: C901 - one schedule
@@ -128,3 +133,35 @@ def test_a_leader_that_starts_voting_mid_term_promised_its_own_ballot():  # noqa
     h.deliver_where(lambda s, d, _m: {s, d} <= {1, 4, 5})
     h.wire.clear()
     assert_safe(h)
+
+
+def test_a_forwarded_request_id_never_makes_a_message_exceed_the_frame():
+    """3 members, the core configured from Limits as the PRM does it. A peer (holding the
+    cluster key, as in defect 4) forwards a request whose id is so long that the Forward just
+    fits a frame; the value is small. The leader checks only the value's length and proposes
+    it: every Accept (and later the old leader's Promise) carrying it is a few bytes over the
+    frame limit and dropped by the transport, for good. Request ids are not bounded in the core
+    (the control API bounds them at 128 characters, a peer's Forward is not)."""
+    limits = Limits(value_bytes=1024, frame_bytes=40 * 1024)
+    config = replace(
+        CONFIG,
+        max_value_bytes=limits.value_bytes,
+        batch_bytes=limits.batch_bytes,
+        max_in_flight=limits.in_flight,
+    )
+    h = Harness(3, config)
+    h.frame_limit = limits.frame_bytes - ENVELOPE
+    leader = h.elect()
+    h.advance(0.2)
+    h.deliver()
+    base = len(msgpack.packb(to_wire(Forward("", b"v")), use_bin_type=True))
+    forged = Forward("r" * (h.frame_limit - base - 8), b"v")
+    assert len(msgpack.packb(to_wire(forged), use_bin_type=True)) <= h.frame_limit
+    peer = next(i for i in h.members if i != leader)
+    h.node(leader).receive(peer, forged, h.now)
+    h.flush(leader)
+    h.advance(1.0)
+    h.submit(leader, "after", b"after")
+    h.advance(1.0)
+    oversized = sorted({(kind, size) for _, _, kind, size in h.oversized})
+    assert not oversized, f"over the {h.frame_limit}-byte frame limit (dropped): {oversized}"
