@@ -1,0 +1,167 @@
+"""Counterexamples from an adversarial review of the fixed core (after issue 8).
+
+Driven by hand through the harness, as in test_paxos_regressions.py: every message stays on the
+wire until the test delivers, holds back or drops it, and every Ready is committed before its
+messages leave. Each test asserts only the property broken: safety (assert_safe) or that every
+message fits a frame.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import msgpack
+from paxos_harness import CONFIG, Harness
+from test_paxos_regressions import ENVELOPE, assert_safe, link
+
+from paxmr.paxos import Request, to_wire
+from paxmr.paxos.messages import Accept, CatchupReply, Forward, Prepare, Promise
+from paxmr.settings import Limits
+
+
+def test_a_leader_that_starts_voting_mid_term_promised_its_own_ballot():  # noqa: C901 - one schedule
+    """5 members. Node 1 lost its disk, fenced at r and leads there without voting (it has not
+    caught up). Node 5 campaigns at p = r+1; nodes 2, 3, 4 promise p (their Promises are held);
+    node 1 is Nacked and campaigns again, non-voting, at r2 (a random round far above p), wins
+    with 2, 3, 4 (a non-voter does not promise its own ballot) and only then catches up and
+    votes again: its promise stays at r < p < r2. It proposes y in slot 2 at r2 and y is chosen
+    by {1, 2, 3} (slot 1 is still open, so node 1 keeps y as learned, not applied). The held
+    Prepare(p) reaches node 1, which promises p (p > r) although it accepted at r2 > p; node 5
+    leads at p with the held promises and node 1 accepts z2 at p in slot 2, overwriting its
+    r2 row. Node 4 leads with {1, 4, 5}, sees only z2 and chooses it: node 1 applies y in slot 2
+    (its client was told committed), nodes 4 and 5 apply z2."""
+    h = Harness(5)
+    h.fire(2)
+    h.deliver()
+    assert h.node(2).role == "leader"
+    h.submit(2, "a", b"a")
+    h.deliver()
+    assert all(len(h.applied[i]) == 1 for i in h.members)
+    h.wire.clear()
+
+    def no_catchup_to_1(s: int, d: int, m: object) -> bool:
+        return not (d == 1 and isinstance(m, CatchupReply) and m.from_slot == 0)
+
+    def is_catchup_to_1(s: int, d: int, m: object) -> bool:
+        return not no_catchup_to_1(s, d, m)
+
+    # Node 1 loses its disk, probes, fences at r with every peer; its catch-up is lost.
+    h.wipe(1)
+    for _ in range(10):
+        h.fire(1)
+        h.deliver_where(no_catchup_to_1)
+        h.take(is_catchup_to_1)
+        if h.node(1).role == "leader":
+            break
+    n1 = h.node(1)
+    assert n1.role == "leader"
+    assert not n1.acceptor.voting
+    assert n1.acceptor.recover_until == 1
+    r = n1.ballot
+    h.wire.clear()
+
+    # Node 5 campaigns at p; 2, 3, 4 promise (held); the Prepare to node 1 is held.
+    h.fire(5)
+    p = h.node(5).ballot
+    assert p > r
+    held_prepare = h.take(link(5, 1, Prepare))
+    h.deliver_where(lambda s, _d, m: s == 5 and isinstance(m, Prepare))
+    held_promises = h.take(lambda _s, d, m: d == 5 and isinstance(m, Promise))
+    assert len(held_promises) == 3
+    h.wire.clear()
+
+    # Node 1's heartbeat at r is Nacked; it steps down and campaigns again at r2 (not a
+    # fence: it fenced already), winning with 2, 3, 4. Node 5 hears none of it.
+    def round_trip() -> None:
+        h.take(lambda s, d, _m: 5 in (s, d))
+        h.deliver_where(lambda s, d, m: 5 not in (s, d) and no_catchup_to_1(s, d, m))
+        h.take(is_catchup_to_1)
+
+    for _ in range(5):
+        h.fire(1)
+        round_trip()
+        if h.node(1).role != "leader":
+            break
+    for _ in range(5):
+        h.fire(1)
+        round_trip()
+        if h.node(1).role == "leader":
+            break
+    r2 = n1.ballot
+    assert n1.role == "leader"
+    assert r2 > p
+    assert not n1.acceptor.voting
+    # Now it catches up and votes again, still leading at r2.
+    for _ in range(5):
+        h.fire(1)
+        h.take(lambda s, d, _m: 5 in (s, d))
+        h.deliver_where(lambda s, d, _m: 5 not in (s, d))
+        if n1.acceptor.voting:
+            break
+    assert n1.acceptor.voting
+    assert n1.role == "leader"
+    assert n1.ballot == r2
+    h.wire.clear()
+
+    # x1 in slot 1 goes nowhere; y in slot 2 is accepted by 1, 2, 3 at r2: chosen.
+    h.submit(1, "x1", b"x1")
+    h.wire.clear()
+    h.submit(1, "y", b"y")
+    h.deliver_where(lambda s, d, m: s == 1 and d in {2, 3} and isinstance(m, Accept))
+    h.take(lambda s, _d, _m: s == 1)
+    h.deliver_where(lambda _s, d, _m: d == 1)
+    assert {i for i in (2, 3) if 2 in h.disks[i].load().accepted} == {2, 3}
+    h.wire.clear()
+
+    # The held Prepare(p) reaches node 1 (its Promise is lost); node 5 leads at p.
+    h.put(held_prepare)
+    h.deliver_where(link(5, 1, Prepare))
+    h.take(link(1, 5))
+    h.put(held_promises)
+    h.deliver_where(lambda _s, d, m: d == 5 and isinstance(m, Promise))
+    assert h.node(5).role == "leader"
+    assert h.node(5).ballot == p
+    h.wire.clear()
+    h.node(5).submit(Request("z1", b"z1"), h.now)
+    h.node(5).submit(Request("z2", b"z2"), h.now)
+    h.flush(5)
+    h.deliver_where(lambda s, d, m: s == 5 and d == 1 and isinstance(m, Accept))
+    h.wire.clear()
+
+    # Node 4 leads with {1, 4, 5} and chooses what they report.
+    h.fire(4)
+    h.deliver_where(lambda s, d, _m: {s, d} <= {1, 4, 5})
+    h.wire.clear()
+    assert_safe(h)
+
+
+def test_a_forwarded_request_id_never_makes_a_message_exceed_the_frame():
+    """3 members, the core configured from Limits as the PRM does it. A peer (holding the
+    cluster key, as in defect 4) forwards a request whose id is so long that the Forward just
+    fits a frame; the value is small. The leader checks only the value's length and proposes
+    it: every Accept (and later the old leader's Promise) carrying it is a few bytes over the
+    frame limit and dropped by the transport, for good. Request ids are not bounded in the core
+    (the control API bounds them at 128 characters, a peer's Forward is not)."""
+    limits = Limits(value_bytes=1024, frame_bytes=40 * 1024)
+    config = replace(
+        CONFIG,
+        max_value_bytes=limits.value_bytes,
+        batch_bytes=limits.batch_bytes,
+        max_in_flight=limits.in_flight,
+    )
+    h = Harness(3, config)
+    h.frame_limit = limits.frame_bytes - ENVELOPE
+    leader = h.elect()
+    h.advance(0.2)
+    h.deliver()
+    base = len(msgpack.packb(to_wire(Forward("", b"v")), use_bin_type=True))
+    forged = Forward("r" * (h.frame_limit - base - 8), b"v")
+    assert len(msgpack.packb(to_wire(forged), use_bin_type=True)) <= h.frame_limit
+    peer = next(i for i in h.members if i != leader)
+    h.node(leader).receive(peer, forged, h.now)
+    h.flush(leader)
+    h.advance(1.0)
+    h.submit(leader, "after", b"after")
+    h.advance(1.0)
+    oversized = sorted({(kind, size) for _, _, kind, size in h.oversized})
+    assert not oversized, f"over the {h.frame_limit}-byte frame limit (dropped): {oversized}"
