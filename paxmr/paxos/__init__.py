@@ -1,7 +1,7 @@
 """The Multi-Paxos core, sans-IO: plain data in, plain data out (see node.py)."""
 
 from paxmr.paxos.ballot import ZERO, Ballot
-from paxmr.paxos.client import Committed, Refused, Reply, Request
+from paxmr.paxos.client import MAX_REQUEST_ID, Committed, Refused, Reply, Request
 from paxmr.paxos.config import CoreConfig
 from paxmr.paxos.durable import DurableState, Persist
 from paxmr.paxos.log import GENESIS_DIGEST, NOOP, Entry, LogEntry, chain_digest
@@ -11,6 +11,7 @@ from paxmr.paxos.ready import NodeStatus, Ready, split
 
 __all__ = [
     "GENESIS_DIGEST",
+    "MAX_REQUEST_ID",
     "NOOP",
     "ZERO",
     "BadMessage",

@@ -5,20 +5,26 @@ must not vote (promise or accept) until that cannot matter. Call the lost node's
 old incarnation. The rule:
 
 0. Fresh ballots. Every campaign of a node that cannot vote starts at a random round in
-   [1, FRESH_ROUNDS) above every round it knows of (Node._campaign), so its ballots differ from
-   the old incarnation's, whose rounds it has forgotten: a stale or replayed reply to an old
-   ballot cannot count for a new one. (The chance of a repeat is below the number of rounds the
-   old incarnation used, divided by FRESH_ROUNDS, per campaign.)
+   [1, FRESH_ROUNDS) above every round it knows of (Node._next_round), so its ballots differ
+   from the old incarnation's, whose rounds it has forgotten: a stale or replayed reply to an
+   old ballot cannot count for a new one, and no ballot of the old incarnation is ever taken up
+   again. (The chance of a repeat is below the number of rounds the old incarnation used,
+   divided by FRESH_ROUNDS, per campaign.)
 1. Fence: it runs phase 1 with such a ballot r and needs an answer from *every* other member,
    and promises (answers from voters) from a majority of all members. A voter's answer is a
    promise of r; a non-voting member's answer gives up every ballot of its own below r.
    - Forgotten promises. The old incarnation may have promised some ballot p that then counts
-     in p's phase-1 quorum although the new incarnation accepts below p. Every such p was made
-     by some other member q before the fence began, and q answered the fence: a voter promised
-     r > its own promise >= p (a campaign promises its own ballot first), a non-voter gave up
-     its ballots below r, and in both cases q drops its campaign or leadership at p. A proposer
-     never takes a ballot up again (rounds only grow, see Node._campaign), so no phase 1 or 2
-     at a ballot below r completes after the fence: the forgotten promises count for nothing.
+     in p's phase-1 quorum although the new incarnation accepts below p. If p is a ballot of
+     the old incarnation itself, step 0 makes it dead. Otherwise p was made by some other
+     member q before the fence began, and q answered the fence: a voter promised r, above its
+     promise, which is at least every ballot it campaigned at while voting (a voter's campaign
+     promises its own ballot first) and every ballot it accepted at (Acceptor.accept); a
+     non-voter gave up its ballots below r; in both cases q drops any campaign or leadership
+     below r. A proposer never takes a ballot up again (rounds only grow: used_round is
+     durable, see Node._next_round), so no phase 1 or 2 at a ballot made before the fence and
+     below r completes after it: the forgotten promises count for nothing. (A non-voter's
+     answer is not durable, so after a restart it may campaign below r again, at a new ballot
+     that the old incarnation never promised; the voters that promised r refuse it.)
    - Forgotten accepts. A value chosen before the fence at some ballot b < r was accepted by a
      majority; at least one of its members is a voter that answered the fence (a majority of
      voters answered, and two majorities meet in a node that is not the lost one, or in the
@@ -33,7 +39,8 @@ old incarnation. The rule:
 Afterwards its promises can hide only accepts of its old incarnation at ballots below r, in slots
 that are chosen and which it reports as applied, or in slots where nothing can be chosen below r;
 and no forgotten promise can combine with its new accepts. The usual Paxos argument (the highest
-reported ballot at or above the chosen one) is untouched.
+reported ballot at or above the chosen one) is untouched: it needs every acceptor's promise to be
+at least every ballot it accepted at, which accept() keeps.
 
 Safety needs a voting majority to keep its disks; while a majority is lost the fence never
 completes, so the cluster stays unavailable rather than forget acknowledged entries.
@@ -85,6 +92,10 @@ class Acceptor:
             persist.promised = ballot
 
     def accept(self, ballot: Ballot, slot: int, entry: Entry, persist: Persist) -> None:
+        # Accepting at a ballot promises it too: a leader that could not vote when it won
+        # (its own campaign promised nothing) and votes by now must not later promise a
+        # ballot between its promise and its own, and accept below the value it accepted.
+        self.raise_promise(ballot, persist)
         self.accepted[slot] = (ballot, entry)
         persist.accepted[slot] = (ballot, entry)
 
@@ -93,7 +104,8 @@ class Acceptor:
         return row[1] if row is not None and row[0] == ballot else None
 
     def fence(self, ballot: Ballot, until: int, persist: Persist) -> None:
-        """Step 1 of the lost-storage rule is done: promises from a majority of others."""
+        """Step 1 of the lost-storage rule is done: every other member answered the fence
+        ballot, and a majority of all members promised it."""
         self.promised = max(self.promised, ballot)
         persist.promised = self.promised
         self.recover_until = until

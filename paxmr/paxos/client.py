@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Request ids are at most this long (the control API's limit too), so that the framing budgets
+# (messages.wire_cost) hold for every entry a peer can make the leader propose.
+MAX_REQUEST_ID = 128
+
 
 @dataclass(frozen=True, slots=True)
 class Request:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from paxmr.paxos.acceptor import Acceptor
 from paxmr.paxos.ballot import ZERO, Ballot
-from paxmr.paxos.client import Committed, Refused, Reply, Request
+from paxmr.paxos.client import MAX_REQUEST_ID, Committed, Refused, Reply, Request
 from paxmr.paxos.leader import Proposal, plan_takeover
 from paxmr.paxos.log import AppliedLog, Entry
 from paxmr.paxos.messages import (
@@ -148,6 +148,8 @@ class Node:
             self._refuse(rid, "stopped", "this node is stopped")
         elif not rid:
             self._refuse(rid, "invalid", "the empty request id is reserved for no-ops")
+        elif len(rid) > MAX_REQUEST_ID:
+            self._refuse(rid, "invalid", f"request ids have at most {MAX_REQUEST_ID} characters")
         elif len(request.value) > self.config.max_value_bytes:
             self._refuse(rid, "too_large", f"value exceeds {self.config.max_value_bytes} bytes")
         elif (applied := self.log.positions.get(rid)) is not None:
@@ -300,9 +302,9 @@ class Node:
             self._election_at = now + self._election_timeout()  # give the candidate time
             self._send_promise(src, msg)
         elif acceptor.voting and msg.ballot == acceptor.promised and msg.ballot.node == src:
-            # The next page of this promise (or a repeat) for the candidate. Nothing was
-            # accepted at or above the ballot since the promise, unless the candidate itself
-            # proposed: it then leads and no longer counts promises.
+            # The next page of this promise (or a repeat) for the candidate. Since the promise
+            # nothing was accepted above the ballot (the promise would have risen), and at it
+            # only once the candidate leads: then it no longer counts promises.
             self._send_promise(src, msg)
         elif not acceptor.voting and msg.ballot > self.ballot:
             # Cannot promise; gives up its own ballots below this one (acceptor.py, step 1).
@@ -325,7 +327,8 @@ class Node:
             self._send(src, Nack(msg.ballot, acceptor.promised, self.log.length))
             return
         if self._lead and msg.ballot < self._lead.ballot:
-            # Reaches a leader that cannot vote yet (a voter Nacks above): refused all the same.
+            # A lower ballot's accept reaching a leader: a voter Nacks above when it has
+            # promised its own ballot; a leader that could not vote when it won may not have.
             self._send(src, Nack(msg.ballot, self._lead.ballot, self.log.length))
             return
         fenced = acceptor.voting or acceptor.recover_until is not None
@@ -494,6 +497,8 @@ class Node:
     def _on_forward(self, src: int, msg: Forward) -> None:
         if not self._lead:
             return  # the origin retries until its deadline
+        if not msg.request_id or len(msg.request_id) > MAX_REQUEST_ID:
+            return  # no honest peer forwards one: the control API bounds request ids
         if len(msg.value) > self.config.max_value_bytes:
             reason = f"value exceeds {self.config.max_value_bytes} bytes"
             self._send(src, Refuse(msg.request_id, "too_large", reason))

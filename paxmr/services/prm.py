@@ -63,7 +63,9 @@ def check_identity(settings: Settings, identity: Identity | None) -> None:
 
 class ReplicateArgs(control.Args):
     file: str
-    request_id: str = Field(default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=128)
+    request_id: str = Field(
+        default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=paxos.MAX_REQUEST_ID
+    )
 
 
 class PositionsArgs(control.Args):
