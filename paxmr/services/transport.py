@@ -18,8 +18,11 @@ bytes are decoded in a worker thread so heartbeats keep flowing.
 
 Nothing before authentication costs more than a small, bounded amount: an accepted connection
 must finish its handshake within ``HANDSHAKE_TIMEOUT``; connections still in their handshake
-are capped per source address and in total, and when a cap is reached the *oldest* of them is
-dropped, so idle or slow clients can never keep a real peer out. Only an authenticated
+are capped per source address and in total, and a new connection over a cap is admitted by
+dropping a *random* one of those in their handshake (of its own address first), so idle or slow
+clients can never keep a real peer out: a real peer's handshake takes milliseconds, and it
+survives a flood of churning connections with high probability (dropping the oldest instead
+would let a fast enough flood drop every real handshake). Only an authenticated
 connection counts against its peer's slots. Refusals are logged at most once per
 ``REFUSAL_LOG_EVERY`` seconds per reason, with a count of what was suppressed.
 """
@@ -28,16 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import random
 import ssl
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 
 from paxmr import logs, paxos, pki
+from paxmr.services import unpack
 from paxmr.settings import NodeAddress, TlsFiles
 
 _LENGTH = struct.Struct(">I")
@@ -47,14 +52,18 @@ CONNECT_TIMEOUT = 2.0  # TCP connect plus TLS handshake, dialling out
 HANDSHAKE_TIMEOUT = 3.0  # from accept to a verified peer certificate
 BODY_TIMEOUT = 30.0  # a frame's body must follow its length prefix within this time
 INBOUND_PER_PEER = 4  # authenticated connections kept per peer; a newer one replaces the oldest
-PENDING_PER_SOURCE = 8  # connections in their handshake per source address
-PENDING_MAX = 64  # connections in their handshake in total
+PENDING_PER_SOURCE = 32  # connections in their handshake per source address
+PENDING_MAX = 128  # connections in their handshake in total
 DECODE_INLINE = 64 * 1024  # larger frames are decoded in a worker thread
 REFUSAL_LOG_EVERY = 10.0  # seconds
 # Structure limits for msgpack: no message has more keys, longer strings or longer arrays.
 MAX_MAP_LEN = 16
 MAX_STR_LEN = 4096
 MAX_ARRAY_LEN = paxos.messages.MAX_BATCH
+MAX_DEPTH = 8
+# Objects in one large frame (decoded by paxmr/services/unpack.py in a worker): an entry of an
+# Accept, Promise or Entries message is at most 7 objects, and a batch has at most MAX_BATCH.
+MAX_OBJECTS = 8 * paxos.messages.MAX_BATCH
 
 
 class FrameError(Exception):
@@ -82,6 +91,7 @@ def _context(purpose: int, files: TlsFiles) -> ssl.SSLContext:
 def server_context(files: TlsFiles) -> ssl.SSLContext:
     ctx = _context(ssl.PROTOCOL_TLS_SERVER, files)
     ctx.check_hostname = False  # the client's node id is read from its certificate instead
+    ctx.num_tickets = 0  # TLS 1.3 issues session tickets unless told not to
     return ctx
 
 
@@ -119,18 +129,29 @@ def frame(seq: int, payload: bytes) -> bytes:
 def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message]:
     """``body`` is a frame without its length prefix; returns (claimed sender, seq, message)."""
     (seq,) = _SEQ.unpack_from(body)
+    payload = memoryview(body)[_SEQ.size :]
     try:
-        obj = msgpack.unpackb(
-            body[_SEQ.size :],
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_bin_len=limit,
-            max_str_len=MAX_STR_LEN,
-            max_array_len=MAX_ARRAY_LEN,
-            max_map_len=MAX_MAP_LEN,
-            max_ext_len=0,
-        )
+        if len(payload) <= DECODE_INLINE:  # C decoder: fast, bounded by the size
+            obj = msgpack.unpackb(
+                payload,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                max_bin_len=limit,
+                max_str_len=MAX_STR_LEN,
+                max_array_len=MAX_ARRAY_LEN,
+                max_map_len=MAX_MAP_LEN,
+                max_ext_len=0,
+            )
+        else:  # plain Python, bounded in objects and depth, lets the loop run (see unpack.py)
+            obj = unpack.unpack(
+                payload,
+                max_objects=MAX_OBJECTS,
+                max_depth=MAX_DEPTH,
+                max_str_len=MAX_STR_LEN,
+                max_bin_len=limit,
+                max_container_len=MAX_ARRAY_LEN,
+            )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise FrameError(f"undecodable payload: {exc}") from exc
     if not isinstance(obj, dict) or type(obj.get("src")) is not int or obj.get("dst") != me:
@@ -141,8 +162,18 @@ def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message]:
         raise FrameError(f"bad message: {exc}") from exc
 
 
+class Truncated(FrameError):
+    """The connection ended in the middle of a frame."""
+
+
 async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
-    (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
+    try:
+        header = await reader.readexactly(_LENGTH.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise Truncated("truncated frame") from None
+        raise
+    (length,) = _LENGTH.unpack(header)
     if length > limit + _SEQ.size or length <= _SEQ.size:
         raise FrameError(f"frame length {length} outside ({_SEQ.size}, {limit + _SEQ.size}]")
     try:
@@ -150,6 +181,8 @@ async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
             return await reader.readexactly(length)
     except TimeoutError:
         raise FrameError(f"frame body not received within {BODY_TIMEOUT} s") from None
+    except (asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
+        raise Truncated("truncated frame") from None
 
 
 class Outbox:
@@ -203,11 +236,16 @@ class RefusalLog:
 class _Conn:
     writer: asyncio.StreamWriter
     source: str
-    since: float = field(default_factory=time.monotonic)
     peer: int | None = None
+    raw: asyncio.BaseTransport | None = None  # the TCP transport under TLS
+
+    def __post_init__(self) -> None:
+        self.raw = self.writer.transport
 
     def drop(self) -> None:
-        self.writer.transport.abort()
+        transport = self.writer.transport or self.raw
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
 
 
 Deliver = Callable[[int, paxos.Message], None]
@@ -282,13 +320,14 @@ class Transport:
     # --- admission before authentication --------------------------------------------------
 
     def _admit_pending(self, conn: _Conn) -> None:
-        """Count a connection in its handshake; over a cap, the oldest such connection goes."""
+        """Count a connection in its handshake; over a cap, a random such connection goes."""
         queue = self._pending[conn.source]
         if len(queue) >= PENDING_PER_SOURCE:
-            self._evict(queue[0], "too many handshakes from this address")
+            self._evict(random.choice(queue), "too many handshakes from this address")
         if self._pending_count >= PENDING_MAX:
-            oldest = min((q[0] for q in self._pending.values() if q), key=lambda c: c.since)
-            self._evict(oldest, "too many handshakes in progress")
+            # From the address with the most connections in their handshake.
+            busiest = max(self._pending.values(), key=len)
+            self._evict(random.choice(busiest), "too many handshakes in progress")
         queue.append(conn)
         self._pending_count += 1
 
@@ -311,6 +350,12 @@ class Transport:
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 await conn.writer.start_tls(self._server_ctx)
+            if conn.writer.transport is None:
+                raise ConnectionResetError("closed during the handshake")
+        except AttributeError:
+            # Python 3.11's start_tls fails this way, or "succeeds" with no transport, when the
+            # connection closes during the handshake.
+            return None
         except TimeoutError:
             self.refusals.refused("connection_refused", "handshake timeout", peer=conn.source)
             return None
@@ -322,6 +367,8 @@ class Transport:
             return None
         finally:
             self._leave_pending(conn)
+            if conn.writer.transport is None:  # see above: give the writer a transport to close
+                conn.writer._transport = conn.raw  # noqa: SLF001
         peer = peer_id(conn.writer.get_extra_info("ssl_object"))
         if peer is None or peer not in self.addresses:
             self.refusals.refused(
@@ -353,12 +400,11 @@ class Transport:
                 return
             self._admit_peer(conn, peer)
             await self._receive(reader, peer, label)
+        except Truncated as exc:  # closed in the middle of a frame, not between two
+            self.log.warning("frame_dropped", peer=label, reason=str(exc))
         except FrameError as exc:
             self.log.warning("connection_dropped", peer=label, reason=str(exc))
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:  # closed in the middle of a frame, not between two
-                self.log.warning("frame_dropped", peer=label, reason="truncated frame")
-        except (ConnectionError, ssl.SSLError, OSError):
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
             pass
         except Exception:
             self.log.exception("connection_failed", peer=label)

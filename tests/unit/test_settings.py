@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from paxmr import settings as settings_mod
 from paxmr import pki
+from paxmr import settings as settings_mod
 from paxmr.settings import ConfigError, Settings, load
 
 GOOD = """

@@ -6,8 +6,17 @@ import msgpack
 import pytest
 
 from paxmr.paxos import Ballot
-from paxmr.paxos.messages import Prepare
-from paxmr.services.transport import MAX_ARRAY_LEN, FrameError, decode, encode, frame
+from paxmr.paxos.log import Entry
+from paxmr.paxos.messages import Accept, Prepare
+from paxmr.services.transport import (
+    DECODE_INLINE,
+    MAX_ARRAY_LEN,
+    MAX_OBJECTS,
+    FrameError,
+    decode,
+    encode,
+    frame,
+)
 
 MSG = Prepare(Ballot(3, 1), 7)
 LIMIT = 1 << 20
@@ -57,3 +66,17 @@ def test_binary_longer_than_the_limit_is_refused() -> None:
     payload = msgpack.packb({"src": 1, "dst": 2, "msg": b"x" * 2048}, use_bin_type=True)
     with pytest.raises(FrameError, match="undecodable"):
         decode(_raw(payload), me=2, limit=1024)
+
+
+def test_large_frame_round_trips_through_the_bounded_decoder() -> None:
+    entries = tuple((slot, Entry(f"r{slot}", bytes([slot]) * 40_000)) for slot in range(5))
+    msg = Accept(Ballot(2, 1), entries, 3)
+    data = body(frame(7, encode(1, 2, msg)))
+    assert len(data) > DECODE_INLINE
+    assert decode(data, me=2, limit=LIMIT) == (1, 7, msg)
+
+
+def test_large_frame_with_too_many_objects_is_refused() -> None:
+    payload = msgpack.packb({"src": 1, "dst": 2, "msg": [[0] * 1000] * (MAX_OBJECTS // 1000)})
+    with pytest.raises(FrameError, match="objects"):
+        decode(_raw(payload), me=2, limit=LIMIT)
