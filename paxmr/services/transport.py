@@ -271,7 +271,6 @@ class Transport:
         self.addresses = {p.id: p for p in peers}
         self.outboxes = {p.id: Outbox(2 * frame_limit) for p in peers}
         self.connected: set[int] = set()
-        self.last_heard: dict[int, float] = {}  # peer -> monotonic time of its last valid frame
         self._server_ctx = server_context(tls)
         self._client_ctx = client_context(tls)
         self._tasks: list[asyncio.Task[None]] = []
@@ -311,11 +310,6 @@ class Transport:
             self.log.error("frame_too_large", peer=dst, bytes=len(payload), limit=self.frame_limit)
         elif not outbox.put(payload):
             self.log.debug("frame_not_queued", peer=dst, queued_bytes=outbox.bytes)
-
-    def peers_up(self, within: float) -> set[int]:
-        """Peers heard from over an authenticated connection in the last ``within`` seconds."""
-        now = time.monotonic()
-        return {p for p, t in self.last_heard.items() if now - t <= within}
 
     # --- admission before authentication --------------------------------------------------
 
@@ -435,7 +429,6 @@ class Transport:
             if seq != expected:
                 raise AuthError(f"frame {seq} out of sequence (expected {expected}): replayed?")
             expected += 1
-            self.last_heard[peer] = time.monotonic()
             self.deliver(src, msg)
 
     # --- outbound --------------------------------------------------------------------------
