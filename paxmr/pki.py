@@ -8,6 +8,13 @@ This module needs only the standard library and ``cryptography``, so the Ansible
 it with the controller's own Python (``python pki.py ensure ...``) without installing paxmr.
 Keys are written with mode 0600 from the start (``O_EXCL``); an existing key file readable by
 others is repaired to 0600 and reported.
+
+Rotating the CA without downtime takes three steps, each followed by a rolling restart of the
+nodes with their new files (``rotate``): ``begin`` creates the next CA, which every node trusts
+from then on (``next.pem`` joins the bundle) while certificates still come from the current one;
+``switch`` makes it the signing CA (the old one stays trusted as ``old.pem``), so every node
+certificate is issued again; ``finish`` drops the old CA from the bundle. At every step each
+node trusts the CA of every certificate in use.
 """
 
 from __future__ import annotations
@@ -89,16 +96,18 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def ensure_ca(directory: Path, name: str = "paxmr cluster CA") -> tuple[Path, Path, bool]:
-    """``directory/ca.pem`` and ``ca.key``, created when missing; returns (cert, key, created)."""
+def ensure_ca(directory: Path, stem: str = "ca") -> tuple[Path, Path, bool]:
+    """``directory/ca.pem`` and ``ca.key`` (or another ``stem``), created when missing; returns
+    (cert, key, created). Each CA has its own name, so certificates say which one issued them."""
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cert_path, key_path = directory / "ca.pem", directory / "ca.key"
+    cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
     if cert_path.exists() and key_path.exists():
         repair_key_mode(key_path)
         return cert_path, key_path, False
     key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     now = _now()
+    name = f"paxmr cluster CA {now:%Y-%m-%d} {x509.random_serial_number() % 16**8:08x}"
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
     cert = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -151,8 +160,8 @@ def issue(ca_dir: Path, node_id: int, out: Path, days: int = NODE_DAYS) -> bool:
     new certificate only when there is none, it is from another CA, or it is due for renewal.
     Returns True when something was (re)written."""
     ca_cert_path, ca_key_path, _ = ensure_ca(ca_dir)
-    ca_pem = ca_cert_path.read_bytes()
-    ca = x509.load_pem_x509_certificate(ca_pem)
+    ca = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+    ca_pem = bundle_of(ca_dir)
     out.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path, bundle = out / CERT_FILE, out / KEY_FILE, out / CA_FILE
     changed = False
@@ -188,15 +197,46 @@ def issue(ca_dir: Path, node_id: int, out: Path, days: int = NODE_DAYS) -> bool:
     return True
 
 
+def bundle_of(ca_dir: Path) -> bytes:
+    """The CAs a node trusts: the signing CA, and the next or old one during a rotation."""
+    parts = [ca_dir / f"{stem}.pem" for stem in ("ca", "next", "old")]
+    return b"".join(p.read_bytes() for p in parts if p.exists())
+
+
+def rotate(ca_dir: Path, step: str) -> None:
+    """One step of a CA rotation (see the module's docstring): begin, switch or finish."""
+    current, nxt, old = (ca_dir / f"{stem}.pem" for stem in ("ca", "next", "old"))
+    if step == "begin":
+        if nxt.exists() or old.exists():
+            raise RuntimeError("a rotation is under way: switch or finish it first")
+        ensure_ca(ca_dir, "next")
+    elif step == "switch":
+        if not nxt.exists():
+            raise RuntimeError("no next CA: begin the rotation first")
+        current.replace(old)
+        (ca_dir / "ca.key").unlink()
+        nxt.replace(current)
+        (ca_dir / "next.key").replace(ca_dir / "ca.key")
+    elif step == "finish":
+        if nxt.exists() or not old.exists():
+            raise RuntimeError("nothing to finish: begin and switch first")
+        old.unlink()
+    else:
+        raise ValueError(f"unknown rotation step {step!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """``pki.py ensure --ca DIR --out DIR --node ID...``: the CA in --ca (created if missing) and,
-    for each node, ``--out/<id>/peer-{ca,cert,key}``. Prints ``{"changed": [...]}``."""
+    for each node, ``--out/<id>/peer-{ca,cert,key}``. Prints ``{"changed": [...]}``. The commands
+    ``begin``, ``switch`` and ``finish`` take that step of a CA rotation first."""
     parser = argparse.ArgumentParser(prog="paxmr-pki")
-    parser.add_argument("command", choices=["ensure"])
+    parser.add_argument("command", choices=["ensure", "begin", "switch", "finish"])
     parser.add_argument("--ca", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--node", type=int, action="append", default=[])
     args = parser.parse_args(argv)
+    if args.command != "ensure":
+        rotate(args.ca, args.command)
     _, _, created = ensure_ca(args.ca)
     changed = ["ca"] if created else []
     changed += [str(n) for n in args.node if issue(args.ca, n, args.out / str(n))]

@@ -88,3 +88,46 @@ def test_mutual_tls_names_the_client_and_refuses_another_ca(tmp_path: Path) -> N
     stranger = transport.client_context(_files(tmp_path, "other", 2).tls_files())
     with pytest.raises(ssl.SSLError):
         _handshake(stranger, server, "paxmr-node-1")
+
+
+def _snapshot(root: Path, node: int, tag: str) -> Path:
+    """Copy a node's files as they are now (a node not yet restarted keeps these)."""
+    src, dst = root / "nodes" / str(node), root / f"snap-{tag}-{node}"
+    dst.mkdir()
+    for name in ("peer-ca", "peer-cert", "peer-key"):
+        (dst / name).write_bytes((src / name).read_bytes())
+        (dst / name).chmod(0o600)
+    return dst
+
+
+def _pair(a: Path, b: Path, b_id: int) -> int | None:
+    """Node with files ``a`` dials node ``b_id`` whose files are ``b``; returns the id b reads."""
+    server = transport.server_context(Settings(tls_dir=b).tls_files())
+    client = transport.client_context(Settings(tls_dir=a).tls_files())
+    return _handshake(client, server, pki.node_name(b_id))
+
+
+def test_ca_rotation_keeps_every_pair_of_steps_talking(tmp_path: Path) -> None:
+    ca = tmp_path / "ca"
+
+    def ensure() -> None:
+        for n in (1, 2):
+            pki.issue(ca, n, tmp_path / "nodes" / str(n))
+
+    ensure()
+    steps = [_snapshot(tmp_path, n, "start") for n in (1, 2)]
+    for step in ("begin", "switch", "finish"):
+        pki.rotate(ca, step)
+        ensure()
+        now = [_snapshot(tmp_path, n, step) for n in (1, 2)]
+        # During a rolling restart, node 1 may already run the new files and node 2 the last ones.
+        for a, b in ((now[0], steps[1]), (steps[0], now[1])):
+            assert _pair(a, b, 2) == 1
+            assert _pair(b, a, 1) == 2
+        steps = now
+    issuer = _cert(tmp_path / "nodes" / "1" / "peer-cert").issuer
+    assert issuer == _cert(ca / "ca.pem").subject
+    assert not (ca / "old.pem").exists()
+    # Steps out of order are refused.
+    with pytest.raises(RuntimeError):
+        pki.rotate(ca, "finish")
