@@ -1,7 +1,8 @@
 """A whole cluster on this machine: every node's services as background processes.
 
-Layout under DIR: ``cluster.key``, ``cluster.json`` (what runs) and per node ``nK/paxmr.toml``,
-``nK/data``, ``nK/state``, ``nK/run`` (sockets) and ``nK/logs/<service>.log``.
+Layout under DIR: ``ca/`` (the cluster's CA: ``ca.pem``, ``ca.key``), ``cluster.json`` (what
+runs) and per node ``nK/paxmr.toml``, ``nK/tls`` (``peer-ca``, ``peer-cert``, ``peer-key``: see
+paxmr/pki.py), ``nK/data``, ``nK/state``, ``nK/run`` (sockets) and ``nK/logs/<service>.log``.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import socket
 import subprocess
@@ -19,7 +19,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from paxmr import control
+from paxmr import control, pki
 from paxmr.services import prm
 from paxmr.settings import Settings
 from paxmr.settings import load as load_settings
@@ -68,7 +68,7 @@ def _write_config(root: Path, node: int, ports: list[int], mappers: int) -> Path
         f'data_dir = "{home / "data"}"\n'
         f'state_dir = "{home / "state"}"\n'
         f'runtime_dir = "{home / "run"}"\n'
-        f'key_file = "{root / "cluster.key"}"\n{members}'
+        f'tls_dir = "{home / "tls"}"\n{members}'
     )
     return path
 
@@ -118,11 +118,10 @@ def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
     if any(_alive(s.pid) for s in load_state(root)):
         raise RuntimeError(f"a local cluster already runs in {root}; `paxmr local down` first")
     root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    key = root / "cluster.key"
-    if not key.exists():
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(secrets.token_hex(32) + "\n")
+    # The CA and each node's key and certificate: created once, reused (keys repaired to 0600),
+    # issued again when missing, from another CA or near their end.
+    for n in range(1, nodes + 1):
+        pki.issue(root / "ca", n, root / f"n{n}" / "tls")
     ports = _free_ports(nodes)
     configs = [_write_config(root, n, ports, mappers) for n in range(1, nodes + 1)]
     cluster_id = uuid.uuid4().hex

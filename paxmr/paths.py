@@ -142,8 +142,14 @@ def output(data_dir: Path, name: str) -> Iterator[tuple[int, str]]:
     follows a link, so a link planted later is replaced, not written through).
     """
     with directory_of(data_dir, name) as (dir_fd, leaf):
-        if _is_link(dir_fd, leaf):
+        try:
+            mode = os.lstat(leaf, dir_fd=dir_fd).st_mode
+        except FileNotFoundError:
+            mode = 0
+        if stat.S_ISLNK(mode):
             raise _link_refused(data_dir, name)
+        if stat.S_ISDIR(mode):
+            raise PathRefused(f"{name!r} is a directory: an output cannot replace it")
         yield dir_fd, leaf
 
 

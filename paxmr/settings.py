@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Self
+from typing import Annotated, Any, NamedTuple, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import (
@@ -16,10 +17,11 @@ from pydantic_settings import (
 )
 
 DEFAULT_CONFIG = Path("/etc/paxmr/paxmr.toml")
-KEY_CREDENTIAL = "cluster-key"
+# The peer TLS files: in ``tls_dir`` or systemd's credentials directory (LoadCredential=).
+TLS_FILES = ("peer-ca", "peer-cert", "peer-key")
 
 # Room in a frame beyond the value bytes of a batch: msgpack framing of its entries (about 20
-# bytes each, at most limits.in_flight of them), ballots and the HMAC tag.
+# bytes each, at most limits.in_flight of them), ballots and the frame header.
 _FRAME_SLACK = 32 * 1024
 
 NodeId = Annotated[int, Field(ge=1, le=255)]
@@ -86,7 +88,7 @@ class Settings(BaseSettings):
     runtime_dir: Path = Path("/run/paxmr")
     mappers: int = Field(default=2, ge=1, le=64)
     peer_bind: str | None = None
-    key_file: Path | None = None
+    tls_dir: Path | None = None
     limits: Limits = Field(default_factory=Limits)
     timing: Timing = Field(default_factory=Timing)
 
@@ -133,24 +135,36 @@ class Settings(BaseSettings):
                 return node
         raise ConfigError(f"node {self.node_id} has no entry in [[nodes]]")
 
-    def cluster_key_path(self) -> Path:
-        """The key file: explicit setting, else systemd's credentials directory."""
-        if self.key_file is not None:
-            return self.key_file
-        creds = os.environ.get("CREDENTIALS_DIRECTORY")
-        if creds:
-            return Path(creds) / KEY_CREDENTIAL
-        raise ConfigError("no cluster key: set key_file or run under systemd with LoadCredential=")
+    def tls_files(self) -> TlsFiles:
+        """The CA bundle, certificate and key: ``tls_dir``, else systemd's credentials directory.
 
-    def cluster_key(self) -> bytes:
-        path = self.cluster_key_path()
-        try:
-            key = path.read_bytes().strip()
-        except OSError as exc:
-            raise ConfigError(f"cannot read cluster key {path}: {exc.strerror}") from exc
-        if len(key) < 16:
-            raise ConfigError(f"cluster key {path} is shorter than 16 bytes")
-        return key
+        The key must not be readable by group or others (a ConfigError says so)."""
+        directory = self.tls_dir
+        if directory is None:
+            creds = os.environ.get("CREDENTIALS_DIRECTORY")
+            if not creds:
+                raise ConfigError(
+                    "no peer TLS files: set tls_dir or run under systemd with LoadCredential="
+                    + ",".join(TLS_FILES)
+                )
+            directory = Path(creds)
+        ca, cert, key = (directory / name for name in TLS_FILES)
+        for path in (ca, cert, key):
+            if not path.is_file():
+                raise ConfigError(f"peer TLS file {path} is missing")
+        mode = stat.S_IMODE(key.stat().st_mode)
+        if mode & 0o077:
+            raise ConfigError(
+                f"peer TLS key {key} has mode {mode:04o}: it must not be readable by group or"
+                f" others (chmod 600 {key})"
+            )
+        return TlsFiles(ca, cert, key)
+
+
+class TlsFiles(NamedTuple):
+    ca: Path
+    cert: Path
+    key: Path
 
 
 class ConfigError(Exception):

@@ -27,7 +27,12 @@ def _peak_rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmHWM for pid {pid}")
 
 
+def _load() -> float:
+    return float(Path("/proc/loadavg").read_text().split()[0])
+
+
 def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
+    load_before = _load()
     with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
         root = Path(tmp)
         local.up(root, nodes=2, mappers=mappers)  # the smallest cluster; node 1 does the work
@@ -47,14 +52,18 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
             paxmr_s = time.perf_counter() - started
 
             # The baseline: the streaming bytes.split() + Counter loop, in one process.
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             baseline = count.count_range_reference(text, 0, size)
             baseline_s = time.perf_counter() - started
+            baseline_cpu_s = time.process_time() - cpu
 
             # The kernel alone, one process on one core, and wc -w: what one core can scan.
-            started = time.perf_counter()
+            # CPU seconds too: on a shared machine they vary less than wall-clock seconds.
+            count.frugal()
+            started, cpu = time.perf_counter(), time.process_time()
             kernel_words = len(count.count_range_arrow(text, 0, size))
             kernel_s = time.perf_counter() - started
+            kernel_cpu_s = time.process_time() - cpu
             started = time.perf_counter()
             subprocess.run(["wc", "-w", str(text)], check=True, capture_output=True)  # noqa: S603, S607
             wc_s = time.perf_counter() - started
@@ -77,6 +86,9 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
         "baseline_mb_per_s": round(mb / baseline_s, 1),
         "kernel_one_core_s": round(kernel_s, 3),
         "kernel_speedup_per_core": round(baseline_s / kernel_s, 2),
+        "baseline_cpu_s": round(baseline_cpu_s, 3),
+        "kernel_cpu_s": round(kernel_cpu_s, 3),
+        "kernel_speedup_per_core_cpu": round(baseline_cpu_s / kernel_cpu_s, 2),
         "kernel_mb_per_s": round(mb / kernel_s, 1),
         "wc_w_s": round(wc_s, 3),
         "wc_w_mb_per_s": round(mb / wc_s, 1),
@@ -84,4 +96,5 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
         "distinct_words": reduced["distinct"],
         "mapper_max_rss_mib": round(rss, 1),
         "equal": equal,
+        "load_average": [load_before, _load()],  # a shared machine's figures need this beside
     }

@@ -128,7 +128,7 @@ class Prm:
         self.wake = asyncio.Event()
         peers = [n for n in settings.nodes if n.id != settings.node_id]
         self.transport = Transport(
-            settings.node_id, peers, settings.cluster_key(), settings.limits.frame_bytes,
+            settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver,
         )  # fmt: skip
 

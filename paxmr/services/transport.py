@@ -1,34 +1,69 @@
-"""The PRMs' peer transport: authenticated, length-prefixed msgpack frames over TCP.
+"""The PRMs' peer transport: mutual TLS 1.3, then length-prefixed msgpack frames.
 
-A frame is ``length (4 bytes, big-endian) | HMAC-SHA256 tag (32) | payload``, where ``length``
-counts tag and payload and the tag covers the payload under the cluster key. The payload is a
-msgpack map ``{"src": id, "dst": id, "msg": ...}``; msgpack decodes to plain data only, and
-``paxos.from_wire`` validates it, so nothing received is unpickled or evaluated. A frame that
-is oversized, unauthenticated or malformed is dropped and logged. After a framing error the
-stream cannot be trusted to resynchronise, so the connection is closed; others carry on.
-Replayed frames are harmless: Paxos tolerates duplicated and reordered messages.
+Authentication is TLS with the cluster's own CA (paxmr/pki.py): both ends present a certificate
+that names a node id (``paxmr-node-<id>``). The dialling side checks the name of the node it
+called (hostname check); the listening side takes the sender's id from the certificate, and
+every frame's ``src`` must equal it. There are no session tickets, so every connection makes a
+full handshake with fresh keys: recorded bytes replayed on a new connection fail the handshake,
+and TLS refuses replayed or reordered records inside a session.
+
+A frame is ``length (4 bytes) | seq (8 bytes) | payload`` (big-endian), where ``length`` counts
+seq and payload and the payload is a msgpack map ``{"src": id, "dst": id, "msg": ...}``. ``seq``
+counts the frames of one connection from 0; a frame out of sequence ends the connection (TLS
+rules this out on the wire already; the check keeps a duplicated message from ever reaching the
+core, whatever a sender does).
+msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
+validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
+bytes are decoded in a worker thread so heartbeats keep flowing.
+
+Nothing before authentication costs more than a small, bounded amount: an accepted connection
+must finish its handshake within ``HANDSHAKE_TIMEOUT``; connections still in their handshake
+are capped per source address and in total, and a new connection over a cap is admitted by
+dropping a *random* one of those in their handshake (of its own address first), so idle or slow
+clients can never keep a real peer out: a real peer's handshake takes milliseconds, and it
+survives a flood of churning connections with high probability (dropping the oldest instead
+would let a fast enough flood drop every real handshake). Only an authenticated
+connection counts against its peer's slots. Refusals are logged at most once per
+``REFUSAL_LOG_EVERY`` seconds per reason, with a count of what was suppressed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import hashlib
-import hmac
+import random
+import ssl
 import struct
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 
-from paxmr import logs, paxos
-from paxmr.settings import NodeAddress
+from paxmr import logs, paxos, pki
+from paxmr.services import unpack
+from paxmr.settings import NodeAddress, TlsFiles
 
-TAG = 32
-_HEADER = struct.Struct(">I")
+_LENGTH = struct.Struct(">I")
+_SEQ = struct.Struct(">Q")
 RECONNECT_MIN, RECONNECT_MAX = 0.05, 1.0
-CONNECT_TIMEOUT = 2.0
+CONNECT_TIMEOUT = 2.0  # TCP connect plus TLS handshake, dialling out
+HANDSHAKE_TIMEOUT = 3.0  # from accept to a verified peer certificate
 BODY_TIMEOUT = 30.0  # a frame's body must follow its length prefix within this time
-INBOUND_PER_PEER = 4  # accepted connections allowed per cluster peer, to bound memory
+INBOUND_PER_PEER = 4  # authenticated connections kept per peer; a newer one replaces the oldest
+PENDING_PER_SOURCE = 32  # connections in their handshake per source address
+PENDING_MAX = 128  # connections in their handshake in total
+DECODE_INLINE = 64 * 1024  # larger frames are decoded in a worker thread
+REFUSAL_LOG_EVERY = 10.0  # seconds
+# Structure limits for msgpack: no message has more keys, longer strings or longer arrays.
+MAX_MAP_LEN = 16
+MAX_STR_LEN = 4096
+MAX_ARRAY_LEN = paxos.messages.MAX_BATCH
+MAX_DEPTH = 8
+# Objects in one large frame (decoded by paxmr/services/unpack.py in a worker): an entry of an
+# Accept, Promise or Entries message is at most 7 objects, and a batch has at most MAX_BATCH.
+MAX_OBJECTS = 8 * paxos.messages.MAX_BATCH
 
 
 class FrameError(Exception):
@@ -36,43 +71,118 @@ class FrameError(Exception):
 
 
 class AuthError(FrameError):
-    """The frame was not made with the cluster key: its sender is not one of us."""
+    """The connection is not from the cluster node it claims to be."""
 
 
-def encode(key: bytes, src: int, dst: int, msg: paxos.Message) -> bytes:
+# --- TLS --------------------------------------------------------------------------------------
+
+
+def _context(purpose: int, files: TlsFiles) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(purpose)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.options |= ssl.OP_NO_TICKET  # no resumption: every connection authenticates afresh
+    ctx.load_verify_locations(cafile=str(files.ca))  # may hold old and new CA during a rotation
+    ctx.load_cert_chain(str(files.cert), str(files.key))
+    return ctx
+
+
+def server_context(files: TlsFiles) -> ssl.SSLContext:
+    ctx = _context(ssl.PROTOCOL_TLS_SERVER, files)
+    ctx.check_hostname = False  # the client's node id is read from its certificate instead
+    ctx.num_tickets = 0  # TLS 1.3 issues session tickets unless told not to
+    return ctx
+
+
+def client_context(files: TlsFiles) -> ssl.SSLContext:
+    ctx = _context(ssl.PROTOCOL_TLS_CLIENT, files)
+    ctx.check_hostname = True  # the server must be the node dialled: paxmr-node-<id>
+    return ctx
+
+
+def peer_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> int | None:
+    """The node id named by a verified peer certificate (DNS subjectAltName paxmr-node-<id>)."""
+    cert = ssl_object.getpeercert() if ssl_object is not None else None
+    if not cert:
+        return None
+    sans: tuple[tuple[str, str], ...] = cert.get("subjectAltName", ())  # type: ignore[assignment]
+    names = [value for kind, value in sans if kind == "DNS"]
+    return pki.node_id_of(names)
+
+
+# --- frames -----------------------------------------------------------------------------------
+
+
+def encode(src: int, dst: int, msg: paxos.Message) -> bytes:
+    """The payload of a frame (``frame`` adds length and sequence number)."""
     payload: bytes = msgpack.packb(
         {"src": src, "dst": dst, "msg": paxos.to_wire(msg)}, use_bin_type=True
     )
-    tag = hmac.digest(key, payload, hashlib.sha256)
-    return _HEADER.pack(TAG + len(payload)) + tag + payload
+    return payload
 
 
-def decode(key: bytes, body: bytes, me: int) -> tuple[int, paxos.Message]:
-    """``body`` is a frame without its length prefix; returns (sender, message)."""
-    tag, payload = body[:TAG], body[TAG:]
-    if len(tag) != TAG or not hmac.compare_digest(tag, hmac.digest(key, payload, hashlib.sha256)):
-        raise AuthError("bad authentication tag (wrong cluster key?)")
+def frame(seq: int, payload: bytes) -> bytes:
+    return _LENGTH.pack(_SEQ.size + len(payload)) + _SEQ.pack(seq) + payload
+
+
+def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message]:
+    """``body`` is a frame without its length prefix; returns (claimed sender, seq, message)."""
+    (seq,) = _SEQ.unpack_from(body)
+    payload = memoryview(body)[_SEQ.size :]
     try:
-        obj = msgpack.unpackb(payload, raw=False, strict_map_key=True, use_list=True)
+        if len(payload) <= DECODE_INLINE:  # C decoder: fast, bounded by the size
+            obj = msgpack.unpackb(
+                payload,
+                raw=False,
+                strict_map_key=True,
+                use_list=True,
+                max_bin_len=limit,
+                max_str_len=MAX_STR_LEN,
+                max_array_len=MAX_ARRAY_LEN,
+                max_map_len=MAX_MAP_LEN,
+                max_ext_len=0,
+            )
+        else:  # plain Python, bounded in objects and depth, lets the loop run (see unpack.py)
+            obj = unpack.unpack(
+                payload,
+                max_objects=MAX_OBJECTS,
+                max_depth=MAX_DEPTH,
+                max_str_len=MAX_STR_LEN,
+                max_bin_len=limit,
+                max_container_len=MAX_ARRAY_LEN,
+            )
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise FrameError(f"undecodable payload: {exc}") from exc
-    if not isinstance(obj, dict) or not isinstance(obj.get("src"), int) or obj.get("dst") != me:
+    if not isinstance(obj, dict) or type(obj.get("src")) is not int or obj.get("dst") != me:
         raise FrameError("payload is not a frame for this node")
     try:
-        return obj["src"], paxos.from_wire(obj.get("msg"))
+        return obj["src"], seq, paxos.from_wire(obj.get("msg"))
     except paxos.BadMessage as exc:
         raise FrameError(f"bad message: {exc}") from exc
 
 
+class Truncated(FrameError):
+    """The connection ended in the middle of a frame."""
+
+
 async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
-    (length,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    if length > limit or length <= TAG:
-        raise FrameError(f"frame length {length} outside (32, {limit}]")
+    try:
+        header = await reader.readexactly(_LENGTH.size)
+    except asyncio.IncompleteReadError as exc:
+        if exc.partial:
+            raise Truncated("truncated frame") from None
+        raise
+    (length,) = _LENGTH.unpack(header)
+    if length > limit + _SEQ.size or length <= _SEQ.size:
+        raise FrameError(f"frame length {length} outside ({_SEQ.size}, {limit + _SEQ.size}]")
     try:
         async with asyncio.timeout(BODY_TIMEOUT):
             return await reader.readexactly(length)
     except TimeoutError:
         raise FrameError(f"frame body not received within {BODY_TIMEOUT} s") from None
+    except (asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
+        raise Truncated("truncated frame") from None
 
 
 class Outbox:
@@ -82,24 +192,60 @@ class Outbox:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.bytes = 0
-        self._frames: collections.deque[bytes] = collections.deque()
+        self._payloads: collections.deque[bytes] = collections.deque()
         self._ready = asyncio.Event()
 
-    def put(self, frame: bytes) -> bool:
-        if self.bytes + len(frame) > self.limit:
+    def put(self, payload: bytes) -> bool:
+        if self.bytes + len(payload) > self.limit:
             return False
-        self._frames.append(frame)
-        self.bytes += len(frame)
+        self._payloads.append(payload)
+        self.bytes += len(payload)
         self._ready.set()
         return True
 
     async def take(self, most: int) -> list[bytes]:
-        while not self._frames:
+        while not self._payloads:
             self._ready.clear()
             await self._ready.wait()
-        frames = [self._frames.popleft() for _ in range(min(most, len(self._frames)))]
-        self.bytes -= sum(len(f) for f in frames)
-        return frames
+        taken = [self._payloads.popleft() for _ in range(min(most, len(self._payloads)))]
+        self.bytes -= sum(len(p) for p in taken)
+        return taken
+
+
+class RefusalLog:
+    """Warnings about refused connections, at most one per reason every ``every`` seconds."""
+
+    def __init__(self, log: Any, every: float = REFUSAL_LOG_EVERY) -> None:
+        self.log = log
+        self.every = every
+        self._last: dict[str, float] = {}
+        self._suppressed: collections.Counter[str] = collections.Counter()
+
+    def refused(self, event: str, reason: str, **fields: Any) -> None:
+        now = time.monotonic()
+        key = f"{event}:{reason}"
+        if now - self._last.get(key, -self.every) < self.every:
+            self._suppressed[key] += 1
+            return
+        self._last[key] = now
+        suppressed = self._suppressed.pop(key, 0)
+        self.log.warning(event, reason=reason, suppressed=suppressed, **fields)
+
+
+@dataclass(eq=False)
+class _Conn:
+    writer: asyncio.StreamWriter
+    source: str
+    peer: int | None = None
+    raw: asyncio.BaseTransport | None = None  # the TCP transport under TLS
+
+    def __post_init__(self) -> None:
+        self.raw = self.writer.transport
+
+    def drop(self) -> None:
+        transport = self.writer.transport or self.raw
+        if isinstance(transport, asyncio.WriteTransport):
+            transport.abort()
 
 
 Deliver = Callable[[int, paxos.Message], None]
@@ -109,24 +255,41 @@ class Transport:
     """Listens for peers and keeps one outgoing connection per peer, reconnecting with back-off."""
 
     def __init__(
-        self, me: int, peers: list[NodeAddress], key: bytes, frame_limit: int, deliver: Deliver
+        self,
+        me: int,
+        peers: list[NodeAddress],
+        tls: TlsFiles,
+        frame_limit: int,
+        deliver: Deliver,
     ) -> None:
         self.me = me
-        self.key = key
+        self.tls = tls
         self.frame_limit = frame_limit
         self.deliver = deliver
         self.log = logs.get()
+        self.refusals = RefusalLog(self.log)
         self.addresses = {p.id: p for p in peers}
         self.outboxes = {p.id: Outbox(2 * frame_limit) for p in peers}
         self.connected: set[int] = set()
+        self._server_ctx = server_context(tls)
+        self._client_ctx = client_context(tls)
         self._tasks: list[asyncio.Task[None]] = []
-        # Accepted connections. On close they are aborted, not their tasks cancelled: Python 3.11's
-        # streams report a cancelled connection handler as an "Exception in callback".
-        self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # Accepted connections by task. On close they are aborted, not their tasks cancelled:
+        # Python 3.11's streams report a cancelled connection handler as an "Exception in callback".
+        self._inbound: dict[asyncio.Task[None], _Conn] = {}
+        self._pending: dict[str, collections.deque[_Conn]] = collections.defaultdict(
+            collections.deque
+        )
+        self._pending_count = 0
+        self._authenticated: dict[int, collections.deque[_Conn]] = collections.defaultdict(
+            collections.deque
+        )
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._server = await asyncio.start_server(self._accept, host, port, reuse_address=True)
+        self._server = await asyncio.start_server(
+            self._accept, host, port, reuse_address=True, backlog=256
+        )
         self._tasks = [asyncio.create_task(self._sender(p)) for p in self.addresses]
 
     async def close(self) -> None:
@@ -134,52 +297,141 @@ class Transport:
             self._server.close()
         for task in self._tasks:
             task.cancel()
-        for writer in self._inbound.values():
-            writer.transport.abort()
+        for conn in self._inbound.values():
+            conn.drop()
         await asyncio.gather(*self._tasks, *self._inbound, return_exceptions=True)
 
     def send(self, dst: int, msg: paxos.Message) -> None:
         outbox = self.outboxes.get(dst)
         if outbox is None:
             return
-        frame = encode(self.key, self.me, dst, msg)
-        if len(frame) - _HEADER.size > self.frame_limit:
-            self.log.error("frame_too_large", peer=dst, bytes=len(frame), limit=self.frame_limit)
-        elif not outbox.put(frame):
+        payload = encode(self.me, dst, msg)
+        if len(payload) > self.frame_limit:
+            self.log.error("frame_too_large", peer=dst, bytes=len(payload), limit=self.frame_limit)
+        elif not outbox.put(payload):
             self.log.debug("frame_not_queued", peer=dst, queued_bytes=outbox.bytes)
 
+    # --- admission before authentication --------------------------------------------------
+
+    def _admit_pending(self, conn: _Conn) -> None:
+        """Count a connection in its handshake; over a cap, a random such connection goes."""
+        queue = self._pending[conn.source]
+        if len(queue) >= PENDING_PER_SOURCE:
+            self._evict(random.choice(queue), "too many handshakes from this address")
+        if self._pending_count >= PENDING_MAX:
+            # From the address with the most connections in their handshake.
+            busiest = max(self._pending.values(), key=len)
+            self._evict(random.choice(busiest), "too many handshakes in progress")
+        queue.append(conn)
+        self._pending_count += 1
+
+    def _evict(self, conn: _Conn, reason: str) -> None:
+        self._leave_pending(conn)
+        conn.drop()
+        self.refusals.refused("connection_refused", reason, peer=conn.source)
+
+    def _leave_pending(self, conn: _Conn) -> None:
+        queue = self._pending.get(conn.source)
+        if queue is not None and conn in queue:
+            queue.remove(conn)
+            self._pending_count -= 1
+            if not queue:
+                del self._pending[conn.source]
+
+    async def _handshake(self, conn: _Conn) -> int | None:
+        """Run the server side of the TLS handshake; returns the peer's node id or None."""
+        self._admit_pending(conn)
+        try:
+            async with asyncio.timeout(HANDSHAKE_TIMEOUT):
+                await conn.writer.start_tls(self._server_ctx)
+            if conn.writer.transport is None:
+                raise ConnectionResetError("closed during the handshake")
+        except AttributeError:
+            # Python 3.11's start_tls fails this way, or "succeeds" with no transport, when the
+            # connection closes during the handshake.
+            return None
+        except TimeoutError:
+            self.refusals.refused("connection_refused", "handshake timeout", peer=conn.source)
+            return None
+        except (ssl.SSLError, ConnectionError, OSError) as exc:
+            reason = getattr(exc, "reason", None) or type(exc).__name__
+            self.refusals.refused(
+                "connection_refused", f"handshake failed: {reason}", peer=conn.source
+            )
+            return None
+        finally:
+            self._leave_pending(conn)
+            if conn.writer.transport is None:  # see above: give the writer a transport to close
+                conn.writer._transport = conn.raw  # noqa: SLF001
+        peer = peer_id(conn.writer.get_extra_info("ssl_object"))
+        if peer is None or peer not in self.addresses:
+            self.refusals.refused(
+                "connection_refused", f"certificate names no peer ({peer})", peer=conn.source
+            )
+            return None
+        return peer
+
+    def _admit_peer(self, conn: _Conn, peer: int) -> None:
+        conn.peer = peer
+        slots = self._authenticated[peer]
+        while len(slots) >= INBOUND_PER_PEER:
+            slots.popleft().drop()  # a restarted peer's old connections may linger half-open
+        slots.append(conn)
+
+    # --- inbound ---------------------------------------------------------------------------
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        peer = writer.get_extra_info("peername")
-        if len(self._inbound) >= INBOUND_PER_PEER * len(self.addresses):
-            self.log.warning("connection_refused", peer=str(peer), reason="too many connections")
-            writer.transport.abort()
-            return
+        address = writer.get_extra_info("peername")
+        source = str(address[0]) if isinstance(address, tuple) else str(address)
+        conn = _Conn(writer, source)
         task = asyncio.current_task()
         assert task is not None
-        self._inbound[task] = writer
+        self._inbound[task] = conn
+        label = f"{source}:{address[1]}" if isinstance(address, tuple) else source
         try:
-            while True:
-                body = await read_frame(reader, self.frame_limit)
-                try:
-                    src, msg = decode(self.key, body, self.me)
-                except AuthError as exc:
-                    self.log.warning("frame_dropped", peer=str(peer), reason=str(exc))
-                    return  # not one of us: stop listening to this connection
-                except FrameError as exc:
-                    self.log.warning("frame_dropped", peer=str(peer), reason=str(exc))
-                    continue
-                if src in self.addresses:
-                    self.deliver(src, msg)
+            peer = await self._handshake(conn)
+            if peer is None:
+                return
+            self._admit_peer(conn, peer)
+            await self._receive(reader, peer, label)
+        except Truncated as exc:  # closed in the middle of a frame, not between two
+            self.log.warning("frame_dropped", peer=label, reason=str(exc))
         except FrameError as exc:
-            self.log.warning("connection_dropped", peer=str(peer), reason=str(exc))
-        except asyncio.IncompleteReadError as exc:
-            if exc.partial:  # closed in the middle of a frame, not between two
-                self.log.warning("frame_dropped", peer=str(peer), reason="truncated frame")
-        except ConnectionError:
+            self.log.warning("connection_dropped", peer=label, reason=str(exc))
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
             pass
+        except Exception:
+            self.log.exception("connection_failed", peer=label)
         finally:
             self._inbound.pop(task, None)
-            writer.close()
+            self._leave_pending(conn)
+            if conn.peer is not None and conn in self._authenticated[conn.peer]:
+                self._authenticated[conn.peer].remove(conn)
+            conn.drop()
+
+    async def _receive(self, reader: asyncio.StreamReader, peer: int, label: str) -> None:
+        expected = 0
+        while True:
+            body = await read_frame(reader, self.frame_limit)
+            try:
+                if len(body) > DECODE_INLINE:
+                    src, seq, msg = await asyncio.to_thread(decode, body, self.me, self.frame_limit)
+                else:
+                    src, seq, msg = decode(body, self.me, self.frame_limit)
+            except FrameError as exc:
+                # From an authenticated peer: a bug or a version skew, not an attack. Drop the
+                # frame, keep the connection; the sequence moves on.
+                self.log.warning("frame_dropped", peer=label, node=peer, reason=str(exc))
+                expected += 1
+                continue
+            if src != peer:
+                raise AuthError(f"frame claims node {src} over node {peer}'s certificate")
+            if seq != expected:
+                raise AuthError(f"frame {seq} out of sequence (expected {expected}): replayed?")
+            expected += 1
+            self.deliver(src, msg)
+
+    # --- outbound --------------------------------------------------------------------------
 
     async def _sender(self, peer: int) -> None:
         address = self.addresses[peer]
@@ -188,18 +440,28 @@ class Transport:
         while True:
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    _, writer = await asyncio.open_connection(address.host, address.port)
-            except (OSError, TimeoutError):
+                    _, writer = await asyncio.open_connection(
+                        address.host,
+                        address.port,
+                        ssl=self._client_ctx,
+                        server_hostname=pki.node_name(peer),
+                        ssl_handshake_timeout=CONNECT_TIMEOUT,
+                    )
+            except (OSError, TimeoutError, ssl.SSLError) as exc:
+                if isinstance(exc, ssl.SSLError):
+                    self.refusals.refused("peer_refused", f"TLS: {exc.reason}", node=peer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
             delay = RECONNECT_MIN
             self.connected.add(peer)
             self.log.info("peer_connected", peer=peer)
+            seq = 0
             try:
                 while True:
-                    frames = await outbox.take(256)
-                    writer.writelines(frames)
+                    payloads = await outbox.take(256)
+                    writer.writelines(frame(seq + i, p) for i, p in enumerate(payloads))
+                    seq += len(payloads)
                     await writer.drain()
             except (ConnectionError, OSError):
                 self.log.info("peer_disconnected", peer=peer)

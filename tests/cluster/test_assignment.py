@@ -210,7 +210,7 @@ def test_replicating_a_missing_file_is_refused(cluster: Cluster, unchanged: None
 
 @pytest.mark.parametrize(
     "name",
-    ["../paxmr.toml", "../../cluster.key", "/etc/passwd", "sub/../../state/prm.db", "escape_link"],
+    ["../paxmr.toml", "../tls/peer-key", "/etc/passwd", "sub/../../state/prm.db", "escape_link"],
 )
 def test_replicating_a_path_outside_the_data_directory_is_refused(
     cluster: Cluster, unchanged: None, name: str

@@ -113,13 +113,13 @@ def test_one_huge_word_is_scanned_once(tmp_path: Path, monkeypatch: pytest.Monke
     (the old loop copied and re-scanned the growing carry for every chunk: quadratic)."""
     monkeypatch.setattr(count, "CHUNK", 4096)
     scanned: list[int] = []
-    spaced = count._spaced
+    cuts = count._cuts
 
-    def counting(chunk: bytes) -> bytes:
+    def counting(chunk: bytes, *, first: bool) -> tuple[int, int]:
         scanned.append(len(chunk))
-        return spaced(chunk)
+        return cuts(chunk, first=first)
 
-    monkeypatch.setattr(count, "_spaced", counting)
+    monkeypatch.setattr(count, "_cuts", counting)
     path = tmp_path / "f"
     word = b"w" * (16 << 20)
     path.write_bytes(b"a\t" + word + b"\nb")

@@ -80,6 +80,11 @@ def test_output_over_a_planted_link_refused(data: Path) -> None:
     assert not (data.parent / "not-yet").exists()
 
 
+def test_output_over_a_directory_refused(data: Path) -> None:
+    with pytest.raises(PathRefused, match="is a directory"), output(data, "sub/deeper"):
+        pass
+
+
 @pytest.mark.parametrize("name", ["", ".", "./", "sub/..", "nul\0byte", "sub/"])
 def test_empty_or_a_directory_refused(data: Path, name: str) -> None:
     with pytest.raises(PathRefused):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from paxmr import pki
 from paxmr import settings as settings_mod
 from paxmr.settings import ConfigError, Settings, load
 
@@ -167,17 +168,19 @@ def test_bad_env_value_is_a_config_error(tmp_path: Path, monkeypatch: pytest.Mon
         load(config(tmp_path, GOOD))
 
 
-def test_cluster_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    key = tmp_path / "key"
-    key.write_text("k" * 32 + "\n")
-    assert Settings(key_file=key).cluster_key() == b"k" * 32
-    creds = tmp_path / "creds"
-    creds.mkdir()
-    (creds / "cluster-key").write_text("c" * 20)
-    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(creds))
-    assert Settings().cluster_key() == b"c" * 20
-    key.write_text("short")
-    with pytest.raises(ConfigError, match="shorter than 16"):
-        Settings(key_file=key).cluster_key()
-    with pytest.raises(ConfigError, match="cannot read cluster key"):
-        Settings(key_file=tmp_path / "absent").cluster_key()
+def test_tls_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tls = tmp_path / "tls"
+    pki.issue(tmp_path / "ca", 1, tls)
+    files = Settings(tls_dir=tls).tls_files()
+    assert (files.ca.name, files.cert.name, files.key.name) == ("peer-ca", "peer-cert", "peer-key")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tls))
+    assert Settings().tls_files() == files
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
+    with pytest.raises(ConfigError, match="no peer TLS files"):
+        Settings().tls_files()
+    files.key.chmod(0o644)
+    with pytest.raises(ConfigError, match="mode 0644: it must not be readable"):
+        Settings(tls_dir=tls).tls_files()
+    files.cert.unlink()
+    with pytest.raises(ConfigError, match="peer-cert is missing"):
+        Settings(tls_dir=tls).tls_files()
