@@ -151,3 +151,15 @@ def test_text_output_escapes_counted_words_and_names() -> None:
         assert not any(c in text for c in "\x1b\x07\x9b\u202e\x7f"), text
         assert "\\x1b[2J" in text
     assert "plain" in merged
+
+
+@pytest.mark.parametrize(
+    "unit", ["paxmr-mapper@.service", "paxmr-reducer.service", "paxmr-prm.service"]
+)
+def test_units_bound_open_files_above_the_connection_cap(unit: str) -> None:
+    from paxmr.settings import Limits  # noqa: PLC0415
+
+    text = (Path(__file__).parents[2] / "systemd" / unit).read_text()
+    limits = [line for line in text.splitlines() if line.startswith("LimitNOFILE=")]
+    assert len(limits) == 1, unit
+    assert int(limits[0].split("=")[1]) >= 2 * Limits().control_connections
