@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import shlex
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,7 @@ from paxmr.settings import ConfigError, Settings
 from paxmr.sim.command import sim
 
 EXIT_ERROR, EXIT_USAGE, EXIT_DOWN, EXIT_DENIED, EXIT_NO_QUORUM = 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
 
 _SIZE = re.compile(r"(?i)\s*([0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*")
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20, "mib": 1 << 20,
@@ -122,12 +125,13 @@ def reduce_cmd(c: Ctx, files: tuple[str, ...]) -> None:
 
 @cli.command("run")
 @click.argument("file")
+@click.option("--request-id", help="Retry an earlier run whose replicate outcome was unknown.")
 @pass_ctx
-def run_cmd(c: Ctx, file: str) -> None:
+def run_cmd(c: Ctx, file: str, request_id: str | None) -> None:
     """Map, reduce and replicate FILE: its tally lands in the replicated log."""
     mapped = jobs.run_map(c.settings, file, _progress_bar(f"map {file}"))
     reduced = jobs.run_reduce(c.settings, mapped["outputs"])
-    replicated = jobs.replicate(c.settings, reduced["output"])
+    replicated = jobs.replicate(c.settings, reduced["output"], request_id)
     result = {
         "file": file,
         "position": replicated["position"],
@@ -144,11 +148,7 @@ def run_cmd(c: Ctx, file: str) -> None:
     )
 
 
-@cli.command("status")
-@pass_ctx
-def status_cmd(c: Ctx) -> None:
-    """Which of this node's services answer on their sockets."""
-    s = c.settings
+def _gather_status(s: Settings) -> dict[str, Any]:
     sockets = {f"mapper-{i}": s.mapper_socket(i) for i in range(1, s.mappers + 1)}
     sockets["reducer"] = s.reducer_socket
     sockets["prm"] = s.prm_socket
@@ -166,36 +166,142 @@ def status_cmd(c: Ctx) -> None:
             services[name] = "denied"
         except (TimeoutError, control.RemoteError):
             services[name] = "not answering"
-    c.emit({"node": s.node_id, "services": services, "prm": prm}, render.status)
+    problems = [f"{name} {state}" for name, state in services.items() if state != "up"]
+    if prm is not None:
+        problems += prm.get("problems", [])
+    return {"node": s.node_id, "services": services, "prm": prm, "healthy": not problems,
+            "problems": problems, "exit_code": _health_code(services, prm)}  # fmt: skip
+
+
+def _health_code(services: dict[str, str], prm: dict[str, Any] | None) -> int:
+    """The documented exit code of `status` and `health` (see HEALTH_CODES)."""
+    states = set(services.values())
+    if "denied" in states:
+        return EXIT_DENIED
+    if "down" in states:
+        return EXIT_DOWN
+    if "not answering" in states or prm is None:
+        return EXIT_ERROR
+    return 0 if not prm.get("problems") else EXIT_NO_QUORUM
+
+
+HEALTH_CODES = """Exit codes: 0 healthy; 3 a service is not running; 4 permission denied on a
+socket; 5 the replica is stopped, has no leader, has no quorum of peers heard within the
+election timeout, or is recovering lost storage (not voting); 1 a service does not answer."""
+
+
+@cli.command("status", epilog=HEALTH_CODES)
+@pass_ctx
+def status_cmd(c: Ctx) -> None:
+    """This node's services, its replica (role, leader, ballot, log) and its peers.
+
+    The exit code is the same as `paxmr health`'s.
+    """
+    result = _gather_status(c.settings)
+    c.emit(result, render.status)
+    raise SystemExit(result["exit_code"])
+
+
+@cli.command("health", epilog=HEALTH_CODES)
+@pass_ctx
+def health_cmd(c: Ctx) -> None:
+    """Exit 0 only if every service answers and the replica has a leader and a quorum."""
+    result = _gather_status(c.settings)
+    c.emit(result, render.health)
+    raise SystemExit(result["exit_code"])
+
+
+@cli.command("metrics")
+@pass_ctx
+def metrics_cmd(c: Ctx) -> None:
+    """The PRM's Prometheus metrics (the same text as its HTTP endpoint, if one is configured)."""
+    result = control.call(c.settings.prm_socket, "metrics")
+    c.emit(result, lambda r: r["text"].rstrip("\n"))
+
+
+_NOT_IN_SHELL = ("shell", "local", "serve")
+
+
+def _readline(commands: list[str]) -> Callable[[], None]:
+    """Line editing, history in ~/.paxmr_history and Tab completion of command names."""
+    try:
+        import readline  # noqa: PLC0415 - only the interactive shell needs it
+    except ImportError:  # Python built without it
+        return lambda: None
+    history = Path.home() / ".paxmr_history"
+    with contextlib.suppress(OSError):
+        readline.read_history_file(history)
+    readline.set_history_length(1000)
+
+    def complete(text: str, state: int) -> str | None:
+        if readline.get_line_buffer()[: readline.get_begidx()].strip():
+            return None  # only the first word: the command
+        found = [c + " " for c in commands if c.startswith(text)]
+        return found[state] if state < len(found) else None
+
+    readline.set_completer(complete)
+    readline.parse_and_bind("tab: complete")
+
+    def save() -> None:
+        with contextlib.suppress(OSError):
+            readline.write_history_file(history)
+
+    return save
+
+
+def _shell_line(line: str, prefix: list[str]) -> int | None:
+    """Run one line of the shell; its exit code, or None for 'exit'."""
+    try:
+        words = shlex.split(line)
+    except ValueError as exc:
+        click.echo(f"error: {exc}", err=True)
+        return EXIT_USAGE
+    if not words:
+        return 0
+    if words[0] in ("exit", "quit"):
+        return None
+    if words[0] in _NOT_IN_SHELL:
+        click.echo(f"error: '{words[0]}' is not available inside the shell", err=True)
+        return EXIT_USAGE
+    if words[0] == "help":
+        words = [*words[1:], "--help"]
+    return _run(prefix + words)
 
 
 @cli.command("shell")
 @click.pass_context
 def shell_cmd(ctx: click.Context) -> None:
-    """An interactive console for this node: type a command without 'paxmr', 'help', or 'exit'."""
+    """An interactive console for this node: type a command without 'paxmr', 'help', or 'exit'.
+
+    Ctrl-C cancels the running command (or the line being typed), Ctrl-D or 'exit' leaves.
+    Reading commands from a pipe, the shell exits with the code of the last command that
+    failed (0 if none did).
+    """
     c: Ctx = ctx.obj
     prefix = (["-c", str(c.config)] if c.config else []) + ["-o", c.output]
     interactive = sys.stdin.isatty()
-    while True:
-        try:
-            line = input(f"paxmr[{c.settings.node_id}]> " if interactive else "")
-        except EOFError:
-            return
-        try:
-            words = shlex.split(line)
-        except ValueError as exc:
-            click.echo(f"error: {exc}", err=True)
-            continue
-        if not words:
-            continue
-        if words[0] in ("exit", "quit"):
-            return
-        if words[0] in ("shell", "local", "serve"):
-            click.echo(f"error: '{words[0]}' is not available inside the shell", err=True)
-            continue
-        if words[0] == "help":
-            words = [*words[1:], "--help"]
-        _run(prefix + words)
+    commands = sorted([*(n for n in cli.commands if n not in _NOT_IN_SHELL), "help", "exit"])
+    save = _readline(commands) if interactive else lambda: None
+    failed = 0
+    try:
+        while True:
+            try:
+                line = input(f"paxmr[{c.settings.node_id}]> " if interactive else "")
+            except EOFError:
+                break
+            except KeyboardInterrupt:
+                if not interactive:
+                    raise
+                click.echo("^C", err=True)
+                continue
+            code = _shell_line(line, prefix)
+            if code is None:
+                break
+            failed = code or failed
+    finally:
+        save()
+    if failed and not interactive:
+        raise SystemExit(failed)
 
 
 # --- the replicated log ------------------------------------------------------------------------
@@ -232,22 +338,38 @@ def resume_cmd(c: Ctx) -> None:
 
 
 _POSITIONS = click.argument("positions", nargs=-1, required=True, type=click.IntRange(min=0))
+_CONSISTENT = click.option(
+    "--consistent", is_flag=True,
+    help="Answer only once this node has applied every entry committed before the read"
+    " started (confirmed with the leader); exit 5 if that cannot be done in time.",
+)  # fmt: skip
+
+
+def _read(c: Ctx, op: str, args: dict[str, Any]) -> Any:
+    """A query on the local replica; a possibly stale answer carries a warning on stderr."""
+    result = control.call(c.settings.prm_socket, op, args)
+    warning = (result.get("freshness") or {}).get("warning")
+    if warning and not c.json:
+        click.echo(f"paxmr: warning: this node's answer {warning}", err=True)
+    return result
 
 
 @cli.command("total")
 @_POSITIONS
+@_CONSISTENT
 @pass_ctx
-def total_cmd(c: Ctx, positions: tuple[int, ...]) -> None:
+def total_cmd(c: Ctx, positions: tuple[int, ...], consistent: bool) -> None:
     """Sum of all word counts of the log entries at POSITIONS."""
-    result = control.call(c.settings.prm_socket, "total", {"positions": list(positions)})
+    result = _read(c, "total", {"positions": list(positions), "consistent": consistent})
     c.emit(result, lambda r: str(r["total"]))
 
 
 @cli.command("print")
+@_CONSISTENT
 @pass_ctx
-def print_cmd(c: Ctx) -> None:
+def print_cmd(c: Ctx, consistent: bool) -> None:
     """The replicated log: the file names in log order."""
-    result = control.call(c.settings.prm_socket, "print")
+    result = _read(c, "print", {"consistent": consistent})
     c.emit(result, render.log)
 
 
@@ -255,12 +377,59 @@ def print_cmd(c: Ctx) -> None:
 @_POSITIONS
 @click.option("--top", type=click.IntRange(min=0), default=20, show_default=True,
               help="Show the N most frequent words; 0 shows all.")  # fmt: skip
+@_CONSISTENT
 @pass_ctx
-def merge_cmd(c: Ctx, positions: tuple[int, ...], top: int) -> None:
+def merge_cmd(c: Ctx, positions: tuple[int, ...], top: int, consistent: bool) -> None:
     """Word counts added across the log entries at POSITIONS."""
-    args = {"positions": list(positions), "top": top}
-    result = control.call(c.settings.prm_socket, "merge", args)
+    args = {"positions": list(positions), "top": top, "consistent": consistent}
+    result = _read(c, "merge", args)
     c.emit(result, render.merged)
+
+
+def _echo_log_line(c: Ctx, line: str) -> None:
+    try:
+        record = json.loads(line.removeprefix(line[:3]) if _PRIORITY.match(line) else line)
+    except ValueError:
+        record = None
+    if c.json or not isinstance(record, dict):
+        click.echo(line.rstrip("\n"))
+    else:
+        click.echo(render.log_line(record))
+
+
+_PRIORITY = re.compile(r"<[0-7]>")
+
+
+def _show_log_files(c: Ctx, files: list[Path], lines: int, follow: bool) -> None:
+    """The last ``lines`` of each file, merged by time; with ``follow``, new lines as they come."""
+    tails: list[str] = []
+    for f in files:
+        with f.open(errors="replace") as fh:
+            tails += fh.readlines()[-lines:] if lines else []
+    for line in sorted(tails, key=_timestamp):
+        _echo_log_line(c, line)
+    if not follow:
+        return
+    handles = [f.open(errors="replace") for f in files]
+    try:
+        for h in handles:
+            h.seek(0, 2)
+        while True:
+            quiet = True
+            for h in handles:
+                for line in iter(h.readline, ""):
+                    quiet = False
+                    _echo_log_line(c, line)
+            if quiet:
+                time.sleep(0.2)
+    finally:
+        for h in handles:
+            h.close()
+
+
+def _timestamp(line: str) -> str:
+    m = re.search(r'"timestamp":"([^"]*)"', line)
+    return m[1] if m else ""
 
 
 @cli.command("logs")
@@ -268,7 +437,17 @@ def merge_cmd(c: Ctx, positions: tuple[int, ...], top: int) -> None:
 @click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True)
 @pass_ctx
 def logs_cmd(c: Ctx, follow: bool, lines: int) -> None:
-    """This node's paxmr journal, readable (-o json passes the JSON lines through)."""
+    """This node's paxmr logs, readable (-o json passes the JSON lines through).
+
+    On a systemd node: the journal of the paxmr units. On a local cluster's node (its config
+    file sits next to a logs/ directory): the files there.
+    """
+    if c.config is not None and (c.config.parent / "logs").is_dir():
+        files = sorted((c.config.parent / "logs").glob("*.log"))
+        if not files:
+            _fail(f"no log files in {c.config.parent / 'logs'}", EXIT_ERROR)
+        _show_log_files(c, files, lines, follow)
+        return
     argv = ["journalctl", "--unit=paxmr-*", "--output=cat", f"--lines={lines}"]
     if follow:
         argv.append("--follow")
@@ -279,14 +458,9 @@ def logs_cmd(c: Ctx, follow: bool, lines: int) -> None:
     assert proc.stdout is not None
     with proc:
         for line in proc.stdout:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = None
-            if c.json or not isinstance(record, dict):
-                click.echo(line, nl=False)
-            else:
-                click.echo(render.log_line(record))
+            _echo_log_line(c, line)
+    if proc.returncode:
+        _fail(f"journalctl failed (exit {proc.returncode})", EXIT_ERROR)
 
 
 # --- services ----------------------------------------------------------------------------------
@@ -445,12 +619,16 @@ _DIR = click.option(
 
 
 @local_group.command("up")
-@click.option("--nodes", type=click.IntRange(2, 9), default=3, show_default=True)
-@click.option("--mappers", type=click.IntRange(1, 64), default=2, show_default=True)
+@click.option("--nodes", type=click.IntRange(2, 9), help="Members of a new cluster [default: 3].")
+@click.option("--mappers", type=click.IntRange(1, 64), help="Mappers per node [default: 2].")
 @_DIR
 @pass_ctx
-def local_up(c: Ctx, nodes: int, mappers: int, root: Path) -> None:
-    """Start every node's services; prints how to address each node."""
+def local_up(c: Ctx, nodes: int | None, mappers: int | None, root: Path) -> None:
+    """Start whatever of the cluster is not running (creating it if new); prints each node.
+
+    Safe to run again: running services are kept, dead ones started, ports stay the same.
+    A node whose storage (state/prm.db) was lost rejoins without a vote until it caught up.
+    """
     configs = local.up(root.resolve(), nodes, mappers)
     result = {"dir": str(root.resolve()), "configs": [str(p) for p in configs]}
     c.emit(result, lambda r: f"{len(configs)} nodes up in {r['dir']}\n" + "\n".join(
@@ -466,16 +644,57 @@ def local_down(c: Ctx, root: Path) -> None:
     c.emit({"stopped": stopped}, lambda r: f"stopped {r['stopped']} services")
 
 
-@local_group.command("status")
+@local_group.command("status", epilog="Exit codes: 0 every node healthy and every service "
+                      "answering; 3 a service is not running; 5 a node is unhealthy.")  # fmt: skip
 @_DIR
 @pass_ctx
 def local_status(c: Ctx, root: Path) -> None:
-    """Every service of the local cluster: pid, running, answering its socket."""
-    rows = local.status(root.resolve())
+    """The cluster at a glance: each node's role, leader, ballot, log, lag and health."""
+    root = root.resolve()
+    if not local.existing_nodes(root):
+        _fail(f"no local cluster in {root} (`paxmr local up --dir {root}` creates one)", EXIT_ERROR)
+    result: dict[str, Any] = {
+        "dir": str(root),
+        "nodes": local.nodes(root),
+        "services": local.status(root),
+    }
+    c.emit(result, render.cluster)
+    if any(not s["answering"] for s in result["services"]) or not result["services"]:
+        raise SystemExit(EXIT_DOWN)
+    if any(not (n.get("prm") or {}).get("healthy") for n in result["nodes"]):
+        raise SystemExit(EXIT_NO_QUORUM)
+
+
+@local_group.command("restart")
+@click.option("--node", type=click.IntRange(1, 9), help="Only this node [default: every node].")
+@click.option("--service", help="Only this service: prm, reducer, mapper-N [default: all].")
+@_DIR
+@pass_ctx
+def local_restart(c: Ctx, node: int | None, service: str | None, root: Path) -> None:
+    """Stop (if running) and start services again, waiting until they answer."""
+    started = local.restart(root.resolve(), node, service)
+    rows = [{"node": s.node, "service": s.name, "pid": s.pid} for s in started]
     c.emit(rows, lambda rs: "\n".join(
-        f"n{r['node']} {r['name']:<10} pid {r['pid']:<8} "
-        f"{'answering' if r['answering'] else 'running' if r['running'] else 'dead'}" for r in rs
-    ) or f"no local cluster in {root}")  # fmt: skip
+        f"restarted n{r['node']} {r['service']} (pid {r['pid']})" for r in rs))  # fmt: skip
+
+
+@local_group.command("logs")
+@click.option("--node", type=click.IntRange(1, 9), help="Only this node [default: every node].")
+@click.option("--service", help="Only this service: prm, reducer, mapper-N [default: all].")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines.")
+@click.option("-n", "--lines", type=click.IntRange(min=0), default=50, show_default=True,
+              help="Lines of each file to show first.")  # fmt: skip
+@_DIR
+@pass_ctx
+def local_logs(  # noqa: PLR0917 - click passes options by keyword, but declares them so
+    c: Ctx, node: int | None, service: str | None, follow: bool, lines: int, root: Path
+) -> None:
+    """The services' log files (DIR/nK/logs/SERVICE.log, JSON lines), readable or -o json."""
+    pattern = f"n{node or '*'}/logs/{service or '*'}.log"
+    files = sorted(root.resolve().glob(pattern))
+    if not files:
+        _fail(f"no log files {root / pattern}", EXIT_ERROR)
+    _show_log_files(c, files, lines, follow)
 
 
 @cli.command("gen-corpus")
@@ -527,6 +746,13 @@ def bench_replicate(c: Ctx, sequential: int, concurrent: int, catchup: int) -> N
     c.emit(result, lambda r: "\n".join(f"{k:>20}: {v}" for k, v in r.items()))
 
 
+@cli.command("man")
+@click.pass_context
+def man_cmd(ctx: click.Context) -> None:
+    """Print the paxmr(1) manual page, generated from the commands (man -l <(paxmr man))."""
+    click.echo(render.man(cli, ctx.find_root()), nl=False)
+
+
 def _set_output(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
     if value is not None:
         ctx.find_object(Ctx).output = value  # type: ignore[union-attr]
@@ -560,13 +786,19 @@ def _fail(message: str, code: int) -> NoReturn:
     raise SystemExit(code)
 
 
-def _run(argv: list[str] | None = None) -> int:
+def _run(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per kind of error
     """Run one command line; returns the exit code (the shell keeps going after errors)."""
     try:
         cli.main(argv, prog_name="paxmr", standalone_mode=False)
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
-    except click.exceptions.Abort:
+    except KeyboardInterrupt:
+        click.echo("paxmr: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__context__, KeyboardInterrupt):
+            click.echo("paxmr: interrupted", err=True)
+            return EXIT_INTERRUPTED
         click.echo("aborted", err=True)
         return EXIT_ERROR
     except click.ClickException as exc:

@@ -265,6 +265,11 @@ class Client:
         self._stream.close()
         self._sock.close()
 
+    def abort(self) -> None:
+        """Hang up from another thread: a call blocked on this connection returns at once."""
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)
+
     def call(
         self,
         op: str,

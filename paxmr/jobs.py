@@ -31,6 +31,9 @@ def run_map(
     done = [0] * len(ranges)
     lock = threading.Lock()
     started = time.monotonic()
+    clients = [
+        control.Client(settings.mapper_socket(i + 1), JOB_TIMEOUT) for i in range(len(ranges))
+    ]
 
     def one(index: int) -> dict[str, Any]:
         def progress(info: dict[str, Any]) -> None:
@@ -41,17 +44,22 @@ def run_map(
 
         offset, size = ranges[index]
         args = {"file": file, "offset": offset, "size": size}
-        result: dict[str, Any] = control.call(
-            settings.mapper_socket(index + 1),
-            "map",
-            args,
-            timeout=JOB_TIMEOUT,
-            on_progress=progress,
-        )
+        result: dict[str, Any] = clients[index].call("map", args, progress)
         return result
 
-    with ThreadPoolExecutor(len(ranges)) as pool:
+    pool = ThreadPoolExecutor(len(ranges))
+    try:
         results = list(pool.map(one, range(len(ranges))))
+    except BaseException:
+        # Ctrl-C (or a failed mapper): hang up on every mapper; a mapper whose client is gone
+        # stops counting at its next progress line, and no thread here waits for it.
+        for client in clients:
+            client.abort()
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        for client in clients:
+            client.close()
     return {
         "file": file,
         "bytes": total,

@@ -1,8 +1,13 @@
 """A whole cluster on this machine: every node's services as background processes.
 
 Layout under DIR: ``ca/`` (the cluster's CA: ``ca.pem``, ``ca.key``), ``cluster.json`` (what
-runs) and per node ``nK/paxmr.toml``, ``nK/tls`` (``peer-ca``, ``peer-cert``, ``peer-key``: see
-paxmr/pki.py), ``nK/data``, ``nK/state``, ``nK/run`` (sockets) and ``nK/logs/<service>.log``.
+runs), ``founded`` (the founding members were initialized) and per node ``nK/paxmr.toml``,
+``nK/tls`` (``peer-ca``, ``peer-cert``, ``peer-key``: see paxmr/pki.py), ``nK/data``,
+``nK/state``, ``nK/run`` (sockets) and ``nK/logs/<service>.log`` (one JSON object per line).
+
+``up`` is idempotent: it starts whatever is not running and keeps the ports of the existing
+configuration. Founding is explicit and happens once: a node whose ``prm.db`` is lost later starts
+uninitialized and does not vote until it has caught up, as with Ansible.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from paxmr.settings import Settings
 from paxmr.settings import load as load_settings
 
 STATE = "cluster.json"
+FOUNDED = "founded"
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ def config_path(root: Path, node: int) -> Path:
     return root / f"n{node}" / "paxmr.toml"
 
 
-def _write_config(root: Path, node: int, ports: list[int], mappers: int) -> Path:
+def _write_config(root: Path, node: int, ports: list[int], mappers: int, metrics: int) -> Path:
     home = root / f"n{node}"
     for sub in ("data", "state", "run", "logs"):
         (home / sub).mkdir(parents=True, exist_ok=True)
@@ -65,6 +71,7 @@ def _write_config(root: Path, node: int, ports: list[int], mappers: int) -> Path
     path.write_text(
         f"node_id = {node}\n"
         f"mappers = {mappers}\n"
+        f"metrics_port = {metrics}\n"
         f'data_dir = "{home / "data"}"\n'
         f'state_dir = "{home / "state"}"\n'
         f'runtime_dir = "{home / "run"}"\n'
@@ -113,32 +120,70 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def up(root: Path, nodes: int, mappers: int = 2) -> list[Path]:
-    """Start every node; refuses when a cluster already runs in ``root``."""
-    if any(_alive(s.pid) for s in load_state(root)):
-        raise RuntimeError(f"a local cluster already runs in {root}; `paxmr local down` first")
-    root.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # The CA and each node's key and certificate: created once, reused (keys repaired to 0600),
-    # issued again when missing, from another CA or near their end.
-    for n in range(1, nodes + 1):
-        pki.issue(root / "ca", n, root / f"n{n}" / "tls")
-    ports = _free_ports(nodes)
-    configs = [_write_config(root, n, ports, mappers) for n in range(1, nodes + 1)]
-    cluster_id = uuid.uuid4().hex
+def existing_nodes(root: Path) -> int:
+    """How many nodes the configuration in ``root`` has (0: none yet)."""
+    path = config_path(root, 1)
+    return len(load_settings(path).nodes) if path.is_file() else 0
+
+
+def up(root: Path, nodes: int | None = None, mappers: int | None = None) -> list[Path]:
+    """Start whatever of the cluster in ``root`` is not running; create the cluster if new.
+
+    An existing cluster keeps its configuration (members, ports, mappers); asking for another
+    size is an error. Only a new cluster's nodes are initialized as founding members.
+    """
+    configs = _configure(root, nodes, mappers)
+    running = {(s.node, s.name): s for s in load_state(root) if _alive(s.pid)}
     services: list[Service] = []
+    started: list[Service] = []
     try:
         for node, cfg in enumerate(configs, start=1):
             settings = load_settings(cfg)
-            if not prm.db_path(settings).exists():
-                prm.initialize(settings, cluster_id)  # founding members vote from the start
             for name, argv, sock in _argvs(settings, cfg):
-                services.append(_spawn(root, node, name, argv, sock))
+                old = running.get((node, name))
+                if old is None:
+                    old = _spawn(root, node, name, argv, sock)
+                    started.append(old)
+                services.append(old)
         _save(root, services)
-        for s in services:
+        for s in started:
             wait_ready(Path(s.socket))
     except BaseException:
-        down(root)
+        _stop(started)
+        _save(root, [s for s in services if s not in started])
         raise
+    return configs
+
+
+def _configure(root: Path, nodes: int | None, mappers: int | None) -> list[Path]:
+    """The nodes' config files: the existing ones, else new ones (and the founding members)."""
+    have = existing_nodes(root)
+    if have and nodes is not None and nodes != have:
+        raise RuntimeError(
+            f"the local cluster in {root} has {have} nodes, not {nodes}; `paxmr local down` and"
+            " remove the directory for a new one"
+        )
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if have:
+        configs = [config_path(root, n) for n in range(1, have + 1)]
+    else:
+        count = nodes or 3
+        ports = _free_ports(2 * count)  # peer ports, then metrics ports
+        configs = [
+            _write_config(root, n, ports[:count], mappers or 2, ports[count + n - 1])
+            for n in range(1, count + 1)
+        ]
+    # The CA and each node's key and certificate: created once, reused (keys repaired to 0600),
+    # issued again when missing, from another CA or near their end.
+    for n in range(1, len(configs) + 1):
+        pki.issue(root / "ca", n, root / f"n{n}" / "tls")
+    if not (root / FOUNDED).exists():
+        cluster_id = uuid.uuid4().hex
+        for cfg in configs:
+            settings = load_settings(cfg)
+            if not prm.db_path(settings).exists():
+                prm.initialize(settings, cluster_id)  # founding members vote from the start
+        (root / FOUNDED).touch()
     return configs
 
 
@@ -156,18 +201,27 @@ def _spawn(root: Path, node: int, name: str, argv: list[str], sock: Path) -> Ser
     return Service(node, name, proc.pid, str(sock), argv)
 
 
-def restart(root: Path, node: int, name: str) -> Service:
-    """Start one service again (after it was killed), with the same arguments, and wait for it."""
+def restart(root: Path, node: int | None = None, name: str | None = None) -> list[Service]:
+    """Stop (if running) and start again the matching services, and wait until they answer.
+
+    No ``node``: every node; no ``name``: every service of the node(s).
+    """
     services = load_state(root)
-    old = next((s for s in services if s.node == node and s.name == name), None)
-    if old is None:
-        raise RuntimeError(f"no service {name} on node {node} in {root}")
-    if _alive(old.pid):
-        raise RuntimeError(f"{name} on node {node} still runs as pid {old.pid}")
-    new = _spawn(root, node, name, old.argv, Path(old.socket))
-    _save(root, [new if s is old else s for s in services])
-    wait_ready(Path(new.socket))
-    return new
+    chosen = [
+        s for s in services if (node is None or s.node == node) and (name is None or s.name == name)
+    ]
+    if not chosen:
+        known = sorted({s.name for s in services})
+        raise RuntimeError(
+            f"no service {name or '*'} on node {node or '*'} in {root}"
+            + (f" (services: {', '.join(known)})" if known else ": is the cluster up?")
+        )
+    _stop(chosen)
+    fresh = {id(s): _spawn(root, s.node, s.name, s.argv, Path(s.socket)) for s in chosen}
+    _save(root, [fresh.get(id(s), s) for s in services])
+    for new in fresh.values():
+        wait_ready(Path(new.socket))
+    return list(fresh.values())
 
 
 def _save(root: Path, services: list[Service]) -> None:
@@ -178,7 +232,13 @@ def _save(root: Path, services: list[Service]) -> None:
 
 def down(root: Path, timeout: float = 10.0) -> int:
     """SIGTERM every service, SIGKILL what has not exited by ``timeout``; returns how many ran."""
-    running = [s for s in load_state(root) if _alive(s.pid)]
+    count = _stop(load_state(root), timeout)
+    (root / STATE).unlink(missing_ok=True)
+    return count
+
+
+def _stop(services: list[Service], timeout: float = 10.0) -> int:
+    running = [s for s in services if _alive(s.pid)]
     for s in running:
         with contextlib.suppress(ProcessLookupError):
             os.kill(s.pid, signal.SIGTERM)
@@ -189,7 +249,9 @@ def down(root: Path, timeout: float = 10.0) -> int:
         if _alive(s.pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(s.pid, signal.SIGKILL)
-    (root / STATE).unlink(missing_ok=True)
+            gone = time.monotonic() + 5.0
+            while _alive(s.pid) and time.monotonic() < gone:
+                time.sleep(0.01)
     return len(running)
 
 
@@ -208,4 +270,23 @@ def status(root: Path) -> list[dict[str, object]]:
                 control.call(Path(s.socket), "status", timeout=2.0)
                 answering = True
         rows.append({**asdict(s), "running": alive, "answering": answering})
+    return rows
+
+
+def nodes(root: Path) -> list[dict[str, object]]:
+    """Each node's replica as its PRM reports it (``status`` op), or why it could not."""
+    rows: list[dict[str, object]] = []
+    for n in range(1, existing_nodes(root) + 1):
+        settings = load_settings(config_path(root, n))
+        row: dict[str, object] = {"node": n, "port": settings.me.port,
+                                  "metrics_port": settings.metrics_port}  # fmt: skip
+        try:
+            row["prm"] = control.call(settings.prm_socket, "status", timeout=5.0)
+        except control.ServiceDown:
+            row["error"] = "prm not running"
+        except control.PermissionDenied:
+            row["error"] = "permission denied"
+        except (control.RemoteError, OSError) as exc:
+            row["error"] = f"prm not answering: {exc}"
+        rows.append(row)
     return rows

@@ -2,11 +2,40 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
+
+import click
 
 from paxmr.control import printable  # words, file names and log values may hold escapes
 
 BAR = 40
+
+
+def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = None) -> str:
+    """Columns as wide as their widest cell (long names never break the table); integers get
+    thousands separators and are right-aligned, as are the columns in ``right``."""
+    right = set(right or ())
+    cells = [[_cell(v) for v in row] for row in rows]
+    for row in rows:
+        right |= {i for i, v in enumerate(row) if isinstance(v, int) and not isinstance(v, bool)}
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+
+    def line(values: list[str]) -> str:
+        return "  ".join(
+            v.rjust(w) if i in right else v.ljust(w)
+            for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        ).rstrip()
+
+    return "\n".join([line(headers), *(line(r) for r in cells)])
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, int) and not isinstance(v, bool):
+        return f"{v:,}"
+    return str(v)
 
 
 def status(r: dict[str, Any]) -> str:
@@ -18,31 +47,91 @@ def status(r: dict[str, Any]) -> str:
         if not prm["voting"]:
             state += " (recovering, not voting)"
         peers = ", ".join(
-            f"{p}:{'up' if v['connected'] else 'unreachable'}" for p, v in prm["peers"].items()
+            _peer(p, v, follower=prm["role"] != "leader" and str(prm["leader"]) != p)
+            for p, v in prm["peers"].items()
         )
+        behind = f", {prm['behind']:,} slots behind the leader" if prm.get("behind") else ""
         lines += [
-            f"  replica    {state}, leader {prm['leader'] or 'unknown'}, ballot {prm['ballot']}",
+            f"  replica    {state}, leader {prm['leader'] or 'none'}, ballot {prm['ballot']}",
             (
-                f"  log        {prm['entries']} entries ({prm['slots']} slots),"
-                f" digest {prm['digest'][:16]}"
+                f"  log        {prm['entries']:,} entries ({prm['slots']:,} slots),"
+                f" digest {prm['digest'][:16]}{behind}"
             ),
             f"  peers      {peers or 'none'}",
         ]
+    problems = r["problems"]
+    lines.append("  health     " + ("ok" if not problems else "\n             ".join(problems)))
     return "\n".join(lines)
+
+
+def _peer(peer: str, v: dict[str, Any], *, follower: bool) -> str:
+    """Up means heard (authenticated) within the election timeout, not merely TCP-connected.
+
+    A follower hears only its leader (and candidates): another follower is "quiet", not down.
+    """
+    ago = v.get("heard_s_ago")
+    if v.get("up"):
+        return f"{peer}:up"
+    if follower and v.get("connected"):
+        return f"{peer}:quiet (a follower, heard only by the leader)"
+    never = "never heard" if ago is None else f"silent {ago:.1f} s"
+    return f"{peer}:DOWN ({never}{', tcp connected' if v.get('connected') else ''})"
+
+
+def health(r: dict[str, Any]) -> str:
+    if r["healthy"]:
+        return f"node {r['node']}: healthy"
+    return f"node {r['node']}: unhealthy\n" + "\n".join(f"  - {p}" for p in r["problems"])
 
 
 def log(r: dict[str, Any]) -> str:
     entries = r["entries"]
     if not entries:
         return "the log is empty"
-    lines = [f"{'pos':>4}  {'file':<32} {'node':>4} {'words':>12} {'distinct':>9}"]
-    lines += [
-        f"{e['position']:>4}  {printable(str(e['file'])):<32} {e.get('node', '?'):>4} "
-        f"{e.get('words', 0):>12} {e.get('distinct', 0):>9}"
+    rows = [
+        [
+            e["position"],
+            printable(str(e["file"])),
+            e.get("node", "?"),
+            e.get("words", 0),
+            e.get("distinct", 0),
+        ]
         for e in entries
     ]
-    lines.append(f"log digest {r['digest']}")
-    return "\n".join(lines)
+    return table(["pos", "file", "node", "words", "distinct"], rows, right={2}) + (
+        f"\nlog digest {r['digest']}"
+    )
+
+
+def cluster(r: dict[str, Any]) -> str:
+    """``paxmr local status``: one line per node, then the services that do not answer."""
+    rows = []
+    for n in r["nodes"]:
+        p = n.get("prm")
+        if p is None:
+            rows.append([n["node"], str(n["port"]), n.get("error"), *[None] * 7])
+            continue
+        state = "STOPPED" if p["stopped"] else p["role"] + ("" if p["voting"] else " (recovering)")
+        heard = sum(1 for v in p["peers"].values() if v.get("up"))
+        ballot = "{}.{}".format(*p["ballot"])
+        rows.append([
+            n["node"], str(n["port"]), state, p["leader"], ballot, p["entries"], p["slots"],
+            p.get("behind", 0), p["digest"][:12], f"{heard}/{len(p['peers'])}",
+            "ok" if p.get("healthy") else "; ".join(p.get("problems", [])),
+        ])  # fmt: skip
+    headers = ["node", "port", "role", "leader", "ballot", "entries", "slots", "behind",
+               "digest", "heard", "health"]  # fmt: skip
+    rows = [row + [None] * (len(headers) - len(row)) for row in rows]
+    out = [table(headers, rows, right={3})]
+    bad = [s for s in r["services"] if not s["answering"]]
+    total = len(r["services"])
+    out.append(f"services: {total - len(bad)} of {total} answering")
+    out += [
+        f"  n{s['node']} {s['name']}: {'running, not answering' if s['running'] else 'dead'}"
+        f" (pid {s['pid']}; `paxmr local restart --node {s['node']} --service {s['name']}`)"
+        for s in bad
+    ]
+    return "\n".join(out)
 
 
 def merged(r: dict[str, Any]) -> str:
@@ -67,3 +156,49 @@ def log_line(record: dict[str, Any]) -> str:
         f"{record.get('timestamp', '')[:23]} {record.get('level', ''):<7} "
         f"{record.get('role', '?')}@{record.get('node', '?')} {record.get('event', '')} {rest}"
     ).rstrip()
+
+
+def roff(text: str) -> str:
+    text = inspect.cleandoc(text)
+    lines = [line.replace("\\", "\\e").replace("-", "\\-") for line in text.splitlines()]
+    return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in lines)
+
+
+def man(group: click.Group, ctx: click.Context) -> str:
+    """A paxmr(1) page in roff, from the commands' own help: it cannot drift from the code."""
+    out = [
+        '.TH PAXMR 1 "" "paxmr" "User Commands"',
+        ".SH NAME",
+        "paxmr \\- word count with MapReduce, results replicated by Multi\\-Paxos",
+        ".SH SYNOPSIS",
+        "\\fBpaxmr\\fR [\\fB\\-c\\fR \\fICONFIG\\fR] [\\fB\\-o\\fR text|json] \\fICOMMAND\\fR ...",
+        ".SH DESCRIPTION",
+        roff(group.help or ""),
+        ".SH COMMANDS",
+    ]
+
+    def walk(cmd: click.Command, path: str, parent: click.Context) -> None:
+        sub = click.Context(cmd, info_name=path.rsplit(" ", 1)[-1], parent=parent)
+        if isinstance(cmd, click.Group):
+            for name in sorted(cmd.commands):
+                walk(cmd.commands[name], f"{path} {name}", sub)
+            return
+        usage = " ".join(cmd.collect_usage_pieces(sub))
+        out.extend([".TP", f"\\fB{roff(path)}\\fR {roff(usage)}", roff(cmd.help or "")])
+        for param in cmd.get_params(sub):
+            record = param.get_help_record(sub)
+            if record is not None and "--help" not in record[0]:
+                out.extend([".RS", ".TP", f"\\fB{roff(record[0])}\\fR", roff(record[1]), ".RE"])
+        if cmd.epilog:
+            out.extend([".RS", roff(cmd.epilog), ".RE"])
+
+    for name in sorted(group.commands):
+        walk(group.commands[name], name, ctx)
+    out += [
+        ".SH EXIT STATUS",
+        "0 ok, 1 error, 2 usage, 3 service not running, 4 permission denied,",
+        "5 no quorum (status and health: stopped, no leader or no quorum), 130 interrupted.",
+        ".SH FILES",
+        "/etc/paxmr/paxmr.toml, /run/paxmr/*.sock, /var/lib/paxmr/",
+    ]
+    return "\n".join(out) + "\n"

@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     mappers: int = Field(default=2, ge=1, le=64)
     peer_bind: str | None = None
     tls_dir: Path | None = None
+    # The PRM's Prometheus endpoint (http://HOST:PORT/metrics); none without a port.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: Port | None = None
     limits: Limits = Field(default_factory=Limits)
     timing: Timing = Field(default_factory=Timing)
 

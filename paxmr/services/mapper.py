@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -32,9 +34,17 @@ def intermediate_name(file: str, mapper_id: int) -> str:
     return f"{file}_I_{mapper_id}"
 
 
-def _map(source: BinaryIO, out: tuple[int, str], args: MapArgs, done: list[int]) -> int:
+class Cancelled(Exception):
+    """The client hung up (Ctrl-C): the count stops at its next chunk and writes nothing."""
+
+
+def _map(
+    source: BinaryIO, out: tuple[int, str], args: MapArgs, done: list[int], cancel: threading.Event
+) -> int:
     def progress(n: int) -> None:
         done[0] = n
+        if cancel.is_set():
+            raise Cancelled
 
     counts = count.count_range_arrow(source, args.offset, args.size, progress)
     dir_fd, name = out
@@ -55,10 +65,18 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
                 raise control.ControlError("bad_args", "offset + size is past the end of the file")
             log.info("map_started", file=args.file, offset=args.offset, size=args.size)
             done = [0]
-            job = asyncio.ensure_future(asyncio.to_thread(_map, source, out, args, done))
-            while not job.done():
-                await asyncio.wait([job], timeout=PROGRESS_EVERY)
-                await progress({"done": done[0], "total": args.size})
+            cancel = threading.Event()
+            job = asyncio.ensure_future(asyncio.to_thread(_map, source, out, args, done, cancel))
+            try:
+                while not job.done():
+                    await asyncio.wait([job], timeout=PROGRESS_EVERY)
+                    await progress({"done": done[0], "total": args.size})
+            except (ConnectionError, BrokenPipeError):
+                cancel.set()
+                with contextlib.suppress(Cancelled):
+                    await job
+                log.warning("map_cancelled", file=args.file, done=done[0], size=args.size)
+                raise control.ControlError("cancelled", "the client hung up") from None
             words = job.result()
         log.info("map_finished", file=args.file, output=output, distinct=words)
         return {"output": output, "distinct": words, "bytes": args.size}

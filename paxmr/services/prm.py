@@ -23,7 +23,7 @@ from paxmr import control, logs, paths, paxos
 from paxmr.catalog import Catalog
 from paxmr.logobject import BadLogObject, LogObject, merge, show
 from paxmr.paxos.messages import Forward, Refuse
-from paxmr.services import daemon
+from paxmr.services import daemon, observe
 from paxmr.services.transport import Transport
 from paxmr.settings import ConfigError, Settings
 from paxmr.storage import Identity, Storage
@@ -68,7 +68,12 @@ class ReplicateArgs(control.Args):
     )
 
 
-class PositionsArgs(control.Args):
+class ReadArgs(control.Args):
+    # Answer only once this replica has applied every entry committed before the read started.
+    consistent: bool = False
+
+
+class PositionsArgs(ReadArgs):
     positions: list[int] = Field(min_length=1)
 
 
@@ -121,23 +126,29 @@ class Prm:
             time.monotonic(),
         )
         self.catalog = Catalog()
+        self.slots_applied = 0
         for entry in durable.log:
             self._applied(entry)
         self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
         self.wake = asyncio.Event()
         peers = [n for n in settings.nodes if n.id != settings.node_id]
+        self.observer = observe.Observer(
+            settings.node_id, [p.id for p in peers], db_path(settings), t.election_max
+        )
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver,
         )  # fmt: skip
 
     def _applied(self, entry: paxos.LogEntry) -> None:
+        self.slots_applied += 1  # what queries see; the core's own length runs ahead of it
         summary = self.catalog.apply(entry)
         if summary is not None and "error" in summary:
             self.log.error("bad_log_object", slot=entry.slot, error=summary["error"])
 
     def _deliver(self, src: int, msg: paxos.Message) -> None:
+        self.observer.heard_from(src, msg, time.monotonic())
         if isinstance(msg, Forward):
             # Checked before the leader proposes it, in a worker thread: a value can be large.
             task = asyncio.create_task(self._check_forward(src, msg))
@@ -167,7 +178,9 @@ class Prm:
             now = time.monotonic()
             if now >= self.node.next_deadline():
                 self.node.on_timer(now)
-            await self._carry_out(self.node.ready())
+            ready = self.node.ready()
+            await self._carry_out(ready)
+            self.observer.after_ready(self.node.status(), len(ready.applied))
 
     async def _carry_out(self, ready: paxos.Ready) -> None:
         """Commit the Ready's persist, holding back only what depends on it (paxos.Ready).
@@ -178,7 +191,8 @@ class Prm:
         early, after_commit = paxos.split(ready)
         self._release(early)
         if ready.persist:
-            await asyncio.to_thread(self.storage.commit, ready.persist)
+            with self.observer.fsync.time():
+                await asyncio.to_thread(self.storage.commit, ready.persist)
         self._release(after_commit)
 
     def _release(self, ready: paxos.Ready) -> None:
@@ -263,21 +277,27 @@ class Prm:
         count = len(self.catalog.summaries)
         bad = [p for p in positions if not 0 <= p < count]
         if bad:
-            raise control.ControlError(
-                "bad_position", f"no log position {bad[0]}: the log has positions 0..{count - 1}"
-                if count else f"no log position {bad[0]}: the log is empty",
-            )  # fmt: skip
+            s = self.node.status()
+            problems = self.observer.problems(s, time.monotonic())
+            behind = self.observer.behind_by(s)
+            if behind:
+                problems.append(f"behind the leader by {behind} slots")
+            note = f" (this node may be stale: {'; '.join(problems)})" if problems else ""
+            have = f"the log has positions 0..{count - 1}" if count else "the log is empty"
+            raise control.ControlError("bad_position", f"no log position {bad[0]}: {have}{note}")
 
     # Queries decode whole tallies: they run in a worker thread, off the loop that heartbeats.
     # Their results are logged too, as the assignment's PRM printed them.
 
     async def total(self, args: PositionsArgs, _p: control.Progress) -> dict[str, Any]:
+        fresh = await self._freshness(args.consistent)
         self._check_positions(args.positions)
         total = sum(self.catalog.summaries[p]["words"] for p in args.positions)
         self.log.info("total", positions=args.positions, total=total)
-        return {"positions": args.positions, "total": total}
+        return {"positions": args.positions, "total": total, "freshness": fresh}
 
     async def merge(self, args: MergeArgs, _p: control.Progress) -> dict[str, Any]:
+        fresh = await self._freshness(args.consistent)
         objects = await asyncio.to_thread(self._objects, args.positions)
         merged = await asyncio.to_thread(merge, objects)
         top = [[show(w), n] for w, n in merged.most_common(args.top or None)]
@@ -287,15 +307,70 @@ class Prm:
             "distinct": len(merged),
             "total": sum(merged.values()),
             "words": top,
+            "freshness": fresh,
         }
 
-    async def print_log(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+    async def print_log(self, args: ReadArgs, _p: control.Progress) -> dict[str, Any]:
+        fresh = await self._freshness(args.consistent)
         self.log.info(
             "print",
             files=[e["file"] for e in self.catalog.summaries],
             digest=self.catalog.digest.hex(),
         )
-        return {"entries": self.catalog.summaries, "digest": self.catalog.digest.hex()}
+        return {
+            "entries": self.catalog.summaries,
+            "digest": self.catalog.digest.hex(),
+            "freshness": fresh,
+        }
+
+    async def _freshness(self, consistent: bool) -> dict[str, Any]:
+        """How this replica's answer relates to the cluster's log; waits first if consistent.
+
+        A consistent read waits until this replica has applied every slot chosen before the read
+        started (observe.Observer.fresh_target), or fails within the replicate timeout.
+        """
+        obs = self.observer
+        start = time.monotonic()
+        target: int | None = None
+        obs.reads.labels("consistent" if consistent else "local").inc()
+        if consistent:
+            deadline = start + self.settings.timing.replicate_timeout
+            while True:
+                s = self.node.status()
+                if s.stopped:
+                    raise control.ControlError(  # no quorum reachable from here: exit 5
+                        "no_quorum",
+                        "this node is stopped: a consistent read needs `paxmr resume`",
+                    )
+                if target is None:  # fixed once known: a busy leader's target would run away
+                    target = obs.fresh_target(s, start)
+                # Queries answer from what this driver applied (the catalog), not the core's log.
+                if target is not None and self.slots_applied >= target:
+                    break
+                if time.monotonic() > deadline:
+                    raise control.ControlError(
+                        "no_quorum",
+                        "no consistent read: this node could not confirm the leader's committed"
+                        f" log within {self.settings.timing.replicate_timeout:g} s"
+                        f" ({'; '.join(obs.problems(s, time.monotonic())) or 'still catching up'})",
+                    )
+                await asyncio.sleep(0.01)
+        s = self.node.status()
+        now = time.monotonic()
+        behind = obs.behind_by(s)
+        problems = obs.problems(s, now)
+        if behind and not consistent:
+            problems.append(f"behind the leader by {behind} slots")
+        return {
+            "consistent": consistent,
+            "read_index": target,  # the applied length a consistent read waited for
+            "role": s.role,
+            "stopped": s.stopped,
+            "leader": obs.leader(s, now),
+            "behind": behind,
+            "warning": None if consistent or not problems else
+                       "may be stale: " + "; ".join(problems),
+        }  # fmt: skip
 
     async def stop(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
         self.node.stop(time.monotonic())
@@ -311,10 +386,18 @@ class Prm:
 
     async def status(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
         s = self.node.status()
+        now = time.monotonic()
+        obs = self.observer
+        problems = obs.problems(s, now)
         return {
             "node": s.node,
             "role": s.role,
-            "leader": s.leader,
+            "leader": obs.leader(s, now),
+            "healthy": not problems,
+            "problems": problems,
+            "behind": obs.behind_by(s),
+            "quorum": obs.quorum,
+            "uptime_s": round(now - obs.started, 1),
             "ballot": [s.promised.round, s.promised.node],
             "stopped": s.stopped,
             "voting": s.voting,
@@ -323,21 +406,38 @@ class Prm:
             "digest": self.catalog.digest.hex(),
             "in_flight": s.in_flight,
             "pending": s.pending,
-            "peers": {
-                str(p): {"connected": p in self.transport.connected, "heard": p in s.peers_heard}
-                for p in self.transport.addresses
-            },
+            "peers": obs.peer_table(now, set(self.transport.connected)),
         }
+
+    async def metrics(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+        return {"text": self.observer.exposition()}
+
+    async def observed_replicate(self, args: ReplicateArgs, p: control.Progress) -> dict[str, Any]:
+        outcome = "internal"
+        try:
+            with self.observer.commit_latency.time():
+                result = await self.replicate(args, p)
+            outcome = "ok"
+        except control.ControlError as exc:
+            outcome = exc.code
+            raise
+        except (FileNotFoundError, paths.PathRefused):
+            outcome = "bad_file"
+            raise
+        finally:
+            self.observer.requests.labels(outcome).inc()
+        return result
 
     def ops(self) -> dict[str, control.Op]:
         return {
-            "replicate": control.Op(ReplicateArgs, self.replicate),
+            "replicate": control.Op(ReplicateArgs, self.observed_replicate),
             "total": control.Op(PositionsArgs, self.total),
             "merge": control.Op(MergeArgs, self.merge),
-            "print": control.Op(control.NoArgs, self.print_log),
+            "print": control.Op(ReadArgs, self.print_log),
             "stop": control.Op(control.NoArgs, self.stop),
             "resume": control.Op(control.NoArgs, self.resume),
             "status": control.Op(control.NoArgs, self.status),
+            "metrics": control.Op(control.NoArgs, self.metrics),
         }
 
 
@@ -351,6 +451,8 @@ async def main(settings: Settings) -> None:
     prm = Prm(settings, storage)
     me = settings.me
     await prm.transport.start(settings.peer_bind or me.host, me.port)
+    if settings.metrics_port is not None:
+        observe.serve_http(prm.observer, settings.metrics_host, settings.metrics_port)
     try:
         await daemon.serve(settings, prm.ops(), settings.prm_socket, background=[prm.drive])
     finally:

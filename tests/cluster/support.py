@@ -103,6 +103,12 @@ class Node:
         assert done.returncode == 0, f"node {self.id}: paxmr {' '.join(map(str, args))}: {done}"
         return json.loads(done.stdout)
 
+    def status_report(self) -> Any:
+        """``paxmr -o json status``: exit 0 if healthy, 5 if the replica answers but is not."""
+        done = self.cli("-o", "json", "status")
+        assert done.returncode in {0, 5}, f"node {self.id}: paxmr status: {done}"
+        return json.loads(done.stdout)
+
     def popen(self, *args: str | Path) -> subprocess.Popen[str]:
         return subprocess.Popen(
             [str(PAXMR), "-c", str(self.config), *map(str, args)],

@@ -91,7 +91,8 @@ class Cluster:
 
     def status(self, host: str) -> dict[str, Any] | None:
         proc = self.cli(host, "-o", "json", "status", timeout=30)
-        return json.loads(proc.stdout) if proc.returncode == 0 else None
+        # 5: the replica answers but is unhealthy (stopped, no leader or no quorum): still a report.
+        return json.loads(proc.stdout) if proc.returncode in {0, 5} else None
 
     def leader(self) -> str:
         """The host every running node names as leader, once they agree."""

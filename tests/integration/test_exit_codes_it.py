@@ -110,11 +110,17 @@ def test_services_down_exit_3(stopped_cluster: Cluster) -> None:
         assert result.returncode == 3, (argv, result.stderr)
         assert "service not running" in result.stderr
         assert "Traceback" not in result.stderr
-    status = ok_json(n.cli("-o", "json", "status"))
+    done = n.cli("-o", "json", "status")  # status reports, and its exit code says it is down
+    assert done.returncode == 3, done.stderr
+    status = json.loads(done.stdout)
     assert status["services"]["mapper-1"] == "down"
     assert status["services"]["reducer"] == "down"
-    rows = ok_json(paxmr("-o", "json", "local", "status", "--dir", stopped_cluster.root))
-    assert rows == []
+    assert status["healthy"] is False
+    done = paxmr("-o", "json", "local", "status", "--dir", stopped_cluster.root)
+    assert done.returncode == 3, done.stderr
+    rows = json.loads(done.stdout)
+    assert rows["services"] == []
+    assert [n["error"] for n in rows["nodes"]] == ["prm not running"] * 2
     again = ok_json(paxmr("-o", "json", "local", "down", "--dir", stopped_cluster.root))
     assert again == {"stopped": 0}  # down is idempotent
 
@@ -145,8 +151,9 @@ def test_permission_denied_exit_4(cluster: Cluster) -> None:
         assert result.returncode == 4, result.stderr
         assert "permission denied" in result.stderr
         assert str(sock) in result.stderr
-        status = ok_json(paxmr("-c", n.config, "-o", "json", "status", prefix=NOBODY))
-        assert status["services"]["reducer"] == "denied"
+        done = paxmr("-c", n.config, "-o", "json", "status", prefix=NOBODY)
+        assert done.returncode == 4, done.stderr
+        assert json.loads(done.stdout)["services"]["reducer"] == "denied"
     finally:
         sock.chmod(mode)
     ok(n.cli("status"))  # root still gets through

@@ -87,12 +87,17 @@ def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
             p.stdout.close()
 
 
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2}
+
+
 def log_lines(raw: bytes) -> list[tuple[int, dict[str, object]]]:
+    """Plain JSON lines (stdout is a pipe, not the journal: no ``<N>`` prefix), with the
+    syslog priority their level maps to."""
     out = []
     for line in raw.decode().splitlines():
-        assert line.startswith("<"), line
-        priority, _, body = line[1:].partition(">")
-        out.append((int(priority), json.loads(body)))
+        assert line.startswith("{"), line
+        obj = json.loads(line)
+        out.append((_PRIORITY[obj["level"]], obj))
     return out
 
 

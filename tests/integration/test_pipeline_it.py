@@ -17,7 +17,7 @@ from paxmr import control
 from paxmr.wordcount import corpus as corpus_mod
 from paxmr.wordcount import tally
 
-from .conftest import PAXMR, Cluster, Node, clean_env, ok_json, paxmr
+from .conftest import PAXMR, Cluster, Node, clean_env, ok, ok_json, paxmr
 
 pytestmark = pytest.mark.integration
 
@@ -85,7 +85,7 @@ def test_json_outputs_parse(cluster: Cluster, node: Node) -> None:
     assert status["node"] == 1
     for service in ("mapper-1", "mapper-2", "reducer"):
         assert status["services"][service] == "up"
-    rows = ok_json(paxmr("-o", "json", "local", "status", "--dir", cluster.root))
+    rows = ok_json(paxmr("-o", "json", "local", "status", "--dir", cluster.root))["services"]
     ours = {(r["node"], r["name"]) for r in rows if r["name"].startswith(("mapper", "reducer"))}
     assert ours == {(n, s) for n in (1, 2) for s in ("mapper-1", "mapper-2", "reducer")}
     assert all(r["running"] and r["answering"] for r in rows)
@@ -304,9 +304,14 @@ def test_plain_map_output_has_no_progress_bar(node: Node, corpus: str) -> None:
     assert result.stdout.startswith(f"mapped {2 << 20} bytes")
 
 
-def test_local_up_refuses_a_running_cluster(cluster: Cluster) -> None:
-    result = paxmr("local", "up", "--nodes", "2", "--dir", cluster.root)
-    assert result.returncode == 1
-    assert "already runs" in result.stderr
+def test_local_up_on_a_running_cluster_keeps_it(cluster: Cluster) -> None:
+    """`local up` is idempotent: every service keeps running, as the same process."""
+    before = ok_json(paxmr("-o", "json", "local", "status", "--dir", cluster.root))["services"]
+    ok(paxmr("local", "up", "--dir", cluster.root))
+    after = ok_json(paxmr("-o", "json", "local", "status", "--dir", cluster.root))["services"]
+    assert [(s["name"], s["pid"]) for s in after] == [(s["name"], s["pid"]) for s in before]
+    other_size = paxmr("local", "up", "--nodes", "3", "--dir", cluster.root)
+    assert other_size.returncode == 1
+    assert "has 2 nodes, not 3" in other_size.stderr
     status = ok_json(cluster.nodes[0].cli("-o", "json", "status"))
     assert status["services"]["mapper-1"] == "up"

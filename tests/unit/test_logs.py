@@ -16,7 +16,7 @@ from paxmr import logs
 @pytest.fixture
 def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
-    logs.configure("mapper-1", 3, stream=out)
+    logs.configure("mapper-1", 3, stream=out, journald=True)
     yield out
     structlog.contextvars.clear_contextvars()
     structlog.reset_defaults()
@@ -79,3 +79,24 @@ def test_unserialisable_values_do_not_crash(stream: io.StringIO) -> None:
     logs.get().info("odd", value=object(), raw=b"\xff")
     [(_, obj)] = lines(stream)
     assert "object" in str(obj["value"])
+
+
+def test_plain_json_lines_off_the_journal(tmp_path, monkeypatch) -> None:
+    """A log file (a local cluster's) gets plain JSON lines that jq reads; the journal a prefix."""
+    path = tmp_path / "prm.log"
+    with path.open("w") as f:
+        monkeypatch.delenv("JOURNAL_STREAM", raising=False)
+        assert not logs.to_journal(f)
+        logs.configure("prm", 1, stream=f)
+        logs.get().warning("leader_changed", leader=2)
+        f.flush()
+        st = path.stat()
+        monkeypatch.setenv("JOURNAL_STREAM", f"{st.st_dev}:{st.st_ino}")
+        assert logs.to_journal(f)
+        logs.configure("prm", 1, stream=f)
+        logs.get().warning("leader_changed", leader=3)
+    structlog.reset_defaults()
+    first, second = path.read_text().splitlines()
+    assert json.loads(first)["leader"] == 2
+    assert second.startswith("<4>")
+    assert json.loads(second[3:])["leader"] == 3

@@ -1,0 +1,306 @@
+"""What the PRM shows its operator: who it heard and when, role changes, metrics, freshness.
+
+The consensus core stays sans-IO and knows nothing of this: the PRM feeds an ``Observer`` the
+authenticated messages it delivers (``heard``), the core's status after every Ready
+(``after_ready``) and the durations of its commits, and the Observer logs every role or leader
+change, keeps the Prometheus metrics and answers "is this replica healthy, and how stale is it".
+
+Metric names follow etcd's where one exists (``etcd_server_has_leader`` ->
+``paxmr_has_leader``); the README lists them all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import prometheus_client as prom
+from prometheus_client import CollectorRegistry
+
+from paxmr import logs, paxos
+from paxmr.paxos.messages import Accept, Accepted, Promise
+from paxmr.paxos.ready import NodeStatus
+
+LEADER, CANDIDATE = "leader", "candidate"
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+
+
+@dataclass
+class _Heard:
+    at: float = -math.inf  # any authenticated message
+    accept_at: float = -math.inf  # an Accept (the leader's heartbeat) ...
+    accept_ballot: paxos.Ballot | None = None  # ... its ballot
+    accept_chosen: int = 0  # ... and the chosen length it announced
+    acked_at: float = -math.inf  # an Accepted (a follower's answer to our Accept) ...
+    acked_ballot: paxos.Ballot | None = None  # ... in this ballot
+    # The applied length a peer reported with its last Promise or Accepted, in that ballot.
+    reported_ballot: paxos.Ballot | None = None
+    reported_len: int = 0
+
+
+class Observer:
+    def __init__(self, node_id: int, peers: list[int], db: Path, election_max: float) -> None:
+        self.node_id = node_id
+        self.peers = peers
+        self.quorum = (len(peers) + 1) // 2 + 1
+        self.db = db
+        self.window = election_max  # "recently" = within the longest election timeout
+        self.log = logs.get()
+        self.heard: dict[int, _Heard] = {p: _Heard() for p in peers}
+        self.started = time.monotonic()
+        self._last: tuple[str, int | None, tuple[int, int]] | None = None
+        self._up: set[int] = set()
+        self._behind_since = 0.0  # when this replica fell behind its leader (0: it is not)
+        self._catching_up = False
+        self.status: NodeStatus | None = None
+
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.has_leader = prom.Gauge(
+            "paxmr_has_leader", "1 if this replica knows a leader it heard recently", registry=r
+        )
+        self.is_leader = prom.Gauge("paxmr_is_leader", "1 if this replica leads", registry=r)
+        self.leader_changes = prom.Counter(
+            "paxmr_leader_changes_seen", "Leader changes this replica has seen", registry=r
+        )
+        self.role_changes = prom.Counter(
+            "paxmr_role_changes", "Role changes of this replica", ["role"], registry=r
+        )
+        self.ballot_round = prom.Gauge(
+            "paxmr_ballot_round", "Round of the highest ballot this replica promised", registry=r
+        )
+        self.stopped = prom.Gauge("paxmr_stopped", "1 while stopped by `paxmr stop`", registry=r)
+        self.voting = prom.Gauge(
+            "paxmr_voting", "1 if this replica votes (0 while it recovers lost storage)", registry=r
+        )
+        self.slots = prom.Gauge(
+            "paxmr_log_chosen_slots", "Chosen slots applied here (no-ops included)", registry=r
+        )
+        self.entries = prom.Gauge(
+            "paxmr_log_entries", "Log entries (positions) applied here", registry=r
+        )
+        self.behind = prom.Gauge(
+            "paxmr_log_behind_slots", "Slots the leader announced that are not applied here",
+            registry=r,
+        )  # fmt: skip
+        self.applied = prom.Counter(
+            "paxmr_applied_slots", "Slots applied since this process started", registry=r
+        )
+        self.peers_heard = prom.Gauge(
+            "paxmr_peers_heard", "Peers heard within the last election timeout", registry=r
+        )
+        self.fsync = prom.Histogram(
+            "paxmr_fsync_duration_seconds", "Duration of one storage commit (one fsync)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.commit_latency = prom.Histogram(
+            "paxmr_replicate_duration_seconds", "From a replicate request to its outcome",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.requests = prom.Counter(
+            "paxmr_replicate_requests", "Replicate requests by outcome", ["outcome"], registry=r
+        )
+        self.reads = prom.Counter(
+            "paxmr_reads", "Reads (print, total, merge) by consistency", ["consistency"],
+            registry=r,
+        )  # fmt: skip
+        log_bytes = prom.Gauge(
+            "paxmr_storage_bytes", "Bytes of the storage files (SQLite database and WAL)",
+            registry=r,
+        )  # fmt: skip
+        log_bytes.set_function(self._storage_bytes)
+        self._gauges()
+
+    # --- inputs ----------------------------------------------------------------------------
+
+    def heard_from(self, src: int, msg: paxos.Message, now: float) -> None:
+        """An authenticated message from ``src`` (the transport drops anything else)."""
+        h = self.heard.get(src)
+        if h is None:
+            return
+        h.at = now
+        if isinstance(msg, Accept):
+            h.accept_at, h.accept_ballot, h.accept_chosen = now, msg.ballot, msg.chosen
+        elif isinstance(msg, Accepted):
+            h.acked_at, h.acked_ballot = now, msg.ballot
+            h.reported_ballot, h.reported_len = msg.ballot, msg.chosen_len
+        elif isinstance(msg, Promise):
+            h.reported_ballot, h.reported_len = msg.ballot, msg.chosen_len
+
+    def after_ready(self, s: NodeStatus, applied: int) -> None:
+        """The core's status after a Ready: log and count role, leader and ballot changes."""
+        self.status = s
+        if applied:
+            self.applied.inc(applied)
+        now = time.monotonic()
+        leader = self.leader(s, now)
+        ballot = (s.promised.round, s.promised.node)
+        key = (s.role, leader, ballot)
+        last = self._last
+        if key != last:
+            self._last = key
+            fields = {"ballot": list(ballot), "slots": s.chosen, "entries": s.applied}
+            if last is None or last[0] != s.role:
+                self.role_changes.labels(s.role).inc()
+                self.log.info("role_changed", new_role=s.role,
+                              old_role=last and last[0], **fields)  # fmt: skip
+            if (last is None and leader is not None) or (last is not None and last[1] != leader):
+                if leader is not None:
+                    self.leader_changes.inc()
+                self.log.warning("leader_changed", leader=leader,
+                                 previous=last and last[1], **fields)  # fmt: skip
+        self._note_catchup(s, now)
+        self._note_peers(now)
+
+    def _note_catchup(self, s: NodeStatus, now: float) -> None:
+        """Log a catch-up that lasts: lagging by in-flight slots for a moment is normal."""
+        behind = self.behind_by(s)
+        if not behind:
+            if self._catching_up:
+                self.log.info("catchup_finished", slots=s.chosen,
+                              seconds=round(now - self._behind_since, 3))  # fmt: skip
+            self._behind_since, self._catching_up = 0.0, False
+        elif not self._behind_since:
+            self._behind_since = now
+        elif not self._catching_up and now - self._behind_since > self.window / 2:
+            self._catching_up = True
+            self.log.info("catchup_started", behind=behind, slots=s.chosen, leader=s.leader)
+
+    def _note_peers(self, now: float) -> None:
+        up = set(self.heard_recently(now))
+        if up != self._up:
+            for p in sorted(up - self._up):
+                self.log.info("peer_up", peer=p)
+            for p in sorted(self._up - up):
+                self.log.warning("peer_down", peer=p, silent_s=round(now - self.heard[p].at, 3))
+            self._up = up
+
+    def _gauges(self) -> None:
+        """Gauges read the last status when scraped (from the HTTP thread too): nothing to
+        update on the driver's path. A NodeStatus is immutable, so reading it is safe."""
+
+        def of(read: Callable[[NodeStatus], float]) -> Callable[[], float]:
+            return lambda: float(read(self.status)) if self.status is not None else math.nan
+
+        now = time.monotonic
+        self.has_leader.set_function(of(lambda s: self.leader(s, now()) is not None))
+        self.is_leader.set_function(of(lambda s: s.role == LEADER))
+        self.ballot_round.set_function(of(lambda s: s.promised.round))
+        self.stopped.set_function(of(lambda s: s.stopped))
+        self.voting.set_function(of(lambda s: s.voting))
+        self.slots.set_function(of(lambda s: s.chosen))
+        self.entries.set_function(of(lambda s: s.applied))
+        self.behind.set_function(of(self.behind_by))
+        self.peers_heard.set_function(lambda: len(self.heard_recently(now())))
+
+    # --- what the operator asks ------------------------------------------------------------
+
+    def heard_recently(self, now: float) -> list[int]:
+        return [p for p, h in self.heard.items() if now - h.at <= self.window]
+
+    def leader(self, s: NodeStatus, now: float) -> int | None:
+        """The leader this replica follows, if it heard from it within the last election timeout.
+
+        The core may keep naming a leader while it campaigns against it; that is no leader.
+        """
+        if s.stopped or s.role == CANDIDATE or s.leader is None:
+            return None
+        if s.leader == self.node_id:
+            return s.leader if s.role == LEADER else None
+        if now - self.heard[s.leader].accept_at > self.window:
+            return None
+        return s.leader
+
+    def behind_by(self, s: NodeStatus) -> int:
+        """Chosen slots the leader announced that this replica has not applied yet."""
+        if s.leader is None or s.leader == self.node_id or s.leader not in self.heard:
+            return 0
+        return max(0, self.heard[s.leader].accept_chosen - s.chosen)
+
+    def problems(self, s: NodeStatus, now: float) -> list[str]:
+        """Why this replica is not healthy; empty when it is."""
+        found = []
+        if s.stopped:
+            found.append("stopped by the operator (`paxmr resume` brings it back)")
+        if not s.voting:
+            found.append("recovering lost storage: not voting until caught up")
+        if s.stopped:
+            return found
+        # A follower hears only its leader, which steps down when it loses its quorum: a leader
+        # heard recently stands for a quorum. A leader (or a node without one) counts its peers.
+        heard = len(self.heard_recently(now))
+        leader = self.leader(s, now)
+        if leader is None:
+            found.append("no leader" if s.role != CANDIDATE else "no leader: election under way")
+        if (leader is None or s.role == LEADER) and heard + 1 < self.quorum:
+            found.append(
+                f"no quorum: heard {heard} of {len(self.peers)} peers within {self.window:g} s,"
+                f" a quorum needs {self.quorum - 1}"
+            )
+        return found
+
+    def peer_table(self, now: float, connected: set[int]) -> dict[str, dict[str, Any]]:
+        out = {}
+        for p, h in self.heard.items():
+            age = now - h.at
+            out[str(p)] = {
+                "up": age <= self.window,
+                "heard_s_ago": None if math.isinf(age) else round(age, 3),
+                "connected": p in connected,
+            }
+        return out
+
+    def fresh_target(self, s: NodeStatus, start: float) -> int | None:
+        """The chosen length a consistent read started at ``start`` must see; None: not yet known.
+
+        A leader confirms it still leads by accepts answered in its ballot by a quorum after the
+        read started. A new leader's applied length may be short of what earlier leaders
+        committed: an entry committed before the read was accepted by a quorum, which meets the
+        leader's phase-1 quorum in an acceptor that either still holds it (the leader proposes
+        it again: ``in_flight`` counts it) or applied it (its Promise reported that length). So
+        the target is the larger of the two. A follower takes the chosen length from its
+        leader's first Accept (heartbeat) received after the read started, in the ballot it
+        promised.
+        """
+        if s.stopped:
+            return None
+        if s.role == LEADER:
+            ballot = s.promised
+            acks = sum(
+                1 for h in self.heard.values() if h.acked_at >= start and h.acked_ballot == ballot
+            )
+            if acks + 1 < self.quorum:
+                return None
+            reported = [h.reported_len for h in self.heard.values() if h.reported_ballot == ballot]
+            return max([s.chosen + s.in_flight, *reported])
+        if s.role == CANDIDATE or s.leader is None or s.leader not in self.heard:
+            return None
+        h = self.heard[s.leader]
+        if h.accept_at < start or h.accept_ballot != s.promised:
+            return None
+        return h.accept_chosen
+
+    def _storage_bytes(self) -> float:
+        total = 0
+        for suffix in ("", "-wal"):
+            with contextlib.suppress(OSError):
+                total += Path(f"{self.db}{suffix}").stat().st_size
+        return total
+
+    def exposition(self) -> str:
+        return prom.generate_latest(self.registry).decode()
+
+
+def serve_http(observer: Observer, host: str, port: int) -> None:
+    """The Prometheus endpoint (a thread of prometheus_client); an error is logged, not fatal."""
+    try:
+        prom.start_http_server(port, addr=host, registry=observer.registry)
+    except OSError as exc:
+        observer.log.exception("metrics_endpoint_failed", host=host, port=port, error=str(exc))
+    else:
+        observer.log.info("metrics_endpoint", url=f"http://{host}:{port}/metrics")

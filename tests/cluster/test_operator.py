@@ -1,0 +1,251 @@
+"""What an operator sees on a real 3-node cluster: health exit codes, honest peer status, election
+traces in the logs and the metrics, stale-read warnings and consistent reads (issue 13).
+
+Every check goes through the real ``paxmr`` command or the PRM's real sockets and HTTP endpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+from collections.abc import Callable
+
+import pytest
+
+from paxmr import local
+
+from .support import (
+    CONVERGE_S,
+    Cluster,
+    Node,
+    service_env,
+    sigkill,
+)
+
+pytestmark = pytest.mark.integration
+
+FILE = "small_reduced"
+
+
+def _wait(predicate: Callable[[], object], what: str, timeout: float = CONVERGE_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+
+
+def _follower(cluster: Cluster) -> Node:
+    return cluster.node(cluster.leader() % 3 + 1)
+
+
+def _metrics(node: Node) -> dict[str, float]:
+    """The PRM's Prometheus endpoint, scraped over loopback HTTP."""
+    port = node.settings.metrics_port
+    assert port is not None
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    values = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-z_]+(?:\{[^}]*\})?) (\S+)", line)
+        if m:
+            values[m[1]] = float(m[2])
+    return values
+
+
+# --- health ------------------------------------------------------------------------------------
+
+
+def test_health_and_status_exit_0_on_a_healthy_cluster(healthy: Cluster) -> None:
+    for n in healthy.nodes:
+        for cmd in ("health", "status"):
+            done = n.cli(cmd)
+            assert done.returncode == 0, (n.id, cmd, done.stdout, done.stderr)
+        report = json.loads(n.cli("-o", "json", "health").stdout)
+        assert report["healthy"] is True
+        assert report["problems"] == []
+
+
+def test_health_of_a_stopped_node_exits_5(healthy: Cluster) -> None:
+    node = _follower(healthy)
+    assert node.cli("stop").returncode == 0
+    try:
+        for cmd in ("health", "status"):
+            done = node.cli(cmd)
+            assert done.returncode == 5, (cmd, done.stdout, done.stderr)
+            assert "stopped" in done.stdout
+    finally:
+        node.cli("resume")
+    _wait(lambda: node.cli("health").returncode == 0, "the resumed node healthy again")
+
+
+def test_health_with_a_dead_prm_exits_3(healthy: Cluster) -> None:
+    node = _follower(healthy)
+    sigkill(node.prm_pid())
+    done = node.cli("health")
+    assert done.returncode == 3, done
+    assert "prm down" in done.stdout
+    status = node.cli("-o", "json", "status")
+    assert status.returncode == 3
+    assert json.loads(status.stdout)["services"]["prm"] == "down"
+
+
+def test_health_without_quorum_exits_5_and_names_the_reason(healthy: Cluster) -> None:
+    """Two of three PRMs killed: the survivor's services all answer, yet it is not healthy."""
+    leader = healthy.leader()
+    survivor = healthy.node(leader % 3 + 1)
+    for n in healthy.nodes:
+        if n is not survivor:
+            sigkill(n.prm_pid())
+    _wait(lambda: survivor.cli("health").returncode == 5, "health exit 5 on the lone survivor")
+    report = json.loads(survivor.cli("-o", "json", "health").stdout)
+    assert report["services"]["prm"] == "up"
+    assert any("no leader" in p for p in report["problems"]), report["problems"]
+    assert any("no quorum" in p for p in report["problems"]), report["problems"]
+
+
+# --- peers -------------------------------------------------------------------------------------
+
+
+def test_a_frozen_peer_shows_down_although_its_tcp_connection_stays_up(healthy: Cluster) -> None:
+    """SIGSTOP keeps the follower's sockets open: TCP-connected, but it no longer answers."""
+    leader = healthy.node(healthy.leader())
+    frozen = _follower(healthy)
+    peer = str(frozen.id)
+    pid = frozen.prm_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        _wait(lambda: not leader.status()["peers"][peer]["up"], "the frozen peer shown down", 5.0)
+        assert leader.status()["peers"][peer]["connected"] is True
+        text = leader.cli("status").stdout
+        assert re.search(rf"\b{peer}:DOWN \(silent [0-9.]+ s, tcp connected\)", text), text
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    _wait(lambda: leader.status()["peers"][peer]["up"], "the thawed peer shown up again")
+
+
+# --- elections leave a trace ---------------------------------------------------------------------
+
+
+def test_a_leader_change_is_logged_and_counted(healthy: Cluster) -> None:
+    old = healthy.leader()
+    survivors = [n for n in healthy.nodes if n.id != old]
+    before = {n.id: _metrics(n) for n in survivors}
+    for n in survivors:
+        assert before[n.id]["paxmr_has_leader"] == 1
+    logged = {n.id: len(n.log_events("leader_changed")) for n in survivors}
+    sigkill(healthy.node(old).prm_pid())
+    new = healthy.leader(exclude=old)
+    for n in survivors:
+        events = n.log_events("leader_changed")[logged[n.id] :]
+        assert events, f"node {n.id} logged no leader change"
+        last = events[-1]
+        assert last["leader"] == new
+        assert last["level"] == "warning"
+        assert last["ballot"][1] == new  # the new leader's ballot
+        after = _metrics(n)
+        changes = "paxmr_leader_changes_seen_total"
+        assert after[changes] > before[n.id][changes], (n.id, after[changes])
+        assert after["paxmr_has_leader"] == 1
+        assert after["paxmr_ballot_round"] > before[n.id]["paxmr_ballot_round"]
+    assert _metrics(healthy.node(new))["paxmr_is_leader"] == 1
+
+
+def test_metrics_count_commits_and_fsyncs(healthy: Cluster) -> None:
+    leader = healthy.node(healthy.leader())
+    before = _metrics(leader)
+    for _ in range(3):
+        leader.replicate(FILE)
+    healthy.converged()
+    after = _metrics(leader)
+    assert after["paxmr_applied_slots_total"] >= before["paxmr_applied_slots_total"] + 3
+    assert (
+        after["paxmr_fsync_duration_seconds_count"] > before["paxmr_fsync_duration_seconds_count"]
+    )
+    ok = 'paxmr_replicate_requests_total{outcome="ok"}'
+    assert after[ok] == before.get(ok, 0) + 3
+    assert after["paxmr_log_entries"] == leader.status()["entries"]
+    assert after["paxmr_storage_bytes"] > 0
+    # The same registry through the control socket, for hosts without the HTTP port.
+    text = leader.cli("metrics").stdout
+    assert "paxmr_leader_changes_seen_total" in text
+    assert "paxmr_replicate_duration_seconds_bucket" in text
+
+
+# --- reads -------------------------------------------------------------------------------------
+
+
+def test_reads_on_a_stopped_node_warn_and_consistent_reads_fail_with_5(healthy: Cluster) -> None:
+    node = _follower(healthy)
+    node.replicate(FILE)
+    healthy.converged()
+    assert node.cli("stop").returncode == 0
+    try:
+        others = [n for n in healthy.nodes if n is not node]
+        others[0].replicate(FILE)
+        healthy.converged(nodes=others)
+        last = others[0].status()["entries"] - 1
+        missing = node.cli("total", str(last))
+        assert missing.returncode == 1
+        assert "this node may be stale: stopped" in missing.stderr
+        for args in (["print"], ["total", "0"], ["merge", "0"]):
+            done = node.cli(*args)
+            assert done.returncode == 0, done
+            assert "warning" in done.stderr
+            assert "stopped" in done.stderr
+            fresh = json.loads(node.cli("-o", "json", *args).stdout)["freshness"]
+            assert fresh["stopped"] is True
+            assert fresh["warning"]
+            strict = node.cli(*args, "--consistent")
+            assert strict.returncode == 5, strict
+            assert "stopped" in strict.stderr
+    finally:
+        node.cli("resume")
+    healthy.converged()
+
+
+def test_a_consistent_read_right_after_resume_sees_every_committed_entry(healthy: Cluster) -> None:
+    """Resume and read at once: a plain read answers from the old log, a consistent one waits
+    until the node has caught up with what the leader had committed."""
+    node = _follower(healthy)
+    others = [n for n in healthy.nodes if n is not node]
+    node.call("stop")
+    try:
+        for _ in range(3):
+            others[0].replicate(FILE)
+        target = healthy.converged(nodes=others)
+        count = others[0].status()["entries"]
+    finally:
+        node.call("resume")
+    result = node.call("print", {"consistent": True})
+    assert len(result["entries"]) == count, result["freshness"]
+    assert result["digest"] == target
+    assert result["freshness"]["consistent"] is True
+    total = node.call("total", {"positions": [count - 1], "consistent": True})
+    assert total["total"] == 6  # small_tally: 3 + 2 + 1
+
+
+def test_a_healthy_follower_reads_without_a_warning(healthy: Cluster) -> None:
+    node = _follower(healthy)
+    healthy.node(healthy.leader()).replicate(FILE)
+    healthy.converged()
+    done = node.cli("print", "--consistent")
+    assert done.returncode == 0, done
+    assert done.stderr == ""
+    plain = node.cli("print")
+    assert plain.returncode == 0
+    assert plain.stderr == ""
+
+
+def test_a_restarted_node_rejoins_with_its_log(healthy: Cluster) -> None:
+    """`local.restart` restarts a running PRM too (the old one is stopped first)."""
+    node = _follower(healthy)
+    old = node.prm_pid()
+    with service_env():
+        [new] = local.restart(healthy.root, node.id, "prm")
+    assert new.pid != old
+    assert node.prm_pid() == new.pid
+    healthy.converged()

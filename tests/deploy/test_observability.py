@@ -1,0 +1,67 @@
+"""What an operator watches on the deployed hosts: `paxmr health`, the PRM's Prometheus endpoint
+on loopback, and the journal's record of a leader change (issue 13)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from conftest import NODE_IDS, Cluster, wait_until
+
+from testbed.testbed import Testbed
+
+pytestmark = pytest.mark.deploy
+
+METRICS_URL = "http://127.0.0.1:9464/metrics"  # the role's default paxmr_metrics_port, loopback
+
+
+def scrape(testbed: Testbed, host: str) -> dict[str, float]:
+    """The PRM's metrics, fetched on the host itself (the endpoint listens on loopback only)."""
+    fetch = (
+        f"import urllib.request as u; print(u.urlopen({METRICS_URL!r}, timeout=10).read().decode())"
+    )
+    text = testbed.run(host, f"python3 -c {json.dumps(fetch)}").stdout
+    values = {}
+    for line in text.splitlines():
+        m = re.fullmatch(r"([a-z_]+(?:\{[^}]*\})?) (\S+)", line)
+        if m:
+            values[m[1]] = float(m[2])
+    return values
+
+
+def test_health_exits_0_on_every_host(cluster: Cluster) -> None:
+    for host in cluster.hosts:
+        done = cluster.cli(host, "health")
+        assert done.returncode == 0, (host, done.stdout, done.stderr)
+
+
+def test_a_leader_change_shows_in_the_metrics_and_the_journal(
+    cluster: Cluster, faults: Testbed
+) -> None:
+    old = cluster.leader()
+    survivors = [h for h in cluster.hosts if h != old]
+    changes = "paxmr_leader_changes_seen_total"
+    before = {h: scrape(faults, h) for h in survivors}
+    for h in survivors:
+        assert before[h]["paxmr_has_leader"] == 1
+    since = faults.run(survivors[0], "date --utc '+%Y-%m-%d %H:%M:%S'").stdout.strip()
+    faults.run(old, "sudo systemctl kill -s KILL paxmr-prm")
+
+    def moved() -> bool:
+        return all(scrape(faults, h)[changes] > before[h][changes] for h in survivors)
+
+    wait_until(moved, 60, "the survivors count a leader change")
+    new = cluster.leader()  # systemd restarted the old PRM meanwhile; they agree again
+    assert cluster.cli(survivors[0], "health").returncode == 0
+    journal = faults.run(
+        survivors[0],
+        f"sudo journalctl -u paxmr-prm -o cat --since '{since}' --no-pager",
+    ).stdout
+    events = [json.loads(line[line.index("{") :]) for line in journal.splitlines() if "{" in line]
+    changed = [e for e in events if e.get("event") == "leader_changed"]
+    assert changed, journal[-3000:]
+    assert any(e["leader"] == NODE_IDS[new] for e in changed), changed
+    # The metrics endpoint stays on loopback: nothing listens on the peer address.
+    listening = faults.run(survivors[0], "ss -Hltn 'sport = :9464'").stdout
+    assert "127.0.0.1:9464" in listening, listening
