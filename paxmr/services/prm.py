@@ -364,7 +364,6 @@ class Prm:
         return {
             "consistent": consistent,
             "read_index": target,  # the applied length a consistent read waited for
-            "role": s.role,
             "stopped": s.stopped,
             "leader": obs.leader(s, now),
             "behind": behind,
