@@ -141,8 +141,11 @@ class Settings(BaseSettings):
     def tls_files(self) -> TlsFiles:
         """The CA bundle, certificate and key: ``tls_dir``, else systemd's credentials directory.
 
-        The key must not be readable by group or others (a ConfigError says so)."""
+        A key in ``tls_dir`` must not be readable by group or others (a ConfigError says so).
+        The credentials directory is private to the service whatever its files' modes (systemd
+        may make them 0440 for the service's group), so its files are not checked."""
         directory = self.tls_dir
+        private = directory is None
         if directory is None:
             creds = os.environ.get("CREDENTIALS_DIRECTORY")
             if not creds:
@@ -156,7 +159,7 @@ class Settings(BaseSettings):
             if not path.is_file():
                 raise ConfigError(f"peer TLS file {path} is missing")
         mode = stat.S_IMODE(key.stat().st_mode)
-        if mode & 0o077:
+        if mode & 0o077 and not private:
             raise ConfigError(
                 f"peer TLS key {key} has mode {mode:04o}: it must not be readable by group or"
                 f" others (chmod 600 {key})"

@@ -181,6 +181,9 @@ def test_tls_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     files.key.chmod(0o644)
     with pytest.raises(ConfigError, match="mode 0644: it must not be readable"):
         Settings(tls_dir=tls).tls_files()
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tls))  # private to the service by design
+    assert Settings().tls_files() == files
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY")
     files.cert.unlink()
     with pytest.raises(ConfigError, match="peer-cert is missing"):
         Settings(tls_dir=tls).tls_files()
