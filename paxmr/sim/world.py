@@ -44,7 +44,7 @@ SIM_CONFIG = CoreConfig(
 FAULT_PHASE = 3.0  # faults strike in [0, FAULT_PHASE); then everything heals
 LIVENESS_BOUND = 20.0  # after healing, all requests must complete and logs converge by then
 REQUESTS = 40
-_FRAMING = 64  # the transport's length prefix, tag and {"src", "dst"} envelope, at most
+_FRAMING = 64  # the transport's length prefix, sequence number and envelope, at most
 _HISTORY = 4096  # messages kept for replays
 
 # How a driver orders a Ready's effects around the commit of its persist.
