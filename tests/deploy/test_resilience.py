@@ -98,5 +98,6 @@ def test_all_hosts_rebooted_keep_the_log(cluster: Cluster, faults: Testbed) -> N
     for host in cluster.hosts:
         faults.boot(host)
     cluster.wait_healthy()
-    assert cluster.wait_converged() == before
+    # The log itself; its freshness (which leader answered) may change across the reboots.
+    assert cluster.wait_converged()["entries"] == before["entries"]
     cluster.leader()  # they agree on one

@@ -54,7 +54,12 @@ def test_up_is_idempotent(testbed: Testbed) -> None:
 
 @pytest.mark.parametrize("host", ["paxmr1", "paxmr2", "paxmr3"])
 def test_host_boots_systemd(testbed: Testbed, host: str) -> None:
-    out = testbed.run(host, "hostname; ps -o comm= -p 1; systemctl is-system-running", check=False)
+    out = testbed.run(
+        host,
+        "hostname; ps -o comm= -p 1; timeout 60 systemctl is-system-running --wait",
+        check=False,
+        timeout=90,
+    )
     name, init, state = out.stdout.split()
     assert (name, init) == (host, "systemd")
     assert state in {"running", "degraded"}, testbed.run(host, "systemctl --failed").stdout
@@ -120,7 +125,10 @@ def test_stop_powers_off_cleanly_and_boot_restarts(testbed: Testbed) -> None:
     finally:
         testbed.boot("paxmr1")
     assert testbed.is_running("paxmr1")
-    state = testbed.run("paxmr1", "systemctl is-system-running", check=False).stdout.strip()
+    # --wait: right after ssh answers, units (paxmr's among them) may still be starting.
+    state = testbed.run(
+        "paxmr1", "timeout 60 systemctl is-system-running --wait", check=False, timeout=90
+    ).stdout.strip()
     assert state in {"running", "degraded"}
 
 
