@@ -46,7 +46,9 @@ def test_wordcount_job_end_to_end(cluster: Cluster) -> None:
 def test_rolling_restart_keeps_the_log(cluster: Cluster) -> None:
     before = cluster.wait_converged()
     playbook("restart.yml").check()
-    assert cluster.wait_converged() == before
+    # The log itself; its freshness (which leader answered) changes with the restarts.
+    after = cluster.wait_converged()
+    assert (after["entries"], after["digest"]) == (before["entries"], before["digest"])
 
 
 def test_uninstall_removes_everything_then_check_and_site_found_a_new_cluster(
