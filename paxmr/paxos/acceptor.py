@@ -69,20 +69,23 @@ class Acceptor:
     def may_accept(self, ballot: Ballot) -> bool:
         return self.voting and ballot >= self.promised
 
-    def promise(self, ballot: Ballot, persist: Persist) -> None:
-        self.raise_promise(ballot, persist)
+    def rows(self, from_slot: int) -> list[AcceptedValue]:
+        """Accepted rows from `from_slot` on, in slot order."""
+        return [
+            AcceptedValue(slot, *self.accepted[slot])
+            for slot in sorted(s for s in self.accepted if s >= from_slot)
+        ]
 
     def page(self, from_slot: int, budget: int) -> tuple[tuple[AcceptedValue, ...], bool]:
         """Accepted rows from `from_slot` on, up to `budget` bytes (at least one row), and
         whether more follow: a Promise fits a frame whatever is in flight."""
         rows: list[AcceptedValue] = []
         size = 0
-        for slot in sorted(s for s in self.accepted if s >= from_slot):
-            ballot, entry = self.accepted[slot]
-            cost = wire_cost(entry)
+        for row in self.rows(from_slot):
+            cost = wire_cost(row.entry)
             if rows and (size + cost > budget or len(rows) == MAX_BATCH):
                 return tuple(rows), True
-            rows.append(AcceptedValue(slot, ballot, entry))
+            rows.append(row)
             size += cost
         return tuple(rows), False
 

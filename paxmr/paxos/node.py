@@ -297,7 +297,7 @@ class Node:
         if acceptor.may_promise(msg.ballot):
             if self.role != FOLLOWER:
                 self._step_down(now)
-            acceptor.promise(msg.ballot, self._out.persist)
+            acceptor.raise_promise(msg.ballot, self._out.persist)
             self.leader = None
             self._election_at = now + self._election_timeout()  # give the candidate time
             self._send_promise(src, msg)
@@ -397,12 +397,8 @@ class Node:
             self._send(peer, Prepare(ballot, campaign.from_slot))
         # A replica that lost its storage does not count itself (see acceptor.py).
         if acceptor.may_promise(ballot):
-            acceptor.promise(ballot, self._out.persist)
-            rows = tuple(
-                AcceptedValue(slot, b, entry)
-                for slot, (b, entry) in sorted(acceptor.accepted.items())
-                if slot >= campaign.from_slot
-            )
+            acceptor.raise_promise(ballot, self._out.persist)
+            rows = tuple(acceptor.rows(campaign.from_slot))  # its own: no frame to fit
             campaign.answered[self.id] = Promise(ballot, campaign.from_slot, rows, self.log.length)
             self._check_elected(campaign, now)
 
