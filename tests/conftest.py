@@ -4,15 +4,13 @@ three test hosts (testbed/testbed.py), booted once per session for the testbed a
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-# testbed/ is a script directory, not part of the installed package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# testbed/ is a script directory beside tests/, not part of the installed package; pytest puts
+# the repository root on sys.path (`pythonpath` in pyproject.toml).
 from testbed.testbed import Testbed
 
 # No per-example deadline: a loaded 2-core runner must not turn a slow example into a failure.

@@ -6,8 +6,6 @@ import random
 from dataclasses import replace
 
 import pytest
-from paxos_broken import votes_without_storage
-from paxos_harness import CONFIG, Harness
 
 from paxmr.paxos import (
     Ballot,
@@ -20,6 +18,8 @@ from paxmr.paxos import (
     Request,
 )
 from paxmr.paxos.messages import Accept, Accepted, Prepare, Promise
+from tests.paxos.paxos_broken import votes_without_storage
+from tests.paxos.paxos_harness import CONFIG, Harness
 
 
 def outcome(h: Harness, node: int, rid: str) -> Committed | Refused | None:

@@ -15,12 +15,11 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from paxos_harness import CONFIG, Harness
-
 import paxmr.storage
 from paxmr.paxos import Committed, LogEntry, Persist, Request
 from paxmr.paxos.messages import Accept, Accepted, Nack, Prepare, Promise
 from paxmr.settings import Limits
+from tests.paxos.paxos_harness import CONFIG, Harness
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection

@@ -11,12 +11,12 @@ from __future__ import annotations
 from dataclasses import replace
 
 import msgpack
-from paxos_harness import CONFIG, Harness
-from test_paxos_regressions import ENVELOPE, assert_safe, link
 
 from paxmr.paxos import Request, to_wire
 from paxmr.paxos.messages import Accept, CatchupReply, Forward, Prepare, Promise
 from paxmr.settings import Limits
+from tests.paxos.paxos_harness import CONFIG, Harness
+from tests.paxos.test_paxos_regressions import ENVELOPE, assert_safe, link
 
 
 def test_a_leader_that_starts_voting_mid_term_promised_its_own_ballot():  # noqa: C901 - one schedule

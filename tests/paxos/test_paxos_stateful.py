@@ -5,9 +5,9 @@ from __future__ import annotations
 from hypothesis import event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
-from paxos_harness import Harness
 
 from paxmr.paxos import Committed
+from tests.paxos.paxos_harness import Harness
 
 NODES = st.integers(1, 3)
 

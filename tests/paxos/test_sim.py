@@ -7,13 +7,6 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from paxos_broken import (
-    AcceptsLowerBallots,
-    SendsWholePromises,
-    SkipsPhaseOne,
-    decode_unchecked,
-    votes_without_storage,
-)
 
 from paxmr.logobject import LogObject
 from paxmr.sim.command import sim
@@ -21,6 +14,13 @@ from paxmr.sim.explore import Explorer
 from paxmr.sim.faults import FAULT_KINDS
 from paxmr.sim.run import run_seed, run_seeds
 from paxmr.sim.world import EARLY, STRICT, UNSAFE, World
+from tests.paxos.paxos_broken import (
+    AcceptsLowerBallots,
+    SendsWholePromises,
+    SkipsPhaseOne,
+    decode_unchecked,
+    votes_without_storage,
+)
 
 ALL = frozenset(FAULT_KINDS)
 
