@@ -120,6 +120,14 @@ class Acceptor:
             self.voting = True
             persist.voting = True
 
+    def discard_from(self, slot: int, persist: Persist) -> None:
+        """A new epoch begins at `slot`: rows of the old one there and above are void."""
+        self.accepted = {s: v for s, v in self.accepted.items() if s < slot}
+        persist.accepted = {s: v for s, v in persist.accepted.items() if s < slot}
+        persist.discard_from = (
+            slot if persist.discard_from is None else min(persist.discard_from, slot)
+        )
+
     def forget_below(self, length: int) -> None:
         """Chosen and applied slots need no accepted row any more."""
         if self.accepted and min(self.accepted) < length:

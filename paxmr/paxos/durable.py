@@ -34,10 +34,14 @@ class Persist:
     log: list[LogEntry] = field(default_factory=list)
     voting: bool | None = None
     recover_until: int | None = None
+    # Drop accepted rows from this slot on before adding `accepted`: a new epoch began
+    # (membership.py); `accepted` then holds only rows of the new epoch.
+    discard_from: int | None = None
 
     def __bool__(self) -> bool:
         return (
-            self.promised is not None
+            self.discard_from is not None
+            or self.promised is not None
             or self.used_round is not None
             or bool(self.accepted)
             or bool(self.log)
@@ -51,6 +55,8 @@ class Persist:
             state.promised = self.promised
         if self.used_round is not None:
             state.used_round = self.used_round
+        if self.discard_from is not None:
+            state.accepted = {s: v for s, v in state.accepted.items() if s < self.discard_from}
         state.accepted.update(self.accepted)
         if self.log:
             if self.log[0].slot != len(state.log):

@@ -7,12 +7,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
+
+
+# Request ids of membership changes (membership.py) start with this; clients cannot use it.
+MEMBERSHIP_PREFIX = "\x1emembership:"
 
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    """A value proposed for a slot: a client request, or the no-op that fills a gap."""
+    """A value proposed for a slot: a client request, a membership change, or the no-op that
+    fills a gap."""
 
     request_id: str
     value: bytes
@@ -21,14 +26,24 @@ class Entry:
     def is_noop(self) -> bool:
         return self.request_id == ""
 
+    @property
+    def is_membership(self) -> bool:
+        return self.request_id.startswith(MEMBERSHIP_PREFIX)
+
+    @property
+    def is_request(self) -> bool:
+        """A client's request: it gets a position among applied requests."""
+        return not self.is_noop and not self.is_membership
+
 
 NOOP = Entry("", b"")
 
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
-    """An applied slot. `position` is its index among applied requests; None for a no-op or for
-    a request id already applied in an earlier slot (a retry chosen twice)."""
+    """An applied slot. `position` is its index among applied requests; None for a no-op, a
+    membership change, or a request id already applied in an earlier slot (a retry chosen
+    twice)."""
 
     slot: int
     request_id: str
@@ -78,16 +93,19 @@ class AppliedLog:
         if slot >= len(self.entries):
             self._learned.setdefault(slot, entry)
 
-    def apply_learned(self) -> list[LogEntry]:
-        """Apply every learned slot that is now contiguous with the applied prefix."""
+    def apply_learned(self, stop: Callable[[Entry], bool] | None = None) -> list[LogEntry]:
+        """Apply every learned slot that is now contiguous with the applied prefix, up to and
+        including the first entry for which `stop` is true."""
         applied: list[LogEntry] = []
         while (entry := self._learned.pop(len(self.entries), None)) is not None:
             position = None
-            if not entry.is_noop and entry.request_id not in self.positions:
+            if entry.is_request and entry.request_id not in self.positions:
                 position = self.count
             log_entry = LogEntry(len(self.entries), entry.request_id, entry.value, position)
             self._append(log_entry)
             applied.append(log_entry)
+            if stop is not None and stop(entry):
+                break
         return applied
 
     def _append(self, entry: LogEntry) -> None:

@@ -45,6 +45,7 @@ class Prepare:
 
     ballot: Ballot
     from_slot: int
+    epoch: int = 0  # every ballot message names its sender's epoch (membership.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,7 @@ class Promise:
     chosen_len: int
     voter: bool = True
     more: bool = False
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,7 @@ class Nack:
     ballot: Ballot
     promised: Ballot
     chosen_len: int
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,7 @@ class Accept:
     ballot: Ballot
     entries: tuple[tuple[int, Entry], ...]
     chosen: int
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,7 @@ class Accepted:
     ballot: Ballot
     slots: tuple[int, ...]
     chosen_len: int
+    epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +142,12 @@ def _entry(e: Entry) -> list[Any]:
 def to_wire(msg: Message) -> dict[str, Any]:
     match msg:
         case Prepare():
-            return {"k": "prepare", "b": _ballot(msg.ballot), "from": msg.from_slot}
+            return {
+                "k": "prepare",
+                "b": _ballot(msg.ballot),
+                "from": msg.from_slot,
+                "ep": msg.epoch,
+            }
         case Promise():
             acc = [[a.slot, _ballot(a.ballot), _entry(a.entry)] for a in msg.accepted]
             return {
@@ -148,6 +158,7 @@ def to_wire(msg: Message) -> dict[str, Any]:
                 "len": msg.chosen_len,
                 "voter": msg.voter,
                 "more": msg.more,
+                "ep": msg.epoch,
             }
         case Nack():
             return {
@@ -155,16 +166,24 @@ def to_wire(msg: Message) -> dict[str, Any]:
                 "b": _ballot(msg.ballot),
                 "p": _ballot(msg.promised),
                 "len": msg.chosen_len,
+                "ep": msg.epoch,
             }
         case Accept():
             entries = [[s, _entry(e)] for s, e in msg.entries]
-            return {"k": "accept", "b": _ballot(msg.ballot), "e": entries, "c": msg.chosen}
+            return {
+                "k": "accept",
+                "b": _ballot(msg.ballot),
+                "e": entries,
+                "c": msg.chosen,
+                "ep": msg.epoch,
+            }
         case Accepted():
             return {
                 "k": "accepted",
                 "b": _ballot(msg.ballot),
                 "s": list(msg.slots),
                 "len": msg.chosen_len,
+                "ep": msg.epoch,
             }
         case Forward():
             return {"k": "forward", "id": msg.request_id, "v": msg.value}
@@ -236,8 +255,12 @@ def _accepted_value(value: Any) -> AcceptedValue:
     return AcceptedValue(_as_int(items[0], "slot"), _as_ballot(items[1]), _as_entry(items[2]))
 
 
+def _epoch(f: dict[Any, Any]) -> int:
+    return _as_int(_field(f, "ep"), "epoch")
+
+
 def _prepare(f: dict[Any, Any]) -> Message:
-    return Prepare(_as_ballot(_field(f, "b")), _as_int(_field(f, "from"), "from"))
+    return Prepare(_as_ballot(_field(f, "b")), _as_int(_field(f, "from"), "from"), _epoch(f))
 
 
 def _promise(f: dict[Any, Any]) -> Message:
@@ -249,12 +272,16 @@ def _promise(f: dict[Any, Any]) -> Message:
         _as_int(_field(f, "len"), "len"),
         _as_bool(_field(f, "voter"), "voter"),
         _as_bool(_field(f, "more"), "more"),
+        _epoch(f),
     )
 
 
 def _nack(f: dict[Any, Any]) -> Message:
     return Nack(
-        _as_ballot(_field(f, "b")), _as_ballot(_field(f, "p")), _as_int(_field(f, "len"), "len")
+        _as_ballot(_field(f, "b")),
+        _as_ballot(_field(f, "p")),
+        _as_int(_field(f, "len"), "len"),
+        _epoch(f),
     )
 
 
@@ -264,6 +291,7 @@ def _accept(f: dict[Any, Any]) -> Message:
         _as_ballot(_field(f, "b")),
         tuple(_slot_entry(e) for e in entries),
         _as_int(_field(f, "c"), "chosen"),
+        _epoch(f),
     )
 
 
@@ -273,6 +301,7 @@ def _accepted(f: dict[Any, Any]) -> Message:
         _as_ballot(_field(f, "b")),
         tuple(_as_int(s, "slot") for s in slots),
         _as_int(_field(f, "len"), "len"),
+        _epoch(f),
     )
 
 

@@ -15,7 +15,8 @@ from paxmr.paxos.acceptor import Acceptor
 from paxmr.paxos.ballot import ZERO, Ballot
 from paxmr.paxos.client import MAX_REQUEST_ID, Committed, Refused, Reply, Request
 from paxmr.paxos.leader import Proposal, plan_takeover
-from paxmr.paxos.log import AppliedLog, Entry
+from paxmr.paxos.log import MEMBERSHIP_PREFIX, AppliedLog, Entry
+from paxmr.paxos.membership import Membership, change_request_id, replay
 from paxmr.paxos.messages import (
     MAX_BATCH,
     MAX_SLOT,
@@ -36,7 +37,7 @@ from paxmr.paxos.ready import NodeStatus, Ready
 
 if TYPE_CHECKING:
     import random
-    from collections.abc import Sequence
+    from collections.abc import Mapping, Sequence
 
     from paxmr.paxos.config import CoreConfig
     from paxmr.paxos.durable import DurableState
@@ -70,8 +71,8 @@ class _Campaign:
     rows: dict[int, list[AcceptedValue]] = field(default_factory=dict)
     answered: dict[int, Promise] = field(default_factory=dict)  # complete, pages joined
 
-    def votes(self) -> int:
-        return sum(1 for p in self.answered.values() if p.voter)
+    def votes(self, voters: frozenset[int]) -> int:
+        return sum(1 for n, p in self.answered.items() if p.voter and n in voters)
 
 
 @dataclass(slots=True)
@@ -99,12 +100,9 @@ class Node:
         rng: random.Random,
         now: float,
     ) -> None:
-        ordered = tuple(sorted(set(members)))
-        if node_id not in ordered:
-            raise ValueError(f"node {node_id} is not among the members {ordered}")
         self.id = node_id
-        self.peers = tuple(m for m in ordered if m != node_id)
-        self.quorum = len(ordered) // 2 + 1
+        # `members` founded the cluster; the log says who is a member now (membership.py).
+        self._set_membership(replay(Membership(0, frozenset(members)), durable.log))
         self.config = config
         self._rng = rng
         self._now = now
@@ -129,6 +127,17 @@ class Node:
     def _make_acceptor(self, durable: DurableState) -> Acceptor:
         return Acceptor(durable)
 
+    def _set_membership(self, membership: Membership) -> None:
+        self.membership = membership
+        self.peers = tuple(sorted(membership.members - {self.id}))  # who gets the log
+        self.voting_peers = tuple(sorted(membership.voters - {self.id}))
+        self.quorum = membership.quorum
+
+    @property
+    def is_voter(self) -> bool:
+        """A voter of the current epoch (whether its storage lets it vote is the acceptor's)."""
+        return self.id in self.membership.voters
+
     @property
     def role(self) -> str:
         return LEADER if self._lead else CANDIDATE if self._campaign else FOLLOWER
@@ -150,7 +159,37 @@ class Node:
             self._refuse(rid, "invalid", "the empty request id is reserved for no-ops")
         elif len(rid) > MAX_REQUEST_ID:
             self._refuse(rid, "invalid", f"request ids have at most {MAX_REQUEST_ID} characters")
-        elif len(request.value) > self.config.max_value_bytes:
+        elif rid.startswith(MEMBERSHIP_PREFIX):
+            self._refuse(
+                rid, "invalid", "this request id prefix is reserved for membership changes"
+            )
+        else:
+            self._submit(request, now)
+
+    def change_membership(
+        self,
+        request_id: str,
+        voters: Sequence[int],
+        learners: Sequence[int],
+        addresses: Mapping[int, str],
+        now: float,
+    ) -> str:
+        """Propose that the members become `voters` and `learners` (membership.py). The reply
+        comes under the returned request id: Committed with position -1 once the entry is
+        applied; the change took effect if `membership` then shows it (a change proposed while
+        another one took effect changes nothing)."""
+        self._now = now
+        value = self.membership.change(voters, learners, addresses)
+        request = Request(change_request_id(request_id), value)
+        if not request_id or len(request_id) > MAX_REQUEST_ID:
+            self._refuse(request.request_id, "invalid", "bad request id")
+        else:
+            self._submit(request, now)
+        return request.request_id
+
+    def _submit(self, request: Request, now: float) -> None:
+        rid = request.request_id
+        if len(request.value) > self.config.max_value_bytes:
             self._refuse(rid, "too_large", f"value exceeds {self.config.max_value_bytes} bytes")
         elif (applied := self.log.positions.get(rid)) is not None:
             self._out.replies.append(Reply(rid, Committed(*applied)))
@@ -168,9 +207,11 @@ class Node:
 
     def receive(self, src: int, msg: Message, now: float) -> None:  # noqa: C901, PLR0912 - one case per kind
         self._now = now
-        if self.stopped or src not in self.peers:
+        if self.stopped or src == self.id:
             return
         self._heard[src] = now
+        if isinstance(msg, _BALLOT_MESSAGES) and not self._same_epoch(src, msg, now):
+            return
         match msg:
             case Prepare():
                 self._on_prepare(src, msg, now)
@@ -202,12 +243,27 @@ class Node:
             case CatchupReply():
                 self._note_len(src, msg.chosen_len)
                 if msg.from_slot == MAX_SLOT:
-                    return  # the answer to a probe (_probe): no entries, no catch-up in progress
+                    # The answer to a probe (_probe) or to a message of an older epoch: no
+                    # entries, no catch-up of this node's in progress; start one if behind.
+                    self._catch_up(now, src)
+                    return
                 for offset, entry in enumerate(msg.entries):
                     self._learn(msg.from_slot + offset, entry, now)
                 self._apply()
                 self._catchup_at = None
                 self._catch_up(now, src)
+
+    def _same_epoch(self, src: int, msg: _BallotMessage, now: float) -> bool:
+        """Ballot messages count only within one epoch (membership.py). A node behind catches
+        up, which brings it into the sender's epoch; a sender behind is told where this log
+        ends (as a probe is)."""
+        epoch = self.membership.epoch
+        if msg.epoch > epoch:
+            self._note_len(src, max(msg.epoch, self._peer_len.get(src, 0)))
+            self._catch_up(now, src)
+        elif msg.epoch < epoch:
+            self._send(src, CatchupReply(MAX_SLOT, (), self.log.length))
+        return msg.epoch == epoch
 
     def on_timer(self, now: float) -> None:
         self._now = now
@@ -267,7 +323,7 @@ class Node:
             )
             for peer in self.peers:
                 for batch in batches:
-                    self._send(peer, Accept(lead.ballot, batch, self.log.length))
+                    self._send(peer, self._accept_msg(lead, batch))
             lead.unsent.clear()
             lead.sent_chosen = self.log.length
         out, self._out = self._out, Ready()
@@ -287,12 +343,16 @@ class Node:
             in_flight=self._in_flight(self._lead) if self._lead else 0,
             pending=len(self._pending),
             peers_heard=tuple(p for p in self.peers if self._heard.get(p, -math.inf) >= recent),
+            membership=self.membership,
+            peer_lengths=tuple(sorted(self._peer_len.items())),
         )
 
     # -- acceptor ---------------------------------------------------------------------------
 
     def _on_prepare(self, src: int, msg: Prepare, now: float) -> None:
         self._seen_round = max(self._seen_round, msg.ballot.round)
+        if not self.is_voter:
+            return  # a learner or a removed member has no say in this epoch
         acceptor = self.acceptor
         if acceptor.may_promise(msg.ballot):
             if self.role != FOLLOWER:
@@ -310,26 +370,40 @@ class Node:
             # Cannot promise; gives up its own ballots below this one (acceptor.py, step 1).
             if self.role != FOLLOWER:
                 self._step_down(now)
-            self._send(src, Promise(msg.ballot, msg.from_slot, (), self.log.length, voter=False))
+            epoch = self.membership.epoch
+            self._send(
+                src, Promise(msg.ballot, msg.from_slot, (), self.log.length, False, epoch=epoch)
+            )
         else:
-            refused_by = max(acceptor.promised, self.ballot)
-            self._send(src, Nack(msg.ballot, refused_by, self.log.length))
+            self._nack(src, msg.ballot, max(acceptor.promised, self.ballot))
+
+    def _nack(self, dst: int, ballot: Ballot, promised: Ballot) -> None:
+        self._send(dst, Nack(ballot, promised, self.log.length, self.membership.epoch))
 
     def _send_promise(self, dst: int, msg: Prepare) -> None:
         rows, more = self.acceptor.page(msg.from_slot, self.config.batch_bytes)
-        self._send(dst, Promise(msg.ballot, msg.from_slot, rows, self.log.length, more=more))
+        epoch = self.membership.epoch
+        self._send(
+            dst, Promise(msg.ballot, msg.from_slot, rows, self.log.length, more=more, epoch=epoch)
+        )
 
     def _on_accept(self, src: int, msg: Accept, now: float) -> None:
         self._seen_round = max(self._seen_round, msg.ballot.round)
         self._note_len(src, msg.chosen)
         acceptor = self.acceptor
+        if not self.is_voter:
+            # A learner follows the log: it fetches what the leader has applied.
+            self._follow(msg.ballot.node)
+            self._send(src, Accepted(msg.ballot, (), self.log.length, self.membership.epoch))
+            self._catch_up(now, src)
+            return
         if acceptor.voting and not acceptor.may_accept(msg.ballot):
-            self._send(src, Nack(msg.ballot, acceptor.promised, self.log.length))
+            self._nack(src, msg.ballot, acceptor.promised)
             return
         if self._lead and msg.ballot < self._lead.ballot:
             # A lower ballot's accept reaching a leader: a voter Nacks above when it has
             # promised its own ballot; a leader that could not vote when it won may not have.
-            self._send(src, Nack(msg.ballot, self._lead.ballot, self.log.length))
+            self._nack(src, msg.ballot, self._lead.ballot)
             return
         fenced = acceptor.voting or acceptor.recover_until is not None
         if self.role != FOLLOWER and msg.ballot > self.ballot and fenced:
@@ -362,17 +436,22 @@ class Node:
                 if entry_ is None:
                     break
                 self.log.learn(slot, entry_)
+                if entry_.is_membership:
+                    break  # the end of this ballot's epoch (membership.py)
         self._apply()
-        self._send(src, Accepted(msg.ballot, tuple(acked), self.log.length))
+        epoch = self.membership.epoch
+        self._send(src, Accepted(msg.ballot, tuple(acked), self.log.length, epoch))
 
     # -- proposer ---------------------------------------------------------------------------
 
     def _may_campaign(self) -> bool:
         """A node that must fence needs every peer, so it campaigns only when all of them
         answered its last probe: a campaign that cannot finish would only depose the leader."""
+        if not self.is_voter:
+            return False
         if self.acceptor.voting or self.acceptor.recover_until is not None:
             return True
-        return all(self._heard.get(p, -math.inf) >= self._probed_at for p in self.peers)
+        return all(self._heard.get(p, -math.inf) >= self._probed_at for p in self.voting_peers)
 
     def _probe(self, now: float) -> None:
         """Ask every peer for its applied length (an empty catch-up): their answers tell that
@@ -393,13 +472,16 @@ class Node:
         campaign = self._campaign = _Campaign(ballot, self.log.length, fence)
         self._election_at = now + self._election_timeout()
         self._backoff = min(self._backoff * 2, self.config.max_backoff)
-        for peer in self.peers:
-            self._send(peer, Prepare(ballot, campaign.from_slot))
+        for peer in self.voting_peers:
+            self._send(peer, Prepare(ballot, campaign.from_slot, self.membership.epoch))
         # A replica that lost its storage does not count itself (see acceptor.py).
         if acceptor.may_promise(ballot):
             acceptor.raise_promise(ballot, self._out.persist)
             rows = tuple(acceptor.rows(campaign.from_slot))  # its own: no frame to fit
-            campaign.answered[self.id] = Promise(ballot, campaign.from_slot, rows, self.log.length)
+            epoch = self.membership.epoch
+            campaign.answered[self.id] = Promise(
+                ballot, campaign.from_slot, rows, self.log.length, epoch=epoch
+            )
             self._check_elected(campaign, now)
 
     def _next_round(self) -> int:
@@ -418,7 +500,7 @@ class Node:
             return  # a repeated or reordered page
         rows.extend(msg.accepted)
         if msg.more and msg.accepted:
-            self._send(src, Prepare(campaign.ballot, msg.accepted[-1].slot + 1))
+            self._send(src, Prepare(campaign.ballot, msg.accepted[-1].slot + 1, msg.epoch))
             return
         del campaign.rows[src]
         joined = Promise(msg.ballot, campaign.from_slot, tuple(rows), msg.chosen_len, msg.voter)
@@ -426,9 +508,9 @@ class Node:
         self._check_elected(campaign, now)
 
     def _check_elected(self, campaign: _Campaign, now: float) -> None:
-        if campaign.votes() < self.quorum:
+        if campaign.votes(self.membership.voters) < self.quorum:
             return
-        if campaign.fence and any(p not in campaign.answered for p in self.peers):
+        if campaign.fence and any(p not in campaign.answered for p in self.voting_peers):
             return
         self._become_leader(campaign, now)
 
@@ -458,7 +540,8 @@ class Node:
             self.acceptor.accept(lead.ballot, slot, entry, self._out.persist)
             proposal.acks.add(self.id)
         lead.unsent.append(slot)
-        self._check_chosen(lead, slot, proposal)
+        if self._decide(lead):
+            self._apply()
 
     def _propose_request(self, lead: _Leadership, request: Request) -> bool:
         """Propose in the next free slot; False if the in-flight window is full."""
@@ -481,19 +564,34 @@ class Node:
                 proposal = lead.proposals.get(slot)
                 if proposal is not None:
                     proposal.acks.add(src)
-                    self._check_chosen(lead, slot, proposal)
-            self._apply()
+            if self._decide(lead):
+                self._apply()
         self._catch_up(now, src)
 
-    def _check_chosen(self, lead: _Leadership, slot: int, proposal: Proposal) -> None:
-        if len(proposal.acks) >= self.quorum:
-            self.log.learn(slot, proposal.entry)
-            del lead.proposals[slot]
+    def _decide(self, lead: _Leadership) -> bool:
+        """Learn this leader's chosen proposals, in slot order from the applied length, up to
+        and including a membership change: the slots after it belong to the next epoch, whose
+        voters may differ (membership.py). Whether anything was learned."""
+        voters = self.membership.voters
+        slot = self.log.length
+        learned = False
+        while True:
+            entry = self.log.learned(slot)  # from a peer's applied log
+            if entry is None:
+                proposal = lead.proposals.get(slot)
+                if proposal is None or len(proposal.acks & voters) < self.quorum:
+                    return learned
+                entry = proposal.entry
+                self.log.learn(slot, entry)
+                learned = True
+            if entry.is_membership:
+                return learned
+            slot += 1
 
     def _on_forward(self, src: int, msg: Forward) -> None:
         if not self._lead:
             return  # the origin retries until its deadline
-        if not msg.request_id or len(msg.request_id) > MAX_REQUEST_ID:
+        if not msg.request_id or len(msg.request_id) > MAX_REQUEST_ID + len(MEMBERSHIP_PREFIX):
             return  # no honest peer forwards one: the control API bounds request ids
         if len(msg.value) > self.config.max_value_bytes:
             reason = f"value exceeds {self.config.max_value_bytes} bytes"
@@ -507,16 +605,19 @@ class Node:
         for peer in self.peers:
             unacked = [(s, p.entry) for s, p in lead.proposals.items() if peer not in p.acks]
             for batch in self._batches(unacked[: self.config.catchup_batch]):
-                self._send(peer, Accept(lead.ballot, batch, self.log.length))
+                self._send(peer, self._accept_msg(lead, batch))
         lead.unsent.clear()
         lead.sent_chosen = self.log.length
         lead.heartbeat_at = now + self.config.heartbeat_interval
+
+    def _accept_msg(self, lead: _Leadership, batch: tuple[tuple[int, Entry], ...]) -> Accept:
+        return Accept(lead.ballot, batch, self.log.length, self.membership.epoch)
 
     def _has_quorum(self, lead: _Leadership, now: float) -> bool:
         window = self.config.election_timeout_max
         if now - lead.since < window:
             return True
-        alive = sum(1 for p in self.peers if lead.acked.get(p, -math.inf) >= now - window)
+        alive = sum(1 for p in self.voting_peers if lead.acked.get(p, -math.inf) >= now - window)
         return alive + (1 if self.acceptor.voting else 0) >= self.quorum
 
     def _step_down(self, now: float) -> None:
@@ -594,9 +695,14 @@ class Node:
         self.log.learn(slot, entry)
 
     def _apply(self) -> None:
-        applied = self.log.apply_learned()
+        while self._apply_learned() or (self._lead and self._decide(self._lead)):
+            pass
+
+    def _apply_learned(self) -> bool:
+        """Apply learned slots up to and including a membership change; whether any."""
+        applied = self.log.apply_learned(stop=lambda e: e.is_membership)
         if not applied:
-            return
+            return False
         self._out.applied.extend(applied)
         self._out.persist.log.extend(applied)
         length = self.log.length
@@ -609,8 +715,31 @@ class Node:
             if lead:
                 lead.proposed_ids.discard(entry.request_id)
             if self._pending.pop(entry.request_id, None) is not None:
-                outcome = Committed(*self.log.positions[entry.request_id])
+                if entry.request_id.startswith(MEMBERSHIP_PREFIX):
+                    outcome = Committed(-1, entry.slot)
+                else:
+                    outcome = Committed(*self.log.positions[entry.request_id])
                 self._out.replies.append(Reply(entry.request_id, outcome))
+        last = applied[-1]
+        changed = self.membership.apply(last.slot, Entry(last.request_id, last.value))
+        if changed is not None:
+            self._enter_epoch(changed)
+        return True
+
+    def _enter_epoch(self, membership: Membership) -> None:
+        """The stop sign in slot membership.epoch - 1 is applied (membership.py)."""
+        lead = self._lead
+        if lead:
+            # Tell the old epoch's members that the stop sign is chosen: they apply it from
+            # their accepted row and enter the new epoch before its first Prepare arrives.
+            for peer in self.peers:
+                self._send(peer, self._accept_msg(lead, ()))
+        self.acceptor.discard_from(membership.epoch, self._out.persist)
+        self._set_membership(membership)
+        self._step_down(self._now)
+        self.leader = None
+        if lead and self.is_voter:
+            self._election_at = self._now  # lead on in the new epoch without waiting
 
     def _note_len(self, src: int, length: int) -> None:
         # The latest report wins, even if smaller: a peer whose storage was lost starts over.
@@ -628,3 +757,7 @@ class Node:
 
     def _send(self, dst: int, msg: Message) -> None:
         self._out.messages.append((dst, msg))
+
+
+_BallotMessage = Prepare | Promise | Nack | Accept | Accepted
+_BALLOT_MESSAGES = (Prepare, Promise, Nack, Accept, Accepted)

@@ -8,6 +8,7 @@ from paxmr.paxos.ballot import Ballot
 from paxmr.paxos.client import Reply
 from paxmr.paxos.durable import Persist
 from paxmr.paxos.log import LogEntry
+from paxmr.paxos.membership import Membership
 from paxmr.paxos.messages import Accepted, Message, Nack, Prepare, Promise
 
 # What depends on the Ready's commit: a Prepare (its round must be durable so that ballots never
@@ -57,3 +58,5 @@ class NodeStatus:
     in_flight: int  # slots this node leads that are proposed but not applied
     pending: int  # local client requests awaiting an outcome
     peers_heard: tuple[int, ...]  # peers heard from within the last election timeout
+    membership: Membership
+    peer_lengths: tuple[tuple[int, int], ...]  # (peer, its applied length as last reported)

@@ -70,9 +70,9 @@ def first_violation(
 CAUGHT = [
     pytest.param(3, 600, "timed", {"driver": UNSAFE}, id="reply-before-persist-3"),
     pytest.param(3, 300, "async", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-3"),
-    pytest.param(5, 100, "timed", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-5"),
-    pytest.param(3, 100, "timed", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-3"),
-    pytest.param(5, 100, "timed", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-5"),
+    pytest.param(5, 300, "timed", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-5"),
+    pytest.param(3, 350, "timed", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-3"),
+    pytest.param(5, 200, "timed", {"node_factory": SkipsPhaseOne}, id="skip-phase-1-5"),
     pytest.param(3, 100, "timed", {"node_factory": votes_without_storage}, id="wiped-votes-3"),
     pytest.param(5, 400, "timed", {"node_factory": votes_without_storage}, id="wiped-votes-5"),
     pytest.param(3, 100, "timed", {"node_factory": SendsWholePromises}, id="defect3-3"),
