@@ -17,9 +17,10 @@ class Request:
 
 @dataclass(frozen=True, slots=True)
 class Committed:
-    """The request is applied: `position` among applied requests (what `print` shows), `slot`."""
+    """The request is applied: `position` among applied requests (what `print` shows), `slot`.
+    A membership change has no position."""
 
-    position: int
+    position: int | None
     slot: int
 
 

@@ -69,12 +69,16 @@ class Membership:
     def change(
         self, voters: Iterable[int], learners: Iterable[int], addresses: Mapping[int, str]
     ) -> bytes:
-        """The value of an entry that changes this membership into the given one."""
+        """The value of an entry that changes this membership into the given one; `addresses`
+        adds to or replaces the addresses of the members that stay."""
+        voters, learners = set(voters), set(learners)
+        kept = {k: v for k, v in self.addresses.items() if k in voters | learners}
+        kept.update(addresses)
         body = {
             "base": self.epoch,
-            "voters": sorted(set(voters)),
-            "learners": sorted(set(learners)),
-            "addresses": {str(k): v for k, v in sorted(addresses.items())},
+            "voters": sorted(voters),
+            "learners": sorted(learners),
+            "addresses": {str(k): v for k, v in sorted(kept.items())},
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 

@@ -175,7 +175,7 @@ class Node:
         now: float,
     ) -> str:
         """Propose that the members become `voters` and `learners` (membership.py). The reply
-        comes under the returned request id: Committed with position -1 once the entry is
+        comes under the returned request id: Committed without a position once the entry is
         applied; the change took effect if `membership` then shows it (a change proposed while
         another one took effect changes nothing)."""
         self._now = now
@@ -716,7 +716,7 @@ class Node:
                 lead.proposed_ids.discard(entry.request_id)
             if self._pending.pop(entry.request_id, None) is not None:
                 if entry.request_id.startswith(MEMBERSHIP_PREFIX):
-                    outcome = Committed(-1, entry.slot)
+                    outcome = Committed(None, entry.slot)
                 else:
                     outcome = Committed(*self.log.positions[entry.request_id])
                 self._out.replies.append(Reply(entry.request_id, outcome))

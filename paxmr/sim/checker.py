@@ -41,7 +41,7 @@ class Checker:
         self.submitted: dict[str, bytes] = {}
         self.chosen: dict[int, tuple[str, bytes]] = {}
         self.first_slot: dict[str, int] = {}
-        self.acked: dict[str, tuple[int, int]] = {}
+        self.acked: dict[str, tuple[int | None, int]] = {}
 
     def fail(self, message: str) -> None:
         self.violations.append(message)

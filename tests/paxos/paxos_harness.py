@@ -31,14 +31,22 @@ CONFIG = CoreConfig(
 
 class Harness:
     def __init__(
-        self, n: int = 3, config: CoreConfig = CONFIG, factory: NodeFactory = Node, seed: int = 0
+        self,
+        n: int = 3,
+        config: CoreConfig = CONFIG,
+        factory: NodeFactory = Node,
+        seed: int = 0,
+        spares: int = 0,
     ) -> None:
-        self.members = tuple(range(1, n + 1))
+        """`n` founding members, and `spares` nodes that may join later (they start, as any
+        node that joins, with storage that cannot vote yet)."""
+        self.founders = tuple(range(1, n + 1))
+        self.members = tuple(range(1, n + spares + 1))  # every node the harness runs
         self.config = config
         self.factory = factory
         self.seed = seed
         self.now = 0.0
-        self.disks = {i: MemoryStorage() for i in self.members}
+        self.disks = {i: MemoryStorage(bootstrap=i <= n) for i in self.members}
         self.nodes: dict[int, Node | None] = {}
         self.wire: deque[Wired] = deque()
         # With a frame limit, a message whose encoding exceeds it is dropped when sent, as the
@@ -60,7 +68,7 @@ class Harness:
 
     def start(self, i: int) -> None:
         rng = random.Random(self.seed * 100 + i)
-        node = self.factory(i, self.members, self.disks[i].load(), self.config, rng, self.now)
+        node = self.factory(i, self.founders, self.disks[i].load(), self.config, rng, self.now)
         self.nodes[i] = node
         self.applied[i] = list(self.disks[i].load().log)
 
@@ -86,7 +94,7 @@ class Harness:
         while self.wire and limit:
             limit -= 1
             src, dst, msg = self.wire.popleft()
-            node = self.nodes[dst]
+            node = self.nodes.get(dst)  # None: crashed, or no such node
             if node is None or src in self.cut or dst in self.cut:
                 continue
             self.delivered += 1

@@ -1,0 +1,179 @@
+"""Membership changes through the log (paxmr/paxos/membership.py), driven by hand."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from paxos_harness import CONFIG, Harness
+from test_paxos_regressions import assert_safe, settle
+
+from paxmr.paxos import Ballot, Committed, DurableState, Entry, LogEntry, Persist
+from paxmr.paxos.membership import Membership, change_request_id, replay
+from paxmr.paxos.messages import Accept, Accepted, CatchupReply
+
+BIG = replace(CONFIG, max_value_bytes=1024)  # a change names every member
+
+
+def change(h: Harness, at: int, rid: str, voters, learners=(), addresses=None) -> str:
+    node = h.node(at)
+    full = node.change_membership(rid, voters, learners, addresses or {}, h.now)
+    h.flush(at)
+    return full
+
+
+def committed(h: Harness, at: int, rid: str) -> Committed:
+    outcomes = [r.outcome for r in h.replies[at] if r.request_id == rid]
+    assert outcomes, f"no reply to {rid!r} at node {at}"
+    assert isinstance(outcomes[-1], Committed), outcomes
+    return outcomes[-1]
+
+
+def logs_agree(h: Harness, nodes) -> None:
+    digests = {i: (h.node(i).log.length, h.node(i).log.digest) for i in nodes}
+    assert len(set(digests.values())) == 1, digests
+
+
+def test_grow_from_three_to_five_while_requests_land():
+    h = Harness(3, BIG, spares=2)
+    leader = h.elect()
+    for k in range(5):
+        h.submit(leader, f"a{k}")
+    h.deliver()
+    for new in (4, 5):
+        voters = sorted(h.node(leader).membership.voters)
+        rid = change(h, leader, f"learn-{new}", voters, [new], {new: f"10.0.0.{new}:7000"})
+        h.submit(leader, f"during-{new}")
+        at = leader
+        settle(h, 2.0)
+        leader = h.elect()
+        assert committed(h, at, rid).position is None
+        assert h.node(new).membership.learners == frozenset({new})
+        assert h.node(new).log.length == h.node(leader).log.length  # the learner caught up
+        at = leader
+        rid = change(h, leader, f"promote-{new}", [*voters, new])
+        h.submit(leader, f"after-{new}")
+        settle(h, 3.0)
+        leader = h.elect()
+        committed(h, at, rid)
+    for i in h.members:
+        assert h.node(i).membership.voters == frozenset(range(1, 6))
+        assert h.node(i).membership.addresses == {4: "10.0.0.4:7000", 5: "10.0.0.5:7000"}
+    settle(h, 3.0)
+    logs_agree(h, h.members)
+    applied = {e.request_id for e in h.node(1).log.entries if e.position is not None}
+    assert {f"a{k}" for k in range(5)} | {"during-4", "after-4", "during-5", "after-5"} <= applied
+    # The joined nodes vote by now: a majority of the five without two founders chooses.
+    h.cut = {1, 2}
+    leader = h.elect()
+    h.submit(leader, "without-founders")
+    h.advance(1.0)
+    assert "without-founders" in h.node(leader).log.positions
+    settle(h)
+    assert_safe(h)
+
+
+def test_removing_the_leader_elects_another_and_the_removed_node_stays_quiet():
+    h = Harness(3, BIG)
+    leader = h.elect()
+    h.submit(leader, "before")
+    h.deliver()
+    rest = [i for i in h.members if i != leader]
+    change(h, leader, "drop-leader", rest)
+    h.deliver()
+    assert h.node(leader).role == "follower"
+    assert not h.node(leader).is_voter
+    new = h.elect()
+    assert new in rest
+    h.submit(new, "after")
+    h.advance(2.0)
+    for i in h.members:
+        assert "after" in h.node(i).log.positions  # the removed node still learns the log
+        assert h.node(i).membership.voters == frozenset(rest)
+    # Cut off from the others, the removed node never campaigns.
+    h.cut = {new}
+    h.advance(3.0)
+    assert h.node(leader).role == "follower"
+    assert_safe(h)
+
+
+def test_a_stale_or_forged_change_changes_nothing_anywhere():
+    h = Harness(3, BIG)
+    leader = h.elect()
+    founding = h.node(leader).membership
+    # Two changes proposed in the same epoch: the first takes effect, the second is stale.
+    change(h, leader, "first", [1, 2, 3], [9])
+    change(h, leader, "second", [1, 2])
+    settle(h, 3.0)
+    for i in h.members:
+        assert h.node(i).membership.voters == founding.voters
+        assert h.node(i).membership.learners == frozenset({9})
+    # Values no honest proposer makes, under a membership request id.
+    for value in [b"", b"[]", b"{", b'{"base":0}', b"\xff" * 40]:
+        assert founding.apply(3, Entry(change_request_id("x"), value)) is None
+    bad = Membership(0, frozenset({1})).change([], [], {})  # no voters at all
+    assert founding.apply(3, Entry(change_request_id("x"), bad)) is None
+    # A client may not use the reserved prefix.
+    h.submit(leader, change_request_id("sneaky"), founding.change([1], [], {}))
+    assert h.replies[leader][-1].outcome.code == "invalid"
+    assert_safe(h)
+
+
+def test_replay_gives_the_membership_after_a_log():
+    founding = Membership(0, frozenset({1, 2, 3}))
+    value = founding.change([1, 2, 3, 4], [], {4: "h4:7000"})
+    log = [
+        LogEntry(0, "r", b"v", 0),
+        LogEntry(1, change_request_id("c"), value, None),
+        LogEntry(2, change_request_id("stale"), value, None),
+    ]
+    now = replay(founding, log)
+    assert (now.epoch, now.voters, now.addresses) == (2, frozenset({1, 2, 3, 4}), {4: "h4:7000"})
+
+
+def test_a_node_in_the_new_epoch_refuses_the_old_epochs_accepts():
+    """An old-epoch leader that has not applied the stop sign keeps sending accepts for the
+    slots after it, possibly at a ballot above every promise of the new epoch; a node of the
+    new epoch must not accept them (membership.py): its row would count in the new epoch."""
+    h = Harness(3, BIG)
+    leader = h.elect()
+    change(h, leader, "grow", [1, 2, 3], [4])
+    settle(h, 3.0)
+    follower = next(i for i in h.members if i != h.elect())
+    new_epoch = h.node(follower).membership.epoch
+    assert new_epoch > 0
+    high = Ballot(10**6, leader)
+    stale = Accept(high, ((new_epoch + 5, Entry("old", b"x")),), 0, epoch=0)
+    h.node(follower).receive(leader, stale, h.now)
+    ready = h.flush(follower)
+    assert h.node(follower).acceptor.accepted.get(new_epoch + 5) is None
+    assert not any(isinstance(m, Accepted) for _, m in ready.messages)
+    assert any(isinstance(m, CatchupReply) for _, m in ready.messages)  # where the log ends
+    h.wire.clear()
+    assert_safe(h)
+
+
+def test_entering_an_epoch_drops_the_old_rows_durably():
+    h = Harness(3, BIG)
+    leader = h.elect()
+    follower = next(i for i in h.members if i != leader)
+    # A row the follower accepted in the old epoch, above where the change will land.
+    ballot = h.node(leader).ballot
+    h.node(follower).receive(leader, Accept(ballot, ((40, Entry("void", b"x")),), 0), h.now)
+    h.flush(follower)
+    assert 40 in h.disks[follower].load().accepted
+    change(h, leader, "shrink", sorted(h.members))  # same voters: still a new epoch
+    settle(h, 2.0)
+    assert h.node(follower).membership.epoch > 0
+    assert 40 not in h.disks[follower].load().accepted
+    assert 40 not in h.node(follower).acceptor.accepted
+    # Nor did the new epoch's leader find it and propose it again.
+    assert all("void" not in h.node(i).log.positions for i in h.members)
+
+
+def test_persist_discard_keeps_the_new_epochs_rows():
+    state = DurableState(
+        accepted={5: (Ballot(1, 1), Entry("a", b"")), 9: (Ballot(1, 1), Entry("b", b""))}
+    )
+    persist = Persist(discard_from=7, accepted={8: (Ballot(2, 1), Entry("c", b""))})
+    persist.apply_to(state)
+    assert sorted(state.accepted) == [5, 8]
