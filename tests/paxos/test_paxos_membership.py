@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from paxos_harness import CONFIG, Harness
-from test_paxos_regressions import assert_safe, settle
-
 from paxmr.paxos import Ballot, Committed, DurableState, Entry, LogEntry, Persist
 from paxmr.paxos.membership import Membership, change_request_id, replay
 from paxmr.paxos.messages import Accept, Accepted, CatchupReply
+from tests.paxos.paxos_harness import CONFIG, Harness
+from tests.paxos.test_paxos_regressions import assert_safe, settle
 
 BIG = replace(CONFIG, max_value_bytes=1024)  # a change names every member
 
