@@ -15,8 +15,7 @@ import pytest
 
 from paxmr import control
 from paxmr.local import load_state
-
-from .conftest import Cluster, Node
+from tests.support.local import Cluster, Node
 
 pytestmark = pytest.mark.integration
 

@@ -11,17 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import (
-    PAXMR,
-    Cluster,
-    Node,
-    clean_env,
-    ok,
-    ok_json,
-    paxmr,
-    start_cluster,
-    stop_cluster,
-)
+from tests.support.cli import PAXMR, clean_env, ok, ok_json, paxmr
+from tests.support.local import Cluster, Node, start_cluster, stop_cluster
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +74,7 @@ def test_missing_config_exits_1(tmp_path: Path) -> None:
 
 
 def test_config_from_environment(node: Node) -> None:
-    result = paxmr("-o", "json", "status", env=clean_env(PAXMR_CONFIG=str(node.config)))
+    result = paxmr("-o", "json", "status", env=clean_env({"PAXMR_CONFIG": str(node.config)}))
     assert json.loads(ok(result).stdout)["node"] == 1
 
 

@@ -18,8 +18,8 @@ import pytest
 from paxmr import control
 from paxmr.local import wait_ready
 from paxmr.wordcount import tally
-
-from .conftest import PAXMR, Cluster, clean_env, paxmr
+from tests.support.cli import PAXMR, clean_env, paxmr
+from tests.support.local import Cluster
 
 pytestmark = pytest.mark.integration
 
@@ -43,7 +43,7 @@ class Solo:
 
     def start(self, service: str) -> subprocess.Popen[bytes]:
         argv = ["serve", "reducer"] if service == "reducer" else ["serve", "mapper", "--id", "1"]
-        env = clean_env(NOTIFY_SOCKET=self.notify.getsockname())
+        env = clean_env({"NOTIFY_SOCKET": self.notify.getsockname()})
         return subprocess.Popen(
             [str(PAXMR), "-c", str(self.config), *argv],
             stdout=subprocess.PIPE,
@@ -172,7 +172,7 @@ def test_settings_from_environment_reach_the_service(
     solo: Solo, procs: list[subprocess.Popen[bytes]]
 ) -> None:
     env = clean_env(
-        NOTIFY_SOCKET=solo.notify.getsockname(), PAXMR_LIMITS__CONTROL_LINE_BYTES="2048"
+        {"NOTIFY_SOCKET": solo.notify.getsockname(), "PAXMR_LIMITS__CONTROL_LINE_BYTES": "2048"}
     )
     proc = subprocess.Popen(
         [str(PAXMR), "-c", str(solo.config), "serve", "mapper", "--id", "1"],

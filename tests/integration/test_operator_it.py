@@ -12,21 +12,19 @@ import pty
 import select
 import shutil
 import signal
-import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from paxmr import local
-
-from .conftest import PAXMR, Cluster, clean_env, ok, ok_json, paxmr, start_cluster, stop_cluster
+from tests.support.cli import PAXMR, clean_env, ok, ok_json, paxmr
+from tests.support.local import Cluster, sigkill, start_cluster, stop_cluster
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
-
-CONVERGE_S = 30.0
 
 
 @pytest.fixture(scope="module")
@@ -34,34 +32,17 @@ def trio() -> Iterator[Cluster]:
     root = Path(tempfile.mkdtemp(prefix="paxmr-op-"))
     try:
         c = start_cluster(root, nodes=3)
-        _wait(lambda: all(n.cli("health").returncode == 0 for n in c.nodes), "a healthy cluster")
+        wait_until(
+            lambda: all(n.cli("health").returncode == 0 for n in c.nodes), "a healthy cluster"
+        )
         yield c
     finally:
         stop_cluster(root)
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _wait(predicate: Callable[[], object], what: str, timeout: float = CONVERGE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.2)
-
-
 def _pids(c: Cluster) -> dict[tuple[int, str], int]:
     return {(s.node, s.name): s.pid for s in local.load_state(c.root)}
-
-
-def _kill(pid: int) -> None:
-    os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return
-        assert time.monotonic() < deadline
-        time.sleep(0.02)
 
 
 def _configs(c: Cluster) -> list[str]:
@@ -70,8 +51,8 @@ def _configs(c: Cluster) -> list[str]:
 
 def test_local_up_starts_what_is_down_and_keeps_ports(trio: Cluster) -> None:
     before, configs = _pids(trio), _configs(trio)
-    _kill(before[2, "prm"])
-    _kill(before[3, "mapper-1"])
+    sigkill(before[2, "prm"])
+    sigkill(before[3, "mapper-1"])
     status = paxmr("local", "status", "--dir", trio.root)
     assert status.returncode == 3, status
     assert "n2 prm: dead" in status.stdout
@@ -81,7 +62,7 @@ def test_local_up_starts_what_is_down_and_keeps_ports(trio: Cluster) -> None:
     restarted = {k for k in before if after[k] != before[k]}
     assert restarted == {(2, "prm"), (3, "mapper-1")}
     assert _configs(trio) == configs  # same members, same peer and metrics ports
-    _wait(lambda: paxmr("local", "status", "--dir", trio.root).returncode == 0, "all healthy")
+    wait_until(lambda: paxmr("local", "status", "--dir", trio.root).returncode == 0, "all healthy")
     table = ok_json(paxmr("-o", "json", "local", "status", "--dir", trio.root))
     assert {n["prm"]["digest"] for n in table["nodes"]} == {table["nodes"][0]["prm"]["digest"]}
     assert sorted(n["prm"]["role"] for n in table["nodes"]) == ["follower", "follower", "leader"]
@@ -96,7 +77,7 @@ def test_local_restart_one_service(trio: Cluster) -> None:
     bad = paxmr("local", "restart", "--dir", trio.root, "--node", "1", "--service", "nope")
     assert bad.returncode == 1
     assert "no service nope on node 1" in bad.stderr
-    _wait(lambda: trio.nodes[0].cli("health").returncode == 0, "node 1 healthy again")
+    wait_until(lambda: trio.nodes[0].cli("health").returncode == 0, "node 1 healthy again")
 
 
 def test_a_node_that_lost_its_storage_rejoins_without_a_vote(trio: Cluster) -> None:
@@ -104,7 +85,7 @@ def test_a_node_that_lost_its_storage_rejoins_without_a_vote(trio: Cluster) -> N
     Its peers are stopped meanwhile, so it cannot catch up and stays visibly non-voting."""
     wiped, others = trio.nodes[1], [trio.nodes[0], trio.nodes[2]]
     wiped.cli("replicate", "nothing")  # whatever: the log may be empty, that is fine
-    _kill(_pids(trio)[2, "prm"])
+    sigkill(_pids(trio)[2, "prm"])
     for f in (trio.root / "n2" / "state").glob("prm.db*"):
         f.unlink()
     for n in others:
@@ -118,7 +99,7 @@ def test_a_node_that_lost_its_storage_rejoins_without_a_vote(trio: Cluster) -> N
     finally:
         for n in others:
             n.cli("resume")
-    _wait(lambda: wiped.cli("health").returncode == 0, "the wiped node votes again")
+    wait_until(lambda: wiped.cli("health").returncode == 0, "the wiped node votes again")
 
 
 def test_logs_of_a_local_node_are_json_lines_and_readable(trio: Cluster) -> None:
@@ -148,19 +129,13 @@ def test_ctrl_c_during_map_stops_the_mappers_and_exits_130(trio: Cluster) -> Non
             f.write(b"alpha beta gamma delta " * 40_000)  # 0.9 MiB a line, 360 MiB in all
     logs = trio.root / "n3" / "logs"
     offsets = {p: p.stat().st_size for p in logs.glob("mapper-*.log")}
-    proc = subprocess.Popen(
-        [str(PAXMR), "-c", str(node.config), "map", name],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=clean_env(),
-    )
+    proc = node.popen("map", name)
     try:
 
         def started() -> bool:
             return any(b"map_started" in p.read_bytes()[o:] for p, o in offsets.items())
 
-        _wait(started, "a mapper started counting")
+        wait_until(started, "a mapper started counting")
         time.sleep(0.2)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=15)
@@ -174,7 +149,7 @@ def test_ctrl_c_during_map_stops_the_mappers_and_exits_130(trio: Cluster) -> Non
     def cancelled() -> bool:
         return all(b"map_cancelled" in p.read_bytes()[o:] for p, o in offsets.items())
 
-    _wait(cancelled, "every mapper logged map_cancelled", 15)
+    wait_until(cancelled, "every mapper logged map_cancelled", timeout=15)
     assert not list(node.data.glob(f"{name}_I_*")), "a cancelled mapper wrote its output"
     (node.data / name).unlink()
 
@@ -225,7 +200,7 @@ def test_shell_on_a_terminal_survives_ctrl_c_keeps_history_and_completes(
     trio: Cluster, tmp_path: Path
 ) -> None:
     node = trio.nodes[0]
-    env = clean_env(HOME=str(tmp_path), TERM="dumb")
+    env = clean_env({"HOME": str(tmp_path), "TERM": "dumb"})
     shell = Pty([str(PAXMR), "-c", str(node.config), "shell"], env)
     prompt = b"paxmr[1]> "
     shell.expect(prompt)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from paxmr import control
-
-from .conftest import Node
+from tests.support.local import Node
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ import pytest
 from paxmr import control
 from paxmr.wordcount import corpus as corpus_mod
 from paxmr.wordcount import tally
-
-from .conftest import PAXMR, Cluster, Node, clean_env, ok, ok_json, paxmr
+from tests.support.cli import PAXMR, clean_env, ok, ok_json, paxmr
+from tests.support.local import Cluster, Node
 
 pytestmark = pytest.mark.integration
 
@@ -273,7 +273,7 @@ def test_map_shows_a_progress_bar_on_a_terminal(node: Node, corpus: str) -> None
             stdout=subprocess.PIPE,
             stderr=follower,
             stdin=subprocess.DEVNULL,
-            env=clean_env(COLUMNS="100"),
+            env=clean_env({"COLUMNS": "100"}),
             timeout=60,
             check=False,
         )

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from .conftest import Node
+from tests.support.local import Node
 
 pytestmark = pytest.mark.integration
 
