@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .support import Cluster, running_cluster, small_tally
+from tests.support.local import Cluster, running_cluster, small_tally
 
 
 @pytest.fixture(scope="module")

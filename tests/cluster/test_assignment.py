@@ -7,7 +7,6 @@ once, in one order everywhere) and how the CLI refuses bad input without touchin
 from __future__ import annotations
 
 import json
-import subprocess
 import threading
 import uuid
 from collections import Counter
@@ -18,16 +17,7 @@ from pathlib import Path
 import pytest
 
 from paxmr import control
-
-from .support import (
-    PAXMR,
-    REPLICATE_TIMEOUT,
-    Cluster,
-    Node,
-    clean_env,
-    running_cluster,
-    small_tally,
-)
+from tests.support.local import REPLICATE_TIMEOUT, Cluster, Node, running_cluster, small_tally
 
 pytestmark = pytest.mark.integration
 
@@ -308,15 +298,7 @@ def test_shell_runs_the_log_commands(cluster: Cluster) -> None:
     node = cluster.node(2)
     small_tally(node)
     script = "replicate small_reduced\nprint\ntotal 0\nmerge 0 --top 3\ntotal 999999\nstatus\n"
-    done = subprocess.run(
-        [str(PAXMR), "-c", str(node.config), "-o", "json", "shell"],
-        input=script,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        check=False,
-    )
+    done = node.cli("-o", "json", "shell", input=script)
     assert done.returncode == 1, done.stderr  # piped: the exit code of the failed command
     assert "no log position 999999" in done.stderr  # an error does not end the shell
     decoder = json.JSONDecoder()

@@ -14,22 +14,13 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from typing import Self
 
 import pytest
 
 from paxmr import control, local
-
-from .support import (
-    CONVERGE_S,
-    REPLICATE_TIMEOUT,
-    Cluster,
-    Node,
-    alive,
-    service_env,
-    sigkill,
-)
+from tests.support.local import REPLICATE_TIMEOUT, Cluster, Node, alive, service_env, sigkill
+from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +69,13 @@ class Stream:
                 self.acked[rid] = result["position"]
 
     def wait_for(self, count: int, timeout: float = CONVERGE_S) -> None:
-        deadline = time.monotonic() + timeout
         target = len(self.acked) + count
-        while len(self.acked) < target:
-            assert time.monotonic() < deadline, f"stream stalled: {self.failures[-5:]}"
-            time.sleep(0.02)
+        wait_until(
+            lambda: len(self.acked) >= target,
+            lambda: f"the stream goes on (failures: {self.failures[-5:]})",
+            timeout=timeout,
+            interval=0.02,
+        )
 
 
 def _all_acked_everywhere(cluster: Cluster, acked: dict[str, int]) -> None:
@@ -265,7 +258,9 @@ def test_a_replicate_reported_as_refused_never_lands(healthy: Cluster) -> None:
     os.kill(pid, signal.SIGSTOP)
     try:
         thread.start()
-        _wait(lambda: node.status()["pending"] == 1, timeout=5)  # submitted and forwarded
+        wait_until(
+            lambda: node.status()["pending"] == 1, "the replicate pending", timeout=5, interval=0.05
+        )  # submitted and forwarded
         node.call("stop")
         thread.join(REPLICATE_TIMEOUT * 4)
     finally:
@@ -369,10 +364,10 @@ def test_cli_reports_a_dead_prm_with_exit_3(healthy: Cluster) -> None:
     assert status["prm"] is None
     # The leader sees the peer as unreachable.
     leader = cluster.node(cluster.leader(exclude=node.id))
-    deadline = time.monotonic() + CONVERGE_S
-    while leader.status()["peers"][str(node.id)]["connected"]:
-        assert time.monotonic() < deadline, "the leader still reports the dead peer connected"
-        time.sleep(0.1)
+    wait_until(
+        lambda: not leader.status()["peers"][str(node.id)]["connected"],
+        "the leader reports the dead peer disconnected",
+    )
     with service_env():
         local.restart(cluster.root, node.id, "prm")
     cluster.converged()
@@ -397,10 +392,7 @@ def test_prm_that_lost_its_disk_catches_up_and_votes_again(healthy: Cluster) -> 
     assert cluster.converged() == digest
     _commits(cluster.node(leader))
     digest = cluster.converged()
-    deadline = time.monotonic() + CONVERGE_S
-    while not wiped.status()["voting"]:
-        assert time.monotonic() < deadline, "the wiped node never voted again"
-        time.sleep(0.1)
+    wait_until(lambda: wiped.status()["voting"], "the wiped node votes again")
     assert other.cli("stop").returncode == 0
     try:
         _commits(cluster.node(leader), 2)  # a quorum: the leader and the wiped node
@@ -418,7 +410,7 @@ def test_graceful_stop_of_a_prm_logs_only_json_lines(healthy: Cluster) -> None:
     os.kill(pid, signal.SIGTERM)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    _wait(lambda: not alive(pid))
+    wait_until(lambda: not alive(pid), f"pid {pid} gone after SIGTERM", interval=0.05)
     with service_env():
         local.restart(cluster.root, node.id, "prm")
     with node.prm_log.open("rb") as f:
@@ -428,13 +420,6 @@ def test_graceful_stop_of_a_prm_logs_only_json_lines(healthy: Cluster) -> None:
     bad = [line for line in lines if not re.fullmatch(r"\{.*\}", line)]
     assert not bad, "\n".join(bad[:10])
     assert all(isinstance(json.loads(line), dict) for line in lines)
-
-
-def _wait(predicate: Callable[[], bool], timeout: float = CONVERGE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
 
 
 def test_restart_of_all_three_prms_keeps_the_log(healthy: Cluster) -> None:
@@ -447,7 +432,7 @@ def test_restart_of_all_three_prms_keeps_the_log(healthy: Cluster) -> None:
     pids = [s.pid for s in local.load_state(cluster.root)]
 
     assert local.down(cluster.root) == len(pids)  # SIGTERM to every service
-    _wait(lambda: not any(alive(p) for p in pids))
+    wait_until(lambda: not any(alive(p) for p in pids), "every PRM gone", interval=0.05)
     with service_env():
         local.up(cluster.root, 3, cluster.mappers)
 

@@ -8,8 +8,14 @@ from collections.abc import Iterator
 import pytest
 
 from paxmr import local
-
-from .support import REPLICATE_TIMEOUT, Cluster, running_cluster, service_env, sigkill, small_tally
+from tests.support.local import (
+    REPLICATE_TIMEOUT,
+    Cluster,
+    running_cluster,
+    service_env,
+    sigkill,
+    small_tally,
+)
 
 pytestmark = pytest.mark.integration
 

@@ -17,9 +17,9 @@ import msgpack
 import pytest
 
 from paxmr import pki
-
-from . import peerwire as wire
-from .support import CONVERGE_S, Cluster
+from tests.support import peerwire as wire
+from tests.support.local import Cluster
+from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -88,10 +88,10 @@ def test_malformed_frame_from_a_peer_is_dropped_and_logged(cluster: Cluster, cas
         sock.sendall(wire.frame(1, _p({"k": "bogus"})))
 
         def two() -> bool:
-            found = wire.events_after(node, offset, "frame_dropped")
+            found = node.log_events("frame_dropped", after=offset)
             return len([e for e in found if str(port) in str(e.get("peer"))]) >= 2
 
-        assert wire.wait_for(two), f"{case}: not dropped and logged twice for port {port}"
+        wait_until(two, f"{case}: dropped and logged twice for port {port}", timeout=10)
         assert not wire.closed_by_peer(sock, timeout=0.5), f"{case}: connection closed"
     _still_commits(cluster)
 
@@ -106,7 +106,7 @@ def test_untrustworthy_stream_from_a_peer_is_closed_and_logged(cluster: Cluster,
         assert wire.closed_by_peer(sock), f"{case}: the PRM kept the connection open"
     found = [
         e
-        for e in wire.events_after(node, offset, "connection_dropped")
+        for e in node.log_events("connection_dropped", after=offset)
         if str(port) in str(e.get("peer"))
     ]
     assert found, f"{case}: no connection_dropped warning for port {port}"
@@ -122,7 +122,7 @@ def test_frame_replayed_inside_a_session_ends_it(cluster: Cluster) -> None:
     with wire.as_node(node, wire.tls_dir(cluster.root, SENDER)) as sock:
         sock.sendall(heartbeat + heartbeat)
         assert wire.closed_by_peer(sock)
-    reasons = [str(e["reason"]) for e in wire.events_after(node, offset, "connection_dropped")]
+    reasons = [str(e["reason"]) for e in node.log_events("connection_dropped", after=offset)]
     assert any("out of sequence" in r for r in reasons), reasons
 
 
@@ -156,8 +156,10 @@ def test_tls_client_without_a_member_certificate_is_refused(
             assert wire.closed_by_peer(sock), f"{case}: the PRM kept the connection open"
     except OSError:
         pass  # refused during the handshake already
-    assert wire.wait_for(lambda: wire.events_after(node, offset, "connection_refused")), (
-        f"{case}: no connection_refused warning"
+    wait_until(
+        lambda: node.log_events("connection_refused", after=offset),
+        f"{case}: a connection_refused warning",
+        timeout=10,
     )
     assert node.status()["ballot"] == ballot
     _still_commits(cluster)
@@ -192,10 +194,10 @@ def test_truncated_frame_is_logged(cluster: Cluster) -> None:
             sock.sendall(valid[:cut])
 
         def logged(port: int = port, offset: int = offset) -> bool:
-            found = wire.events_after(node, offset, "frame_dropped")
+            found = node.log_events("frame_dropped", after=offset)
             return any(str(port) in str(e.get("peer")) for e in found)
 
-        assert wire.wait_for(logged, 5), f"frame cut at {cut} bytes was not logged"
+        wait_until(logged, f"frame cut at {cut} bytes logged", timeout=5)
     _still_commits(cluster)
 
 
@@ -207,10 +209,9 @@ def test_refusals_are_logged_at_a_bounded_rate(cluster: Cluster) -> None:
             sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
             wire.closed_by_peer(sock)
     # At most one line per reason every 10 s (earlier tests may have used this window up).
-    assert len(wire.events_after(node, offset, "connection_refused")) <= 5
+    assert len(node.log_events("connection_refused", after=offset)) <= 5
     assert any(
-        "handshake failed" in str(e["reason"])
-        for e in wire.events_after(node, 0, "connection_refused")
+        "handshake failed" in str(e["reason"]) for e in node.log_events("connection_refused")
     )
     _still_commits(cluster)
 

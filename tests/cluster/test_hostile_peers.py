@@ -21,9 +21,8 @@ import msgpack
 import pytest
 
 from paxmr import local, pki
-
-from . import peerwire as wire
-from .support import Cluster, Node, service_env, sigkill
+from tests.support import peerwire as wire
+from tests.support.local import Cluster, Node, service_env, sigkill
 
 pytestmark = pytest.mark.integration
 
@@ -190,7 +189,7 @@ def test_replayed_session_of_a_dead_leader_is_refused_and_does_not_delay_electio
     assert new != leader
     assert sent[0] > 5
     for f in followers:
-        refused = wire.events_after(f, offsets[f.id], "connection_refused")
+        refused = f.log_events("connection_refused", after=offsets[f.id])
         assert any("handshake failed" in str(e["reason"]) for e in refused), (f.id, refused)
 
 
@@ -221,7 +220,7 @@ def test_huge_frame_to_the_leader_does_not_stall_its_heartbeats(healthy: Cluster
             leader.status()
             worst = max(worst, time.monotonic() - start)
             time.sleep(0.02)
-    dropped = wire.events_after(leader, offset, "frame_dropped")
+    dropped = leader.log_events("frame_dropped", after=offset)
     print(
         f"\nhuge frame: {len(data) / 2**20:.1f} MiB; worst status latency on the leader"
         f" {worst * 1000:.0f} ms; dropped: {[e['reason'][:40] for e in dropped]}"

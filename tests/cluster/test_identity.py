@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from paxmr import local
-
-from .support import CONVERGE_S, paxmr, running_cluster, small_tally
+from tests.support.local import running_cluster, small_tally
+from tests.support.wait import CONVERGE_S
 
 pytestmark = pytest.mark.integration
 
@@ -34,7 +34,7 @@ def test_a_rolling_restart_with_another_member_list_is_refused(tmp_path: Path) -
         shutil.copy(node.config, saved)
         _add_member(node.config, 4, 1)
         _add_member(node.config, 5, 2)
-        result = paxmr("-c", node.config, "serve", "prm", timeout=30)
+        result = node.cli("serve", "prm", timeout=30)
         assert result.returncode == 1, result.stdout + result.stderr
         assert "configured members [1, 2, 3, 4, 5] differ from the members [1, 2, 3]" in (
             result.stderr
@@ -47,7 +47,7 @@ def test_a_rolling_restart_with_another_member_list_is_refused(tmp_path: Path) -
             f'[[nodes]]\nid = {n["id"]}\nhost = "{n["host"]}"\nport = {n["port"]}\n' for n in keep
         )
         node.config.write_text(shrunk)
-        result = paxmr("-c", node.config, "serve", "prm", timeout=30)
+        result = node.cli("serve", "prm", timeout=30)
         assert result.returncode == 1
         assert "differ from the members [1, 2, 3]" in result.stderr
         shutil.copy(saved, node.config)
@@ -59,10 +59,10 @@ def test_a_rolling_restart_with_another_member_list_is_refused(tmp_path: Path) -
 def test_init_founds_only_when_told(tmp_path: Path) -> None:
     with running_cluster() as cluster:
         node = cluster.node(1)
-        result = paxmr("-c", node.config, "init")
+        result = node.cli("init")
         assert result.returncode == 2
         assert "--found" in result.stderr
-        result = paxmr("-c", node.config, "init", "--found")
+        result = node.cli("init", "--found")
         assert result.returncode == 1
         assert "already exists" in result.stderr
 
@@ -88,11 +88,11 @@ def test_a_cluster_that_lost_a_majority_of_disks_is_refounded_from_its_survivor(
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{db}{suffix}").unlink(missing_ok=True)
         args = ("refound", "--from", survivor, "--cluster-id", "second")
-        refused = paxmr("-c", node.config, *args)
+        refused = node.cli(*args)
         assert refused.returncode == 2
         assert "--accept-data-loss" in refused.stderr
         for n in cluster.nodes:
-            result = paxmr("-c", n.config, *args, "--accept-data-loss")
+            result = n.cli(*args, "--accept-data-loss")
             assert result.returncode == 0, result.stderr
             assert "WARNING" in result.stderr
         local.up(cluster.root, 3, cluster.mappers)

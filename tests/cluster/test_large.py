@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from .support import Cluster, Node, running_cluster
+from tests.support.local import Cluster, Node, running_cluster
 
 pytestmark = pytest.mark.integration
 

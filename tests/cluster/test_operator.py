@@ -10,32 +10,18 @@ import json
 import os
 import re
 import signal
-import time
 import urllib.request
-from collections.abc import Callable
 
 import pytest
 
 from paxmr import local
-
-from .support import (
-    CONVERGE_S,
-    Cluster,
-    Node,
-    service_env,
-    sigkill,
-)
+from tests.support import metrics
+from tests.support.local import Cluster, Node, service_env, sigkill
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
 FILE = "small_reduced"
-
-
-def _wait(predicate: Callable[[], object], what: str, timeout: float = CONVERGE_S) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
-        time.sleep(0.1)
 
 
 def _follower(cluster: Cluster) -> Node:
@@ -47,13 +33,7 @@ def _metrics(node: Node) -> dict[str, float]:
     port = node.settings.metrics_port
     assert port is not None
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    values = {}
-    for line in text.splitlines():
-        m = re.fullmatch(r"([a-z_]+(?:\{[^}]*\})?) (\S+)", line)
-        if m:
-            values[m[1]] = float(m[2])
-    return values
+        return metrics.parse(r.read().decode())
 
 
 # --- health ------------------------------------------------------------------------------------
@@ -79,7 +59,7 @@ def test_health_of_a_stopped_node_exits_5(healthy: Cluster) -> None:
             assert "stopped" in done.stdout
     finally:
         node.cli("resume")
-    _wait(lambda: node.cli("health").returncode == 0, "the resumed node healthy again")
+    wait_until(lambda: node.cli("health").returncode == 0, "the resumed node healthy again")
 
 
 def test_health_with_a_dead_prm_exits_3(healthy: Cluster) -> None:
@@ -100,7 +80,7 @@ def test_health_without_quorum_exits_5_and_names_the_reason(healthy: Cluster) ->
     for n in healthy.nodes:
         if n is not survivor:
             sigkill(n.prm_pid())
-    _wait(lambda: survivor.cli("health").returncode == 5, "health exit 5 on the lone survivor")
+    wait_until(lambda: survivor.cli("health").returncode == 5, "health exit 5 on the lone survivor")
     report = json.loads(survivor.cli("-o", "json", "health").stdout)
     assert report["services"]["prm"] == "up"
     assert any("no leader" in p for p in report["problems"]), report["problems"]
@@ -118,13 +98,17 @@ def test_a_frozen_peer_shows_down_although_its_tcp_connection_stays_up(healthy: 
     pid = frozen.prm_pid()
     os.kill(pid, signal.SIGSTOP)
     try:
-        _wait(lambda: not leader.status()["peers"][peer]["up"], "the frozen peer shown down", 5.0)
+        wait_until(
+            lambda: not leader.status()["peers"][peer]["up"],
+            "the frozen peer shown down",
+            timeout=5,
+        )
         assert leader.status()["peers"][peer]["connected"] is True
         text = leader.cli("status").stdout
         assert re.search(rf"\b{peer}:DOWN \(silent [0-9.]+ s, tcp connected\)", text), text
     finally:
         os.kill(pid, signal.SIGCONT)
-    _wait(lambda: leader.status()["peers"][peer]["up"], "the thawed peer shown up again")
+    wait_until(lambda: leader.status()["peers"][peer]["up"], "the thawed peer shown up again")
 
 
 # --- elections leave a trace ---------------------------------------------------------------------

@@ -9,20 +9,16 @@ length counts seq and payload (see paxmr/services/transport.py); the payload is 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import ssl
 import struct
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import msgpack
 
 from paxmr import pki
-
-from .support import Node
+from tests.support.local import Node
 
 
 def payload(msg: object, src: object = 2, dst: object = 1) -> bytes:
@@ -83,30 +79,5 @@ def closed_by_peer(sock: socket.socket, timeout: float = 10.0) -> bool:
         return False
 
 
-def wait_for(predicate: object, timeout: float = 10.0) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def log_offset(node: Node) -> int:
     return node.prm_log.stat().st_size
-
-
-def events_after(node: Node, offset: int, *names: str) -> list[dict[str, Any]]:
-    """The PRM's structured log events with these names, written after byte ``offset``."""
-    with node.prm_log.open("rb") as f:
-        f.seek(offset)
-        text = f.read().decode(errors="replace")
-    found = []
-    for line in text.splitlines():
-        start = line.find("{")
-        with contextlib.suppress(ValueError):
-            obj = json.loads(line[start:]) if start >= 0 else None
-            if isinstance(obj, dict) and obj.get("event") in names:
-                found.append(obj)
-    return found
