@@ -1,154 +1,16 @@
-"""Deploy tier: the three test hosts, site.yml run once per session, helpers to drive paxmr on them."""
+"""Deploy tier: site.yml run once per session on the three test hosts (the hosts themselves come
+from the ``testbed`` fixture in tests/conftest.py; the helpers from tests/support/hosts.py)."""
 
 from __future__ import annotations
 
-import json
-import os
-import re
-import shlex
 import subprocess
-import sys
-import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
-
-REPO = Path(__file__).resolve().parents[2]
-ANSIBLE_DIR = REPO / "ansible"
-INVENTORY = REPO / "inventory" / "testbed" / "hosts.yml"
-WHEELHOUSE = REPO / "build" / "wheelhouse"
-BIN = Path(sys.executable).parent
-
-# testbed/ is a script directory, not part of the installed package.
-sys.path.insert(0, str(REPO))
-from testbed.testbed import Testbed  # noqa: E402
-
-NODE_IDS = {"paxmr1": 1, "paxmr2": 2, "paxmr3": 3}  # as in inventory/testbed/hosts.yml
-SERVICES = ["paxmr-prm.service", "paxmr-reducer.service",
-            "paxmr-mapper@1.service", "paxmr-mapper@2.service"]  # fmt: skip
-SOCKETS = {"paxmr-prm.socket": "prm.sock", "paxmr-reducer.socket": "reducer.sock",
-           "paxmr-mapper@1.socket": "mapper-1.sock", "paxmr-mapper@2.socket": "mapper-2.sock"}  # fmt: skip
-_RECAP = re.compile(
-    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
-    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
-    re.MULTILINE,
-)
-
-
-@dataclass
-class PlaybookRun:
-    playbook: str
-    returncode: int
-    output: str
-    seconds: float
-
-    def recap(self) -> dict[str, dict[str, int]]:
-        return {
-            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
-            for m in _RECAP.finditer(self.output)
-        }
-
-    def check(self) -> PlaybookRun:
-        assert self.returncode == 0, f"{self.playbook} failed:\n{self.output[-6000:]}"
-        return self
-
-
-def playbook(name: str, *args: str, timeout: float = 600) -> PlaybookRun:
-    """ansible-playbook from ansible/ (its ansible.cfg) against the testbed inventory."""
-    env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
-    start = time.monotonic()
-    proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), name, *args],
-        cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False,
-    )  # fmt: skip
-    return PlaybookRun(name, proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
-
-
-class Cluster:
-    """The deployed cluster: the paxmr command on each host, as root, with JSON output."""
-
-    def __init__(self, testbed: Testbed) -> None:
-        self.testbed = testbed
-        self.hosts = list(testbed.hosts)
-
-    def cli(
-        self, host: str, *args: str, user: str = "root", timeout: float = 120
-    ) -> subprocess.CompletedProcess[str]:
-        cmd = f"sudo -u {user} paxmr {shlex.join(args)}"
-        return self.testbed.run(host, cmd, check=False, timeout=timeout)
-
-    def json(self, host: str, *args: str, timeout: float = 120) -> Any:
-        proc = self.cli(host, "-o", "json", *args, timeout=timeout)
-        assert proc.returncode == 0, (
-            f"{host}: paxmr {' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
-        )
-        return json.loads(proc.stdout)
-
-    def status(self, host: str) -> dict[str, Any] | None:
-        proc = self.cli(host, "-o", "json", "status", timeout=30)
-        # 5: the replica answers but is unhealthy (stopped, no leader or no quorum): still a report.
-        return json.loads(proc.stdout) if proc.returncode in {0, 5} else None
-
-    def leader(self) -> str:
-        """The host every running node names as leader, once they agree."""
-        by_id = {node_id: host for host, node_id in NODE_IDS.items()}
-        agreed: set[Any] = set()
-
-        def agree() -> bool:
-            agreed.clear()
-            for host in self.hosts:
-                st = self.status(host)
-                agreed.add(st["prm"]["leader"] if st else None)
-            return len(agreed) == 1 and None not in agreed
-
-        wait_until(agree, 60, f"nodes agree on a leader (last seen {agreed})")
-        return by_id[agreed.pop()]
-
-    def wait_healthy(self, hosts: list[str] | None = None, timeout: float = 90) -> None:
-        def healthy(host: str) -> bool:
-            st = self.status(host)
-            return bool(st and st["prm"]["leader"] is not None
-                        and set(st["services"].values()) == {"up"})  # fmt: skip
-
-        for host in hosts or self.hosts:
-            wait_until(lambda h=host: healthy(h), timeout, f"{host} healthy")
-
-    def log(self, host: str) -> dict[str, Any]:
-        return self.json(host, "print")
-
-    def wait_converged(self, timeout: float = 60) -> dict[str, Any]:
-        """Wait until every host holds the same log; return it."""
-        logs: dict[str, Any] = {}
-
-        def same() -> bool:
-            for host in self.hosts:
-                logs[host] = self.log(host)
-            return len({entry["digest"] for entry in logs.values()}) == 1
-
-        wait_until(same, timeout, "identical logs on every host")
-        return logs[self.hosts[0]]
-
-    def gen(self, host: str, name: str, size: str, seed: int) -> None:
-        path = f"/var/lib/paxmr/data/{name}"
-        self.testbed.run(
-            host, f"sudo -u paxmr paxmr gen-corpus --size {size} --seed {seed} {path}", timeout=120
-        )
-
-
-def wait_until(
-    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.5
-) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    pytest.fail(f"timed out after {timeout} s waiting for {what}")
+from testbed.testbed import Testbed
+from tests.support.hosts import BIN, REPO, WHEELHOUSE, Cluster, PlaybookRun, playbook
 
 
 @pytest.fixture(scope="session")

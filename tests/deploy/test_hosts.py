@@ -8,7 +8,8 @@ import tomllib
 from typing import Any
 
 import pytest
-from conftest import NODE_IDS, SERVICES, SOCKETS, Cluster
+
+from tests.support.hosts import NODE_IDS, SERVICES, SOCKETS, Cluster
 
 pytestmark = pytest.mark.deploy
 HOSTS = list(NODE_IDS)
@@ -89,7 +90,9 @@ def test_config_comes_from_the_inventory(host: Any) -> None:
 def test_security_exposure_on_the_host(host: Any) -> None:
     for unit in SERVICES:
         out = host.check_output(f"systemd-analyze security --no-pager {unit}")
-        level = float(re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)[1])
+        found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", out)
+        assert found, out
+        level = float(found[1])
         assert level <= 2.0, f"{unit}: {level}"
 
 

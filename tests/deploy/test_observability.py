@@ -4,12 +4,13 @@ on loopback, and the journal's record of a leader change (issue 13)."""
 from __future__ import annotations
 
 import json
-import re
 
 import pytest
-from conftest import NODE_IDS, Cluster, wait_until
 
 from testbed.testbed import Testbed
+from tests.support import metrics
+from tests.support.hosts import HOST_POLL_S, NODE_IDS, Cluster
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.deploy
 
@@ -21,13 +22,7 @@ def scrape(testbed: Testbed, host: str) -> dict[str, float]:
     fetch = (
         f"import urllib.request as u; print(u.urlopen({METRICS_URL!r}, timeout=10).read().decode())"
     )
-    text = testbed.run(host, f"python3 -c {json.dumps(fetch)}").stdout
-    values = {}
-    for line in text.splitlines():
-        m = re.fullmatch(r"([a-z_]+(?:\{[^}]*\})?) (\S+)", line)
-        if m:
-            values[m[1]] = float(m[2])
-    return values
+    return metrics.parse(testbed.run(host, f"python3 -c {json.dumps(fetch)}").stdout)
 
 
 def test_health_exits_0_on_every_host(cluster: Cluster) -> None:
@@ -51,10 +46,13 @@ def test_a_leader_change_shows_in_the_metrics_and_the_journal(
     def moved() -> bool:
         return all(scrape(faults, h)[changes] > before[h][changes] for h in survivors)
 
-    wait_until(moved, 60, "the survivors count a leader change")
+    wait_until(moved, "the survivors count a leader change", timeout=60, interval=HOST_POLL_S)
     new = cluster.leader()  # systemd restarted the old PRM meanwhile; they agree again
     wait_until(
-        lambda: cluster.cli(survivors[0], "health").returncode == 0, 60, "health exit 0 again"
+        lambda: cluster.cli(survivors[0], "health").returncode == 0,
+        "health exit 0 again",
+        timeout=60,
+        interval=HOST_POLL_S,
     )
     journal = faults.run(
         survivors[0],

@@ -9,7 +9,8 @@ import socket
 from typing import Any
 
 import pytest
-from conftest import NODE_IDS, Cluster
+
+from tests.support.hosts import NODE_IDS, Cluster
 
 pytestmark = pytest.mark.deploy
 HOSTS = list(NODE_IDS)

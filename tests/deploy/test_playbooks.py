@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import Cluster, PlaybookRun, playbook
+
+from tests.support.hosts import Cluster, PlaybookRun, playbook
 
 pytestmark = pytest.mark.deploy
 

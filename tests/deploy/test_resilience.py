@@ -7,9 +7,10 @@ import subprocess
 import time
 
 import pytest
-from conftest import Cluster
 
 from testbed.testbed import Testbed
+from tests.support.hosts import Cluster
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.deploy
 EXIT_NO_QUORUM = 5
@@ -25,18 +26,22 @@ def start_run(testbed: Testbed, host: str, name: str) -> subprocess.Popen[str]:
 
 def run_job(cluster: Cluster, host: str, name: str, timeout: float = 90) -> dict[str, object]:
     """`paxmr run`, retried while there is no quorum yet (an election in progress)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    stderr = [""]
+
+    def attempt() -> dict[str, object] | None:
         proc = cluster.cli(host, "-o", "json", "run", name, timeout=timeout)
         if proc.returncode == 0:
-            return json.loads(proc.stdout)
+            result: dict[str, object] = json.loads(proc.stdout)
+            return result
         assert proc.returncode == EXIT_NO_QUORUM, proc.stderr
-        assert time.monotonic() < deadline, f"no quorum for {timeout} s: {proc.stderr}"
-        time.sleep(1)
+        stderr[0] = proc.stderr
+        return None
+
+    return wait_until(attempt, lambda: f"a quorum ({stderr[0]})", timeout=timeout, interval=1)
 
 
 def files(log: dict[str, object]) -> list[str]:
-    return [entry["file"] for entry in log["entries"]]  # type: ignore[attr-defined,index]
+    return [entry["file"] for entry in log["entries"]]  # type: ignore[attr-defined]
 
 
 def test_prm_killed_mid_job(cluster: Cluster, faults: Testbed) -> None:

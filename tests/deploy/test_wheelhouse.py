@@ -14,7 +14,8 @@ from types import ModuleType
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.hosts import REPO
+
 SCRIPT = REPO / "ansible" / "roles" / "paxmr" / "files" / "wheelhouse.py"
 
 
