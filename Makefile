@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 lint: venv
 	$(BIN)/ruff check paxmr tests testbed ansible/roles
 	$(BIN)/ruff format --check paxmr tests testbed ansible/roles
-	$(BIN)/mypy
+	$(BIN)/mypy  # paxmr and tests (files in pyproject.toml)
 	$(BIN)/mypy --strict ansible/roles/paxmr/files/wheelhouse.py
 	cd ansible && ../$(BIN)/ansible-lint --profile production
 

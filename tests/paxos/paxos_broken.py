@@ -110,7 +110,7 @@ class FencesWithAMajority(Node):
         return True  # no probe first: it needs no one but a majority
 
     def _check_elected(self, campaign: _Campaign, now: float) -> None:
-        if campaign.votes() >= self.quorum:
+        if campaign.votes(self.membership.voters) >= self.quorum:
             self._become_leader(campaign, now)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from paxmr.paxos import Ballot, Committed, DurableState, Entry, LogEntry, Persist
+from paxmr.paxos import Ballot, Committed, DurableState, Entry, LogEntry, Persist, Refused
 from paxmr.paxos.membership import Membership, change_request_id, replay
 from paxmr.paxos.messages import Accept, Accepted, CatchupReply
 from tests.paxos.paxos_harness import CONFIG, Harness
@@ -113,7 +113,9 @@ def test_a_stale_or_forged_change_changes_nothing_anywhere():
     assert founding.apply(3, Entry(change_request_id("x"), bad)) is None
     # A client may not use the reserved prefix.
     h.submit(leader, change_request_id("sneaky"), founding.change([1], [], {}))
-    assert h.replies[leader][-1].outcome.code == "invalid"
+    refused = h.replies[leader][-1].outcome
+    assert isinstance(refused, Refused)
+    assert refused.code == "invalid"
     assert_safe(h)
 
 

@@ -17,6 +17,7 @@ from paxmr.paxos.messages import (
     CatchupReply,
     CatchupRequest,
     Forward,
+    Message,
     Nack,
     Prepare,
     Promise,
@@ -25,7 +26,7 @@ from paxmr.paxos.messages import (
 
 B = Ballot(7, 2)
 E = Entry("req-1", b"\x00tally")
-MESSAGES = [
+MESSAGES: list[Message] = [
     Prepare(B, 3),
     Promise(B, 3, (AcceptedValue(3, Ballot(6, 1), E), AcceptedValue(4, B, Entry("", b""))), 3),
     Promise(B, 0, (), 0, voter=False, more=True),

@@ -130,7 +130,7 @@ def test_a_violation_prints_the_seed_and_the_replay_command(monkeypatch):
 
 
 class _BrokenWorld(World):
-    def run(self):  # type: ignore[no-untyped-def]
+    def run(self):
         result = super().run()
         result.violations.append("agreement: planted")
         return result

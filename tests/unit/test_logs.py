@@ -6,6 +6,7 @@ import io
 import json
 import re
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import structlog
@@ -22,7 +23,7 @@ def stream() -> Iterator[io.StringIO]:
     structlog.reset_defaults()
 
 
-def lines(out: io.StringIO) -> list[tuple[int, dict[str, object]]]:
+def lines(out: io.StringIO) -> list[tuple[int, dict[str, Any]]]:
     parsed = []
     for line in out.getvalue().splitlines():
         m = re.fullmatch(r"<([0-7])>(\{.*\})", line)
