@@ -1,3 +1,1 @@
 """paxmr: a word-count MapReduce whose results are kept in a log replicated by Multi-Paxos."""
-
-__version__ = "0.1.0"

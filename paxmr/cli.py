@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import click
 
-from paxmr import control, jobs, local, logs, paths, render
+from paxmr import control, jobs, local, logs, render
 from paxmr import settings as settings_mod
 from paxmr.settings import ConfigError, Settings
 from paxmr.sim.command import sim
@@ -816,9 +816,6 @@ def _run(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per k
     except control.RemoteError as exc:
         click.echo(f"paxmr: {exc} [{exc.code}]", err=True)
         return EXIT_NO_QUORUM if exc.code == "no_quorum" else EXIT_ERROR
-    except paths.PathRefused as exc:
-        click.echo(f"paxmr: {exc}", err=True)
-        return EXIT_ERROR
     except (RuntimeError, OSError) as exc:
         click.echo(f"paxmr: {exc}", err=True)
         return EXIT_ERROR
