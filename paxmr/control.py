@@ -36,6 +36,13 @@ class NoArgs(Args):
     pass
 
 
+class Result(BaseModel):
+    """Base for an operation's typed result: sent as its JSON object (``model_dump``), so a
+    handler's return annotation is the reply's schema. A handler may still return plain JSON."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class ControlError(Exception):
     """An error reply: a stable machine-readable code and a message for people."""
 
@@ -180,6 +187,8 @@ class Server:
         except Exception:
             self.log.exception("op_failed", op=name)
             return _error("internal", f"{name} failed unexpectedly; see the service's log")
+        if isinstance(result, Result):
+            result = result.model_dump(mode="json")
         return _line({"ok": True, "result": result})
 
 

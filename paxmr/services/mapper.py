@@ -7,7 +7,7 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO, Literal
 
 from pydantic import Field
 
@@ -28,6 +28,21 @@ class MapArgs(control.Args):
     file: str
     offset: int = Field(ge=0)
     size: int = Field(ge=0)
+
+
+class SplitResult(control.Result):
+    ranges: list[tuple[int, int]]  # (offset, size) of each part, in file order
+
+
+class MapResult(control.Result):
+    output: str  # the intermediate tally written, {F}_I_{id}
+    distinct: int  # distinct words in it
+    bytes: int  # the size of the range counted
+
+
+class MapperStatus(control.Result):
+    role: Literal["mapper"] = "mapper"
+    id: int
 
 
 def intermediate_name(file: str, mapper_id: int) -> str:
@@ -55,7 +70,7 @@ def _map(
 def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
     log = logs.get()
 
-    async def run_map(args: MapArgs, progress: control.Progress) -> dict[str, Any]:
+    async def run_map(args: MapArgs, progress: control.Progress) -> MapResult:
         output = intermediate_name(args.file, mapper_id)
         with (
             paths.open_input(settings.data_dir, args.file) as source,
@@ -79,15 +94,15 @@ def ops(settings: Settings, mapper_id: int) -> dict[str, control.Op]:
                 raise control.ControlError("cancelled", "the client hung up") from None
             words = job.result()
         log.info("map_finished", file=args.file, output=output, distinct=words)
-        return {"output": output, "distinct": words, "bytes": args.size}
+        return MapResult(output=output, distinct=words, bytes=args.size)
 
-    async def run_split(args: SplitArgs, _progress: control.Progress) -> dict[str, Any]:
+    async def run_split(args: SplitArgs, _progress: control.Progress) -> SplitResult:
         with paths.open_input(settings.data_dir, args.file) as source:
             ranges = await asyncio.to_thread(split.split, source, args.parts)
-        return {"ranges": [[r.offset, r.size] for r in ranges]}
+        return SplitResult(ranges=[(r.offset, r.size) for r in ranges])
 
-    async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
-        return {"role": "mapper", "id": mapper_id}
+    async def status(_args: control.NoArgs, _progress: control.Progress) -> MapperStatus:
+        return MapperStatus(id=mapper_id)
 
     return {
         "split": control.Op(SplitArgs, run_split),

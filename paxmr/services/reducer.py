@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import re
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO, Literal
 
 from pydantic import Field
 
@@ -20,6 +20,15 @@ _INTERMEDIATE = re.compile(r"(?P<base>.+)_I_(?P<id>[0-9]+)")
 
 class ReduceArgs(control.Args):
     files: list[str] = Field(min_length=1)
+
+
+class ReduceResult(control.Result):
+    output: str  # the reduced tally written, {F}_reduced
+    distinct: int  # distinct words in it
+
+
+class ReducerStatus(control.Result):
+    role: Literal["reducer"] = "reducer"
 
 
 def reduced_name(intermediates: list[str]) -> str:
@@ -46,7 +55,7 @@ def _reduce(inputs: dict[str, BinaryIO], out: tuple[int, str]) -> int:
 def ops(settings: Settings) -> dict[str, control.Op]:
     log = logs.get()
 
-    async def run_reduce(args: ReduceArgs, _progress: control.Progress) -> dict[str, Any]:
+    async def run_reduce(args: ReduceArgs, _progress: control.Progress) -> ReduceResult:
         name = reduced_name(args.files)
         with contextlib.ExitStack() as stack:
             inputs = {
@@ -58,10 +67,10 @@ def ops(settings: Settings) -> dict[str, control.Op]:
             except tally.TallyError as exc:
                 raise control.ControlError("bad_tally", str(exc)) from exc
         log.info("reduce_finished", inputs=args.files, output=name, distinct=distinct)
-        return {"output": name, "distinct": distinct}
+        return ReduceResult(output=name, distinct=distinct)
 
-    async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
-        return {"role": "reducer"}
+    async def status(_args: control.NoArgs, _progress: control.Progress) -> ReducerStatus:
+        return ReducerStatus()
 
     return {
         "reduce": control.Op(ReduceArgs, run_reduce),

@@ -30,6 +30,15 @@ async def status(_args: control.NoArgs, _progress: control.Progress) -> dict[str
     return {"role": "test"}
 
 
+class Ranges(control.Result):
+    ranges: list[tuple[int, int]]
+    name: str
+
+
+async def typed(_args: control.NoArgs, _progress: control.Progress) -> Ranges:
+    return Ranges(ranges=[(0, 5), (5, 3)], name="x")
+
+
 @asynccontextmanager
 async def serving(
     tmp_path: Path, *, max_connections: int, idle_timeout: float, gate: Gate | None = None
@@ -38,7 +47,7 @@ async def serving(
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.bind(str(path))
     sock.listen(64)
-    ops = {"status": control.Op(control.NoArgs, status)}
+    ops = {"status": control.Op(control.NoArgs, status), "typed": control.Op(control.NoArgs, typed)}
     if gate is not None:
         ops["wait"] = control.Op(control.NoArgs, gate.run)
     server = control.Server(
@@ -163,3 +172,12 @@ def test_units_bound_open_files_above_the_connection_cap(unit: str) -> None:
     limits = [line for line in text.splitlines() if line.startswith("LimitNOFILE=")]
     assert len(limits) == 1, unit
     assert int(limits[0].split("=")[1]) >= 2 * Limits().control_connections
+
+
+def test_a_typed_result_is_sent_as_its_json_object(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with serving(tmp_path, max_connections=8, idle_timeout=60) as (path, _):
+            reply = await request(path, b'{"op":"typed"}\n')
+            assert reply == {"ok": True, "result": {"ranges": [[0, 5], [5, 3]], "name": "x"}}
+
+    run(test)
