@@ -33,7 +33,7 @@ port = 7001
 
 
 @pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+def without_paxmr_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("PAXMR_") or name == "CREDENTIALS_DIRECTORY":
             monkeypatch.delenv(name)
