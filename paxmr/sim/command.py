@@ -12,6 +12,7 @@ from collections import Counter
 import click
 
 from paxmr.sim.faults import FAULT_KINDS
+from paxmr.sim.members import OPERATIONS
 from paxmr.sim.run import SCHEDULES, TIMED, run_seeds
 from paxmr.sim.world import DRIVERS, EARLY
 
@@ -110,6 +111,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     started = time.monotonic()
     steps = commits = 0
     faults: Counter[str] = Counter()
+    changes: Counter[str] = Counter()
     violations: list[dict[str, object]] = []
     traces: dict[int, list[str]] = {}
     seeds = range(first, first + count)
@@ -117,6 +119,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
         steps += result.steps
         commits += result.commits
         faults += result.faults
+        changes += result.changes
         if trace:
             traces[result.seed] = result.trace
         violations.extend(
@@ -138,6 +141,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
         "steps": steps,
         "commits": commits,
         "faults": fault_counts,
+        "membership_changes": {op: changes[op] for op in OPERATIONS if changes[op]},
         "seconds": round(elapsed, 3),
         "seeds_per_second": round(count / elapsed, 1) if elapsed else None,
     }
@@ -152,6 +156,9 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
         fault_text = ", ".join(f"{k} {v}" for k, v in fault_counts.items()) or "none"
         click.echo(f"{count} runs, {steps} steps, {commits} commits in {elapsed:.1f}s")
         click.echo(f"faults: {fault_text}")
+        if "member" in kinds:
+            took = ", ".join(f"{op} {changes[op]}" for op in OPERATIONS if changes[op]) or "none"
+            click.echo(f"membership changes that took effect: {took}")
         for v in violations:
             click.echo(f"VIOLATION seed {v['seed']}: {v['violation']}\n  replay: {v['replay']}")
         click.echo(f"{len(violations)} violations")

@@ -24,6 +24,7 @@ from paxmr.paxos import Committed, Node, Ready, Request
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
+from paxmr.sim.members import Changes
 from paxmr.sim.world import (
     EARLY,
     SIM_CONFIG,
@@ -41,11 +42,11 @@ STEPS = 500
 REQUESTS = 16
 ACTIONS = (
     *("deliver", "sync", "drop", "replay", "timer", "submit"),
-    *("crash", "power", "wipe", "cut", "stall"),
+    *("crash", "power", "wipe", "cut", "stall", "member"),
 )
 # Typical weights; each walk scales each by a random factor (swarm testing: a walk that hardly
 # syncs or hardly delivers explores what an even mix does not).
-WEIGHTS = (70, 40, 5, 3, 7, 6, 1, 2, 1, 4, 2)
+WEIGHTS = (70, 40, 5, 3, 7, 6, 1, 2, 1, 4, 2, 4)
 # The fault kind that enables each fault action (the others always run).
 ACTION_KINDS = {
     "drop": "drop",
@@ -55,6 +56,7 @@ ACTION_KINDS = {
     "wipe": "wipe",
     "cut": "partition",
     "stall": "delay",
+    "member": "member",
 }
 MAX_WIPES = 2
 
@@ -80,8 +82,7 @@ class Explorer:
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
-        self.members = tuple(range(1, size + 1))
-        self.quorum = size // 2 + 1
+        self.members = tuple(range(1, size + 1))  # the founding members
         self.factory = node_factory
         self.driver = driver
         self.steps = steps
@@ -96,6 +97,7 @@ class Explorer:
         self.now = 0.0
         self.faults: Counter[str] = Counter()
         self.checker = Checker()
+        self.changes = Changes(self.members, self.checker)
         self.flight: list[tuple[int, int, Message]] = []
         self.history: list[tuple[int, int, Message]] = []
         self.cut: set[tuple[int, int]] = set()
@@ -119,13 +121,23 @@ class Explorer:
         for done in range(1, self.steps + 1):
             self.step = done
             action = self.rng.choices(self.actions, self.weights)[0]
-            getattr(self, f"_{action}")()
+            try:
+                getattr(self, f"_{action}")()
+            except Exception as exc:
+                self.checker.fail(f"crash: the core raised {exc!r} at {action}")
             if self.checker.violations:
                 break
+        commits = sum(1 for rid in self.checker.acked if not self.changes.is_change(rid))
+        self.changes.current()  # counts the changes that took effect
         return RunResult(
-            self.seed, done, len(self.checker.acked), self.faults, self.checker.violations,
+            self.seed,
+            done,
+            commits,
+            self.faults,
+            self.checker.violations,
             self.trace,
-        )  # fmt: skip
+            self.changes.took_effect,
+        )
 
     def _log(self, text: str) -> None:
         if self.tracing:
@@ -188,7 +200,7 @@ class Explorer:
         if not open_:
             return
         src, dst, msg = self.flight.pop(self.rng.choice(open_))
-        node = self.nodes[dst].node
+        node = self.nodes[dst].node if dst in self.nodes else None
         if node is None:
             return
         self._log(f"deliver {src}->{dst} {msg}")
@@ -251,9 +263,13 @@ class Explorer:
         self._release(i, later)
         self._flush(i)
 
+    def _ids(self) -> tuple[int, ...]:
+        """The nodes that run (the founders, and those that joined)."""
+        return tuple(self.nodes)
+
     def _crash(self) -> None:
         """A process crash: a write under way reaches the disk, its effects die."""
-        i = self.rng.choice(self.members)
+        i = self.rng.choice(self._ids())
         syncing = self.nodes[i].syncing
         if syncing is not None:
             self.nodes[i].disk.commit(syncing[0])
@@ -272,18 +288,20 @@ class Explorer:
         self._start(i)
 
     def _wipe(self) -> None:
-        i = self.rng.choice(self.members)
-        others = [s for j, s in self.nodes.items() if j != i]
+        i = self.rng.choice(self._ids())
         # A lost disk is survivable only while a voting majority keeps its own.
-        if self.faults["wipe"] >= MAX_WIPES or sum(s.disk.voting for s in others) < self.quorum:
+        if self.faults["wipe"] >= MAX_WIPES or not self.changes.survives_wipe(i, self._voting()):
             return
         self.faults["wipe"] += 1
         self._log(f"disk lost on node {i}")
         self.nodes[i].disk = MemoryStorage(bootstrap=False)
         self._start(i)
 
+    def _voting(self) -> dict[int, bool]:
+        return {i: s.disk.voting for i, s in self.nodes.items()}
+
     def _stall(self) -> None:
-        i = self.rng.choice(self.members)
+        i = self.rng.choice(self._ids())
         self.stalled[i] = self.step + self.rng.randint(20, 200)
         self.faults["delay"] += 1
         self._log(f"stall node {i}'s timers until step {self.stalled[i]}")
@@ -298,13 +316,35 @@ class Explorer:
         if leaders and self.rng.random() < 0.5:
             # Isolate a leader with a minority of followers: the rest can elect and choose.
             leader = leaders[0]
-            others = [m for m in self.members if m != leader]
-            side = [leader, *self.rng.sample(others, (len(self.members) - 1) // 2)]
-            rest = [m for m in self.members if m not in side]
+            ids = self._ids()
+            others = [m for m in ids if m != leader]
+            side = [leader, *self.rng.sample(others, (len(ids) - 1) // 2)]
+            rest = [m for m in ids if m not in side]
             self.cut = {(a, b) for a in side for b in rest} | {(b, a) for a in side for b in rest}
             if self.rng.random() < 0.5:  # and paused, so it does not notice it lost its quorum
                 self.stalled[leader] = self.step + self.rng.randint(20, 200)
         else:
-            self.cut = set(cut_links(self.rng, self.members))
+            self.cut = set(cut_links(self.rng, self._ids()))
         self.faults["partition"] += 1
         self._log(f"cut {sorted(self.cut)}")
+
+    def _member(self) -> None:
+        """A membership change (members.py): boot the node it needs, ask a node for it."""
+        lengths = {i: len(s.log.entries) for i, s in self.nodes.items()}
+        nodes = {i: s.node for i, s in self.nodes.items()}
+        change = self.changes.plan(self.rng, nodes, self._voting(), lengths)
+        if change is None:
+            return
+        if change.boot is not None:
+            # A new machine (or a founder's id on a new one): its old process and disk are gone.
+            self.nodes[change.boot] = _Node(MemoryStorage(bootstrap=False))
+            self._start(change.boot)
+        node = self.nodes[change.at].node
+        assert node is not None
+        self.faults["member"] += 1
+        self._log(
+            f"member {change.operation}: ask node {change.at} for voters {change.voters}"
+            f" learners {change.learners}"
+        )
+        self.changes.propose(change, node, self.now)
+        self._flush(change.at)

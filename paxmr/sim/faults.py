@@ -22,7 +22,9 @@ NETWORK_FAULTS = ("drop", "dup", "reorder", "delay", "replay")
 # assignment's stop, a power cut that loses unsynced writes, a lost disk (after any commit),
 # and a malformed value forwarded by a peer that holds the cluster key.
 NODE_FAULTS = ("partition", "clog", "crash", "stop", "lose-unsynced", "wipe", "forge")
-FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS
+# Membership changes at random moments (members.py): add, promote, remove, replace, rejoin.
+MEMBER_FAULTS = ("member",)
+FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS + MEMBER_FAULTS
 
 # Message kinds a targeted delay may pick (class names in paxmr.paxos.messages).
 MESSAGE_KINDS = ("Prepare", "Promise", "Nack", "Accept", "Accepted", "Forward", "CatchupReply")
@@ -32,7 +34,7 @@ MAX_DELAY = 1.5  # seconds: five of the simulator's longest election timeouts
 @dataclass(frozen=True, slots=True)
 class NodeFault:
     at: float
-    kind: str  # one of NODE_FAULTS
+    kind: str  # one of NODE_FAULTS or MEMBER_FAULTS
     nodes: tuple[int, ...]  # the victim (for forge, nodes[1] is the forger)
     duration: float
     cut: frozenset[tuple[int, int]] = frozenset()  # (src, dst) links a partition blocks
@@ -85,6 +87,11 @@ def plan_faults(
                 faults.append(NodeFault(at, kind, victims, duration))
             else:
                 faults.append(NodeFault(at, kind, (rng.choice(members),), duration))
+    if "member" in mix:
+        faults.extend(
+            NodeFault(rng.uniform(0.1, until), "member", (), 0.0)
+            for _ in range(rng.randint(1, 2 * most))
+        )
     faults.sort(key=lambda f: f.at)
     return profile, faults
 

@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgpack
 
 from paxmr.logobject import LogObject
-from paxmr.paxos import Committed, CoreConfig, Node, Ready, Request, split, to_wire
+from paxmr.paxos import Committed, CoreConfig, Node, Ready, Reply, Request, split, to_wire
 from paxmr.paxos.messages import Accept, CatchupReply, Forward, Promise
 from paxmr.sim.checker import Checker, NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MAX_DELAY, NetworkProfile, NodeFault, plan_faults
+from paxmr.sim.members import Changes
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -95,6 +96,7 @@ class RunResult:
     faults: Counter[str]
     violations: list[str]
     trace: list[str]
+    changes: Counter[str] = field(default_factory=Counter)  # membership changes that took effect
 
 
 def client_value(rng: random.Random, rid: str, large: bool) -> bytes:
@@ -164,8 +166,7 @@ class World:
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
-        self.members = tuple(range(1, size + 1))
-        self.quorum = size // 2 + 1
+        self.members = tuple(range(1, size + 1))  # the founding members
         self.factory = node_factory
         self.driver = driver
         self.tracing = trace
@@ -174,13 +175,16 @@ class World:
         self.steps = 0
         self.faults: Counter[str] = Counter()
         self.checker = Checker()
+        self.changes = Changes(self.members, self.checker)
         self.events: list[tuple[float, int, str, Any]] = []
         self._seq = 0
         self.healed = False
         self.blocked: Counter[tuple[int, int]] = Counter()  # (src, dst) -> cuts holding it
         self.clogged: dict[tuple[int, int], list[Message]] = {}  # held until the link unclogs
         self.history: list[tuple[int, int, Message]] = []
-        self.profile, plan = plan_faults(self.rng, kinds, self.members, FAULT_PHASE)
+        # With membership changes, faults strike the nodes that may join, too (once booted).
+        ids = (*self.members, *self.changes.spares) if "member" in kinds else self.members
+        self.profile, plan = plan_faults(self.rng, kinds, ids, FAULT_PHASE)
         self.replicas = {i: Replica(i, MemoryStorage(bootstrap=True)) for i in self.members}
         for replica in self.replicas.values():
             self._start(replica)
@@ -206,7 +210,10 @@ class World:
                 break
             self.now = at
             self.steps += 1
-            getattr(self, f"_on_{kind}")(arg)
+            try:
+                getattr(self, f"_on_{kind}")(arg)
+            except Exception as exc:
+                self.checker.fail(f"crash: the core raised {exc!r} handling {kind} {arg!r:.200}")
             if self.checker.violations or (kind == "quiet" and self._quiescent()):
                 break
         if not self.checker.violations:
@@ -214,9 +221,16 @@ class World:
                 self.checker.final({i: r.log for i, r in self.replicas.items()})
             else:
                 self._report_stuck()
-        commits = len(self.checker.acked)
+        commits = sum(1 for rid in self.checker.acked if not self.changes.is_change(rid))
+        self.changes.current()  # counts the changes that took effect
         return RunResult(
-            self.seed, self.steps, commits, self.faults, self.checker.violations, self.trace
+            self.seed,
+            self.steps,
+            commits,
+            self.faults,
+            self.checker.violations,
+            self.trace,
+            self.changes.took_effect,
         )
 
     def _at(self, at: float, kind: str, arg: Any) -> None:
@@ -231,18 +245,25 @@ class World:
         if not self.healed or not all(c.done for c in self.clients.values()):
             return False
         replicas = self.replicas.values()
-        # A replica that lost its disk must have recovered its vote by quiescence, too.
-        if not all(r.node is not None and r.node.acceptor.voting for r in replicas):
+        if not all(r.node is not None for r in replicas):
+            return False
+        # A voter that lost its disk (or joined) must vote by quiescence, too.
+        voters = self.changes.current().voters
+        if not all(r.node is not None and r.node.acceptor.voting for r in self._voters(voters)):
             return False
         return len({len(r.log.entries) for r in replicas}) == 1
+
+    def _voters(self, voters: frozenset[int]) -> list[Replica]:
+        return [r for i, r in self.replicas.items() if i in voters]
 
     def _report_stuck(self) -> None:
         pending = sorted(rid for rid, c in self.clients.items() if not c.done)
         lengths = {i: len(r.log.entries) for i, r in self.replicas.items()}
         mute = [i for i, r in self.replicas.items() if r.node is None or not r.node.acceptor.voting]
+        current = self.changes.current()
         self.checker.fail(
             f"liveness: {LIVENESS_BOUND}s after healing, pending {pending}, log lengths {lengths},"
-            f" not voting {mute}"
+            f" not voting {mute}, voters {sorted(current.voters)} (epoch {current.epoch})"
         )
 
     # -- nodes and their disks -------------------------------------------------------------
@@ -308,8 +329,7 @@ class World:
         if replica.wipe_armed:
             replica.wipe_armed = False
             # Survivable while a majority of the others still votes; recoveries may overlap.
-            others = [r for r in self.replicas.values() if r is not replica]
-            if sum(1 for r in others if r.disk.voting) >= self.quorum:
+            if self.changes.survives_wipe(replica.id, self._voting()):
                 self.faults["wipe"] += 1
                 self._log(f"disk lost on node {replica.id}")
                 self._crash(replica, lose_unsynced=True)
@@ -318,12 +338,18 @@ class World:
         if replica.node is not None:
             self._after_input(replica)
 
+    def _voting(self) -> dict[int, bool]:
+        return {i: r.disk.voting for i, r in self.replicas.items()}
+
     def _release(self, replica: Replica, ready: Ready) -> None:
         for entry in ready.applied:
             self.checker.applied(replica.id, replica.log, entry)
         for dst, msg in ready.messages:
             self._send(replica.id, dst, msg)
         for reply in ready.replies:
+            if self.changes.is_change(reply.request_id):
+                self._changed(replica, reply)
+                continue
             client = self.clients.get(reply.request_id)
             if client is None or client.done:
                 continue
@@ -406,8 +432,8 @@ class World:
 
     def _on_deliver(self, arg: tuple[int, int, Message]) -> None:
         src, dst, msg = arg
-        replica = self.replicas[dst]
-        if replica.node is None or self.blocked[src, dst]:
+        replica = self.replicas.get(dst)
+        if replica is None or replica.node is None or self.blocked[src, dst]:
             return
         if self.tracing:
             self._log(f"deliver {src}->{dst} {msg}")
@@ -420,7 +446,11 @@ class World:
         client = self.clients[rid]
         if client.done or client.waiting_on is not None:
             return
-        replica = self.replicas[self.rng.choice(self.members)]
+        # Clients know the members the log names (a node that was removed would forward to
+        # no one; a client that asked it would only wait for its deadline).
+        members = self.changes.current().members
+        choices = self.members if members == frozenset(self.members) else sorted(members)
+        replica = self.replicas[self.rng.choice(choices)]
         if replica.node is None:  # connection refused: try again shortly
             self._at(self.now + self.rng.uniform(0.05, 0.3), "client", rid)
             return
@@ -443,6 +473,8 @@ class World:
             self._at(self.now + fault.duration, "recover", fault)
         elif fault.kind == "forge":
             self._forge(fault.nodes[1])
+        elif fault.kind == "member":
+            self._change()
         else:
             self._node_fault(fault)
 
@@ -455,8 +487,8 @@ class World:
             self._at(self.now + fault.duration, "unclog", link)
 
     def _node_fault(self, fault: NodeFault) -> None:
-        victim = self.replicas[fault.nodes[0]]
-        if victim.node is None:
+        victim = self.replicas.get(fault.nodes[0])
+        if victim is None or victim.node is None:
             return
         if fault.kind == "stop":
             victim.node.stop(self.now)
@@ -465,7 +497,8 @@ class World:
             victim.wipe_armed = True
         elif fault.kind == "lose-unsynced":
             for i in fault.nodes:
-                self.replicas[i].power_cut_armed = True
+                if i in self.replicas:
+                    self.replicas[i].power_cut_armed = True
         else:
             self._crash(victim, lose_unsynced=False)
         if fault.kind not in {"lose-unsynced", "wipe"}:  # counted when they strike
@@ -502,7 +535,9 @@ class World:
             self._log(f"recover partition {sorted(fault.cut)}")
             return
         for i in fault.nodes:
-            victim = self.replicas[i]
+            victim = self.replicas.get(i)
+            if victim is None:
+                continue
             if victim.node is None:
                 self._start(victim)
             elif fault.kind in {"lose-unsynced", "wipe"}:
@@ -533,3 +568,38 @@ class World:
 
     def _on_quiet(self, _: None) -> None:
         """A checkpoint: the loop stops here once the cluster is quiescent."""
+
+    # -- membership changes (members.py) ---------------------------------------------------
+
+    def _change(self) -> None:
+        nodes = {i: r.node for i, r in self.replicas.items()}
+        lengths = {i: len(r.log.entries) for i, r in self.replicas.items()}
+        change = self.changes.plan(self.rng, nodes, self._voting(), lengths)
+        if change is None:
+            return
+        if change.boot is not None:
+            # A new machine (or a founder's id on a new one): its old process and disk are gone.
+            replica = self.replicas.setdefault(change.boot, Replica(change.boot, MemoryStorage()))
+            if replica.node is not None:
+                self._crash(replica, lose_unsynced=True)
+            replica.disk = MemoryStorage(bootstrap=False)
+            replica.power_cut_armed = replica.wipe_armed = False
+            self._start(replica)
+        asked = self.replicas[change.at]
+        if asked.node is None:
+            return
+        self.faults["member"] += 1
+        self._log(
+            f"member {change.operation}: ask node {change.at} for voters {change.voters}"
+            f" learners {change.learners}"
+        )
+        self.changes.propose(change, asked.node, self.now)
+        self._after_input(asked)
+        if change.boot is not None:  # an operator promotes a node that joined once it caught up
+            follow_up = NodeFault(self.now + self.rng.uniform(0.2, 1.0), "member", (), 0.0)
+            self._at(follow_up.at, "fault", follow_up)
+
+    def _changed(self, replica: Replica, reply: Reply) -> None:
+        if isinstance(reply.outcome, Committed):
+            self.checker.committed(replica.id, reply.request_id, reply.outcome)
+        self._log(f"change {reply.request_id!r} at node {replica.id}: {reply.outcome}")

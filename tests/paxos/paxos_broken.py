@@ -12,6 +12,7 @@ import msgpack
 from paxmr.logobject import BadLogObject, LogObject, _digest
 from paxmr.paxos import Ballot, CoreConfig, DurableState, Entry, Message, Node
 from paxmr.paxos.acceptor import Acceptor
+from paxmr.paxos.membership import Membership
 from paxmr.paxos.messages import AcceptedValue, Nack
 from paxmr.paxos.node import _Campaign, _Leadership
 
@@ -146,3 +147,67 @@ def decode_unchecked(value: bytes) -> LogObject:
     if _digest(obj.words, obj.counts) != obj.digest:
         raise BadLogObject("log object digest does not match its counts")
     return obj
+
+
+# -- membership changes (issue 9), planted wrong --------------------------------------------
+
+
+class DecidesPastStopSign(Node):
+    """A leader decides slots beyond a membership entry in the old epoch: with the old voters'
+    quorum, where the new epoch's voters may choose other values."""
+
+    def _decide(self, lead: _Leadership) -> bool:
+        voters = self.membership.voters
+        slot = self.log.length
+        learned = False
+        while True:
+            entry = self.log.learned(slot)
+            if entry is None:
+                proposal = lead.proposals.get(slot)
+                if proposal is None or len(proposal.acks & voters) < self.quorum:
+                    return learned
+                self.log.learn(slot, proposal.entry)
+                learned = True
+            slot += 1
+
+
+class IgnoresEpochs(Node):
+    """Acts on ballot messages of any epoch: old-epoch promises and accepts count in the new."""
+
+    def _same_epoch(self, src: int, msg: Any, now: float) -> bool:
+        return True
+
+
+class KeepsOldRows(Node):
+    """Enters an epoch without dropping the rows it accepted above the stop sign in the old
+    one: a new-epoch leader may take them up as if accepted in its own epoch."""
+
+    def _enter_epoch(self, membership: Membership) -> None:
+        lead = self._lead
+        if lead:
+            for peer in self.peers:
+                self._send(peer, self._accept_msg(lead, ()))
+        self._set_membership(membership)
+        self._step_down(self._now)
+        self.leader = None
+        if lead and self.is_voter:
+            self._election_at = self._now
+
+
+class JoinsVoting(Node):
+    """A node that starts on empty storage votes at once (bootstrap storage), as `paxmr init`
+    on a joining host would give it; run without the `wipe` kind, only joining nodes start so."""
+
+    def __init__(
+        self,
+        node_id: int,
+        members: Sequence[int],
+        durable: DurableState,
+        config: CoreConfig,
+        rng: random.Random,
+        now: float,
+    ) -> None:
+        fresh = DurableState(voting=False)
+        if durable == fresh:
+            durable = replace(durable, voting=True)
+        super().__init__(node_id, members, durable, config, rng, now)
