@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import pytest
+
 from paxmr.paxos import Ballot, Committed, DurableState, Entry, LogEntry, Persist, Refused
 from paxmr.paxos.membership import Membership, change_request_id, replay
 from paxmr.paxos.messages import Accept, Accepted, CatchupReply
@@ -178,3 +180,27 @@ def test_persist_discard_keeps_the_new_epochs_rows():
     persist = Persist(discard_from=7, accepted={8: (Ballot(2, 1), Entry("c", b""))})
     persist.apply_to(state)
     assert sorted(state.accepted) == [5, 8]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=RuntimeError,
+    reason="core defect: Node._become_leader iterates self._pending while _apply pops from it",
+)
+def test_a_single_voter_takes_over_with_requests_waiting():
+    """Found by the simulator (a two-at-once change left one voter): a leader whose own accept
+    is a quorum applies a slot inside _become_leader's loop over the pending requests, which
+    removes it from that dict: RuntimeError (dictionary changed size during iteration) out of
+    on_timer, which would crash the PRM. Fails today; the founding one-node cluster too."""
+    h = Harness(3, BIG)
+    leader = h.elect()
+    change(h, leader, "alone", [leader])
+    h.submit(leader, "waiting")  # proposed after the stop sign: it waits for the new epoch
+    settle(h, 2.0)
+    assert h.node(leader).membership.voters == frozenset({leader})
+    assert "waiting" in h.node(leader).log.positions
+    assert_safe(h)
+    single = Harness(1, BIG)
+    single.submit(1, "x")  # no leader yet: pending
+    single.advance(1.0)
+    assert "x" in single.node(1).log.positions

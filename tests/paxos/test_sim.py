@@ -23,6 +23,10 @@ from tests.paxos.paxos_broken import (
 )
 
 ALL = frozenset(FAULT_KINDS)
+# The fault kinds before membership changes: the bounds of CAUGHT were measured with them
+# (with `member` too, the seeds move: e.g. the unsafe driver on 3 members is first caught at
+# seed 893; the membership rules' own table is in test_sim_members.py).
+CLASSIC = ALL - {"member"}
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
@@ -64,9 +68,10 @@ def first_violation(
 
 
 # Each broken core, the schedule that finds it, and a bound on the seeds searched (about twice
-# the first seed that finds it today, with every fault kind). The four defects of issue 8 are
-# also replayed step by step in test_paxos_regressions.py; defects 1 and 2 are not listed here
-# because no schedule of either kind found their broken copies in 300 seeds (see the README).
+# the first seed that finds it today, with every fault kind but `member`). The four defects of
+# issue 8 are also replayed step by step in test_paxos_regressions.py; defects 1 and 2 are not
+# listed here because no schedule of either kind found their broken copies in 300 seeds (see
+# the README).
 CAUGHT = [
     pytest.param(3, 600, "timed", {"driver": UNSAFE}, id="reply-before-persist-3"),
     pytest.param(3, 300, "async", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-3"),
@@ -82,7 +87,7 @@ CAUGHT = [
 
 @pytest.mark.parametrize(("nodes", "limit", "schedule", "world"), CAUGHT)
 def test_a_broken_core_is_caught(nodes, limit, schedule, world):
-    first_violation(nodes, set(ALL), limit, schedule, **world)
+    first_violation(nodes, set(CLASSIC), limit, schedule, **world)
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
