@@ -139,7 +139,7 @@ def _old_rows_schedule(factory: NodeFactory) -> Harness:
     assert h.node(4).role == "leader"
     assert h.node(4).ballot < high
     h.submit(4, "Z")
-    h.deliver_where(lambda s, d, m: (s, d) == (4, 5) and isinstance(m, Accept) and m.entries)
+    h.deliver_where(lambda s, d, m: (s, d) == (4, 5) and isinstance(m, Accept) and bool(m.entries))
     h.deliver_where(lambda s, d, m: (s, d) == (5, 4) and isinstance(m, Accepted))
     assert h.node(4).log.positions["Z"][1] == 2  # chosen, and acknowledged
     h.wire.clear()
