@@ -88,6 +88,9 @@ MEMBER_CAUGHT = [
     pytest.param(5, 50, "async", ALL, DecidesPastStopSign, id="past-stop-sign-5"),
     pytest.param(5, 400, "timed", ALL, IgnoresEpochs, id="no-epoch-check-5"),
     pytest.param(3, 130, "timed", NO_WIPE, JoinsVoting, id="joined-votes-3"),
+    pytest.param(
+        5, 620, "timed", NO_WIPE, JoinsVoting, id="joined-votes-5", marks=pytest.mark.slow
+    ),
 ]
 
 
