@@ -746,6 +746,21 @@ def bench_replicate(c: Ctx, sequential: int, concurrent: int, catchup: int) -> N
     c.emit(result, lambda r: "\n".join(f"{k:>20}: {v}" for k, v in r.items()))
 
 
+@bench.command("tls")
+@click.option("--sequential", type=click.IntRange(10), default=300, show_default=True,
+              help="Replicates timed on a local 3-node cluster (TLS).")  # fmt: skip
+@click.option("--rounds", type=click.IntRange(1), default=10, show_default=True,
+              help="Alternating TLS / plain TCP rounds of the peer round trip.")  # fmt: skip
+@pass_ctx
+def bench_tls(c: Ctx, sequential: int, rounds: int) -> None:
+    """What peer TLS costs: the peer round trip over TLS and plain TCP in the same run, and the
+    replicate latency it implies (estimated for plain TCP, which the PRM no longer speaks)."""
+    from paxmr.bench import tls  # noqa: PLC0415
+
+    result = tls.run(sequential, rounds)
+    c.emit(result, lambda r: "\n".join(f"{k:>26}: {v}" for k, v in r.items()))
+
+
 @cli.command("man")
 @click.pass_context
 def man_cmd(ctx: click.Context) -> None:

@@ -139,7 +139,9 @@ def ensure_ca(directory: Path, stem: str = "ca") -> tuple[Path, Path, bool]:
     return cert_path, key_path, True
 
 
-def _needs_issue(cert_path: Path, key_path: Path, ca: x509.Certificate, node_id: int) -> bool:
+def _needs_issue(
+    cert_path: Path, key_path: Path, ca: x509.Certificate, node_id: int, renew_days: int
+) -> bool:
     if not (cert_path.exists() and key_path.exists()):
         return True
     try:
@@ -151,14 +153,20 @@ def _needs_issue(cert_path: Path, key_path: Path, ca: x509.Certificate, node_id:
     return (
         cert.issuer != ca.subject
         or node_id_of(sans.get_values_for_type(x509.DNSName)) != node_id
-        or cert.not_valid_after_utc - _now() < dt.timedelta(days=RENEW_DAYS)
+        or cert.not_valid_after_utc - _now() < dt.timedelta(days=renew_days)
     )
 
 
-def issue(ca_dir: Path, node_id: int, out: Path, days: int = NODE_DAYS) -> bool:
+def issue(
+    ca_dir: Path,
+    node_id: int,
+    out: Path,
+    days: int = NODE_DAYS,
+    renew_days: int = RENEW_DAYS,
+) -> bool:
     """Write ``out/peer-key``, ``out/peer-cert`` and ``out/peer-ca`` for ``node_id``, issuing a
-    new certificate only when there is none, it is from another CA, or it is due for renewal.
-    Returns True when something was (re)written."""
+    new certificate only when there is none, it is from another CA, or it ends within
+    ``renew_days``. Returns True when something was (re)written."""
     ca_cert_path, ca_key_path, _ = ensure_ca(ca_dir)
     ca = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_pem = bundle_of(ca_dir)
@@ -170,7 +178,7 @@ def issue(ca_dir: Path, node_id: int, out: Path, days: int = NODE_DAYS) -> bool:
     if not bundle.exists() or bundle.read_bytes() != ca_pem:
         _write_public(bundle, ca_pem)
         changed = True
-    if not _needs_issue(cert_path, key_path, ca, node_id):
+    if not _needs_issue(cert_path, key_path, ca, node_id, renew_days):
         return changed
     ca_key = _load_key(ca_key_path)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -226,20 +234,26 @@ def rotate(ca_dir: Path, step: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``pki.py ensure --ca DIR --out DIR --node ID...``: the CA in --ca (created if missing) and,
-    for each node, ``--out/<id>/peer-{ca,cert,key}``. Prints ``{"changed": [...]}``. The commands
+    """``pki.py ensure --ca DIR --out DIR [--renew-days N] --node ID...``: the CA in --ca (created
+    if missing) and, for each node, ``--out/<id>/peer-{ca,cert,key}`` (issued again within N days
+    of its end). Prints ``{"changed": [...]}``. The commands
     ``begin``, ``switch`` and ``finish`` take that step of a CA rotation first."""
     parser = argparse.ArgumentParser(prog="paxmr-pki")
     parser.add_argument("command", choices=["ensure", "begin", "switch", "finish"])
     parser.add_argument("--ca", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--node", type=int, action="append", default=[])
+    parser.add_argument("--renew-days", type=int, default=RENEW_DAYS)
     args = parser.parse_args(argv)
     if args.command != "ensure":
         rotate(args.ca, args.command)
     _, _, created = ensure_ca(args.ca)
     changed = ["ca"] if created else []
-    changed += [str(n) for n in args.node if issue(args.ca, n, args.out / str(n))]
+    changed += [
+        str(n)
+        for n in args.node
+        if issue(args.ca, n, args.out / str(n), renew_days=args.renew_days)
+    ]
     print(json.dumps({"changed": changed}))
     return 0
 

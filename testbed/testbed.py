@@ -657,6 +657,12 @@ class Testbed:
             "--console=read-only",
             "--resolv-conf=off",
             "--link-journal=no",
+            # nspawn's seccomp filter refuses bpf() (EPERM) by default, so the hosts' systemd
+            # cannot attach cgroup BPF programs and silently starts units without their
+            # IPAddressAllow=/IPAddressDeny= firewall (measured: the controller reached a peer
+            # port that denied it). A cloud VM's systemd can; so can these hosts with bpf()
+            # allowed. The hosts have CAP_SYS_ADMIN and CAP_NET_ADMIN in their namespace.
+            "--system-call-filter=bpf",
         ]
         console = hdir / "console.log"
         with console.open("a") as out:

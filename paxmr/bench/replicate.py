@@ -68,6 +68,21 @@ def _tallies(settings: Settings) -> tuple[str, str]:
     return small, big
 
 
+def sequential(count: int) -> list[float]:
+    """Seconds of each of ``count`` small replicates one after another at the leader of a fresh
+    local 3-node cluster (what ``run`` reports as seq_p50_ms)."""
+    with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
+        root = Path(tmp)
+        local.up(root, nodes=3, mappers=1)
+        try:
+            nodes = [load(local.config_path(root, n)) for n in (1, 2, 3)]
+            leader = nodes[_leader(nodes) - 1]
+            small, _ = _tallies(leader)
+            return [_replicate(leader, small) for _ in range(count)]
+        finally:
+            local.down(root)
+
+
 def run(sequential: int, concurrent: int, catchup: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
         root = Path(tmp)

@@ -55,27 +55,37 @@ def test_services_run_as_paxmr(host: Any) -> None:
         assert host.check_output(f"ps -o user= -p {pid}") == "paxmr", unit
 
 
-def test_directories_and_key_permissions(host: Any) -> None:
+def test_directories_and_file_permissions(host: Any) -> None:
     expected = {
         "/var/lib/paxmr/state": ("paxmr", "paxmr", 0o700),
         "/var/lib/paxmr/data": ("paxmr", "paxmr", 0o750),
         "/etc/paxmr": ("root", "root", 0o755),
         "/etc/paxmr/paxmr.toml": ("root", "root", 0o644),
-        "/etc/paxmr/cluster.key": ("root", "root", 0o600),
     }
     for path, (user, group, mode) in expected.items():
         f = host.file(path)
         assert (f.user, f.group, f.mode) == (user, group, mode), path
-    key = host.file("/etc/paxmr/cluster.key").content_string.strip()
-    assert re.fullmatch(r"[0-9a-f]{64}", key)
+    # The HMAC transport's key is gone (peers authenticate with TLS, test_peer_tls.py).
+    assert not host.file("/etc/paxmr/cluster.key").exists
 
 
-def test_one_cluster_key_everywhere(testinfra_hosts: dict[str, Any]) -> None:
-    sums = {
-        h.check_output("sha256sum /etc/paxmr/cluster.key").split()[0]
-        for h in testinfra_hosts.values()
-    }
-    assert len(sums) == 1
+def test_bash_completion_and_manual_page_installed(host: Any) -> None:
+    """The role installs what `paxmr` generates: completion that completes, a man page."""
+    completion = host.file("/usr/share/bash-completion/completions/paxmr")
+    assert (completion.user, completion.mode) == ("root", 0o644)
+    # What bash-completion does on the first Tab: source the file, call the function it named.
+    words = host.check_output(
+        "bash -c 'source /usr/share/bash-completion/completions/paxmr;"
+        " COMP_WORDS=(paxmr sta); COMP_CWORD=1; _paxmr_completion paxmr;"
+        ' printf "%s\\n" "${COMPREPLY[@]}"\''
+    ).split()
+    assert words == ["status"], words
+    page = host.file("/usr/local/share/man/man1/paxmr.1")
+    assert (page.user, page.mode) == ("root", 0o644)
+    text = page.content_string
+    assert text.startswith(".TH PAXMR 1")
+    assert text == host.check_output("paxmr man") + "\n"  # the installed version's own page
+    assert "replicate" in text
 
 
 def test_config_comes_from_the_inventory(host: Any) -> None:

@@ -25,7 +25,7 @@ def test_check_mode_on_a_deployed_cluster(deployed: PlaybookRun) -> None:
 def test_preflight_names_what_a_host_lacks(deployed: PlaybookRun) -> None:
     # As if paxmr supported Python up to 3.12 only: the Debian 13 host (3.13) must be refused
     # before anything is changed on it, with one message that says why.
-    run = playbook("site.yml", "--check", "-e", "paxmr_python_max=3.12")
+    run = playbook("site.yml", "--check", "-e", "__paxmr_python_max=3.12")
     assert run.returncode != 0
     assert "paxmr2 cannot run paxmr: python3 is 3.13, paxmr needs 3.11 to 3.12." in run.output
     recap = run.recap()

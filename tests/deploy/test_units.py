@@ -64,3 +64,30 @@ def test_security_exposure_at_most_2(root: Path, unit: str) -> None:
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert exposure(proc.stdout) <= 2.0, proc.stdout
+
+
+HARDENING = UNITS / "paxmr-.service.d" / "10-hardening.conf"
+
+
+def _keys(text: str) -> set[str]:
+    return {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and line[0] != "#"}
+
+
+def test_hardening_has_one_source() -> None:
+    """The shared block lives in the prefix drop-in only; no unit spells any of its settings."""
+    shared = _keys(HARDENING.read_text())
+    assert {"ProtectSystem", "SystemCallFilter", "CapabilityBoundingSet"} <= shared
+    for unit in ("paxmr-prm.service", "paxmr-reducer.service", "paxmr-mapper@.service"):
+        assert _keys((UNITS / unit).read_text()) & shared == set(), unit
+
+
+@pytest.mark.parametrize("unit", SERVICES)
+def test_the_rating_comes_from_the_drop_in(root: Path, unit: str, tmp_path: Path) -> None:
+    """Without the shared drop-in each unit is rated far above 2.0: the drop-in is applied."""
+    bare = tmp_path / unit
+    bare.write_text((UNITS / re.sub(r"@\w+\.", "@.", unit)).read_text())
+    proc = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(bare)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert exposure(proc.stdout) > 5.0, proc.stdout

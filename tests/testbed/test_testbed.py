@@ -66,6 +66,22 @@ def test_host_boots_systemd(testbed: Testbed, host: str) -> None:
     assert testbed.run(host, "sudo -n id -u").stdout.strip() == "0"
 
 
+# bpf(BPF_MAP_CREATE) with an all-zero attribute: the kernel answers EINVAL (22); nspawn's default
+# seccomp filter answers EPERM (1) before the kernel sees the call.
+BPF_PROBE = (
+    "import ctypes, platform; libc = ctypes.CDLL(None, use_errno=True);"
+    ' nr = {"x86_64": 321, "aarch64": 280}[platform.machine()];'
+    " libc.syscall(nr, 0, ctypes.create_string_buffer(128), 128); print(ctypes.get_errno())"
+)
+
+
+@pytest.mark.parametrize("host", ["paxmr1", "paxmr2"])  # one of each recipe
+def test_hosts_may_load_bpf_programs(testbed: Testbed, host: str) -> None:
+    """systemd inside a host needs bpf() for IPAddressAllow=/IPAddressDeny= (the PRM's allow-list)."""
+    errno = testbed.run(host, f"sudo python3 -c '{BPF_PROBE}'").stdout.strip()
+    assert errno == "22", f"bpf() refused with errno {errno} before reaching the kernel"
+
+
 def test_each_host_reaches_its_peers(testbed: Testbed) -> None:
     for src in testbed.hosts:
         for dst in testbed.hosts:

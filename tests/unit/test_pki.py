@@ -45,6 +45,22 @@ def test_issue_is_idempotent_repairs_modes_and_renews(tmp_path: Path) -> None:
     assert new.not_valid_after_utc - old.not_valid_after_utc > dt.timedelta(days=300)
 
 
+def test_renew_days_sets_how_early_ensure_issues_again(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The role's paxmr_tls_renew_days: a certificate with a year left is kept by default and
+    issued again when renewal starts 400 days before the end."""
+    args = ["ensure", "--ca", str(tmp_path / "ca"), "--out", str(tmp_path / "nodes"), "--node=1"]
+    assert pki.main(args) == 0
+    assert capsys.readouterr().out.strip() == '{"changed": ["ca", "1"]}'
+    cert = (tmp_path / "nodes" / "1" / "peer-cert").read_bytes()
+    pki.main(args)
+    assert capsys.readouterr().out.strip() == '{"changed": []}'
+    pki.main([*args, "--renew-days", "400"])
+    assert capsys.readouterr().out.strip() == '{"changed": ["1"]}'
+    assert (tmp_path / "nodes" / "1" / "peer-cert").read_bytes() != cert
+
+
 def test_node_id_of() -> None:
     assert pki.node_id_of(["paxmr-node-7"]) == 7
     assert pki.node_id_of(["paxmr-node-7", "other"]) == 7
