@@ -11,7 +11,8 @@ import time
 from typing import TYPE_CHECKING
 
 import pytest
-from conftest import NODE_IDS, Cluster, playbook, wait_until
+
+from tests.support.hosts import NODE_IDS, Cluster, playbook
 
 if TYPE_CHECKING:
     from testbed.testbed import Testbed
@@ -126,4 +127,3 @@ def test_certificate_renewal_rolls_under_load(cluster: Cluster) -> None:
     assert not gave_up, gave_up
     assert len(acked) >= 3 * len(HOSTS), outputs
     assert [rid for rid in acked if in_log[rid] != 1] == []
-    wait_until(lambda: all(cluster.status(h) for h in HOSTS), 30, "every node answers")

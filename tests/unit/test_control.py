@@ -168,7 +168,9 @@ def test_text_output_escapes_counted_words_and_names() -> None:
 def test_units_bound_open_files_above_the_connection_cap(unit: str) -> None:
     from paxmr.settings import Limits  # noqa: PLC0415
 
-    text = (Path(__file__).parents[2] / "systemd" / unit).read_text()
+    units = Path(__file__).parents[2] / "systemd"
+    # The unit and the drop-in every paxmr-*.service shares.
+    text = (units / unit).read_text() + (units / "paxmr-.service.d/10-hardening.conf").read_text()
     limits = [line for line in text.splitlines() if line.startswith("LimitNOFILE=")]
     assert len(limits) == 1, unit
     assert int(limits[0].split("=")[1]) >= 2 * Limits().control_connections
