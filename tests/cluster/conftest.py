@@ -1,4 +1,4 @@
-"""Fixtures of the cluster tier: one real 3-node local cluster per module (see support.py)."""
+"""Fixtures of the cluster tier: one real 3-node local cluster per module (see tests/support/local.py)."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.local import Cluster, running_cluster, small_tally
+from tests.support.local import Cluster, running_cluster
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with running_cluster(mappers=1) as c:
-        for n in c.nodes:
-            small_tally(n)
+    with running_cluster(mappers=1, tallies=True) as c:
         yield c
 
 

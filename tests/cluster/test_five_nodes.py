@@ -14,7 +14,6 @@ from tests.support.local import (
     running_cluster,
     service_env,
     sigkill,
-    small_tally,
 )
 
 pytestmark = pytest.mark.integration
@@ -22,9 +21,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    with running_cluster(nodes=5) as c:
-        for n in c.nodes:
-            small_tally(n)
+    with running_cluster(nodes=5, tallies=True) as c:
         yield c
 
 

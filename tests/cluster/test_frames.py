@@ -2,8 +2,8 @@
 
 Two kinds of sender: strangers (plain TCP, TLS without a certificate or with one from another
 CA, a certificate for a node id that is not a member), refused before anything they send is read;
-and a sender holding node 2's real certificate that sends malformed frames. See peerwire.py for
-the frame format; frames are built by hand there.
+and a sender holding node 2's real certificate that sends malformed frames. See
+tests/support/peerwire.py for the frame format; frames are built by hand there.
 """
 
 from __future__ import annotations

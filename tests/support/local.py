@@ -231,12 +231,20 @@ def start(
 
 @contextlib.contextmanager
 def running_cluster(
-    mappers: int = 1, nodes: int = 3, env: Mapping[str, str] | None = None
+    mappers: int = 1,
+    nodes: int = 3,
+    env: Mapping[str, str] | None = None,
+    *,
+    tallies: bool = False,
 ) -> Iterator[Cluster]:
+    """A started cluster with a leader, in a temporary directory removed afterwards;
+    ``tallies``: with ``small_tally`` written on every node."""
     root = Path(tempfile.mkdtemp(prefix="paxmr-cluster-"))
     try:
         cluster = start(root, nodes, mappers, env)
         cluster.leader()
+        for n in cluster.nodes if tallies else []:
+            small_tally(n)
         yield cluster
     finally:
         local.down(root)
