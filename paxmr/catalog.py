@@ -22,13 +22,26 @@ class Catalog:
     def apply(self, entry: paxos.LogEntry) -> dict[str, Any] | None:
         """Add an applied entry; return its summary, with an "error" for a value that is not a
         log object (it keeps its position, so positions agree on every replica)."""
-        self.digest = paxos.chain_digest(self.digest, entry)
         if entry.position is None:
+            return self.record(entry, None)
+        return self.record(entry, summarize(entry.value, entry.position))
+
+    def record(
+        self, entry: paxos.LogEntry, summary: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
+        """Add an applied entry whose `summarize` was computed elsewhere (the PRM computes
+        large ones in a worker process); None for a no-op or a duplicate."""
+        self.digest = paxos.chain_digest(self.digest, entry)
+        if entry.position is None or summary is None:
             return None
-        try:
-            summary = LogObject.decode(entry.value).summary(entry.position)
-        except BadLogObject as exc:
-            summary = {"position": entry.position, "file": None, "words": 0, "error": str(exc)}
         summary["slot"] = entry.slot
         self.summaries.append(summary)
         return summary
+
+
+def summarize(value: bytes, position: int) -> dict[str, Any]:
+    """What a catalog shows of the value applied at `position`; never raises."""
+    try:
+        return LogObject.decode(value).summary(position)
+    except BadLogObject as exc:
+        return {"position": position, "file": None, "words": 0, "error": str(exc)}

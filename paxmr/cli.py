@@ -761,6 +761,25 @@ def bench_tls(c: Ctx, sequential: int, rounds: int) -> None:
     c.emit(result, lambda r: "\n".join(f"{k:>26}: {v}" for k, v in r.items()))
 
 
+@bench.command("storm")
+@click.option("--tally", "tally_bytes", type=Size(), default="2MiB", show_default=True,
+              help="Size of each tally file replicated.")  # fmt: skip
+@click.option("--entries", type=click.IntRange(1), default=8, show_default=True,
+              help="Log entries each merge of the merge storm lists.")  # fmt: skip
+@click.option("--merges", type=click.IntRange(0), default=8, show_default=True,
+              help="Concurrent merge calls (0: no merge storm).")  # fmt: skip
+@click.option("--replicates", type=click.IntRange(0), default=24, show_default=True,
+              help="Concurrent replicates of the tally (0: no replicate storm).")  # fmt: skip
+@pass_ctx
+def bench_storm(c: Ctx, tally_bytes: int, entries: int, merges: int, replicates: int) -> None:
+    """Heavy client load on a local 3-node cluster: elections caused, replies, status p99."""
+    from paxmr.bench import storm  # noqa: PLC0415
+
+    result = storm.run(tally_bytes, entries, merges, replicates)
+    c.emit(result, lambda r: "\n".join(
+        "\n".join(f"{k:>28}: {v}" for k, v in one.items()) for one in r))  # fmt: skip
+
+
 @cli.command("man")
 @click.pass_context
 def man_cmd(ctx: click.Context) -> None:

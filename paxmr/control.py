@@ -46,10 +46,12 @@ class Result(BaseModel):
 class ControlError(Exception):
     """An error reply: a stable machine-readable code and a message for people."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
+        # The request this error answers, for a client to retry with (replicate).
+        self.request_id = request_id
 
 
 @dataclass(frozen=True)
@@ -62,9 +64,12 @@ def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def _error(code: str, message: str) -> bytes:
+def _error(code: str, message: str, request_id: str | None = None) -> bytes:
     message = printable(message)  # it may quote a client's text; it ends up on a terminal
-    return _line({"ok": False, "error": {"code": code, "message": message}})
+    error = {"code": code, "message": message}
+    if request_id is not None:
+        error["request_id"] = request_id
+    return _line({"ok": False, "error": error})
 
 
 # C0 and C1 controls and DEL (terminal escape sequences start with ESC or CSI) and the
@@ -179,7 +184,7 @@ class Server:
         try:
             result = await op.run(args, progress)
         except ControlError as exc:
-            return _error(exc.code, exc.message)
+            return _error(exc.code, exc.message, exc.request_id)
         except PathRefused as exc:
             return _error("path_refused", str(exc))
         except FileNotFoundError as exc:
@@ -224,9 +229,10 @@ class PermissionDenied(Exception):
 
 
 class RemoteError(Exception):
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.request_id = request_id
 
 
 def _connect(path: Path, timeout: float | None) -> socket.socket:
@@ -307,7 +313,12 @@ class Client:
             if reply.get("ok"):
                 return reply.get("result")
             error = reply.get("error") or {}
-            raise RemoteError(str(error.get("code", "error")), str(error.get("message", reply)))
+            rid = error.get("request_id")
+            raise RemoteError(
+                str(error.get("code", "error")),
+                str(error.get("message", reply)),
+                rid if isinstance(rid, str) else None,
+            )
 
 
 def call(

@@ -46,6 +46,14 @@ class Limits(BaseModel):
     value_bytes: int = Field(default=8 << 20, ge=1024)
     frame_bytes: int = Field(default=32 << 20, ge=4096)
     in_flight: int = Field(default=1024, ge=1)
+    # The PRM's worker processes for heavy client work (merge, parsing a tally to replicate),
+    # and how many such requests may run or wait at once before more are refused as busy.
+    heavy_workers: int = Field(default=2, ge=1, le=64)
+    heavy_requests: int = Field(default=8, ge=1)
+    # The log's quota (none: unlimited): value bytes and entries of the applied log. A replicate
+    # that would exceed it is refused with "quota" before it is submitted.
+    log_bytes: int | None = Field(default=None, ge=1)
+    log_entries: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _value_fits_frame(self) -> Self:

@@ -9,25 +9,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import os
 import random
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
 from paxmr import control, logs, paths, paxos
-from paxmr.catalog import Catalog
-from paxmr.logobject import BadLogObject, LogObject, merge, show
+from paxmr.catalog import Catalog, summarize
+from paxmr.logobject import LogObject
 from paxmr.paxos.messages import Forward, Refuse
-from paxmr.services import daemon, observe
+from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Transport
 from paxmr.settings import ConfigError, Settings
 from paxmr.storage import Identity, Storage
 from paxmr.wordcount import tally
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 DB_NAME = "prm.db"
 
@@ -87,18 +89,18 @@ class MergeArgs(PositionsArgs):
 _UNKNOWN_OUTCOME = {"timeout", "no_quorum", "interrupted", "busy"}
 
 
-_INLINE_TALLY = 64 * 1024  # bytes
+def _unknown(code: str, reason: str, request_id: str) -> control.ControlError:
+    return control.ControlError(
+        code,
+        f"{reason}. The outcome is unknown: the entry may still land. Retry"
+        f" with --request-id {request_id} so that it lands at most once.",
+        request_id=request_id,
+    )
 
 
-def _same_tally(a: LogObject | None, b: LogObject) -> bool:
-    return a is not None and (a.file, a.digest) == (b.file, b.digest)
-
-
-def _decoded(value: bytes) -> LogObject | None:
-    try:
-        return LogObject.decode(value)
-    except BadLogObject:
-        return None  # a forged entry under this request id: a conflict
+# Below this size a tally is parsed, and a value decoded, on the event loop: it costs less than
+# the hand-off to a worker process. Above it, the work goes to a worker (services/heavy.py).
+_INLINE = 64 * 1024  # bytes
 
 
 class Prm:
@@ -127,9 +129,21 @@ class Prm:
         )
         self.catalog = Catalog()
         self.slots_applied = 0
+        self.log_bytes = 0  # value bytes of the applied log (the quota's measure)
+        self._submitted_bytes: dict[str, int] = {}  # this node's requests awaiting an outcome
         for entry in durable.log:
-            self._applied(entry)
+            self._record(entry, summarize(entry.value, entry.position) if entry.position is not
+                         None else None)  # fmt: skip
         self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
+        # Heavy work runs in worker processes, never on the loop or in its threads (the GIL):
+        # client work behind an admission limit, and what applying and forwarding need apart
+        # from it, so a merge storm never delays an apply (services/heavy.py).
+        limits = settings.limits
+        self.client_pool = heavy.Pool("heavy client", limits.heavy_workers, limits.heavy_requests)
+        self.apply_pool = heavy.Pool("apply", 1)
+        # Entries committed to storage, in order, waiting to be summarized and shown to queries.
+        self._to_apply: asyncio.Queue[list[paxos.LogEntry]] = asyncio.Queue()
+        self._progress = asyncio.Event()  # set, and replaced, whenever an entry is applied
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
         self.wake = asyncio.Event()
         peers = [n for n in settings.nodes if n.id != settings.node_id]
@@ -141,16 +155,47 @@ class Prm:
             self._deliver,
         )  # fmt: skip
 
-    def _applied(self, entry: paxos.LogEntry) -> None:
+    def _record(self, entry: paxos.LogEntry, summary: dict[str, Any] | None) -> None:
         self.slots_applied += 1  # what queries see; the core's own length runs ahead of it
-        summary = self.catalog.apply(entry)
+        self.log_bytes += len(entry.value)
+        summary = self.catalog.record(entry, summary)
         if summary is not None and "error" in summary:
             self.log.error("bad_log_object", slot=entry.slot, error=summary["error"])
+
+    async def apply_loop(self) -> None:
+        """Show committed entries to queries, in slot order; large values are summarized in a
+        worker process. Entries come here only once their commit is done, so a worker that reads
+        a shown position from the database finds it there (heavy.merge_slots)."""
+        while True:
+            entries = await self._to_apply.get()
+            for entry in entries:
+                summary = None
+                if entry.position is not None:
+                    if len(entry.value) > _INLINE:
+                        summary = await self.apply_pool.run(
+                            heavy.summary, entry.value, entry.position
+                        )
+                    else:
+                        summary = summarize(entry.value, entry.position)
+                self._record(entry, summary)
+                if entry.position is not None:
+                    self.log.debug("applied", slot=entry.slot, position=entry.position)
+            self._progress.set()
+            self._progress = asyncio.Event()
+
+    async def _shown(self, slot: int) -> None:
+        """Wait until queries on this replica see `slot` (the entry a replicate answers for)."""
+        while self.slots_applied <= slot:
+            await self._progress.wait()
 
     def _deliver(self, src: int, msg: paxos.Message) -> None:
         self.observer.heard_from(src, msg, time.monotonic())
         if isinstance(msg, Forward):
-            # Checked before the leader proposes it, in a worker thread: a value can be large.
+            # Checked before the leader proposes it, in a worker process: a value can be large.
+            if len(self._checks) >= self.settings.limits.heavy_requests:
+                reason = f"{len(self._checks)} forwarded values are being checked; retry later"
+                self.transport.send(src, Refuse(msg.request_id, "busy", reason))
+                return
             task = asyncio.create_task(self._check_forward(src, msg))
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
@@ -159,11 +204,19 @@ class Prm:
         self.wake.set()
 
     async def _check_forward(self, src: int, msg: Forward) -> None:
-        try:
-            await asyncio.to_thread(LogObject.decode, msg.value)
-        except BadLogObject as exc:
-            self.log.warning("forward_refused", src=src, request_id=msg.request_id, error=str(exc))
-            self.transport.send(src, Refuse(msg.request_id, "invalid", f"not a log object: {exc}"))
+        full = self._over_quota(len(msg.value))
+        if full is not None:
+            self.transport.send(src, Refuse(msg.request_id, "quota", full))
+            return
+        if len(msg.value) > _INLINE:
+            error = await self.apply_pool.run(heavy.validate, msg.value)
+        else:
+            error = heavy.validate(msg.value)
+        if error is not None:
+            self.log.warning("forward_refused", src=src, request_id=msg.request_id, error=error)
+            self.transport.send(
+                src, Refuse(msg.request_id, "invalid", f"not a log object: {error}")
+            )
             return
         self.node.receive(src, msg, time.monotonic())
         self.wake.set()
@@ -194,15 +247,14 @@ class Prm:
             with self.observer.fsync.time():
                 await asyncio.to_thread(self.storage.commit, ready.persist)
         self._release(after_commit)
+        if ready.applied:  # committed with this Ready's persist: shown to queries from now on
+            self._to_apply.put_nowait(ready.applied)
 
     def _release(self, ready: paxos.Ready) -> None:
         for dst, msg in ready.messages:
             self.transport.send(dst, msg)
-        for entry in ready.applied:
-            self._applied(entry)
-            if entry.position is not None:
-                self.log.debug("applied", slot=entry.slot, position=entry.position)
         for reply in ready.replies:
+            self._submitted_bytes.pop(reply.request_id, None)
             future = self.waiting.pop(reply.request_id, None)
             if future is not None and not future.done():
                 future.set_result(reply.outcome)
@@ -210,10 +262,8 @@ class Prm:
     # --- control operations ------------------------------------------------------------------
 
     async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> dict[str, Any]:
+        rid = args.request_id
         with paths.open_input(self.settings.data_dir, args.file) as source:  # race-free
-            parse = functools.partial(
-                LogObject.from_tally, source, args.file, self.settings.node_id, args.request_id
-            )
             size = os.fstat(source.fileno()).st_size
             limit = self.settings.limits.value_bytes
             if size > 2 * limit:
@@ -223,55 +273,101 @@ class Prm:
                     "too_large", f"{args.file} is {size} bytes: its log object would exceed {limit}"
                 )
             try:
-                # A large tally is parsed in a worker thread, so the loop keeps heartbeating; a
-                # small one costs less than the hand-off to the thread.
-                big = size > _INLINE_TALLY
-                obj = await asyncio.to_thread(parse) if big else parse()
+                if size > _INLINE:  # parsed and encoded in a worker process, off the GIL
+                    with self._admitted(self.client_pool):
+                        data = await asyncio.to_thread(source.read)
+                        value, digest = await self.client_pool.run_admitted(
+                            heavy.parse_tally, data, args.file, self.settings.node_id, rid
+                        )
+                else:  # cheaper here than the hand-off to a worker
+                    obj = LogObject.from_tally(source, args.file, self.settings.node_id, rid)
+                    value, digest = obj.encode(), obj.digest
             except tally.TallyError as exc:
                 raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
-        value = obj.encode()
-        future = self.waiting.get(args.request_id)
+        future = self.waiting.get(rid)
         if future is None:
-            future = self.waiting[args.request_id] = asyncio.get_running_loop().create_future()
-            self.node.submit(paxos.Request(args.request_id, value), time.monotonic())
+            full = self._over_quota(len(value))
+            if full is not None:
+                raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
+            future = self.waiting[rid] = asyncio.get_running_loop().create_future()
+            self._submitted_bytes[rid] = len(value)
+            self.node.submit(paxos.Request(rid, value), time.monotonic())
             self.wake.set()
-        # The core refuses on its own request timeout; this bound only guards against a bug.
-        outcome = await asyncio.wait_for(
-            asyncio.shield(future), self.settings.timing.replicate_timeout * 2
-        )
+        # Submitted (here or by a concurrent call with this id): from now on every failure leaves
+        # the outcome unknown, and says so with the request id to retry with.
+        try:
+            return await self._outcome(args, future, value, digest)
+        except control.ControlError:
+            raise
+        except Exception as exc:
+            self.log.exception("replicate_failed", request_id=rid)
+            raise _unknown("interrupted", f"replicate failed: {exc!r}", rid) from exc
+
+    async def _outcome(
+        self,
+        args: ReplicateArgs,
+        future: asyncio.Future[paxos.Committed | paxos.Refused],
+        value: bytes,
+        digest: str,
+    ) -> dict[str, Any]:
+        rid = args.request_id
+        # The core refuses on its own request timeout; this bound only guards against a core
+        # that never answers (a loop starved for longer than the timeout once made it fire).
+        try:
+            outcome = await asyncio.wait_for(
+                asyncio.shield(future), self.settings.timing.replicate_timeout * 2
+            )
+        except TimeoutError:
+            raise _unknown("no_quorum", "no outcome within the replicate timeout", rid) from None
         if isinstance(outcome, paxos.Refused) and outcome.code in _UNKNOWN_OUTCOME:
             code = "no_quorum" if outcome.code in {"timeout", "no_quorum"} else outcome.code
-            raise control.ControlError(
-                code,
-                f"{outcome.reason}. The outcome is unknown: the entry may still land. Retry"
-                f" with --request-id {args.request_id} so that it lands at most once.",
-            )
+            raise _unknown(code, outcome.reason, rid)
         if isinstance(outcome, paxos.Refused):
             raise control.ControlError(outcome.code, f"replicate refused: {outcome.reason}")
+        await self._shown(outcome.slot)  # a read on this node after the reply sees it
         landed = self.node.log.entries[outcome.slot].value
         # The same retry sent through another node differs only in its "node" field.
-        if landed != value and not _same_tally(_decoded(landed), obj):
+        if landed != value and not await self.apply_pool.run(
+            heavy.same_tally, landed, args.file, digest
+        ):
             raise control.ControlError(
                 "conflict",
-                f"request id {args.request_id} is already in the log at position"
+                f"request id {rid} is already in the log at position"
                 f" {outcome.position} with other content: use a new request id",
             )
         self.log.info("replicated", file=args.file, position=outcome.position, slot=outcome.slot)
         return {"file": args.file, "position": outcome.position, "slot": outcome.slot,
-                "request_id": args.request_id, "digest": obj.digest}  # fmt: skip
+                "request_id": rid, "digest": digest}  # fmt: skip
 
-    def _objects(self, positions: list[int]) -> list[LogObject]:
-        self._check_positions(positions)
-        entries = self.node.log.entries  # slot i at index i
-        decoded: dict[int, LogObject] = {}  # one copy per position, however often it is listed
-        for p in positions:
-            if p in decoded:
-                continue
-            try:
-                decoded[p] = LogObject.decode(entries[self.catalog.summaries[p]["slot"]].value)
-            except BadLogObject as exc:
-                raise control.ControlError("bad_entry", f"log position {p}: {exc}") from exc
-        return [decoded[p] for p in positions]
+    @contextlib.contextmanager
+    def _admitted(self, pool: heavy.Pool) -> Iterator[None]:
+        """A place among the pool's admitted requests, or a "busy" refusal (nothing started)."""
+        try:
+            with pool.admitted():
+                yield
+        except heavy.Busy as exc:
+            raise control.ControlError(
+                "busy", f"{exc}: nothing was submitted; retry later"
+            ) from exc
+
+    def _over_quota(self, size: int) -> str | None:
+        """Why a value of `size` bytes would take the log past its quota, or None. Counted on
+        what this node applied plus what it has submitted and not seen applied: the quota is
+        checked where a request enters (and by the leader for forwarded ones), so replicates
+        racing through several nodes may overshoot it by what they hold in flight."""
+        limits = self.settings.limits
+        s = self.node.status()
+        # Chosen but not yet shown to queries, and submitted here but not yet chosen.
+        pending = sum(len(e.value) for e in self.node.log.entries[self.slots_applied :])
+        pending += sum(self._submitted_bytes.values())
+        if limits.log_entries is not None and s.applied + s.pending + 1 > limits.log_entries:
+            return f"the log holds {s.applied} entries of its quota of {limits.log_entries}"
+        if limits.log_bytes is not None and self.log_bytes + pending + size > limits.log_bytes:
+            return (
+                f"the log holds {self.log_bytes + pending} value bytes; {size} more would"
+                f" exceed its quota of {limits.log_bytes}"
+            )
+        return None
 
     def _check_positions(self, positions: list[int]) -> None:
         count = len(self.catalog.summaries)
@@ -298,14 +394,21 @@ class Prm:
 
     async def merge(self, args: MergeArgs, _p: control.Progress) -> dict[str, Any]:
         fresh = await self._freshness(args.consistent)
-        objects = await asyncio.to_thread(self._objects, args.positions)
-        merged = await asyncio.to_thread(merge, objects)
-        top = [[show(w), n] for w, n in merged.most_common(args.top or None)]
-        self.log.info("merge", positions=args.positions, distinct=len(merged), top=top[:10])
+        self._check_positions(args.positions)
+        slots = [(p, self.catalog.summaries[p]["slot"]) for p in args.positions]
+        # A worker process reads each listed position once from the database and merges it.
+        with self._admitted(self.client_pool):
+            merged = await self.client_pool.run_admitted(
+                heavy.merge_slots, str(db_path(self.settings)), slots, args.top
+            )
+        if "error" in merged:
+            raise control.ControlError("bad_entry", merged["error"])
+        top = merged["words"]
+        self.log.info("merge", positions=args.positions, distinct=merged["distinct"], top=top[:10])
         return {
             "positions": args.positions,
-            "distinct": len(merged),
-            "total": sum(merged.values()),
+            "distinct": merged["distinct"],
+            "total": merged["total"],
             "words": top,
             "freshness": fresh,
         }
@@ -405,8 +508,17 @@ class Prm:
             "digest": self.catalog.digest.hex(),
             "in_flight": s.in_flight,
             "pending": s.pending,
+            "log": self.usage(),
             "peers": obs.peer_table(now, set(self.transport.connected)),
         }
+
+    def usage(self) -> dict[str, Any]:
+        """The log's size against its quota (limits.log_bytes, limits.log_entries)."""
+        limits = self.settings.limits
+        full = self._over_quota(1) is not None
+        return {"bytes": self.log_bytes, "bytes_quota": limits.log_bytes,
+                "entries": len(self.catalog.summaries), "entries_quota": limits.log_entries,
+                "full": full, "heavy_running": self.client_pool.active}  # fmt: skip
 
     async def metrics(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
         return {"text": self.observer.exposition()}
@@ -419,10 +531,25 @@ class Prm:
             outcome = "ok"
         except control.ControlError as exc:
             outcome = exc.code
+            exc.request_id = args.request_id  # every refusal names the request, to retry with
             raise
-        except (FileNotFoundError, paths.PathRefused):
+        except paths.PathRefused as exc:
             outcome = "bad_file"
-            raise
+            raise control.ControlError(
+                "path_refused", str(exc), request_id=args.request_id
+            ) from exc
+        except FileNotFoundError as exc:
+            outcome = "bad_file"
+            raise control.ControlError(
+                "not_found", f"{exc.strerror}: {exc.filename}", request_id=args.request_id
+            ) from exc
+        except Exception as exc:  # before the submit (replicate catches the rest): nothing landed
+            self.log.exception("replicate_failed", request_id=args.request_id)
+            raise control.ControlError(
+                "internal",
+                f"replicate failed before anything was submitted: {exc!r}",
+                request_id=args.request_id,
+            ) from exc
         finally:
             self.observer.requests.labels(outcome).inc()
         return result
@@ -450,10 +577,16 @@ async def main(settings: Settings) -> None:
     prm = Prm(settings, storage)
     me = settings.me
     await prm.transport.start(settings.peer_bind or me.host, me.port)
+    prm.client_pool.warm()
+    prm.apply_pool.warm()
     if settings.metrics_port is not None:
         observe.serve_http(prm.observer, settings.metrics_host, settings.metrics_port)
     try:
-        await daemon.serve(settings, prm.ops(), settings.prm_socket, background=[prm.drive])
+        await daemon.serve(
+            settings, prm.ops(), settings.prm_socket, background=[prm.drive, prm.apply_loop]
+        )
     finally:
+        prm.client_pool.close()
+        prm.apply_pool.close()
         await prm.transport.close()
         storage.close()

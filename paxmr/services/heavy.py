@@ -1,0 +1,146 @@
+"""Heavy work of the PRM in worker processes, so it never holds the GIL the driver needs.
+
+Decoding a tally, parsing one for replicate and merging many of them is pure-Python work of tens
+of milliseconds per MB. Run in the PRM's own threads it still holds the GIL the event loop needs
+for heartbeats, commits and elections (measured: `paxmr bench storm`). It runs here instead, in
+processes of their own, behind an admission limit: a request over the limit is refused at once
+with ``busy`` instead of waiting in an unbounded queue.
+
+Two pools, so that client work never delays what consensus needs:
+
+- ``Pool("client")``: merge and the parsing of a tally for replicate (admission-limited);
+- ``Pool("apply")``: summaries of applied entries and the validation of forwarded values.
+
+The functions that run in a worker take and return plain data (bytes, ints, dicts) and read the
+log's values from SQLite themselves (``merge_slots``), so a merge of many large entries never
+copies them through the PRM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import multiprocessing
+import sqlite3
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from paxmr.logobject import BadLogObject, LogObject, show
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+T = TypeVar("T")
+
+
+class Busy(Exception):
+    """Over the pool's admission limit: nothing was started."""
+
+
+class Pool:
+    """A process pool that admits at most ``limit`` calls at a time (running or queued)."""
+
+    def __init__(self, name: str, workers: int, limit: int | None = None) -> None:
+        self.name = name
+        self.workers = workers
+        self.limit = limit
+        self.active = 0
+        self._executor = ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn")
+        )
+
+    @contextlib.contextmanager
+    def admitted(self) -> Iterator[None]:
+        """Hold one of the ``limit`` places (raises Busy when none is free)."""
+        if self.limit is not None and self.active >= self.limit:
+            raise Busy(f"{self.active} {self.name} requests are running (limit {self.limit})")
+        self.active += 1
+        try:
+            yield
+        finally:
+            self.active -= 1
+
+    async def run_admitted(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker, for a caller that holds a place (``admitted``)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in a worker, or raise Busy over the admission limit."""
+        with self.admitted():
+            return await self.run_admitted(fn, *args)
+
+    def warm(self) -> None:
+        """Start the workers now rather than on first use (each takes a few hundred ms to
+        import); returns at once."""
+        for _ in range(self.workers):
+            self._executor.submit(int)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+# --- what runs in a worker: plain data in, plain data out -------------------------------------
+
+
+def summary(value: bytes, position: int) -> dict[str, Any]:
+    """The catalog's summary of an applied value (catalog.summarize)."""
+    from paxmr.catalog import summarize  # noqa: PLC0415 - light in the PRM, needed in workers
+
+    return summarize(value, position)
+
+
+def validate(value: bytes) -> str | None:
+    """Why ``value`` is not a log object, or None."""
+    try:
+        LogObject.decode(value)
+    except BadLogObject as exc:
+        return str(exc)
+    return None
+
+
+def parse_tally(data: bytes, file: str, node: int, request_id: str) -> tuple[bytes, str]:
+    """A tally file's bytes as a log object's value, and its digest (raises tally.TallyError)."""
+    obj = LogObject.from_tally(io.BytesIO(data), file, node, request_id)
+    return obj.encode(), obj.digest
+
+
+def same_tally(landed: bytes, file: str, digest: str) -> bool:
+    try:
+        obj = LogObject.decode(landed)
+    except BadLogObject:
+        return False  # a forged entry under this request id: a conflict
+    return (obj.file, obj.digest) == (file, digest)
+
+
+_connections: dict[str, sqlite3.Connection] = {}
+
+
+def _reader(db: str) -> sqlite3.Connection:
+    conn = _connections.get(db)
+    if conn is None:
+        conn = _connections[db] = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    return conn
+
+
+def merge_slots(db: str, slots: list[tuple[int, int]], top: int) -> dict[str, Any]:
+    """Merge the log objects at ``slots`` ((position, slot) pairs, each read once, one at a
+    time) straight from the database: the distinct words, the total and the ``top`` words
+    (all for 0). A position whose value is not a log object gives {"error": ...}."""
+    merged: Counter[bytes] = Counter()
+    times = Counter(slot for _, slot in slots)
+    where = {slot: position for position, slot in slots}
+    conn = _reader(db)
+    for slot, n in times.items():
+        row = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchone()
+        if row is None:
+            return {"error": f"log position {where[slot]}: not in the database"}
+        try:
+            obj = LogObject.decode(bytes(row[0]))
+        except BadLogObject as exc:
+            return {"error": f"log position {where[slot]}: {exc}"}
+        for word, count in zip(obj.words, obj.counts, strict=True):
+            merged[word] += count * n
+    words = [[show(w), c] for w, c in merged.most_common(top or None)]
+    return {"distinct": len(merged), "total": sum(merged.values()), "words": words}
