@@ -50,6 +50,9 @@ class Limits(BaseModel):
     # and how many such requests may run or wait at once before more are refused as busy.
     heavy_workers: int = Field(default=2, ge=1, le=64)
     heavy_requests: int = Field(default=8, ge=1)
+    # Value bytes this node's clients may have submitted and awaiting an outcome; past it (and
+    # with at least one request in flight) a replicate is refused as busy before it is submitted.
+    in_flight_bytes: int = Field(default=16 << 20, ge=1)
     # The log's quota (none: unlimited): value bytes and entries of the applied log. A replicate
     # that would exceed it is refused with "quota" before it is submitted.
     log_bytes: int | None = Field(default=None, ge=1)

@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import io
 import multiprocessing
+import os
 import sqlite3
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -47,8 +48,9 @@ class Pool:
         self.workers = workers
         self.limit = limit
         self.active = 0
+        # spawn, not fork: the PRM has threads (a forked child could inherit a held lock).
         self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn")
+            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
         )
 
     @contextlib.contextmanager
@@ -82,6 +84,15 @@ class Pool:
 
 
 # --- what runs in a worker: plain data in, plain data out -------------------------------------
+
+
+def _lower_priority() -> None:
+    """Workers yield the CPU to the PRM's own process: on a loaded host the loop that sends
+    heartbeats must not wait for a core behind a merge. (A seccomp filter without setpriority,
+    as in the systemd unit's @resources exclusion, refuses it: the worker runs unchanged.)"""
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
 
 
 def summary(value: bytes, position: int) -> dict[str, Any]:

@@ -135,6 +135,7 @@ class Prm:
             self._record(entry, summarize(entry.value, entry.position) if entry.position is not
                          None else None)  # fmt: skip
         self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
+        self._checking: set[str] = set()  # their request ids
         # Heavy work runs in worker processes, never on the loop or in its threads (the GIL):
         # client work behind an admission limit, and what applying and forwarding need apart
         # from it, so a merge storm never delays an apply (services/heavy.py).
@@ -192,13 +193,17 @@ class Prm:
         self.observer.heard_from(src, msg, time.monotonic())
         if isinstance(msg, Forward):
             # Checked before the leader proposes it, in a worker process: a value can be large.
+            if msg.request_id in self._checking:
+                return  # a follower forwards again until it hears an outcome: checked once
             if len(self._checks) >= self.settings.limits.heavy_requests:
                 reason = f"{len(self._checks)} forwarded values are being checked; retry later"
                 self.transport.send(src, Refuse(msg.request_id, "busy", reason))
                 return
+            self._checking.add(msg.request_id)
             task = asyncio.create_task(self._check_forward(src, msg))
             self._checks.add(task)
             task.add_done_callback(self._checks.discard)
+            task.add_done_callback(lambda _t: self._checking.discard(msg.request_id))
             return
         self.node.receive(src, msg, time.monotonic())
         self.wake.set()
@@ -286,6 +291,13 @@ class Prm:
                 raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
         future = self.waiting.get(rid)
         if future is None:
+            queued = sum(self._submitted_bytes.values())
+            if queued and queued + len(value) > self.settings.limits.in_flight_bytes:
+                raise control.ControlError(
+                    "busy",
+                    f"{queued} value bytes submitted here await their outcome (limit"
+                    f" {self.settings.limits.in_flight_bytes}): nothing was submitted; retry later",
+                )
             full = self._over_quota(len(value))
             if full is not None:
                 raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
