@@ -59,6 +59,8 @@ def status(r: dict[str, Any]) -> str:
             ),
             f"  peers      {peers or 'none'}",
         ]
+        if prm.get("log"):
+            lines.append(f"  quota      {quota(prm['log'])}")
     problems = r["problems"]
     lines.append("  health     " + ("ok" if not problems else "\n             ".join(problems)))
     return "\n".join(lines)
@@ -78,10 +80,23 @@ def _peer(peer: str, v: dict[str, Any], *, follower: bool) -> str:
     return f"{peer}:DOWN ({never}{', tcp connected' if v.get('connected') else ''})"
 
 
+def quota(log: dict[str, Any]) -> str:
+    """The log's usage against its quota (limits.log_bytes, limits.log_entries)."""
+
+    def of(used: int, limit: int | None, unit: str) -> str:
+        return f"{used:,} {unit}" + (f" of {limit:,}" if limit is not None else " (no quota)")
+
+    full = ": FULL, replicate is refused" if log.get("full") else ""
+    size = of(log["bytes"], log["bytes_quota"], "bytes")
+    return f"{size}, {of(log['entries'], log['entries_quota'], 'entries')}{full}"
+
+
 def health(r: dict[str, Any]) -> str:
+    prm = r.get("prm") or {}
+    full = "\n  - log full: " + quota(prm["log"]) if (prm.get("log") or {}).get("full") else ""
     if r["healthy"]:
-        return f"node {r['node']}: healthy"
-    return f"node {r['node']}: unhealthy\n" + "\n".join(f"  - {p}" for p in r["problems"])
+        return f"node {r['node']}: healthy{full}"
+    return f"node {r['node']}: unhealthy\n" + "\n".join(f"  - {p}" for p in r["problems"]) + full
 
 
 def log(r: dict[str, Any]) -> str:
