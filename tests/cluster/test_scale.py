@@ -11,7 +11,7 @@ import pytest
 
 from paxmr import control
 
-from .support import Cluster, Node, running_cluster, small_tally
+from .support import Node, running_cluster, small_tally
 
 pytestmark = pytest.mark.integration
 
