@@ -541,6 +541,53 @@ def init_cmd(c: Ctx, found: bool, cluster_id: str | None) -> None:
     )
 
 
+@cli.command("backup")
+@click.argument("file")
+@pass_ctx
+def backup_cmd(c: Ctx, file: str) -> None:
+    """Copy this node's storage, consistently and online, to FILE in its data directory.
+
+    Replicates go on meanwhile (SQLite's backup API). The copy holds the chosen log and the
+    cluster's identity but none of the acceptor's promises: restored (`paxmr restore`), it
+    rejoins as a non-voting replica that catches up, and votes again only after the lost-storage
+    fence, so an old copy can never vote with promises it has forgotten.
+    """
+    result = control.call(c.settings.prm_socket, "backup", {"file": file}, timeout=3600.0)
+    c.emit(result, lambda r: (
+        f"backed up {r['entries']:,} entries ({r['slots']:,} slots, {r['bytes']:,} bytes) to"
+        f" {r['file']}, log digest {r['digest']}"))  # fmt: skip
+
+
+@cli.command("restore")
+@click.option("--from", "source", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="A backup (`paxmr backup`).")  # fmt: skip
+@pass_ctx
+def restore_cmd(c: Ctx, source: Path) -> None:
+    """Install a backup as this node's storage; its PRM must be stopped and have no storage.
+
+    The node then starts as a non-voting replica: it catches up from its peers and votes again
+    once the lost-storage fence is done (every other member answered, a majority promised).
+    Run it as the service's user, or as root (the file then gets the state directory's owner).
+    """
+    from paxmr import backup  # noqa: PLC0415
+    from paxmr.services import prm  # noqa: PLC0415
+
+    try:
+        control.call(c.settings.prm_socket, "status", timeout=5.0)
+    except (control.ServiceDown, TimeoutError):
+        pass
+    else:
+        _fail("the PRM is running: stop it first (systemctl stop paxmr-prm)", EXIT_ERROR)
+    try:
+        result = backup.restore(source, prm.db_path(c.settings), [n.id for n in c.settings.nodes])
+    except backup.BackupError as exc:
+        _fail(f"restore refused: {exc}", EXIT_ERROR)
+    c.emit(result, lambda r: (
+        f"restored {r['entries']:,} entries ({r['slots']:,} slots), log digest {r['digest']}."
+        " Start the PRM: it rejoins as a non-voting replica, catches up, and votes again after"
+        " the lost-storage fence"))  # fmt: skip
+
+
 @cli.command("refound")
 @click.option(
     "--from",
@@ -759,6 +806,34 @@ def bench_tls(c: Ctx, sequential: int, rounds: int) -> None:
 
     result = tls.run(sequential, rounds)
     c.emit(result, lambda r: "\n".join(f"{k:>26}: {v}" for k, v in r.items()))
+
+
+@bench.command("scale")
+@click.option("--entries", "sizes", default="0,100,400", show_default=True,
+              help="Log sizes to measure at, in entries (the first is the baseline).")  # fmt: skip
+@click.option("--tally", "tally_bytes", type=Size(), default="1MiB", show_default=True,
+              help="Size of each tally replicated.")  # fmt: skip
+@click.option("--word-bytes", type=click.IntRange(16), default=1000, show_default=True,
+              help="Length of the tallies' words (short: slower to parse and decode).")  # fmt: skip
+@click.option("--clients", type=click.IntRange(1, 16), default=2, show_default=True)
+@pass_ctx
+def bench_scale(c: Ctx, sizes: str, tally_bytes: int, word_bytes: int, clients: int) -> None:
+    """PRM memory and restart-to-serving time against the log's size (local 3-node cluster)."""
+    from paxmr.bench import scale  # noqa: PLC0415
+
+    try:
+        counts = [int(x) for x in sizes.split(",")]
+    except ValueError:
+        raise click.BadParameter(
+            "a comma-separated list of entry counts", param_hint="--entries"
+        ) from None
+    result = scale.run(counts, tally_bytes, word_bytes, clients)
+    c.emit(result, lambda r: render.table(
+        ["entries", "log MiB", "PRM RSS MiB", "workers RSS MiB", "ready s", "serving s",
+         "PRM MiB per log MiB"],
+        [[x["entries"], x["log_mib"], x["prm_rss_mib"], x["workers_rss_mib"],
+          x["restart_ready_s"], x["restart_serving_s"], x["prm_mib_per_log_mib"]]
+         for x in r["rows"]]))  # fmt: skip
 
 
 @bench.command("storm")

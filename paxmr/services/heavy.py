@@ -94,7 +94,6 @@ def _lower_priority() -> None:
         os.nice(10)
 
 
-
 def summary(value: bytes, position: int) -> dict[str, Any]:
     """The catalog's summary of an applied value (catalog.summarize)."""
     from paxmr.catalog import summarize  # noqa: PLC0415 - light in the PRM, needed in workers

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from paxmr import control, logs, paths, paxos
+from paxmr import backup, control, logs, paths, paxos
 from paxmr.catalog import Catalog, summarize
 from paxmr.logobject import LogObject
 from paxmr.paxos.messages import Forward, Refuse
@@ -68,6 +68,10 @@ class ReplicateArgs(control.Args):
     request_id: str = Field(
         default_factory=lambda: uuid.uuid4().hex, min_length=1, max_length=paxos.MAX_REQUEST_ID
     )
+
+
+class BackupArgs(control.Args):
+    file: str
 
 
 class ReadArgs(control.Args):
@@ -136,6 +140,7 @@ class Prm:
                          None else None)  # fmt: skip
         self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
         self._checking: set[str] = set()  # their request ids
+        self._backing_up = False
         # Heavy work runs in worker processes, never on the loop or in its threads (the GIL):
         # client work behind an admission limit, and what applying and forwarding need apart
         # from it, so a merge storm never delays an apply (services/heavy.py).
@@ -532,6 +537,22 @@ class Prm:
                 "entries": len(self.catalog.summaries), "entries_quota": limits.log_entries,
                 "full": full, "heavy_running": self.client_pool.active}  # fmt: skip
 
+    async def backup(self, args: BackupArgs, _p: control.Progress) -> dict[str, Any]:
+        """A consistent, forgetful copy of this node's storage into FILE in the data directory
+        (paxmr/backup.py); replicates go on meanwhile."""
+        if self._backing_up:
+            raise control.ControlError("busy", "a backup is already running; retry later")
+        self._backing_up = True
+        try:
+            with paths.output(self.settings.data_dir, args.file) as (dir_fd, leaf):
+                db = db_path(self.settings)
+                info = await asyncio.to_thread(backup.take, db, db.parent, dir_fd, leaf)
+        finally:
+            self._backing_up = False
+        info["file"] = args.file
+        self.log.info("backup", **info)
+        return info
+
     async def metrics(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
         return {"text": self.observer.exposition()}
 
@@ -576,6 +597,7 @@ class Prm:
             "resume": control.Op(control.NoArgs, self.resume),
             "status": control.Op(control.NoArgs, self.status),
             "metrics": control.Op(control.NoArgs, self.metrics),
+            "backup": control.Op(BackupArgs, self.backup),
         }
 
 

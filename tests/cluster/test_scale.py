@@ -4,14 +4,19 @@ error names its request id, and the log's quota refuses a replicate without losi
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
-from paxmr import control
+from paxmr import backup, control, local, paxos
+from paxmr.storage import Identity, Storage
 
-from .support import Node, running_cluster, small_tally
+from .support import CONVERGE_S, Node, running_cluster, service_env, sigkill, small_tally
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +120,113 @@ def test_the_log_quota_refuses_a_replicate_and_loses_nothing() -> None:
         text = follower.cli("status").stdout
         assert "3 entries of 3: FULL" in text, text
         assert "log full" in follower.cli("health").stdout
+
+
+def _chain_ok(db: Path) -> tuple[int, str]:
+    """(entries, digest) of a storage file, after re-computing its digest chain row by row."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        digest = paxos.GENESIS_DIGEST
+        entries = 0
+        for slot, rid, value, position, stored in conn.execute(
+            "SELECT slot, request_id, value, position, digest FROM log ORDER BY slot"
+        ):
+            digest = paxos.chain_digest(digest, paxos.LogEntry(slot, rid, bytes(value), position))
+            assert digest == bytes(stored), f"slot {slot}: digest chain broken"
+            entries += position is not None
+        return entries, digest.hex()
+    finally:
+        conn.close()
+
+
+def test_backup_under_load_restores_onto_a_wiped_node_that_catches_up() -> None:
+    with running_cluster() as cluster:
+        leader = cluster.node(cluster.leader())
+        node = cluster.node(leader.id % 3 + 1)  # backed up, wiped and restored
+        for n in cluster.nodes:
+            small_tally(n)
+        for _ in range(5):
+            leader.replicate("small_reduced")
+        cluster.converged()
+
+        # Back up while replicates keep landing.
+        stop = threading.Event()
+        landed: list[int] = []
+
+        def load() -> None:
+            while not stop.is_set():
+                landed.append(leader.replicate("small_reduced")["position"])
+
+        with ThreadPoolExecutor(1) as pool:
+            running = pool.submit(load)
+            while len(landed) < 5:
+                time.sleep(0.01)
+            done = node.cli("-o", "json", "backup", "node.backup")
+            time.sleep(0.2)
+            stop.set()
+            running.result()
+        assert done.returncode == 0, done
+        info = json.loads(done.stdout)
+        copy = node.data / "node.backup"
+        assert info["voting"] is False
+        assert info["acceptor_state"] is False
+        assert info["entries"] >= 5
+        assert _chain_ok(copy) == (info["entries"], info["digest"])
+        total = cluster.converged()
+        assert len(leader.call("print")["entries"]) > info["entries"]  # it missed some: load
+
+        # Refused while the PRM runs, and over existing storage.
+        refused = node.cli("restore", "--from", copy)
+        assert refused.returncode == 1, refused
+        assert "running" in refused.stderr
+        sigkill(node.prm_pid())
+        refused = node.cli("restore", "--from", copy)
+        assert refused.returncode == 1, refused
+        assert "exists" in refused.stderr
+
+        # Wiped, restored: non-voting storage with the backup's log, then catch-up.
+        state = node.settings.state_dir
+        for f in state.glob("prm.db*"):
+            f.unlink()
+        done = node.cli("-o", "json", "restore", "--from", copy)
+        assert done.returncode == 0, done
+        conn = sqlite3.connect(f"file:{state / 'prm.db'}?mode=ro", uri=True)
+        try:
+            restored = backup.describe(conn)
+        finally:
+            conn.close()
+        assert restored["voting"] is False
+        assert restored["acceptor_state"] is False
+        assert restored["digest"] == info["digest"]
+        with service_env():
+            local.restart(cluster.root, node.id, "prm")
+        assert cluster.converged() == total
+        leader = cluster.node(cluster.leader())
+        leader.replicate("small_reduced")
+        cluster.converged()
+        deadline = time.monotonic() + CONVERGE_S
+        while not node.status()["voting"]:
+            assert time.monotonic() < deadline, "the restored node never voted again"
+            time.sleep(0.1)
+
+
+def test_a_raw_copy_of_a_live_storage_is_restored_forgetful(tmp_path: Path) -> None:
+    """`paxmr restore` of a plain copy of a voting prm.db (not a backup) still drops its
+    promises and accepts: the node never votes with state it may since have overwritten."""
+    live = tmp_path / "live.db"
+    storage = Storage.open(live, bootstrap=True, identity=Identity("c", (1, 2, 3)))
+    storage.commit(
+        paxos.Persist(promised=paxos.Ballot(7, 2), used_round=7,
+                      accepted={0: (paxos.Ballot(7, 2), paxos.Entry("r", b"v"))})
+    )  # fmt: skip
+    storage.close()
+    db = tmp_path / "state" / "prm.db"
+    info = backup.restore(live, db, [1, 2, 3])
+    assert info["voting"] is False
+    assert info["acceptor_state"] is False
+    durable = Storage.open(db).load()
+    assert not durable.voting
+    assert durable.promised == paxos.Ballot(0, 0)
+    assert durable.accepted == {}
+    with pytest.raises(backup.BackupError, match="members"):
+        backup.restore(live, tmp_path / "other" / "prm.db", [1, 2])
