@@ -26,6 +26,7 @@ import os
 import sqlite3
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from paxmr.logobject import BadLogObject, LogObject, show
@@ -48,9 +49,14 @@ class Pool:
         self.workers = workers
         self.limit = limit
         self.active = 0
+        self._executor = self._new()
+
+    def _new(self) -> ProcessPoolExecutor:
         # spawn, not fork: the PRM has threads (a forked child could inherit a held lock).
-        self._executor = ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"), initializer=_lower_priority
+        return ProcessPoolExecutor(
+            self.workers,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_lower_priority,
         )
 
     @contextlib.contextmanager
@@ -66,7 +72,14 @@ class Pool:
 
     async def run_admitted(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker, for a caller that holds a place (``admitted``)."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        executor = self._executor
+        try:
+            return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except BrokenProcessPool:
+            if self._executor is executor:  # a worker died: the next call gets a fresh pool
+                self._executor = self._new()
+                executor.shutdown(wait=False, cancel_futures=True)
+            raise
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in a worker, or raise Busy over the admission limit."""

@@ -13,8 +13,9 @@ import os
 import random
 import time
 import uuid
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import Field
 
@@ -29,7 +30,9 @@ from paxmr.storage import Identity, Storage
 from paxmr.wordcount import tally
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
+
+T = TypeVar("T")
 
 DB_NAME = "prm.db"
 
@@ -177,17 +180,25 @@ class Prm:
             for entry in entries:
                 summary = None
                 if entry.position is not None:
-                    if len(entry.value) > _INLINE:
-                        summary = await self.apply_pool.run(
-                            heavy.summary, entry.value, entry.position
-                        )
-                    else:
-                        summary = summarize(entry.value, entry.position)
+                    summary = await self._off_loop(
+                        len(entry.value), heavy.summary, entry.value, entry.position
+                    )
                 self._record(entry, summary)
                 if entry.position is not None:
                     self.log.debug("applied", slot=entry.slot, position=entry.position)
             self._progress.set()
             self._progress = asyncio.Event()
+
+    async def _off_loop(self, size: int, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the apply pool's worker when ``size`` bytes are worth the hand-off;
+        here if not, or if the worker is gone (a PRM that applies slowly beats one that stops
+        applying: applying must never fail)."""
+        if size > _INLINE:
+            try:
+                return await self.apply_pool.run(fn, *args)
+            except BrokenProcessPool:  # a worker was killed (out of memory?): the pool restarts
+                self.log.exception("worker_failed", pool=self.apply_pool.name)
+        return fn(*args)
 
     async def _shown(self, slot: int) -> None:
         """Wait until queries on this replica see `slot` (the entry a replicate answers for)."""
@@ -218,10 +229,7 @@ class Prm:
         if full is not None:
             self.transport.send(src, Refuse(msg.request_id, "quota", full))
             return
-        if len(msg.value) > _INLINE:
-            error = await self.apply_pool.run(heavy.validate, msg.value)
-        else:
-            error = heavy.validate(msg.value)
+        error = await self._off_loop(len(msg.value), heavy.validate, msg.value)
         if error is not None:
             self.log.warning("forward_refused", src=src, request_id=msg.request_id, error=error)
             self.transport.send(

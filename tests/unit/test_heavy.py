@@ -1,0 +1,73 @@
+"""The PRM's worker pools (paxmr/services/heavy.py): admission, a dead worker, merge semantics."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
+
+import pytest
+
+from paxmr import paxos
+from paxmr.logobject import LogObject, merge, show
+from paxmr.services import heavy
+from paxmr.storage import Storage
+
+
+def test_a_call_past_the_admission_limit_is_refused_at_once() -> None:
+    async def scenario() -> None:
+        pool = heavy.Pool("test", 1, limit=1)
+        try:
+            slow = asyncio.create_task(pool.run(time.sleep, 1.0))
+            await asyncio.sleep(0)  # it holds the only place now
+            started = time.monotonic()
+            with pytest.raises(heavy.Busy, match="limit 1"):
+                await pool.run(int, "5")
+            assert time.monotonic() - started < 0.5  # refused, not queued behind the sleep
+            await slow
+            assert await pool.run(int, "5") == 5  # the place is free again
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_pool_whose_worker_died_works_again() -> None:
+    async def scenario() -> None:
+        pool = heavy.Pool("test", 1)
+        try:
+            with pytest.raises(BrokenProcessPool):
+                await pool.run(os._exit, 1)
+            assert await pool.run(int, "7") == 7
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
+def _obj(name: str, words: dict[bytes, int]) -> LogObject:
+    return LogObject.from_counts(name, 1, name, sorted(words.items()))
+
+
+def test_merge_slots_reads_each_position_once_and_counts_repeats(tmp_path: Path) -> None:
+    a = _obj("a", {b"x": 2, b"y": 1})
+    b = _obj("b", {b"y": 5, b"\xff": 1})
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    entries = [
+        paxos.LogEntry(0, "a", a.encode(), 0),
+        paxos.LogEntry(1, "", b"", None),
+        paxos.LogEntry(2, "b", b.encode(), 1),
+        paxos.LogEntry(3, "bad", b"not a log object", 2),
+    ]
+    storage.commit(paxos.Persist(log=entries))
+    storage.close()
+    got = heavy.merge_slots(str(db), [(0, 0), (1, 2), (0, 0)], 0)
+    want = merge([a, b, a])
+    assert got["distinct"] == len(want)
+    assert got["total"] == sum(want.values())
+    assert got["words"] == [[show(w), n] for w, n in want.most_common()]
+    assert heavy.merge_slots(str(db), [(0, 0)], 1)["words"] == [["x", 2]]
+    assert "log position 2" in heavy.merge_slots(str(db), [(2, 3)], 0)["error"]
