@@ -923,7 +923,9 @@ def _run(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per k
         click.echo(f"paxmr: {exc}", err=True)
         return EXIT_DENIED
     except control.RemoteError as exc:
-        click.echo(f"paxmr: {exc} [{exc.code}]", err=True)
+        rid = exc.request_id
+        named = f" (request id {rid})" if rid is not None and rid not in str(exc) else ""
+        click.echo(f"paxmr: {exc} [{exc.code}]{named}", err=True)
         return EXIT_NO_QUORUM if exc.code == "no_quorum" else EXIT_ERROR
     except (RuntimeError, OSError) as exc:
         click.echo(f"paxmr: {exc}", err=True)

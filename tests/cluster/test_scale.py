@@ -106,6 +106,7 @@ def test_the_log_quota_refuses_a_replicate_and_loses_nothing() -> None:
             assert done.returncode == 1, done
             assert "[quota]" in done.stderr or "quota" in done.stderr, done.stderr
             assert "log full" in done.stderr, done.stderr
+            assert "(request id over)" in done.stderr, done.stderr
             assert "Traceback" not in done.stderr
 
         assert cluster.converged() == before
