@@ -25,10 +25,11 @@ import multiprocessing
 import os
 import sqlite3
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from paxmr import logs
 from paxmr.logobject import BadLogObject, LogObject, show
 
 if TYPE_CHECKING:
@@ -49,15 +50,28 @@ class Pool:
         self.workers = workers
         self.limit = limit
         self.active = 0
+        self.threads = False  # True once worker processes turned out unavailable
         self._executor = self._new()
 
-    def _new(self) -> ProcessPoolExecutor:
-        # spawn, not fork: the PRM has threads (a forked child could inherit a held lock).
-        return ProcessPoolExecutor(
-            self.workers,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_lower_priority,
-        )
+    def _new(self) -> Executor:
+        if self.threads:
+            return ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+        try:
+            # spawn, not fork: the PRM has threads (a forked child could inherit a held lock).
+            return ProcessPoolExecutor(
+                self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_lower_priority,
+            )
+        except OSError as exc:  # no POSIX semaphores here (a sandbox without /dev/shm)
+            return self._in_threads(exc)
+
+    def _in_threads(self, exc: OSError) -> Executor:
+        """Worker processes are not available: run the work in threads, off the event loop
+        but sharing its GIL, and say so once."""
+        logs.get().warning("worker_processes_unavailable", pool=self.name, error=repr(exc))
+        self.threads = True
+        return ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -75,6 +89,12 @@ class Pool:
         executor = self._executor
         try:
             return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+        except OSError as exc:  # starting a worker process failed (not the work: it returns data)
+            if self.threads or self._executor is not executor:
+                raise
+            self._executor = self._in_threads(exc)
+            executor.shutdown(wait=False, cancel_futures=True)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
         except BrokenProcessPool:
             if self._executor is executor:  # a worker died: the next call gets a fresh pool
                 self._executor = self._new()
@@ -89,8 +109,11 @@ class Pool:
     def warm(self) -> None:
         """Start the workers now rather than on first use (each takes a few hundred ms to
         import); returns at once."""
-        for _ in range(self.workers):
-            self._executor.submit(int)
+        try:
+            for _ in range(self.workers):
+                self._executor.submit(int)
+        except OSError as exc:
+            self._executor = self._in_threads(exc)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

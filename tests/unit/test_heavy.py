@@ -71,3 +71,21 @@ def test_merge_slots_reads_each_position_once_and_counts_repeats(tmp_path: Path)
     assert got["words"] == [[show(w), n] for w, n in want.most_common()]
     assert heavy.merge_slots(str(db), [(0, 0)], 1)["words"] == [["x", 2]]
     assert "log position 2" in heavy.merge_slots(str(db), [(2, 3)], 0)["error"]
+
+
+def test_without_worker_processes_the_work_runs_in_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A sandbox without POSIX semaphores: the PRM still serves (in threads), it does not fail."""
+
+    def refuse(*_args: object, **_kwargs: object) -> None:
+        raise PermissionError("no /dev/shm")
+
+    monkeypatch.setattr(heavy, "ProcessPoolExecutor", refuse)
+    pool = heavy.Pool("test", 1)
+    try:
+        assert pool.threads
+        pool.warm()
+        assert asyncio.run(pool.run(int, "3")) == 3
+    finally:
+        pool.close()
