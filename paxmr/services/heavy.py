@@ -43,7 +43,9 @@ class Busy(Exception):
 
 
 class Pool:
-    """A process pool that admits at most ``limit`` calls at a time (running or queued)."""
+    """A process pool that admits at most ``limit`` calls at a time (running or queued).
+
+    Its processes start on first use (a replica that only ever sees small values has none)."""
 
     def __init__(self, name: str, workers: int, limit: int | None = None) -> None:
         self.name = name
@@ -105,15 +107,6 @@ class Pool:
         """Run ``fn(*args)`` in a worker, or raise Busy over the admission limit."""
         with self.admitted():
             return await self.run_admitted(fn, *args)
-
-    def warm(self) -> None:
-        """Start the workers now rather than on first use (each takes a few hundred ms to
-        import); returns at once."""
-        try:
-            for _ in range(self.workers):
-                self._executor.submit(int)
-        except OSError as exc:
-            self._executor = self._in_threads(exc)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)

@@ -619,8 +619,6 @@ async def main(settings: Settings) -> None:
     prm = Prm(settings, storage)
     me = settings.me
     await prm.transport.start(settings.peer_bind or me.host, me.port)
-    prm.client_pool.warm()
-    prm.apply_pool.warm()
     if settings.metrics_port is not None:
         observe.serve_http(prm.observer, settings.metrics_host, settings.metrics_port)
     try:

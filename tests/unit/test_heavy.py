@@ -85,7 +85,6 @@ def test_without_worker_processes_the_work_runs_in_threads(
     pool = heavy.Pool("test", 1)
     try:
         assert pool.threads
-        pool.warm()
         assert asyncio.run(pool.run(int, "3")) == 3
     finally:
         pool.close()
