@@ -15,8 +15,8 @@ import pytest
 
 from paxmr import backup, control, local, paxos
 from paxmr.storage import Identity, Storage
-
-from .support import CONVERGE_S, Node, running_cluster, service_env, sigkill, small_tally
+from tests.support.local import Node, running_cluster, service_env, sigkill, small_tally
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -205,10 +205,7 @@ def test_backup_under_load_restores_onto_a_wiped_node_that_catches_up() -> None:
         leader = cluster.node(cluster.leader())
         leader.replicate("small_reduced")
         cluster.converged()
-        deadline = time.monotonic() + CONVERGE_S
-        while not node.status()["voting"]:
-            assert time.monotonic() < deadline, "the restored node never voted again"
-            time.sleep(0.1)
+        wait_until(lambda: node.status()["voting"] or None, "the restored node votes again")
 
 
 def test_a_raw_copy_of_a_live_storage_is_restored_forgetful(tmp_path: Path) -> None:
