@@ -24,9 +24,13 @@ import io
 import multiprocessing
 import os
 import sqlite3
+import sys
+import threading
+import time
 from collections import Counter
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from paxmr import logs
@@ -36,6 +40,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
 
 T = TypeVar("T")
+
+_QUIET_TRACKER = "ignore::UserWarning:multiprocessing.resource_tracker"
 
 
 class Busy(Exception):
@@ -53,17 +59,33 @@ class Pool:
         self.limit = limit
         self.active = 0
         self.threads = False  # True once worker processes turned out unavailable
-        self._executor = self._new()
+        self._pool: Executor | None = None  # made on first use
+
+    @property
+    def _executor(self) -> Executor:
+        if self._pool is None:
+            self._pool = self._new()
+        return self._pool
+
+    @_executor.setter
+    def _executor(self, executor: Executor) -> None:
+        self._pool = executor
 
     def _new(self) -> Executor:
         if self.threads:
             return ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+        # multiprocessing's resource tracker (a process of its own, started with the first
+        # pool) warns on stderr about the semaphores of a PRM that was SIGKILLed, and cleans
+        # them up anyway: its warning would be the one line of the log that is not JSON.
+        if _QUIET_TRACKER not in sys.warnoptions:
+            sys.warnoptions.append(_QUIET_TRACKER)
         try:
             # spawn, not fork: the PRM has threads (a forked child could inherit a held lock).
             return ProcessPoolExecutor(
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_lower_priority,
+                initializer=_worker_started,
+                initargs=(os.getpid(),),
             )
         except OSError as exc:  # no POSIX semaphores here (a sandbox without /dev/shm)
             return self._in_threads(exc)
@@ -109,18 +131,40 @@ class Pool:
             return await self.run_admitted(fn, *args)
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def children() -> list[int]:
+    """The processes this one started (its workers and multiprocessing's resource tracker)."""
+    me = str(os.getpid())
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError):
+            if stat.read_text().rsplit(")", 1)[1].split()[1] == me:
+                found.append(int(stat.parent.name))
+    return found
 
 
 # --- what runs in a worker: plain data in, plain data out -------------------------------------
 
 
-def _lower_priority() -> None:
+def _worker_started(parent: int) -> None:
     """Workers yield the CPU to the PRM's own process: on a loaded host the loop that sends
     heartbeats must not wait for a core behind a merge. (A seccomp filter without setpriority,
-    as in the systemd unit's @resources exclusion, refuses it: the worker runs unchanged.)"""
+    as in the systemd unit's @resources exclusion, refuses it: the worker runs unchanged.)
+
+    And a worker ends when the PRM does, however it ends: a SIGKILLed PRM cannot tell it to
+    (its workers hold the call queue's write end too, so they would wait on it for ever)."""
     with contextlib.suppress(OSError):
         os.nice(10)
+
+    def orphaned() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=orphaned, name="orphaned", daemon=True).start()
 
 
 def summary(value: bytes, position: int) -> dict[str, Any]:

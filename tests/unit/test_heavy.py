@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+import sys
 import time
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -84,7 +86,41 @@ def test_without_worker_processes_the_work_runs_in_threads(
     monkeypatch.setattr(heavy, "ProcessPoolExecutor", refuse)
     pool = heavy.Pool("test", 1)
     try:
-        assert pool.threads
         assert asyncio.run(pool.run(int, "3")) == 3
+        assert pool.threads
     finally:
         pool.close()
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path: Path) -> None:
+    """A SIGKILLed PRM leaves no worker (nor resource tracker) behind, and no line on stderr."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import asyncio, os\n"
+        "from paxmr.services import heavy\n"
+        "async def main() -> None:\n"
+        "    pool = heavy.Pool('test', 2)\n"
+        "    await asyncio.gather(pool.run(int, '1'), pool.run(int, '2'))\n"
+        "    print(' '.join(str(c) for c in heavy.children()), flush=True)\n"
+        "    os.kill(os.getpid(), 9)\n"
+        "if __name__ == '__main__':\n"
+        "    asyncio.run(main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    children = [int(pid) for pid in done.stdout.split()]
+    assert len(children) >= 2, done  # the workers and multiprocessing's resource tracker
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in children):
+        assert time.monotonic() < deadline, "a worker outlived its parent"
+        time.sleep(0.1)
+    assert done.stderr == ""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
