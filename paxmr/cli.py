@@ -542,20 +542,23 @@ def init_cmd(c: Ctx, found: bool, cluster_id: str | None) -> None:
 
 
 @cli.command("backup")
-@click.argument("file")
+@click.argument("name")
 @pass_ctx
-def backup_cmd(c: Ctx, file: str) -> None:
-    """Copy this node's storage, consistently and online, to FILE in its data directory.
+def backup_cmd(c: Ctx, name: str) -> None:
+    """Copy this node's storage, consistently and online, to NAME in its backups directory.
+
+    The copy is STATE_DIR/backups/NAME (/var/lib/paxmr/state/backups/NAME under systemd, readable
+    by the service's user and root: the PRM may write nowhere else).
 
     Replicates go on meanwhile (SQLite's backup API). The copy holds the chosen log and the
     cluster's identity but none of the acceptor's promises: restored (`paxmr restore`), it
     rejoins as a non-voting replica that catches up, and votes again only after the lost-storage
     fence, so an old copy can never vote with promises it has forgotten.
     """
-    result = control.call(c.settings.prm_socket, "backup", {"file": file}, timeout=3600.0)
+    result = control.call(c.settings.prm_socket, "backup", {"name": name}, timeout=3600.0)
     c.emit(result, lambda r: (
         f"backed up {r['entries']:,} entries ({r['slots']:,} slots, {r['bytes']:,} bytes) to"
-        f" {r['file']}, log digest {r['digest']}"))  # fmt: skip
+        f" {r['path']}, log digest {r['digest']}"))  # fmt: skip
 
 
 @cli.command("restore")

@@ -41,6 +41,10 @@ def db_path(settings: Settings) -> Path:
     return settings.state_dir / DB_NAME
 
 
+def backup_dir(settings: Settings) -> Path:
+    return settings.state_dir / "backups"
+
+
 def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path, Identity]:
     """Create the storage of a founding member of a new cluster (it may vote from the start).
     Every founding member gets the same `cluster_id`; one is made up when none is given."""
@@ -74,7 +78,8 @@ class ReplicateArgs(control.Args):
 
 
 class BackupArgs(control.Args):
-    file: str
+    # A plain name in the backups directory (the PRM may write only below its state directory).
+    name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
 
 
 class ReadArgs(control.Args):
@@ -546,18 +551,23 @@ class Prm:
                 "full": full, "heavy_running": self.client_pool.active}  # fmt: skip
 
     async def backup(self, args: BackupArgs, _p: control.Progress) -> dict[str, Any]:
-        """A consistent, forgetful copy of this node's storage into FILE in the data directory
-        (paxmr/backup.py); replicates go on meanwhile."""
+        """A consistent, forgetful copy of this node's storage as NAME in the backups directory
+        beside it (paxmr/backup.py); replicates go on meanwhile."""
         if self._backing_up:
             raise control.ControlError("busy", "a backup is already running; retry later")
         self._backing_up = True
+        db = db_path(self.settings)
+        where = backup_dir(self.settings)
         try:
-            with paths.output(self.settings.data_dir, args.file) as (dir_fd, leaf):
-                db = db_path(self.settings)
-                info = await asyncio.to_thread(backup.take, db, db.parent, dir_fd, leaf)
+            where.mkdir(mode=0o700, exist_ok=True)
+            dir_fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            try:
+                info = await asyncio.to_thread(backup.take, db, db.parent, dir_fd, args.name)
+            finally:
+                os.close(dir_fd)
         finally:
             self._backing_up = False
-        info["file"] = args.file
+        info["path"] = str(where / args.name)
         self.log.info("backup", **info)
         return info
 

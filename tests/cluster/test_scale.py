@@ -168,7 +168,11 @@ def test_backup_under_load_restores_onto_a_wiped_node_that_catches_up() -> None:
             running.result()
         assert done.returncode == 0, done
         info = json.loads(done.stdout)
-        copy = node.data / "node.backup"
+        copy = Path(info["path"])
+        assert copy == node.settings.state_dir / "backups" / "node.backup"
+        escape = node.cli("backup", "../prm.db")
+        assert escape.returncode == 1, escape
+        assert "bad_args" in escape.stderr
         assert info["voting"] is False
         assert info["acceptor_state"] is False
         assert info["entries"] >= 5
