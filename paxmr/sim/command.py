@@ -14,7 +14,7 @@ import click
 from paxmr.sim.faults import FAULT_KINDS
 from paxmr.sim.members import OPERATIONS
 from paxmr.sim.run import SCHEDULES, TIMED, run_seeds
-from paxmr.sim.world import DRIVERS, EARLY
+from paxmr.sim.simulation import DRIVERS, EARLY
 
 
 def _parse_faults(_ctx: click.Context, _param: click.Parameter, value: str) -> frozenset[str]:
@@ -77,8 +77,11 @@ def replay_command(
     default=TIMED,
     show_default=True,
     help="timed: a virtual clock, faults, then healing, checking safety and liveness. async: a"
-    " seeded scheduler picks every event (any message in flight, any timer) for STEPS steps,"
-    " checking safety; it reaches orders of events that clocks make rare.",
+    " seeded scheduler picks every event (any message in flight, any timer) for 500 steps,"
+    " checking safety; it reaches orders of events that clocks make rare. small: short"
+    " scenarios (3 requests, at most 16 phases) in phases of who can talk to whom, messages"
+    " held across phases and replayed, leaders usurped by the majority that knows least,"
+    " checking safety; each seed is one walk, so --seeds bounds the search.",
 )
 @click.option("--trace", is_flag=True, help="Print every event of each run.")
 @click.option(

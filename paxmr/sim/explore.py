@@ -16,27 +16,20 @@ adversarial scheduler can starve any protocol.
 from __future__ import annotations
 
 import random
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from paxmr.paxos import Committed, Node, Ready, Request
-from paxmr.sim.checker import Checker, NodeLog
+from paxmr.sim.checker import NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
 from paxmr.sim.members import Changes
-from paxmr.sim.world import (
-    EARLY,
-    SIM_CONFIG,
-    NodeFactory,
-    RunResult,
-    by_driver,
-    client_value,
-    frame_violation,
-)
+from paxmr.sim.simulation import EARLY, Simulation
+from paxmr.sim.world import SIM_CONFIG, RunResult, by_driver, client_value, frame_violation
 
 if TYPE_CHECKING:
     from paxmr.paxos import Message, Persist
+    from paxmr.sim.simulation import NodeFactory
 
 STEPS = 500
 REQUESTS = 16
@@ -69,7 +62,7 @@ class _Node:
     syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
 
 
-class Explorer:
+class Explorer(Simulation):
     def __init__(  # noqa: PLR0917 - one walk's parameters
         self,
         seed: int,
@@ -79,12 +72,9 @@ class Explorer:
         driver: str = EARLY,
         steps: int = STEPS,
         trace: bool = False,
+        requests: int = REQUESTS,
     ) -> None:
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self.members = tuple(range(1, size + 1))  # the founding members
-        self.factory = node_factory
-        self.driver = driver
+        super().__init__(seed, size, node_factory, driver, trace)
         self.steps = steps
         self.actions = [a for a in ACTIONS if ACTION_KINDS.get(a, "") in kinds | {""}]
         self.weights = [
@@ -92,11 +82,6 @@ class Explorer:
             for a, w in zip(ACTIONS, WEIGHTS, strict=True)
             if a in self.actions
         ]
-        self.tracing = trace
-        self.trace: list[str] = []
-        self.now = 0.0
-        self.faults: Counter[str] = Counter()
-        self.checker = Checker()
         self.changes = Changes(self.members, self.checker)
         self.flight: list[tuple[int, int, Message]] = []
         self.history: list[tuple[int, int, Message]] = []
@@ -109,7 +94,7 @@ class Explorer:
         self.nodes = {i: _Node() for i in self.members}
         self.requests = [
             Request(f"r{k}", client_value(self.rng, f"r{k}", self.rng.random() < 0.5))
-            for k in range(REQUESTS)
+            for k in range(requests)
         ]
         for request in self.requests:
             self.checker.submit(request.request_id, request.value)
@@ -127,21 +112,20 @@ class Explorer:
                 self.checker.fail(f"crash: the core raised {exc!r} at {action}")
             if self.checker.violations:
                 break
+        return self._result(done)
+
+    def _result(self, steps: int) -> RunResult:
         commits = sum(1 for rid in self.checker.acked if not self.changes.is_change(rid))
         self.changes.current()  # counts the changes that took effect
         return RunResult(
             self.seed,
-            done,
+            steps,
             commits,
             self.faults,
             self.checker.violations,
             self.trace,
             self.changes.took_effect,
         )
-
-    def _log(self, text: str) -> None:
-        if self.tracing:
-            self.trace.append(f"{self.now:9.4f} {text}")
 
     # -- nodes -------------------------------------------------------------------------------
 
@@ -199,11 +183,15 @@ class Explorer:
         ]
         if not open_:
             return
-        src, dst, msg = self.flight.pop(self.rng.choice(open_))
+        self._deliver_one(self.flight.pop(self.rng.choice(open_)))
+
+    def _deliver_one(self, item: tuple[int, int, Message]) -> None:
+        src, dst, msg = item
         node = self.nodes[dst].node if dst in self.nodes else None
         if node is None:
             return
-        self._log(f"deliver {src}->{dst} {msg}")
+        if self.tracing:
+            self._log(f"deliver {src}->{dst} {msg}")
         node.receive(src, msg, self.now)
         self._flush(dst)
 
@@ -230,8 +218,13 @@ class Explorer:
             i = min(live, key=lambda j: self.nodes[j].node.next_deadline())  # type: ignore[union-attr]
         else:
             i = self.rng.choice(live)
+        self._fire(i)
+
+    def _fire(self, i: int) -> None:
+        """Node i's next timer fires (the clock moves to it)."""
         node = self.nodes[i].node
-        assert node is not None
+        if node is None:
+            return
         self.now = max(self.now, node.next_deadline())
         self._log(f"timer node {i}")
         node.on_timer(self.now)
@@ -254,7 +247,9 @@ class Explorer:
         busy = [i for i, s in self.nodes.items() if s.syncing is not None]
         if not busy:
             return
-        i = self.rng.choice(busy)
+        self._finish_commit(self.rng.choice(busy))
+
+    def _finish_commit(self, i: int) -> None:
         state = self.nodes[i]
         assert state.syncing is not None
         persist, later = state.syncing

@@ -6,7 +6,9 @@ import multiprocessing
 from typing import TYPE_CHECKING
 
 from paxmr.sim.explore import Explorer
-from paxmr.sim.world import EARLY, RunResult, World
+from paxmr.sim.phases import PhaseWalk
+from paxmr.sim.simulation import EARLY
+from paxmr.sim.world import RunResult, World
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -14,7 +16,8 @@ if TYPE_CHECKING:
 _PER_TASK = 16
 TIMED = "timed"  # world.py: a virtual clock, faults, clients, healing, then liveness
 ASYNC = "async"  # explore.py: a scheduler orders every event; safety only
-SCHEDULES = (TIMED, ASYNC)
+SMALL = "small"  # phases.py: small scenarios in phases of who can talk; safety only
+SCHEDULES = (TIMED, ASYNC, SMALL)
 
 
 def run_seed(  # noqa: PLR0917 - one run's parameters
@@ -27,6 +30,8 @@ def run_seed(  # noqa: PLR0917 - one run's parameters
 ) -> RunResult:
     if schedule == ASYNC:
         return Explorer(seed, nodes, kinds, driver=driver, trace=trace).run()
+    if schedule == SMALL:
+        return PhaseWalk(seed, nodes, kinds, driver=driver, trace=trace).run()
     return World(seed, nodes, kinds, driver=driver, trace=trace).run()
 
 

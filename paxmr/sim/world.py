@@ -11,22 +11,26 @@ import math
 import random
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from paxmr.logobject import LogObject
 from paxmr.paxos import Committed, CoreConfig, Node, Ready, Reply, Request, split, to_wire
 from paxmr.paxos.messages import Accept, CatchupReply, Forward, Promise
-from paxmr.sim.checker import Checker, NodeLog
+from paxmr.sim.checker import NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MAX_DELAY, NetworkProfile, NodeFault, plan_faults
 from paxmr.sim.members import Changes
+from paxmr.sim.simulation import DRIVERS as DRIVERS  # noqa: PLC0414 - importers of world
+from paxmr.sim.simulation import EARLY as EARLY  # noqa: PLC0414
+from paxmr.sim.simulation import STRICT as STRICT  # noqa: PLC0414
+from paxmr.sim.simulation import UNSAFE as UNSAFE  # noqa: PLC0414
+from paxmr.sim.simulation import NodeFactory as NodeFactory  # noqa: PLC0414
+from paxmr.sim.simulation import Simulation
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from paxmr.paxos import DurableState, Message, Persist
+    from paxmr.paxos import Message, Persist
 
 # The deployment's proportions, scaled down: a frame holds four of the largest values, and a
 # batch leaves room in a frame for one more entry and the framing (paxmr.settings.Limits).
@@ -47,24 +51,6 @@ LIVENESS_BOUND = 20.0  # after healing, all requests must complete and logs conv
 REQUESTS = 40
 _FRAMING = 64  # the transport's length prefix, sequence number and envelope, at most
 _HISTORY = 4096  # messages kept for replays
-
-# How a driver orders a Ready's effects around the commit of its persist.
-STRICT = "strict"  # everything waits for the commit: the contract documented in paxmr.paxos
-EARLY = "early"  # only Prepare and acceptor replies wait (paxos.split, as the PRM does)
-UNSAFE = "unsafe"  # nothing waits: deliberately broken, to show the checker catches it
-DRIVERS = (STRICT, EARLY, UNSAFE)
-
-
-class NodeFactory(Protocol):
-    def __call__(  # noqa: PLR0917 - mirrors Node's constructor
-        self,
-        node_id: int,
-        members: Sequence[int],
-        durable: DurableState,
-        config: CoreConfig,
-        rng: random.Random,
-        now: float,
-    ) -> Node: ...
 
 
 @dataclass
@@ -154,7 +140,7 @@ def frame_violation(src: int, dst: int, msg: Message) -> str | None:
     )
 
 
-class World:
+class World(Simulation):
     def __init__(  # noqa: PLR0917 - one simulated run's parameters
         self,
         seed: int,
@@ -164,17 +150,8 @@ class World:
         driver: str = EARLY,
         trace: bool = False,
     ) -> None:
-        self.seed = seed
-        self.rng = random.Random(seed)
-        self.members = tuple(range(1, size + 1))  # the founding members
-        self.factory = node_factory
-        self.driver = driver
-        self.tracing = trace
-        self.trace: list[str] = []
-        self.now = 0.0
+        super().__init__(seed, size, node_factory, driver, trace)
         self.steps = 0
-        self.faults: Counter[str] = Counter()
-        self.checker = Checker()
         self.changes = Changes(self.members, self.checker)
         self.events: list[tuple[float, int, str, Any]] = []
         self._seq = 0
@@ -236,10 +213,6 @@ class World:
     def _at(self, at: float, kind: str, arg: Any) -> None:
         self._seq += 1
         heapq.heappush(self.events, (at, self._seq, kind, arg))
-
-    def _log(self, text: str) -> None:
-        if self.tracing:
-            self.trace.append(f"{self.now:9.4f} {text}")
 
     def _quiescent(self) -> bool:
         if not self.healed or not all(c.done for c in self.clients.values()):

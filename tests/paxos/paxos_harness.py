@@ -10,7 +10,7 @@ import msgpack
 
 from paxmr.paxos import CoreConfig, LogEntry, Message, Node, Persist, Ready, Reply, Request, to_wire
 from paxmr.sim.disk import MemoryStorage
-from paxmr.sim.world import NodeFactory
+from paxmr.sim.simulation import NodeFactory
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
