@@ -314,10 +314,14 @@ class Testbed:
 
     @_exclusive
     def up(self) -> None:
-        """Build what is missing and boot the hosts not running yet; running ones are left alone."""
+        """Build what is missing and boot the hosts not running yet; running ones are left alone,
+        unless an older testbed.py started them with other nspawn options (then they reboot)."""
         self._prepare()
         started = []
         for host in self.hosts:
+            if self.is_running(host) and not self._started_as_now(host):
+                log.info("%s: started with other nspawn options; rebooting it", host)
+                self.stop(host)
             if not self.is_running(host):
                 self._ensure_disk(host)
                 self._start(host)
@@ -646,24 +650,7 @@ class Testbed:
             'for g in $CGROUPS; do echo $$ > "$g/cgroup.procs"; done; '
             'while "$@"; [ $? = 133 ]; do :; done'
         )
-        nspawn = [
-            shutil.which("systemd-nspawn") or "systemd-nspawn",
-            "--register=no",
-            "--keep-unit",
-            f"--directory={hdir / 'root'}",
-            f"--machine={host}",
-            "--boot",
-            f"--network-bridge={BRIDGE}",
-            "--console=read-only",
-            "--resolv-conf=off",
-            "--link-journal=no",
-            # nspawn's seccomp filter refuses bpf() (EPERM) by default, so the hosts' systemd
-            # cannot attach cgroup BPF programs and silently starts units without their
-            # IPAddressAllow=/IPAddressDeny= firewall (measured: the controller reached a peer
-            # port that denied it). A cloud VM's systemd can; so can these hosts with bpf()
-            # allowed. The hosts have CAP_SYS_ADMIN and CAP_NET_ADMIN in their namespace.
-            "--system-call-filter=bpf",
-        ]
+        nspawn = [shutil.which("systemd-nspawn") or "systemd-nspawn", *self._nspawn_options(host)]
         console = hdir / "console.log"
         with console.open("a") as out:
             out.write(f"\n==== boot {time.strftime('%Y-%m-%dT%H:%M:%S')} ====\n")
@@ -684,6 +671,35 @@ class Testbed:
         if not _wait_until(lambda: self.is_running(host) or proc.poll() is not None, 10, 0.01):
             raise TestbedError(f"{host}: nspawn did not start\n{self._console_tail(host)}")
         log.info("%s: started (nspawn pid %s)", host, self._nspawn_pid(host))
+
+    def _nspawn_options(self, host: str) -> list[str]:
+        return [
+            "--register=no",
+            "--keep-unit",
+            f"--directory={self._host_dir(host) / 'root'}",
+            f"--machine={host}",
+            "--boot",
+            f"--network-bridge={BRIDGE}",
+            "--console=read-only",
+            "--resolv-conf=off",
+            "--link-journal=no",
+            # nspawn's seccomp filter refuses bpf() (EPERM) by default, so the hosts' systemd
+            # cannot attach cgroup BPF programs and silently starts units without their
+            # IPAddressAllow=/IPAddressDeny= firewall (measured: the controller reached a peer
+            # port that denied it). A cloud VM's systemd can; so can these hosts with bpf()
+            # allowed. The hosts have CAP_SYS_ADMIN and CAP_NET_ADMIN in their namespace.
+            "--system-call-filter=bpf",
+        ]
+
+    def _started_as_now(self, host: str) -> bool:
+        """Whether the running nspawn of `host` has the options this testbed.py gives."""
+        pid = self._nspawn_pid(host)
+        if pid is None:
+            return False
+        with contextlib.suppress(FileNotFoundError, ProcessLookupError):
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+            return argv[1 : 1 + len(self._nspawn_options(host))] == self._nspawn_options(host)
+        return False
 
     def _nspawn_pid(self, host: str) -> int | None:
         """The live nspawn running this host's disk: the recorded PID, else found in /proc."""
