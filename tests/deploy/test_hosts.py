@@ -113,7 +113,11 @@ def test_verify_installed_units(host: Any) -> None:
 
 
 def test_journal_has_json_lines_with_node_and_role(host: Any) -> None:
-    out = host.check_output("journalctl -o json --no-pager -n 200 SYSLOG_IDENTIFIER=paxmr-prm")
+    # --all: without it journalctl's JSON gives null for a field over 4096 bytes (the PRM's
+    # "print" line lists every file of the log, so it outgrows that on a long-lived cluster).
+    out = host.check_output(
+        "journalctl -o json --all --no-pager -n 200 SYSLOG_IDENTIFIER=paxmr-prm"
+    )
     records = [json.loads(line) for line in out.splitlines()]
     assert records
     payloads = [json.loads(r["MESSAGE"]) for r in records if r["MESSAGE"].startswith("{")]
