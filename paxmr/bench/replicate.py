@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -68,61 +70,60 @@ def _tallies(settings: Settings) -> tuple[str, str]:
     return small, big
 
 
+@contextlib.contextmanager
+def _cluster() -> Iterator[tuple[Path, list[Settings], Settings]]:
+    """A fresh local 3-node cluster: its directory, every node's settings and its leader's."""
+    with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
+        root = Path(tmp)
+        local.up(root, nodes=3, mappers=1)
+        try:
+            nodes = [load(local.config_path(root, n)) for n in (1, 2, 3)]
+            yield root, nodes, nodes[_leader(nodes) - 1]
+        finally:
+            local.down(root)
+
+
 def sequential(count: int) -> list[float]:
     """Seconds of each of ``count`` small replicates one after another at the leader of a fresh
     local 3-node cluster (what ``run`` reports as seq_p50_ms)."""
-    with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
-        root = Path(tmp)
-        local.up(root, nodes=3, mappers=1)
-        try:
-            nodes = [load(local.config_path(root, n)) for n in (1, 2, 3)]
-            leader = nodes[_leader(nodes) - 1]
-            small, _ = _tallies(leader)
-            return [_replicate(leader, small) for _ in range(count)]
-        finally:
-            local.down(root)
+    with _cluster() as (_, _, leader):
+        small, _ = _tallies(leader)
+        return [_replicate(leader, small) for _ in range(count)]
 
 
 def run(sequential: int, concurrent: int, catchup: int) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="paxmr-bench-") as tmp:
-        root = Path(tmp)
-        local.up(root, nodes=3, mappers=1)
-        try:
-            nodes = [load(local.config_path(root, n)) for n in (1, 2, 3)]
-            leader = nodes[_leader(nodes) - 1]
-            small, big = _tallies(leader)
-            tally_bytes = (leader.data_dir / big).stat().st_size
-            for s in nodes:  # every node holds the files, so any node can replicate them
-                for name in (small, big):
-                    (s.data_dir / name).write_bytes((leader.data_dir / name).read_bytes())
+    with _cluster() as (root, nodes, leader):
+        small, big = _tallies(leader)
+        tally_bytes = (leader.data_dir / big).stat().st_size
+        for s in nodes:  # every node holds the files, so any node can replicate them
+            for name in (small, big):
+                (s.data_dir / name).write_bytes((leader.data_dir / name).read_bytes())
 
-            seq = [_replicate(leader, small) for _ in range(sequential)]
-            concurrent_per_s = _many(leader, small, concurrent, 64)
-            big_lat = [_replicate(leader, big) for _ in range(30)]
+        seq = [_replicate(leader, small) for _ in range(sequential)]
+        concurrent_per_s = _many(leader, small, concurrent, 64)
+        big_lat = [_replicate(leader, big) for _ in range(30)]
 
-            # Failover: SIGKILL the leader's PRM, time until a survivor commits.
-            old = leader.node_id
-            victim = next(x for x in local.load_state(root) if x.node == old and x.name == "prm")
-            survivor = next(s for s in nodes if s.node_id != old)
-            killed = time.perf_counter()
-            os.kill(victim.pid, signal.SIGKILL)
-            _replicate(survivor, small)
-            failover_s = time.perf_counter() - killed
-            local.restart(root, old, "prm")
+        # Failover: SIGKILL the leader's PRM, time until a survivor commits.
+        old = leader.node_id
+        victim = next(x for x in local.load_state(root) if x.node == old and x.name == "prm")
+        survivor = next(s for s in nodes if s.node_id != old)
+        killed = time.perf_counter()
+        os.kill(victim.pid, signal.SIGKILL)
+        _replicate(survivor, small)
+        failover_s = time.perf_counter() - killed
+        local.restart(root, old, "prm")
 
-            # Catch-up: one node misses `catchup` entries, then resumes.
-            leader = nodes[_leader(nodes) - 1]
-            lagger = next(s for s in nodes if s.node_id != leader.node_id)
-            control.call(lagger.prm_socket, "stop")
-            _many(leader, small, catchup, 64)
-            target = _status(leader)["digest"]
-            resumed = time.perf_counter()
-            control.call(lagger.prm_socket, "resume")
-            while _status(lagger)["digest"] != target:
-                time.sleep(0.005)
-            catchup_s = time.perf_counter() - resumed
-        finally:
-            local.down(root)
+        # Catch-up: one node misses `catchup` entries, then resumes.
+        now_leading = nodes[_leader(nodes) - 1]
+        lagger = next(s for s in nodes if s.node_id != now_leading.node_id)
+        control.call(lagger.prm_socket, "stop")
+        _many(now_leading, small, catchup, 64)
+        target = _status(now_leading)["digest"]
+        resumed = time.perf_counter()
+        control.call(lagger.prm_socket, "resume")
+        while _status(lagger)["digest"] != target:
+            time.sleep(0.005)
+        catchup_s = time.perf_counter() - resumed
     return {
         "seq_p50_ms": _ms(seq, 0.5),
         "seq_p99_ms": _ms(seq, 0.99),

@@ -47,8 +47,9 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def _round(
     port: int, tls: TlsFiles | None, size: int, count: int
-) -> tuple[float, list[float]]:
-    """Connect (and handshake), then ``count`` round trips of a ``size``-byte frame."""
+) -> tuple[float, list[float], str]:
+    """Connect (and handshake), then ``count`` round trips of a ``size``-byte frame; returns the
+    connect time, the round trips and the protocol spoken."""
     started = time.perf_counter()
     if tls is None:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -57,6 +58,8 @@ async def _round(
             "127.0.0.1", port, ssl=transport.client_context(tls), server_hostname=pki.node_name(1)
         )
     connect = time.perf_counter() - started
+    ssl_object = writer.get_extra_info("ssl_object")
+    protocol = ssl_object.version() if ssl_object is not None else "plain TCP"
     payload = b"p" * size
     rtts = []
     for seq in range(count):
@@ -67,7 +70,7 @@ async def _round(
         rtts.append(time.perf_counter() - sent)
     writer.close()
     await writer.wait_closed()  # the follower's side sees the end and returns
-    return connect, rtts
+    return connect, rtts, protocol
 
 
 async def _transport(
@@ -81,12 +84,14 @@ async def _transport(
     files = {"tls": tls_client, "plain": None}
     rtt: dict[tuple[str, int], list[float]] = {}
     connect: dict[str, list[float]] = {"tls": [], "plain": []}
+    spoken: dict[str, set[str]] = {"tls": set(), "plain": set()}
     try:
         for _ in range(rounds):  # alternate, so both modes see the same load on the machine
             for mode in ("tls", "plain"):
                 for size, n in ((ACCEPT_BYTES, count), (TALLY_BYTES, max(1, count // 20))):
-                    took, times = await _round(ports[mode], files[mode], size, n)
+                    took, times, protocol = await _round(ports[mode], files[mode], size, n)
                     connect[mode].append(took)
+                    spoken[mode].add(protocol)
                     rtt.setdefault((mode, size), []).extend(times)
     finally:
         for server in (secure, plain):
@@ -94,6 +99,8 @@ async def _transport(
             await server.wait_closed()  # every connection handler has returned
     us = {key: statistics.median(values) * 1e6 for key, values in rtt.items()}
     return {
+        "tls": " ".join(sorted(spoken["tls"])),
+        "plain": " ".join(sorted(spoken["plain"])),
         "rtt_small_tls_us": round(us["tls", ACCEPT_BYTES], 1),
         "rtt_small_plain_us": round(us["plain", ACCEPT_BYTES], 1),
         "rtt_small_ratio": round(us["tls", ACCEPT_BYTES] / us["plain", ACCEPT_BYTES], 2),
@@ -105,14 +112,21 @@ async def _transport(
     }
 
 
-def run(sequential: int, rounds: int = 10, count: int = 200) -> dict[str, Any]:
+def transport_figures(rounds: int = 10, count: int = 200) -> dict[str, Any]:
+    """The peer round trip and connect time over TLS and plain TCP (see the module's docstring)."""
     with tempfile.TemporaryDirectory(prefix="paxmr-bench-tls-") as tmp:
         root = Path(tmp)
         pki.issue(root / "ca", 1, root / "n1")
         pki.issue(root / "ca", 2, root / "n2")
-        server, client = (TlsFiles(d / pki.CA_FILE, d / pki.CERT_FILE, d / pki.KEY_FILE)
-                          for d in (root / "n1", root / "n2"))  # fmt: skip
-        figures = asyncio.run(_transport(server, client, rounds, count))
+        server, client = (
+            TlsFiles(d / pki.CA_FILE, d / pki.CERT_FILE, d / pki.KEY_FILE)
+            for d in (root / "n1", root / "n2")
+        )
+        return asyncio.run(_transport(server, client, rounds, count))
+
+
+def run(sequential: int, rounds: int = 10, count: int = 200) -> dict[str, Any]:
+    figures = transport_figures(rounds, count)
     seq = replicate.sequential(sequential)
     p50_ms = statistics.median(seq) * 1e3
     extra_ms = (figures["rtt_small_tls_us"] - figures["rtt_small_plain_us"]) / 1e3
