@@ -80,14 +80,17 @@ def first_violation(
 
 
 # Each broken core, the schedule that finds it, and a bound on the seeds searched (about twice
-# the first seed that finds it today, with every fault kind but `member`). The four defects of issue 8 are
-# also replayed step by step in test_paxos_regressions.py. Defect 1 and reply-before-persist on
-# 5 members are found only by the small schedule (phases.py); defect 1 cannot happen on 3
-# members (two majorities of 3 share a node, which either refuses the old leader's ballot or
-# reports its value). Defect 2 is not listed: no schedule finds its broken copy yet (README).
+# the first seed that finds it today, with every fault kind but `member`). The four defects of
+# issue 8 are also replayed step by step in test_paxos_regressions.py. Defect 1 (on 5 and 7
+# members) and reply-before-persist on 5 are found only by the small schedule (phases.py).
+# Defect 1 cannot happen on 3 members: the old leader's value held by a follower is accepted by
+# a majority of 3, so chosen. Defect 2 cannot either (the fence needs both others, and the
+# owner of the forgotten promise refuses a lower fence ballot); on 5 no schedule finds its
+# broken copy yet (README).
 CAUGHT = [
     pytest.param(5, SMALL_UNSAFE, "small", {"driver": UNSAFE}, id="reply-before-persist-5"),
     pytest.param(5, SMALL_D1, "small", {"node_factory": KeepsLeadingAfterConflict}, id="defect1-5"),
+    pytest.param(7, 200, "small", {"node_factory": KeepsLeadingAfterConflict}, id="defect1-7"),
     pytest.param(3, 600, "timed", {"driver": UNSAFE}, id="reply-before-persist-3"),
     pytest.param(3, 300, "async", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-3"),
     pytest.param(5, 300, "timed", {"node_factory": AcceptsLowerBallots}, id="lower-ballot-5"),
