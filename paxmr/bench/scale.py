@@ -88,10 +88,20 @@ def _replicate(settings: Settings, file: str) -> None:
     raise RuntimeError(f"replicate {file} did not land")
 
 
+def _answering(settings: Settings, timeout: float = 600.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(control.ServiceDown, control.RemoteError, OSError):
+            control.call(settings.prm_socket, "status", timeout=30.0)
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"node {settings.node_id} did not start")
+
+
 def _serving(settings: Settings, entries: int, timeout: float = 600.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        with contextlib.suppress(control.RemoteError, OSError):
+        with contextlib.suppress(control.ServiceDown, control.RemoteError, OSError):
             log = control.call(settings.prm_socket, "print", timeout=30.0)
             if len(log["entries"]) >= entries:
                 return
@@ -113,7 +123,9 @@ def _measure(root: Path, nodes: list[Settings], entries: int) -> dict[str, Any]:
     os.kill(pid, signal.SIGKILL)
     with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, 0)
-    local.restart(root, follower.node_id, "prm")
+    with contextlib.suppress(control.ServiceDown, TimeoutError):  # slower than local's wait
+        local.restart(root, follower.node_id, "prm")
+    _answering(follower)
     ready = time.perf_counter() - killed
     _serving(follower, entries)
     serving = time.perf_counter() - killed
