@@ -204,3 +204,37 @@ def test_a_single_voter_takes_over_with_requests_waiting():
     single.submit(1, "x")  # no leader yet: pending
     single.advance(1.0)
     assert "x" in single.node(1).log.positions
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core defect: a fence point counted from old-epoch rows past a stop sign is kept",
+)
+def test_a_node_that_fenced_before_a_stop_sign_votes_again_once_idle():
+    """Found by the simulator (`paxmr sim --seed 152 --seeds 1 --nodes 3`, liveness). Node 3
+    loses its disk and fences in epoch 0 against 1 and 2, which hold accepted rows for the
+    stop sign (slot 0) and for A after it (slot 1): its fence point is 2. Applying the stop
+    sign drops the row of slot 1 everywhere (it was never chosen), and A's client is gone: no
+    one proposes slot 1 again. Node 3 then waits for slot 1 forever and never votes, while it
+    even leads; one more failure leaves the cluster without a quorum. Fails today."""
+    h = Harness(3, BIG)
+    h.fire(1)
+    h.deliver()
+    change(h, 1, "same", [1, 2, 3])  # slot 0: a stop sign
+    h.submit(2, "A")  # forwarded to node 1: slot 1, past the stop sign
+    h.deliver_where(lambda s, d, _: (s, d) == (2, 1))
+    h.deliver_where(lambda s, _d, m: s == 1 and isinstance(m, Accept))
+    h.take(lambda _s, _d, m: isinstance(m, Accepted))  # no one learns slot 0 is chosen
+    h.crash(2)  # node 2 restarts (its disk survives): A's client is gone
+    h.start(2)
+    h.wipe(3)
+    for _ in range(6):  # node 3 probes, then fences in epoch 0
+        h.fire(3)
+        h.deliver()
+        if h.node(3).acceptor.recover_until is not None:
+            break
+    assert h.node(3).acceptor.recover_until == 2
+    settle(h, 5.0)
+    assert all(h.node(i).membership.epoch == 1 for i in h.members)
+    assert_safe(h)
+    assert h.node(3).acceptor.voting, (h.node(3).log.length, h.node(3).acceptor.recover_until)
