@@ -240,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     ``begin``, ``switch`` and ``finish`` take that step of a CA rotation first."""
     parser = argparse.ArgumentParser(prog="paxmr-pki")
     parser.add_argument("command", choices=["ensure", "begin", "switch", "finish"])
-    parser.add_argument("--ca", type=Path, required=True)
-    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--ca", type=lambda s: Path(s).expanduser(), required=True)
+    parser.add_argument("--out", type=lambda s: Path(s).expanduser(), required=True)
     parser.add_argument("--node", type=int, action="append", default=[])
     parser.add_argument("--renew-days", type=int, default=RENEW_DAYS)
     args = parser.parse_args(argv)
