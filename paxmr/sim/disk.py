@@ -22,6 +22,11 @@ class MemoryStorage:
     def voting(self) -> bool:
         return self._state.voting
 
+    @property
+    def length(self) -> int:
+        """How many log entries it holds."""
+        return len(self._state.log)
+
     def load(self) -> DurableState:
         return replace(self._state, accepted=dict(self._state.accepted), log=list(self._state.log))
 

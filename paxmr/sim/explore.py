@@ -285,7 +285,9 @@ class Explorer(Simulation):
     def _wipe(self) -> None:
         i = self.rng.choice(self._ids())
         # A lost disk is survivable only while a voting majority keeps its own.
-        if self.faults["wipe"] >= MAX_WIPES or not self.changes.survives_wipe(i, self._voting()):
+        if self.faults["wipe"] >= MAX_WIPES or not self.changes.survives_wipe(
+            i, self._voting(), self._durable()
+        ):
             return
         self.faults["wipe"] += 1
         self._log(f"disk lost on node {i}")
@@ -294,6 +296,9 @@ class Explorer(Simulation):
 
     def _voting(self) -> dict[int, bool]:
         return {i: s.disk.voting for i, s in self.nodes.items()}
+
+    def _durable(self) -> int:
+        return max(s.disk.length for s in self.nodes.values())
 
     def _stall(self) -> None:
         i = self.rng.choice(self._ids())
@@ -327,7 +332,7 @@ class Explorer(Simulation):
         """A membership change (members.py): boot the node it needs, ask a node for it."""
         lengths = {i: len(s.log.entries) for i, s in self.nodes.items()}
         nodes = {i: s.node for i, s in self.nodes.items()}
-        change = self.changes.plan(self.rng, nodes, self._voting(), lengths)
+        change = self.changes.plan(self.rng, nodes, self._voting(), lengths, self._durable())
         if change is None:
             return
         if change.boot is not None:

@@ -99,12 +99,20 @@ class Changes:
         pending = [m for base, m in self._pending.values() if base == current.epoch]
         return [current, *pending]
 
-    def survives_wipe(self, victim: int, voting: Mapping[int, bool]) -> bool:
+    def survives_wipe(self, victim: int, voting: Mapping[int, bool], durable: int) -> bool:
         """A lost disk is survivable while a majority of the voters of every membership that is
-        or may become current keep disks that vote."""
+        or may become current keep disks that vote: the one after the longest log on a disk
+        (`durable` slots; a chosen slot no disk holds yet is chosen again in its epoch), and
+        every change proposed since."""
+        membership = Membership(0, frozenset(self.founders))
+        chosen = self.checker.chosen
+        for slot in range(durable):
+            rid, value = chosen[slot]
+            membership = membership.apply(slot, Entry(rid, value)) or membership
+        later = [m for base, m in self._pending.values() if base >= membership.epoch]
         return all(
             sum(1 for v in m.voters if v != victim and voting.get(v, False)) >= m.quorum
-            for m in self.live_memberships()
+            for m in [membership, *later]
         )
 
     def plan(
@@ -113,10 +121,20 @@ class Changes:
         nodes: Mapping[int, Node | None],
         voting: Mapping[int, bool],
         lengths: Mapping[int, int],
+        durable: int,
     ) -> Change | None:
-        """The change to make now, or None if no operation fits the cluster as it is."""
+        """The change to make now, or None if no operation fits the cluster as it is.
+        `durable`: the longest log on a disk (a rejoin destroys a disk, as a wipe does)."""
         current = self.current()
         options = self._options(rng, current, nodes, lengths)
+        if "rejoin" in options:
+            weight, founders = options["rejoin"]
+            founders = [f for f in founders if self.survives_wipe(f, voting, durable)]
+            options["rejoin"] = (weight, founders)
+            if not founders:
+                del options["rejoin"]
+            if not options:
+                return None
         if not options:
             return None
         operation = rng.choices(list(options), [w for w, _ in options.values()])[0]

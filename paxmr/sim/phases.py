@@ -311,7 +311,9 @@ class PhaseWalk(Explorer):
     def _act_wipe(self) -> None:
         i = self._actor()
         # A lost disk is survivable only while a voting majority keeps its own.
-        if self.faults["wipe"] >= MAX_WIPES or not self.changes.survives_wipe(i, self._voting()):
+        if self.faults["wipe"] >= MAX_WIPES or not self.changes.survives_wipe(
+            i, self._voting(), self._durable()
+        ):
             return
         self.faults["wipe"] += 1
         self._log(f"disk lost on node {i}")

@@ -302,7 +302,7 @@ class World(Simulation):
         if replica.wipe_armed:
             replica.wipe_armed = False
             # Survivable while a majority of the others still votes; recoveries may overlap.
-            if self.changes.survives_wipe(replica.id, self._voting()):
+            if self.changes.survives_wipe(replica.id, self._voting(), self._durable()):
                 self.faults["wipe"] += 1
                 self._log(f"disk lost on node {replica.id}")
                 self._crash(replica, lose_unsynced=True)
@@ -313,6 +313,9 @@ class World(Simulation):
 
     def _voting(self) -> dict[int, bool]:
         return {i: r.disk.voting for i, r in self.replicas.items()}
+
+    def _durable(self) -> int:
+        return max(r.disk.length for r in self.replicas.values())
 
     def _release(self, replica: Replica, ready: Ready) -> None:
         for entry in ready.applied:
@@ -547,7 +550,7 @@ class World(Simulation):
     def _change(self) -> None:
         nodes = {i: r.node for i, r in self.replicas.items()}
         lengths = {i: len(r.log.entries) for i, r in self.replicas.items()}
-        change = self.changes.plan(self.rng, nodes, self._voting(), lengths)
+        change = self.changes.plan(self.rng, nodes, self._voting(), lengths, self._durable())
         if change is None:
             return
         if change.boot is not None:

@@ -62,18 +62,21 @@ def test_the_wipe_rule_follows_the_membership_the_log_names():
     checker = Checker()
     changes = Changes((1, 2, 3), checker)
     everyone = dict.fromkeys(range(1, 7), True)
-    assert changes.survives_wipe(1, everyone)
-    assert not changes.survives_wipe(1, everyone | {2: False})
+    assert changes.survives_wipe(1, everyone, 0)
+    assert not changes.survives_wipe(1, everyone | {2: False}, 0)
     # The log makes 4, 5, 6 voters too: a wipe of 1 needs four voting disks among the rest.
     grow = Membership(0, frozenset({1, 2, 3})).change([1, 2, 3, 4, 5, 6], [], {})
     checker.chosen[0] = ("\x1emembership:m1-promote", grow)
     assert changes.current().voters == frozenset(range(1, 7))
-    assert changes.survives_wipe(1, everyone | {2: False})
-    assert not changes.survives_wipe(1, everyone | {2: False, 4: False})
+    assert changes.survives_wipe(1, everyone | {2: False}, 1)
+    assert not changes.survives_wipe(1, everyone | {2: False, 4: False}, 1)
     # A node that is no longer a voter may always lose its disk.
     shrink = changes.current().change([4, 5, 6], [], {})
     checker.chosen[1] = ("\x1emembership:m2-remove", shrink)
-    assert changes.survives_wipe(1, {1: False, 2: False, 3: False, 4: True, 5: True, 6: False})
+    only = {1: False, 2: False, 3: False, 4: True, 5: True, 6: False}
+    assert changes.survives_wipe(1, only, 2)
+    # Chosen, but on no disk yet (a power cut took it): the six voters still count.
+    assert not changes.survives_wipe(1, only, 1)
 
 
 # Each broken membership rule, the schedule that finds it, the fault kinds, and a bound on the
