@@ -8,6 +8,9 @@ instance whose epoch is k + 1.
 - Every ballot message (Prepare, Promise, Nack, Accept, Accepted) names its sender's epoch, and
   a node acts on it only in the same epoch. A node behind catches up (it learns slot k and so
   enters the epoch); a node ahead tells the sender where its log ends.
+- A node takes a Prepare or an Accept only from a voter of its epoch, so a node that counts
+  itself a member by mistake (a stale member list, a join that founded) gets no promise and no
+  accept from the members.
 - Entering epoch k + 1 (applying slot k) drops every accepted row above k, durably, before the
   node acts on any message of the new epoch; a campaign or leadership of the old epoch ends.
 - Within an epoch the members are fixed, so Paxos's own argument holds there: two majorities

@@ -212,6 +212,10 @@ class Node:
         self._heard[src] = now
         if isinstance(msg, _BALLOT_MESSAGES) and not self._same_epoch(src, msg, now):
             return
+        if isinstance(msg, Prepare | Accept) and (
+            src != msg.ballot.node or src not in self.membership.voters
+        ):
+            return  # only this epoch's voters campaign and lead (as this node knows them)
         match msg:
             case Prepare():
                 self._on_prepare(src, msg, now)

@@ -238,3 +238,29 @@ def test_a_node_that_fenced_before_a_stop_sign_votes_again_once_idle():
     assert all(h.node(i).membership.epoch == 1 for i in h.members)
     assert_safe(h)
     assert h.node(3).acceptor.voting, (h.node(3).log.length, h.node(3).acceptor.recover_until)
+
+def test_a_node_that_is_not_a_voter_gets_no_promise_and_no_accept():
+    """A node configured with another member list (it counts itself a founder) campaigns:
+    the real members neither promise nor accept for it (issue 9's second unsafe operation)."""
+    h = Harness(3, BIG)
+    leader = h.elect()
+    h.submit(leader, "chosen")
+    h.advance(1.0)
+    outsider = Harness(5, BIG)  # nodes 4 and 5 believe the founders are 1..5
+    for i in (4, 5):
+        h.disks[i] = outsider.disks[i]
+        h.nodes[i] = outsider.node(i)
+        h.replies[i], h.applied[i] = [], []
+    h.members = (1, 2, 3, 4, 5)
+    h.cut = {leader}
+    for _ in range(20):
+        for i in (4, 5):
+            h.fire(i)
+        h.deliver()
+    for i in (4, 5):
+        assert h.node(i).role != "leader"
+        assert "chosen" not in h.node(i).log.positions or h.node(i).log.length == 1
+    for i in (1, 2, 3):
+        assert all(b.node in (1, 2, 3) for b in [h.node(i).acceptor.promised])
+    settle(h)
+    assert_safe(h)
