@@ -321,6 +321,66 @@ def replicate_cmd(c: Ctx, file: str, request_id: str | None) -> None:
     c.emit(result, lambda r: f"{r['file']} -> log position {r['position']}")
 
 
+@cli.group("member")
+def member_group() -> None:
+    """The cluster's members: who votes, who is catching up, and changes to them.
+
+    Changes go through the replicated log (one at a time); the configuration file only says
+    where founding members are. Run these on any node of the cluster.
+    """
+
+
+@member_group.command("list")
+@pass_ctx
+def member_list_cmd(c: Ctx) -> None:
+    """Members with address, role (voter or learner), applied slots and last heard.
+
+    "applied" and "behind" of other members are known on the leader (and where a member last
+    reported them)."""
+    result = control.call(c.settings.prm_socket, "members")
+    c.emit(result, render.members)
+
+
+@member_group.command("add")
+@click.argument("node", type=click.IntRange(min=1, max=2**31 - 1))
+@click.argument("address", metavar="HOST:PORT")
+@click.option("--wait", type=click.FloatRange(min=0), default=30.0, show_default=True,
+              help="Seconds to wait for the new node to catch up and become a voter.")  # fmt: skip
+@pass_ctx
+def member_add_cmd(c: Ctx, node: int, address: str, wait: float) -> None:
+    """Add NODE, reachable at HOST:PORT: it joins as a learner, catches up, then votes.
+
+    Start paxmr on the new node first (without `paxmr init`: it founds nothing) with its own
+    key and certificate from the cluster's CA; its configuration lists the cluster's nodes.
+    """
+    args = {"node": node, "address": address, "wait": wait}
+    result = control.call(c.settings.prm_socket, "member_add", args, timeout=wait + 60)
+    c.emit(
+        result,
+        lambda r: (
+            f"node {r['node']} is a voter (epoch {r['epoch']})"
+            if r["role"] == "voter"
+            else f"node {r['node']} is a learner, still catching up: the leader makes it a voter"
+            " once it has (see `paxmr member list`)"
+        ),
+    )
+
+
+@member_group.command("remove")
+@click.argument("node", type=click.IntRange(min=1, max=2**31 - 1))
+@click.option(
+    "--force", is_flag=True, help="Remove even if the voters left that answer are no quorum."
+)
+@pass_ctx
+def member_remove_cmd(c: Ctx, node: int, force: bool) -> None:
+    """Remove NODE from the cluster (the leader included: another one is elected).
+
+    Stop the removed node's services afterwards; it no longer votes or leads.
+    """
+    result = control.call(c.settings.prm_socket, "member_remove", {"node": node, "force": force})
+    c.emit(result, lambda r: f"node {r['node']} removed (epoch {r['epoch']})")
+
+
 @cli.command("stop")
 @pass_ctx
 def stop_cmd(c: Ctx) -> None:

@@ -118,6 +118,22 @@ def log(r: dict[str, Any]) -> str:
     )
 
 
+def members(r: dict[str, Any]) -> str:
+    rows = [
+        [
+            m["node"],
+            printable(str(m["address"] or "?")),
+            m["role"] + (" (leader)" if m["leader"] else ""),
+            m["applied"],
+            m["behind"],
+            None if m["heard_s_ago"] is None else f"{m['heard_s_ago']:.1f}s ago",
+        ]
+        for m in r["members"]
+    ]
+    headers = ["node", "address", "role", "applied", "behind", "heard"]
+    return table(headers, rows, right={5}) + f"\nepoch {r['epoch']}, quorum {r['quorum']}"
+
+
 def cluster(r: dict[str, Any]) -> str:
     """``paxmr local status``: one line per node, then the services that do not answer."""
     rows = []

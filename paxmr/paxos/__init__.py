@@ -4,7 +4,8 @@ from paxmr.paxos.ballot import ZERO, Ballot
 from paxmr.paxos.client import MAX_REQUEST_ID, Committed, Refused, Reply, Request
 from paxmr.paxos.config import CoreConfig
 from paxmr.paxos.durable import DurableState, Persist
-from paxmr.paxos.log import GENESIS_DIGEST, NOOP, Entry, LogEntry, chain_digest
+from paxmr.paxos.log import GENESIS_DIGEST, MEMBERSHIP_PREFIX, NOOP, Entry, LogEntry, chain_digest
+from paxmr.paxos.membership import Membership
 from paxmr.paxos.messages import BadMessage, Message, from_wire, to_wire
 from paxmr.paxos.node import Node
 from paxmr.paxos.ready import NodeStatus, Ready, split
@@ -12,6 +13,7 @@ from paxmr.paxos.ready import NodeStatus, Ready, split
 __all__ = [
     "GENESIS_DIGEST",
     "MAX_REQUEST_ID",
+    "MEMBERSHIP_PREFIX",
     "NOOP",
     "ZERO",
     "BadMessage",
@@ -21,6 +23,7 @@ __all__ = [
     "DurableState",
     "Entry",
     "LogEntry",
+    "Membership",
     "Message",
     "Node",
     "NodeStatus",

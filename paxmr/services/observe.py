@@ -47,12 +47,11 @@ class _Heard:
 class Observer:
     def __init__(self, node_id: int, peers: list[int], db: Path, election_max: float) -> None:
         self.node_id = node_id
-        self.peers = peers
-        self.quorum = (len(peers) + 1) // 2 + 1
         self.db = db
         self.window = election_max  # "recently" = within the longest election timeout
         self.log = logs.get()
-        self.heard: dict[int, _Heard] = {p: _Heard() for p in peers}
+        self.heard: dict[int, _Heard] = {}
+        self.set_members(peers, [node_id, *peers])
         self.started = time.monotonic()
         self._last: tuple[str, int | None, tuple[int, int]] | None = None
         self._up: set[int] = set()
@@ -115,6 +114,13 @@ class Observer:
         )  # fmt: skip
         log_bytes.set_function(self._storage_bytes)
         self._gauges()
+
+    def set_members(self, peers: list[int], voters: list[int]) -> None:
+        """Whom this node hears from, and who votes (the log's membership, paxos.membership)."""
+        self.peers = sorted(peers)
+        self.voters = {v for v in voters if v != self.node_id}
+        self.quorum = len(set(voters)) // 2 + 1
+        self.heard = {p: self.heard.get(p) or _Heard() for p in self.peers}
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -201,7 +207,8 @@ class Observer:
     # --- what the operator asks ------------------------------------------------------------
 
     def heard_recently(self, now: float) -> list[int]:
-        return [p for p, h in self.heard.items() if now - h.at <= self.window]
+        """Voters heard from within the window (learners do not make a quorum)."""
+        return [p for p, h in self.heard.items() if now - h.at <= self.window and p in self.voters]
 
     def leader(self, s: NodeStatus, now: float) -> int | None:
         """The leader this replica follows, if it heard from it within the last election timeout.
@@ -239,7 +246,8 @@ class Observer:
             found.append("no leader" if s.role != CANDIDATE else "no leader: election under way")
         if (leader is None or s.role == LEADER) and heard + 1 < self.quorum:
             found.append(
-                f"no quorum: heard {heard} of {len(self.peers)} peers within {self.window:g} s,"
+                f"no quorum: heard {heard} of {len(self.voters)} voting peers within"
+                f" {self.window:g} s,"
                 f" a quorum needs {self.quorum - 1}"
             )
         return found
@@ -272,7 +280,9 @@ class Observer:
         if s.role == LEADER:
             ballot = s.promised
             acks = sum(
-                1 for h in self.heard.values() if h.acked_at >= start and h.acked_ballot == ballot
+                1
+                for p, h in self.heard.items()
+                if p in self.voters and h.acked_at >= start and h.acked_ballot == ballot
             )
             if acks + 1 < self.quorum:
                 return None

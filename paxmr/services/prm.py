@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
 import random
 import time
@@ -25,12 +26,12 @@ from paxmr.logobject import LogObject
 from paxmr.paxos.messages import Forward, Refuse
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Transport
-from paxmr.settings import ConfigError, Settings
+from paxmr.settings import ConfigError, NodeAddress, Settings
 from paxmr.storage import Identity, Storage
 from paxmr.wordcount import tally
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable, Iterable, Iterator
 
 T = TypeVar("T")
 
@@ -57,17 +58,40 @@ def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path,
     return path, identity
 
 
-def check_identity(settings: Settings, identity: Identity | None) -> None:
-    """Refuse to start with a member list other than the one this node's cluster was founded
-    with: quorums computed from two lists can overlap in no node (issue 9)."""
-    configured = tuple(sorted(n.id for n in settings.nodes))
-    if identity is not None and configured != identity.members:
-        raise ConfigError(
-            f"the configured members {list(configured)} differ from the members"
-            f" {list(identity.members)} of cluster {identity.cluster_id}, which this node's"
-            f" storage ({db_path(settings)}) belongs to. A member list is not changed by"
-            " editing the configuration: restore the founding list"
-        )
+def founders(settings: Settings, identity: Identity | None) -> list[int]:
+    """Who founded the cluster: the stored identity says. A node without one (its storage was
+    lost, or it joins a running cluster) takes the configured list; the log then tells it who
+    the members are, and until it knows, the voters refuse its campaigns if that list is wrong
+    (paxos/membership.py)."""
+    if identity is not None:
+        return list(identity.members)
+    return [n.id for n in settings.nodes]
+
+
+def address_of(text: str) -> tuple[str, int]:
+    """ "host:port" (IPv6 hosts in brackets) as the log holds a member's address."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)
+
+
+def member_addresses(settings: Settings, membership: paxos.Membership) -> list[NodeAddress]:
+    """Where every member and configured node is: the log's address for a member added with
+    one, else the configuration's. A member with neither cannot start this node."""
+    configured = {n.id: n for n in settings.nodes}
+    out = dict(configured)
+    for node in sorted(membership.members):
+        if node in membership.addresses:
+            host, port = address_of(membership.addresses[node])
+            out[node] = NodeAddress(id=node, host=host, port=port)
+        elif node not in configured:
+            raise ConfigError(
+                f"node {node} is a member of this cluster (epoch {membership.epoch}) but has no"
+                f" address: add it to [[nodes]] in the configuration, or remove it from the"
+                f" cluster first (`paxmr member remove {node}`)"
+            )
+    return list(out.values())
 
 
 class ReplicateArgs(control.Args):
@@ -80,6 +104,24 @@ class ReplicateArgs(control.Args):
 class BackupArgs(control.Args):
     # A plain name in the backups directory (the PRM may write only below its state directory).
     name: str = Field(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$")
+
+
+def _request_id() -> str:
+    return uuid.uuid4().hex
+
+
+class MemberAddArgs(control.Args):
+    node: int = Field(ge=1, le=2**31 - 1)
+    address: str = Field(min_length=3, max_length=255)
+    # How long to wait for the learner to catch up and become a voter before answering.
+    wait: float = Field(default=30.0, ge=0, le=3600)
+    request_id: str = Field(default_factory=_request_id, min_length=1, max_length=64)
+
+
+class MemberRemoveArgs(control.Args):
+    node: int = Field(ge=1, le=2**31 - 1)
+    force: bool = False
+    request_id: str = Field(default_factory=_request_id, min_length=1, max_length=64)
 
 
 class ReadArgs(control.Args):
@@ -110,6 +152,11 @@ def _unknown(code: str, reason: str, request_id: str) -> control.ControlError:
     )
 
 
+# A learner this close to the leader's applied length counts as caught up: under load it is
+# never exactly level, and the rest arrives as a voter.
+_CAUGHT_UP = 64
+
+
 # Below this size a tally is parsed, and a value decoded, on the event loop: it costs less than
 # the hand-off to a worker process. Above it, the work goes to a worker (services/heavy.py).
 _INLINE = 64 * 1024  # bytes
@@ -133,7 +180,7 @@ class Prm:
         durable = storage.load()
         self.node = paxos.Node(
             settings.node_id,
-            [n.id for n in settings.nodes],
+            founders(settings, storage.identity()),
             durable,
             config,
             random.Random(),  # election jitter, not a secret
@@ -160,10 +207,13 @@ class Prm:
         self._progress = asyncio.Event()  # set, and replaced, whenever an entry is applied
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
         self.wake = asyncio.Event()
-        peers = [n for n in settings.nodes if n.id != settings.node_id]
+        self.membership = self.node.membership
+        peers = [n for n in member_addresses(settings, self.membership) if n.id != settings.node_id]
         self.observer = observe.Observer(
             settings.node_id, [p.id for p in peers], db_path(settings), t.election_max
         )
+        self.observer.set_members([p.id for p in peers], sorted(self.membership.voters))
+        self._promoting: asyncio.Future[paxos.Committed | paxos.Refused] | None = None
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver,
@@ -230,6 +280,10 @@ class Prm:
         self.wake.set()
 
     async def _check_forward(self, src: int, msg: Forward) -> None:
+        if msg.request_id.startswith(paxos.MEMBERSHIP_PREFIX):
+            self.node.receive(src, msg, time.monotonic())  # the core checks a change on apply
+            self.wake.set()
+            return
         full = self._over_quota(len(msg.value))
         if full is not None:
             self.transport.send(src, Refuse(msg.request_id, "quota", full))
@@ -256,7 +310,82 @@ class Prm:
                 self.node.on_timer(now)
             ready = self.node.ready()
             await self._carry_out(ready)
-            self.observer.after_ready(self.node.status(), len(ready.applied))
+            status = self.node.status()
+            self.observer.after_ready(status, len(ready.applied))
+            if status.membership is not self.membership:
+                self._membership_changed(status.membership)
+            if status.role == "leader":
+                self._promote_caught_up(status)
+
+    def _membership_changed(self, membership: paxos.Membership) -> None:
+        self.membership = membership
+        try:
+            addresses = member_addresses(self.settings, membership)
+        except ConfigError as exc:
+            # Running on: the members that can be reached still make progress.
+            self.log.error("member_without_address", error=str(exc))  # noqa: TRY400 - no traceback to show
+            addresses = [n for n in self.settings.nodes if n.id in membership.members]
+        peers = [n for n in addresses if n.id != self.settings.node_id]
+        self.transport.set_peers(peers)
+        self.observer.set_members([p.id for p in peers], sorted(membership.voters))
+        self.log.warning(
+            "membership_changed",
+            epoch=membership.epoch,
+            voters=sorted(membership.voters),
+            learners=sorted(membership.learners),
+        )
+
+    def _promote_caught_up(self, status: paxos.NodeStatus) -> None:
+        """The leader makes a learner that has caught up a voter, one at a time (`member add`)."""
+        if self._promoting is not None and not self._promoting.done():
+            return
+        lengths = dict(status.peer_lengths)
+        m = status.membership
+        for learner in sorted(m.learners):
+            if lengths.get(learner, -1) >= status.chosen - _CAUGHT_UP:
+                self.log.info("member_promoting", node=learner, epoch=m.epoch)
+                self._promoting = self._propose_change(
+                    f"promote-{learner}-{m.epoch}", [*m.voters, learner], m.learners - {learner}
+                )
+                return
+
+    def _propose_change(
+        self,
+        request_id: str,
+        voters: Iterable[int],
+        learners: Iterable[int],
+        addresses: dict[int, str] | None = None,
+    ) -> asyncio.Future[paxos.Committed | paxos.Refused]:
+        future = asyncio.get_running_loop().create_future()
+        rid = self.node.change_membership(
+            request_id, sorted(voters), sorted(learners), addresses or {}, time.monotonic()
+        )
+        self.waiting[rid] = future
+        self.wake.set()
+        return future
+
+    async def _change(
+        self,
+        request_id: str,
+        voters: Iterable[int],
+        learners: Iterable[int],
+        addresses: dict[int, str] | None = None,
+    ) -> None:
+        """Propose a membership change and wait until it is applied and took effect."""
+        voters, learners = sorted(voters), sorted(learners)
+        future = self._propose_change(request_id, voters, learners, addresses)
+        outcome = await asyncio.wait_for(future, self.settings.timing.replicate_timeout * 2)
+        if isinstance(outcome, paxos.Refused):
+            code = "no_quorum" if outcome.code in _UNKNOWN_OUTCOME else outcome.code
+            raise control.ControlError(
+                code, f"membership change not confirmed: {outcome.reason} (see `member list`)"
+            )
+        m = self.node.membership
+        if sorted(m.voters) != voters or sorted(m.learners) != learners:
+            raise control.ControlError(
+                "conflict",
+                "another membership change took effect first; see `paxmr member list` and retry",
+            )
 
     async def _carry_out(self, ready: paxos.Ready) -> None:
         """Commit the Ready's persist, holding back only what depends on it (paxos.Ready).
@@ -571,6 +700,72 @@ class Prm:
         self.log.info("backup", **info)
         return info
 
+    async def members(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+        s = self.node.status()
+        m = s.membership
+        now = time.monotonic()
+        lengths = dict(s.peer_lengths)
+        addresses = {n.id: n for n in self.transport.addresses.values()}
+        addresses[self.settings.node_id] = self.settings.me
+        rows = []
+        for node in sorted(m.members):
+            heard = self.observer.heard.get(node)
+            age = None if heard is None or math.isinf(now - heard.at) else round(now - heard.at, 3)
+            applied = s.chosen if node == s.node else lengths.get(node)
+            address = addresses.get(node)
+            rows.append({
+                "node": node,
+                "address": f"{address.host}:{address.port}" if address else None,
+                "role": "voter" if node in m.voters else "learner",
+                "leader": node == self.observer.leader(s, now),
+                "applied": applied,
+                "behind": None if applied is None else max(0, s.chosen - applied),
+                "heard_s_ago": 0.0 if node == s.node else age,
+            })  # fmt: skip
+        return {"epoch": m.epoch, "quorum": m.quorum, "members": rows}
+
+    async def member_add(self, args: MemberAddArgs, _p: control.Progress) -> dict[str, Any]:
+        """Add a node as a learner; the leader makes it a voter once it has caught up."""
+        m = self.node.membership
+        if args.node in m.members:
+            raise control.ControlError("invalid", f"node {args.node} is a member already")
+        try:
+            address_of(args.address)
+        except ValueError as exc:
+            raise control.ControlError("invalid", str(exc)) from exc
+        await self._change(
+            args.request_id, m.voters, m.learners | {args.node}, {args.node: args.address}
+        )
+        deadline = time.monotonic() + args.wait
+        while args.node not in self.node.membership.voters:
+            if time.monotonic() > deadline:
+                return {"node": args.node, "role": "learner", "caught_up": False,
+                        "epoch": self.node.membership.epoch}  # fmt: skip
+            await asyncio.sleep(0.05)
+        return {"node": args.node, "role": "voter", "caught_up": True,
+                "epoch": self.node.membership.epoch}  # fmt: skip
+
+    async def member_remove(self, args: MemberRemoveArgs, _p: control.Progress) -> dict[str, Any]:
+        m = self.node.membership
+        if args.node not in m.members:
+            raise control.ControlError("invalid", f"node {args.node} is not a member")
+        voters = m.voters - {args.node}
+        if not voters:
+            raise control.ControlError("invalid", "the last voter cannot be removed")
+        # The remaining voters must make a quorum of the new membership, or nothing commits.
+        up = {*self.observer.heard_recently(time.monotonic()), self.settings.node_id}
+        alive = len(voters & up)
+        need = len(voters) // 2 + 1
+        if args.node in m.voters and alive < need and not args.force:
+            raise control.ControlError(
+                "no_quorum",
+                f"removing node {args.node} would leave {len(voters)} voters of which {alive}"
+                f" answered recently, fewer than the {need} a quorum needs; bring them back"
+                " first, or pass --force",
+            )
+        await self._change(args.request_id, voters, m.learners - {args.node})
+        return {"node": args.node, "removed": True, "epoch": self.node.membership.epoch}
+
     async def metrics(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
         return {"text": self.observer.exposition()}
 
@@ -616,17 +811,19 @@ class Prm:
             "status": control.Op(control.NoArgs, self.status),
             "metrics": control.Op(control.NoArgs, self.metrics),
             "backup": control.Op(BackupArgs, self.backup),
+            "members": control.Op(control.NoArgs, self.members),
+            "member_add": control.Op(MemberAddArgs, self.member_add),
+            "member_remove": control.Op(MemberRemoveArgs, self.member_remove),
         }
 
 
 async def main(settings: Settings) -> None:
     storage = Storage.open(db_path(settings))
     try:
-        check_identity(settings, storage.identity())
+        prm = Prm(settings, storage)  # refuses a member without an address (member_addresses)
     except ConfigError:
         storage.close()
         raise
-    prm = Prm(settings, storage)
     me = settings.me
     await prm.transport.start(settings.peer_bind or me.host, me.port)
     if settings.metrics_port is not None:

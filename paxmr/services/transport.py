@@ -273,7 +273,7 @@ class Transport:
         self.connected: set[int] = set()
         self._server_ctx = server_context(tls)
         self._client_ctx = client_context(tls)
-        self._tasks: list[asyncio.Task[None]] = []
+        self._senders: dict[int, asyncio.Task[None]] = {}
         # Accepted connections by task. On close they are aborted, not their tasks cancelled:
         # Python 3.11's streams report a cancelled connection handler as an "Exception in callback".
         self._inbound: dict[asyncio.Task[None], _Conn] = {}
@@ -290,16 +290,30 @@ class Transport:
         self._server = await asyncio.start_server(
             self._accept, host, port, reuse_address=True, backlog=256
         )
-        self._tasks = [asyncio.create_task(self._sender(p)) for p in self.addresses]
+        self._senders = {p: asyncio.create_task(self._sender(p)) for p in self.addresses}
+
+    def set_peers(self, peers: list[NodeAddress]) -> None:
+        """Follow a membership change: connect to new peers and to moved ones again, and stop
+        sending to peers that left (their inbound connections end when they do)."""
+        wanted = {p.id: p for p in peers if p.id != self.me}
+        for peer in [p for p in self.addresses if wanted.get(p) != self.addresses[p]]:
+            self._senders.pop(peer).cancel()
+            del self.addresses[peer], self.outboxes[peer]
+            self.connected.discard(peer)
+        for peer, address in wanted.items():
+            if peer not in self.addresses:
+                self.addresses[peer] = address
+                self.outboxes[peer] = Outbox(2 * self.frame_limit)
+                self._senders[peer] = asyncio.create_task(self._sender(peer))
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for task in self._tasks:
+        for task in self._senders.values():
             task.cancel()
         for conn in self._inbound.values():
             conn.drop()
-        await asyncio.gather(*self._tasks, *self._inbound, return_exceptions=True)
+        await asyncio.gather(*self._senders.values(), *self._inbound, return_exceptions=True)
 
     def send(self, dst: int, msg: paxos.Message) -> None:
         outbox = self.outboxes.get(dst)
