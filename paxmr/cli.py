@@ -375,6 +375,7 @@ def member_add_cmd(c: Ctx, node: int, address: str, wait: float) -> None:
 def member_remove_cmd(c: Ctx, node: int, force: bool) -> None:
     """Remove NODE from the cluster (the leader included: another one is elected).
 
+    Run it on the leader: it refuses when the voters left that answer it are no quorum.
     Stop the removed node's services afterwards; it no longer votes or leads.
     """
     result = control.call(c.settings.prm_socket, "member_remove", {"node": node, "force": force})

@@ -51,10 +51,10 @@ class Observer:
         self.window = election_max  # "recently" = within the longest election timeout
         self.log = logs.get()
         self.heard: dict[int, _Heard] = {}
+        self._up: set[int] = set()
         self.set_members(peers, [node_id, *peers])
         self.started = time.monotonic()
         self._last: tuple[str, int | None, tuple[int, int]] | None = None
-        self._up: set[int] = set()
         self._behind_since = 0.0  # when this replica fell behind its leader (0: it is not)
         self._catching_up = False
         self.status: NodeStatus | None = None
@@ -121,6 +121,7 @@ class Observer:
         self.voters = {v for v in voters if v != self.node_id}
         self.quorum = len(set(voters)) // 2 + 1
         self.heard = {p: self.heard.get(p) or _Heard() for p in self.peers}
+        self._up &= set(self.peers)
 
     # --- inputs ----------------------------------------------------------------------------
 
@@ -219,7 +220,8 @@ class Observer:
             return None
         if s.leader == self.node_id:
             return s.leader if s.role == LEADER else None
-        if now - self.heard[s.leader].accept_at > self.window:
+        heard = self.heard.get(s.leader)
+        if heard is None or now - heard.accept_at > self.window:
             return None
         return s.leader
 

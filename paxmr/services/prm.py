@@ -753,6 +753,15 @@ class Prm:
         if not voters:
             raise control.ControlError("invalid", "the last voter cannot be removed")
         # The remaining voters must make a quorum of the new membership, or nothing commits.
+        # Only the leader hears every voter, so only it can tell.
+        s = self.node.status()
+        if args.node in m.voters and not args.force and s.role != "leader":
+            leader = self.observer.leader(s, time.monotonic())
+            raise control.ControlError(
+                "invalid",
+                "only the leader knows which voters answer: run this on the leader"
+                f" ({f'node {leader}' if leader else 'none now'}), or pass --force",
+            )
         up = {*self.observer.heard_recently(time.monotonic()), self.settings.node_id}
         alive = len(voters & up)
         need = len(voters) // 2 + 1

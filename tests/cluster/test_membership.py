@@ -1,0 +1,165 @@
+"""Membership changes on a real local cluster (issue 9): a node added through the log while
+replicates land, the leader removed, and the refusals an operator meets."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Self
+
+import pytest
+
+from paxmr import local, pki
+from paxmr.control import RemoteError
+from tests.support.local import Cluster, Node, running_cluster, small_tally
+from tests.support.wait import CONVERGE_S, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+class Load:
+    """Replicates through one node, one after another, until stopped; records what landed."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.file = small_tally(node, "load_reduced")
+        self.acknowledged: list[str] = []
+        self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        k = 0
+        while not self._stop.is_set():
+            rid = f"load-{self.node.id}-{k}"
+            try:
+                self.node.call("replicate", {"file": self.file, "request_id": rid}, timeout=20)
+                self.acknowledged.append(rid)
+                k += 1
+            except RemoteError:
+                self.failed += 1  # retried under the same id: it lands at most once
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+
+def _new_node(cluster: Cluster, node_id: int) -> tuple[Node, str, subprocess.Popen[str]]:
+    """A fresh node for `node_id`: its own configuration (listing every node), its key and
+    certificate from the cluster's CA, and its PRM started (without `paxmr init`)."""
+    port = local._free_ports(1)[0]
+    ports = [n.settings.me.port for n in cluster.nodes] + [port]
+    metrics = local._free_ports(1)[0]
+    local._write_config(cluster.root, node_id, ports, cluster.mappers, metrics)
+    pki.issue(cluster.root / "ca", node_id, cluster.root / f"n{node_id}" / "tls")
+    node = Node(node_id, cluster.root, cluster.nodes[0].env)
+    return node, f"127.0.0.1:{port}", node.popen("serve", "prm")
+
+
+def _stable_leader(cluster: Cluster) -> int | None:
+    first = cluster.leader()
+    time.sleep(1.0)
+    return (
+        first
+        if cluster.leader() == first and all(n.status()["voting"] for n in cluster.nodes)
+        else None
+    )
+
+
+def _roles(node: Node) -> dict[int, str]:
+    return {m["node"]: m["role"] for m in node.cli_json("member", "list")["members"]}
+
+
+def test_add_a_node_then_remove_the_leader_while_replicates_land() -> None:
+    with running_cluster() as cluster:
+        new, address, proc = _new_node(cluster, 4)
+        grown = Cluster(cluster.root, [*cluster.nodes, new], cluster.mappers)
+        try:
+            with Load(cluster.node(1)) as one, Load(cluster.node(2)) as two:
+
+                def landing(loads: list[Load], more: int = 5) -> None:
+                    start = sum(len(x.acknowledged) for x in loads)
+                    wait_until(
+                        lambda: sum(len(x.acknowledged) for x in loads) >= start + more,
+                        "replicates land",
+                    )
+
+                landing([one, two])
+                # Asked on a follower: the change goes through the leader like a replicate.
+                leader = cluster.leader()
+                asked = next(n for n in cluster.nodes if n.id != leader)
+                added = asked.cli_json("member", "add", "4", address, "--wait", "30")
+                assert added["role"] == "voter", added
+                assert _roles(asked) == {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
+                landing([one, two])
+                # The new node fences once it votes (it joined without state), which may move
+                # the leadership: wait until it stays put.
+                leader = wait_until(lambda: _stable_leader(grown), "a leader that stays")
+                rest = [n for n in grown.nodes if n.id != leader]
+                follower = rest[0].cli("member", "remove", str(leader))
+                assert follower.returncode == 1
+                assert "run this on the leader (node" in follower.stderr
+                removed = grown.node(leader).cli_json("member", "remove", str(leader))
+                assert removed["removed"] is True
+                landing([x for x in (one, two) if x.node.id != leader])
+            assert set(_roles(rest[0])) == {1, 2, 3, 4} - {leader}
+            assert Cluster(grown.root, rest, grown.mappers).leader() != leader
+            grown.converged(timeout=CONVERGE_S, nodes=rest)
+            landed = {e["request_id"] for e in rest[0].cli_json("print")["entries"]}
+            # Nothing acknowledged was lost, through the removed leader's node included.
+            assert set(one.acknowledged + two.acknowledged) <= landed
+            assert new.status()["voting"] is True  # the new node votes by now
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=10)
+
+
+def test_refusals_are_clear() -> None:
+    with running_cluster() as cluster:
+        node = cluster.node(1)
+        twice = node.cli("member", "add", "2", "127.0.0.1:7000")
+        assert twice.returncode == 1
+        assert "node 2 is a member already" in twice.stderr
+        bad = node.cli("member", "add", "9", "nowhere")
+        assert bad.returncode == 1
+        assert "is not HOST:PORT" in bad.stderr
+        absent = node.cli("member", "remove", "9")
+        assert absent.returncode == 1
+        assert "node 9 is not a member" in absent.stderr
+        # With a follower stopped, removing the other would leave the leader and the stopped
+        # one: one of two voters answers, no quorum.
+        leader = cluster.node(cluster.leader())
+        down, other = [n for n in cluster.nodes if n is not leader]
+        down.call("stop")
+        wait_until(lambda: not leader.status()["peers"][str(down.id)]["up"], "the leader misses it")
+        refused = leader.cli("member", "remove", str(other.id))
+        assert refused.returncode == 5, refused.stderr
+        assert "fewer than the 2 a quorum needs" in refused.stderr
+        assert _roles(node) == {1: "voter", 2: "voter", 3: "voter"}  # nothing changed
+        down.call("resume")
+
+
+def test_members_need_addresses_only_from_the_log(tmp_path: Path) -> None:
+    """A member added with an address is reachable by nodes whose files never named it."""
+    with running_cluster() as cluster:
+        new, address, proc = _new_node(cluster, 4)
+        try:
+            first = cluster.node(1)
+            first.replicate(small_tally(first))
+            added = cluster.node(2).cli_json("member", "add", "4", address, "--wait", "30")
+            assert added["role"] == "voter"
+            assert "id = 4" not in first.config.read_text()
+            cluster.converged(timeout=CONVERGE_S, nodes=[*cluster.nodes, new])
+            assert new.status()["entries"] == 1
+        finally:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.communicate(timeout=10)
