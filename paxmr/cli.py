@@ -746,6 +746,23 @@ def local_up(c: Ctx, nodes: int | None, mappers: int | None, root: Path) -> None
         f"  node {i}: paxmr -c {p} status" for i, p in enumerate(r["configs"], 1)))  # fmt: skip
 
 
+@local_group.command("add")
+@_DIR
+@pass_ctx
+def local_add(c: Ctx, root: Path) -> None:
+    """Start one more node for the local cluster; `paxmr member add` then makes it a member."""
+    node, address = local.add(root.resolve())
+    cfg = local.config_path(root.resolve(), 1)
+    result = {"node": node, "address": address, "config": str(local.config_path(root, node))}
+    c.emit(
+        result,
+        lambda r: (
+            f"node {r['node']} started at {r['address']}; make it a member with\n"
+            f"  paxmr -c {cfg} member add {r['node']} {r['address']}"
+        ),
+    )
+
+
 @local_group.command("down")
 @_DIR
 @pass_ctx
@@ -917,6 +934,20 @@ def bench_storm(c: Ctx, tally_bytes: int, entries: int, merges: int, replicates:
     result = storm.run(tally_bytes, entries, merges, replicates)
     c.emit(result, lambda r: "\n".join(
         "\n".join(f"{k:>28}: {v}" for k, v in one.items()) for one in r))  # fmt: skip
+
+
+@bench.command("members")
+@click.option(
+    "--baseline", "baseline_s", type=click.FloatRange(1), default=5.0, show_default=True,
+    help="Seconds of commits without a change, for comparison.",
+)  # fmt: skip
+@pass_ctx
+def bench_members(c: Ctx, baseline_s: float) -> None:
+    """Commit pauses on a local cluster under load: a member added, the leader removed."""
+    from paxmr.bench import members  # noqa: PLC0415
+
+    result = members.run(baseline_s)
+    c.emit(result, lambda r: "\n".join(f"{k:>14}: {v}" for k, v in r.items()))
 
 
 @cli.command("man")

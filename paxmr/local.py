@@ -121,9 +121,28 @@ def _alive(pid: int) -> bool:
 
 
 def existing_nodes(root: Path) -> int:
-    """How many nodes the configuration in ``root`` has (0: none yet)."""
-    path = config_path(root, 1)
-    return len(load_settings(path).nodes) if path.is_file() else 0
+    """How many nodes the cluster in ``root`` has (0: none yet), added ones included."""
+    count = 0
+    while config_path(root, count + 1).is_file():
+        count += 1
+    return count
+
+
+def add(root: Path) -> tuple[int, str]:
+    """A new node for the cluster in ``root``: its configuration (naming every node), its key and
+    certificate from the cluster's CA, and its services started. It founds nothing and is no
+    member until ``paxmr member add ID ADDRESS`` (printed as the next step) makes it one."""
+    have = existing_nodes(root)
+    if not have:
+        raise RuntimeError(f"no local cluster in {root}: `paxmr local up` creates one")
+    first = load_settings(config_path(root, 1))
+    ports = [load_settings(config_path(root, n)).me.port for n in range(1, have + 1)]
+    port, metrics = _free_ports(2)
+    node = have + 1
+    _write_config(root, node, [*ports, port], first.mappers, metrics)
+    pki.issue(root / "ca", node, root / f"n{node}" / "tls")
+    up(root)
+    return node, f"127.0.0.1:{port}"
 
 
 def up(root: Path, nodes: int | None = None, mappers: int | None = None) -> list[Path]:

@@ -3,8 +3,6 @@ replicates land, the leader removed, and the refusals an operator meets."""
 
 from __future__ import annotations
 
-import contextlib
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -12,9 +10,9 @@ from typing import Self
 
 import pytest
 
-from paxmr import local, pki
+from paxmr import local
 from paxmr.control import RemoteError
-from tests.support.local import Cluster, Node, running_cluster, small_tally
+from tests.support.local import Cluster, Node, running_cluster, service_env, small_tally
 from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
@@ -51,16 +49,11 @@ class Load:
         self._thread.join(timeout=60)
 
 
-def _new_node(cluster: Cluster, node_id: int) -> tuple[Node, str, subprocess.Popen[str]]:
-    """A fresh node for `node_id`: its own configuration (listing every node), its key and
-    certificate from the cluster's CA, and its PRM started (without `paxmr init`)."""
-    port = local._free_ports(1)[0]
-    ports = [n.settings.me.port for n in cluster.nodes] + [port]
-    metrics = local._free_ports(1)[0]
-    local._write_config(cluster.root, node_id, ports, cluster.mappers, metrics)
-    pki.issue(cluster.root / "ca", node_id, cluster.root / f"n{node_id}" / "tls")
-    node = Node(node_id, cluster.root, cluster.nodes[0].env)
-    return node, f"127.0.0.1:{port}", node.popen("serve", "prm")
+def _new_node(cluster: Cluster) -> tuple[Node, str]:
+    """A fresh node from `paxmr local add` (started without `paxmr init`), no member yet."""
+    with service_env():
+        node_id, address = local.add(cluster.root)
+    return Node(node_id, cluster.root, cluster.nodes[0].env), address
 
 
 def _stable_leader(cluster: Cluster) -> int | None:
@@ -79,47 +72,42 @@ def _roles(node: Node) -> dict[int, str]:
 
 def test_add_a_node_then_remove_the_leader_while_replicates_land() -> None:
     with running_cluster() as cluster:
-        new, address, proc = _new_node(cluster, 4)
+        new, address = _new_node(cluster)
         grown = Cluster(cluster.root, [*cluster.nodes, new], cluster.mappers)
-        try:
-            with Load(cluster.node(1)) as one, Load(cluster.node(2)) as two:
+        with Load(cluster.node(1)) as one, Load(cluster.node(2)) as two:
 
-                def landing(loads: list[Load], more: int = 5) -> None:
-                    start = sum(len(x.acknowledged) for x in loads)
-                    wait_until(
-                        lambda: sum(len(x.acknowledged) for x in loads) >= start + more,
-                        "replicates land",
-                    )
+            def landing(loads: list[Load], more: int = 5) -> None:
+                start = sum(len(x.acknowledged) for x in loads)
+                wait_until(
+                    lambda: sum(len(x.acknowledged) for x in loads) >= start + more,
+                    "replicates land",
+                )
 
-                landing([one, two])
-                # Asked on a follower: the change goes through the leader like a replicate.
-                leader = cluster.leader()
-                asked = next(n for n in cluster.nodes if n.id != leader)
-                added = asked.cli_json("member", "add", "4", address, "--wait", "30")
-                assert added["role"] == "voter", added
-                assert _roles(asked) == {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
-                landing([one, two])
-                # The new node fences once it votes (it joined without state), which may move
-                # the leadership: wait until it stays put.
-                leader = wait_until(lambda: _stable_leader(grown), "a leader that stays")
-                rest = [n for n in grown.nodes if n.id != leader]
-                follower = rest[0].cli("member", "remove", str(leader))
-                assert follower.returncode == 1
-                assert "run this on the leader (node" in follower.stderr
-                removed = grown.node(leader).cli_json("member", "remove", str(leader))
-                assert removed["removed"] is True
-                landing([x for x in (one, two) if x.node.id != leader])
-            assert set(_roles(rest[0])) == {1, 2, 3, 4} - {leader}
-            assert Cluster(grown.root, rest, grown.mappers).leader() != leader
-            grown.converged(timeout=CONVERGE_S, nodes=rest)
-            landed = {e["request_id"] for e in rest[0].cli_json("print")["entries"]}
-            # Nothing acknowledged was lost, through the removed leader's node included.
-            assert set(one.acknowledged + two.acknowledged) <= landed
-            assert new.status()["voting"] is True  # the new node votes by now
-        finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.communicate(timeout=10)
+            landing([one, two])
+            # Asked on a follower: the change goes through the leader like a replicate.
+            leader = cluster.leader()
+            asked = next(n for n in cluster.nodes if n.id != leader)
+            added = asked.cli_json("member", "add", "4", address, "--wait", "30")
+            assert added["role"] == "voter", added
+            assert _roles(asked) == {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
+            landing([one, two])
+            # The new node fences once it votes (it joined without state), which may move
+            # the leadership: wait until it stays put.
+            leader = wait_until(lambda: _stable_leader(grown), "a leader that stays")
+            rest = [n for n in grown.nodes if n.id != leader]
+            follower = rest[0].cli("member", "remove", str(leader))
+            assert follower.returncode == 1
+            assert "run this on the leader (node" in follower.stderr
+            removed = grown.node(leader).cli_json("member", "remove", str(leader))
+            assert removed["removed"] is True
+            landing([x for x in (one, two) if x.node.id != leader])
+        assert set(_roles(rest[0])) == {1, 2, 3, 4} - {leader}
+        assert Cluster(grown.root, rest, grown.mappers).leader() != leader
+        grown.converged(timeout=CONVERGE_S, nodes=rest)
+        landed = {e["request_id"] for e in rest[0].cli_json("print")["entries"]}
+        # Nothing acknowledged was lost, through the removed leader's node included.
+        assert set(one.acknowledged + two.acknowledged) <= landed
+        assert new.status()["voting"] is True  # the new node votes by now
 
 
 def test_refusals_are_clear() -> None:
@@ -150,16 +138,11 @@ def test_refusals_are_clear() -> None:
 def test_members_need_addresses_only_from_the_log(tmp_path: Path) -> None:
     """A member added with an address is reachable by nodes whose files never named it."""
     with running_cluster() as cluster:
-        new, address, proc = _new_node(cluster, 4)
-        try:
-            first = cluster.node(1)
-            first.replicate(small_tally(first))
-            added = cluster.node(2).cli_json("member", "add", "4", address, "--wait", "30")
-            assert added["role"] == "voter"
-            assert "id = 4" not in first.config.read_text()
-            cluster.converged(timeout=CONVERGE_S, nodes=[*cluster.nodes, new])
-            assert new.status()["entries"] == 1
-        finally:
-            proc.terminate()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.communicate(timeout=10)
+        new, address = _new_node(cluster)
+        first = cluster.node(1)
+        first.replicate(small_tally(first))
+        added = cluster.node(2).cli_json("member", "add", "4", address, "--wait", "30")
+        assert added["role"] == "voter"
+        assert "id = 4" not in first.config.read_text()
+        cluster.converged(timeout=CONVERGE_S, nodes=[*cluster.nodes, new])
+        assert new.status()["entries"] == 1

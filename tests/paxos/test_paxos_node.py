@@ -200,10 +200,12 @@ def test_acceptor_promises_only_strictly_higher_ballots():
     first = node.ready()
     assert isinstance(first.messages[0][1], Promise)
     assert first.persist.promised == Ballot(3, 1)
-    node.receive(3, Prepare(Ballot(3, 1), 0), 0.0)
+    node.receive(1, Prepare(Ballot(3, 1), 0), 0.0)  # a repeat: answered again, not promised
+    node.receive(3, Prepare(Ballot(3, 1), 0), 0.0)  # not node 3's ballot: ignored
     node.receive(3, Prepare(Ballot(2, 3), 0), 0.0)
-    replies = [type(m).__name__ for _, m in node.ready().messages]
-    assert replies == ["Nack", "Nack"]
+    ready = node.ready()
+    assert ready.persist.promised is None
+    assert [type(m).__name__ for _, m in ready.messages] == ["Promise", "Nack"]
 
 
 def test_acceptor_refuses_accepts_below_its_promise():
