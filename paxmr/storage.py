@@ -139,6 +139,8 @@ class Storage:
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
+            if persist.unfenced:
+                conn.execute("DELETE FROM meta WHERE key = 'recover_until'")
             if persist.discard_from is not None:
                 conn.execute("DELETE FROM accepted WHERE slot >= ?", (persist.discard_from,))
             conn.executemany(

@@ -120,6 +120,19 @@ class Acceptor:
             self.voting = True
             persist.voting = True
 
+    def new_epoch(self, start: int, persist: Persist) -> None:
+        """Entering the epoch that begins at slot `start` (membership.py). A fence covers the
+        epoch it ran in: if its point is past the stop sign (`start` - 1), the stop sign was
+        accepted before the fence finished, so the old incarnation may have entered the new
+        epoch and promised there, where the fence asked no new member. It fences again."""
+        self.discard_from(start, persist)
+        if self.recover_until is not None and self.recover_until >= start:
+            self.voting = False
+            self.recover_until = None
+            persist.voting = False
+            persist.recover_until = None
+            persist.unfenced = True
+
     def discard_from(self, slot: int, persist: Persist) -> None:
         """A new epoch begins at `slot`: rows of the old one there and above are void."""
         self.accepted = {s: v for s, v in self.accepted.items() if s < slot}

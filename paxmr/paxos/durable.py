@@ -37,10 +37,13 @@ class Persist:
     # Drop accepted rows from this slot on before adding `accepted`: a new epoch began
     # (membership.py); `accepted` then holds only rows of the new epoch.
     discard_from: int | None = None
+    # Forget the fence (recover_until) before setting `recover_until`: see Acceptor.new_epoch.
+    unfenced: bool = False
 
     def __bool__(self) -> bool:
         return (
             self.discard_from is not None
+            or self.unfenced
             or self.promised is not None
             or self.used_round is not None
             or bool(self.accepted)
@@ -66,5 +69,7 @@ class Persist:
             state.accepted = {s: v for s, v in state.accepted.items() if s >= end}
         if self.voting is not None:
             state.voting = self.voting
+        if self.unfenced:
+            state.recover_until = None
         if self.recover_until is not None:
             state.recover_until = self.recover_until

@@ -738,7 +738,7 @@ class Node:
             # their accepted row and enter the new epoch before its first Prepare arrives.
             for peer in self.peers:
                 self._send(peer, self._accept_msg(lead, ()))
-        self.acceptor.discard_from(membership.epoch, self._out.persist)
+        self.acceptor.new_epoch(membership.epoch, self._out.persist)
         self._set_membership(membership)
         self._step_down(self._now)
         self.leader = None

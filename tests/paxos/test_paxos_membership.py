@@ -264,3 +264,27 @@ def test_a_node_that_is_not_a_voter_gets_no_promise_and_no_accept():
         assert all(b.node in (1, 2, 3) for b in [h.node(i).acceptor.promised])
     settle(h)
     assert_safe(h)
+
+
+def test_a_fence_past_the_stop_sign_is_run_again_in_the_new_epoch(tmp_path):
+    """A node that lost its disk fenced in epoch e up to a point past the stop sign: its old
+    incarnation may have voted in the next epoch, whose new members the fence never asked.
+    Entering that epoch it stops voting and forgets the fence, durably."""
+    from paxmr.paxos.acceptor import Acceptor  # noqa: PLC0415
+    from paxmr.storage import Storage  # noqa: PLC0415
+
+    storage = Storage.open(tmp_path / "prm.db")
+    storage.commit(Persist(recover_until=12, voting=True))
+    acceptor = Acceptor(storage.load())
+    persist = Persist()
+    acceptor.new_epoch(10, persist)  # the stop sign is slot 9; the fence reached slot 11
+    storage.commit(persist)
+    again = Acceptor(storage.load())
+    for a in (acceptor, again):
+        assert (a.voting, a.recover_until) == (False, None)
+    # A fence that ended before the stop sign covers the new epoch too.
+    storage.commit(Persist(recover_until=8, voting=True))
+    acceptor = Acceptor(storage.load())
+    acceptor.new_epoch(10, Persist())
+    assert (acceptor.voting, acceptor.recover_until) == (True, 8)
+    storage.close()
