@@ -22,9 +22,10 @@ instance whose epoch is k + 1.
   entry (Node._decide), so no node learns a slot above k from epoch e's quorums; slots above k
   are learned only from epoch k + 1's quorums or from a peer's applied log, which by induction
   holds only such values.
-- The new voters' own state needs no fence: rows of the old epoch are gone and promises only
-  refuse. A node added to the cluster starts without storage of this epoch; it votes once it has
-  applied the change that makes it a voter.
+- Rows of the old epoch are gone and carried-over promises only refuse, so a voter that kept
+  its storage needs nothing more. A node that starts without state (it joined, or lost its
+  disk) votes only after the lost-storage fence (acceptor.py), run in its current epoch; a fence
+  whose point lies past a stop sign is run again in the next epoch (Acceptor.new_epoch).
 
 An entry is a change only if it is well formed and names the epoch it was proposed in (`base`):
 a stale change (proposed before another took effect) or a forged one changes nothing, on every
