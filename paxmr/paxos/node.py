@@ -153,9 +153,7 @@ class Node:
     def submit(self, request: Request, now: float) -> None:
         self._now = now
         rid = request.request_id
-        if self.stopped:
-            self._refuse(rid, "stopped", "this node is stopped")
-        elif not rid:
+        if not rid:
             self._refuse(rid, "invalid", "the empty request id is reserved for no-ops")
         elif len(rid) > MAX_REQUEST_ID:
             self._refuse(rid, "invalid", f"request ids have at most {MAX_REQUEST_ID} characters")
@@ -189,7 +187,9 @@ class Node:
 
     def _submit(self, request: Request, now: float) -> None:
         rid = request.request_id
-        if len(request.value) > self.config.max_value_bytes:
+        if self.stopped:
+            self._refuse(rid, "stopped", "this node is stopped")
+        elif len(request.value) > self.config.max_value_bytes:
             self._refuse(rid, "too_large", f"value exceeds {self.config.max_value_bytes} bytes")
         elif (applied := self.log.positions.get(rid)) is not None:
             self._out.replies.append(Reply(rid, Committed(*applied)))
