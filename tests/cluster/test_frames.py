@@ -28,7 +28,7 @@ SENDER = 2  # whose certificate the authenticated attacker holds
 
 # A real message kind that would hurt if it were believed: a Prepare with an enormous ballot
 # would make the node promise it and refuse its real leader from then on.
-HOSTILE_PREPARE = {"k": "prepare", "b": [2**61, 2], "from": 0}
+HOSTILE_PREPARE = {"k": "prepare", "b": [2**61, 2], "from": 0, "ep": 0}
 
 
 def _still_commits(cluster: Cluster) -> None:
