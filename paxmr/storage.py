@@ -126,16 +126,7 @@ class Storage:
         if not persist:
             return
         conn = self._conn
-        meta: list[tuple[str, int]] = []
-        if persist.promised is not None:
-            meta += [("promised_round", persist.promised.round)]
-            meta += [("promised_node", persist.promised.node)]
-        if persist.used_round is not None:
-            meta.append(("used_round", persist.used_round))
-        if persist.voting is not None:
-            meta.append(("voting", int(persist.voting)))
-        if persist.recover_until is not None:
-            meta.append(("recover_until", persist.recover_until))
+        meta = _meta(persist)
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
@@ -171,3 +162,18 @@ class Storage:
         """Running SHA-256 over the applied requests (paxmr.paxos.log.chain_digest)."""
         row = self._conn.execute("SELECT digest FROM log ORDER BY slot DESC LIMIT 1").fetchone()
         return bytes(row[0]) if row is not None else GENESIS_DIGEST
+
+
+def _meta(persist: Persist) -> list[tuple[str, int]]:
+    """The meta rows a persist sets."""
+    meta: list[tuple[str, int]] = []
+    if persist.promised is not None:
+        meta += [("promised_round", persist.promised.round)]
+        meta += [("promised_node", persist.promised.node)]
+    if persist.used_round is not None:
+        meta.append(("used_round", persist.used_round))
+    if persist.voting is not None:
+        meta.append(("voting", int(persist.voting)))
+    if persist.recover_until is not None:
+        meta.append(("recover_until", persist.recover_until))
+    return meta

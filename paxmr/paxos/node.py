@@ -532,7 +532,7 @@ class Node:
         for slot, entry in plan.values.items():
             self._propose(lead, slot, self.log.learned(slot) or entry)
         self._catch_up(now, None)
-        for pending in self._pending.values():
+        for pending in list(self._pending.values()):
             self._route(pending.request)
 
     def _propose(self, lead: _Leadership, slot: int, entry: Entry) -> None:
@@ -658,7 +658,7 @@ class Node:
     def _follow(self, leader: int) -> None:
         if leader != self.leader:
             self.leader = leader
-            for pending in self._pending.values():  # a new leader: forward what waits at once
+            for pending in list(self._pending.values()):  # a new leader: forward what waits
                 self._route(pending.request)
 
     def _route(self, request: Request) -> None:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import pytest
-
 from paxmr.paxos import Ballot, Committed, DurableState, Entry, LogEntry, Persist, Refused
 from paxmr.paxos.membership import Membership, change_request_id, replay
 from paxmr.paxos.messages import Accept, Accepted, CatchupReply
@@ -182,16 +180,11 @@ def test_persist_discard_keeps_the_new_epochs_rows():
     assert sorted(state.accepted) == [5, 8]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="core defect: Node._become_leader iterates self._pending while _apply pops from it",
-)
 def test_a_single_voter_takes_over_with_requests_waiting():
     """Found by the simulator (a two-at-once change left one voter): a leader whose own accept
     is a quorum applies a slot inside _become_leader's loop over the pending requests, which
     removes it from that dict: RuntimeError (dictionary changed size during iteration) out of
-    on_timer, which would crash the PRM. Fails today; the founding one-node cluster too."""
+    on_timer, which would crash the PRM; the founding one-node cluster too."""
     h = Harness(3, BIG)
     leader = h.elect()
     change(h, leader, "alone", [leader])
