@@ -368,17 +368,14 @@ def member_add_cmd(c: Ctx, node: int, address: str, wait: float) -> None:
 
 @member_group.command("remove")
 @click.argument("node", type=click.IntRange(min=1, max=2**31 - 1))
-@click.option(
-    "--force", is_flag=True, help="Remove even if the voters left that answer are no quorum."
-)
 @pass_ctx
-def member_remove_cmd(c: Ctx, node: int, force: bool) -> None:
+def member_remove_cmd(c: Ctx, node: int) -> None:
     """Remove NODE from the cluster (the leader included: another one is elected).
 
-    Run it on the leader: it refuses when the voters left that answer it are no quorum.
+    The leader refuses when too few of the voters left can vote now to make a quorum.
     Stop the removed node's services afterwards; it no longer votes or leads.
     """
-    result = control.call(c.settings.prm_socket, "member_remove", {"node": node, "force": force})
+    result = control.call(c.settings.prm_socket, "member_remove", {"node": node})
     c.emit(result, lambda r: f"node {r['node']} removed (epoch {r['epoch']})")
 
 

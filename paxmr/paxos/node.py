@@ -547,17 +547,44 @@ class Node:
         if self._decide(lead):
             self._apply()
 
-    def _propose_request(self, lead: _Leadership, request: Request) -> bool:
-        """Propose in the next free slot; False if the in-flight window is full."""
+    def _propose_request(self, lead: _Leadership, request: Request) -> Refused | None:
+        """Propose in the next free slot, or say why not: busy (the in-flight window is full)
+        or no_quorum (a membership change that would leave no voting quorum)."""
         rid = request.request_id
         if rid in self.log.positions or rid in lead.proposed_ids:
-            return True
+            return None
         if self._in_flight(lead) >= self.config.max_in_flight:
-            return False
+            reason = f"the leader has {self.config.max_in_flight} slots in flight"
+            return Refused("busy", reason)
+        entry = Entry(rid, request.value)
+        if entry.is_membership and (why := self._change_leaves_no_quorum(lead, entry)):
+            return Refused("no_quorum", why)
         slot = max(lead.next_slot, self.log.length)
         lead.next_slot = slot + 1
-        self._propose(lead, slot, Entry(rid, request.value))
-        return True
+        self._propose(lead, slot, entry)
+        return None
+
+    def _change_leaves_no_quorum(self, lead: _Leadership, entry: Entry) -> str | None:
+        """Why this leader does not propose a membership change now: too few of the voters it
+        would leave can vote. Those that answered its accepts lately can (and itself, if its
+        storage votes); a node that becomes a voter has joined without state and votes only
+        once it has fenced, which takes a majority of promises from the others. Proposed
+        anyway, the change would stop the cluster until enough of them come back."""
+        new = self.membership.apply(self.log.length, entry)
+        if new is None:
+            return None  # stale or malformed: it changes nothing where it lands
+        recent = self._now - self.config.election_timeout_max
+        able = [
+            v
+            for v in new.voters & self.membership.voters
+            if (self.acceptor.voting if v == self.id else lead.acked.get(v, -math.inf) >= recent)
+        ]
+        if len(able) >= new.quorum:
+            return None
+        return (
+            f"of the voters it would leave, {len(able)} can vote now ({sorted(able)}), fewer than"
+            f" the {new.quorum} a quorum needs (a node that joins votes only after it fenced)"
+        )
 
     def _on_accepted(self, src: int, msg: Accepted, now: float) -> None:
         self._note_len(src, msg.chosen_len)
@@ -600,9 +627,8 @@ class Node:
         if len(msg.value) > self.config.max_value_bytes:
             reason = f"value exceeds {self.config.max_value_bytes} bytes"
             self._send(src, Refuse(msg.request_id, "too_large", reason))
-        elif not self._propose_request(self._lead, Request(msg.request_id, msg.value)):
-            reason = f"the leader has {self.config.max_in_flight} slots in flight"
-            self._send(src, Refuse(msg.request_id, "busy", reason))
+        elif refused := self._propose_request(self._lead, Request(msg.request_id, msg.value)):
+            self._send(src, Refuse(msg.request_id, refused.code, refused.reason))
 
     def _heartbeat(self, lead: _Leadership, now: float) -> None:
         """Retransmit each peer's unacknowledged slots; an empty batch is the heartbeat."""
@@ -663,7 +689,11 @@ class Node:
 
     def _route(self, request: Request) -> None:
         if self._lead:
-            self._propose_request(self._lead, request)
+            refused = self._propose_request(self._lead, request)
+            rid = request.request_id
+            # Busy: it waits and is routed again; anything else is final.
+            if refused and refused.code != "busy" and self._pending.pop(rid, None):
+                self._refuse(rid, refused.code, refused.reason)
         elif self.leader is not None and self.leader != self.id:
             self._send(self.leader, Forward(request.request_id, request.value))
 

@@ -281,3 +281,32 @@ def test_a_fence_past_the_stop_sign_is_run_again_in_the_new_epoch(tmp_path):
     acceptor.new_epoch(10, Persist())
     assert (acceptor.voting, acceptor.recover_until) == (True, 8)
     storage.close()
+
+
+def test_the_leader_refuses_a_change_that_leaves_no_voting_quorum():
+    """Found by the simulator: a learner promoted while a voter had lost its disk left two of
+    four voters able to vote, and neither node without state could fence (it needs a majority
+    of promises): the cluster stopped for good. The leader now refuses such a change."""
+    h = Harness(3, BIG, spares=1)
+    leader = h.elect()
+    change(h, leader, "learn", sorted(h.founders), [4])
+    settle(h, 2.0)
+    leader = h.elect()
+    down = next(i for i in h.founders if i != leader)
+    h.wipe(down)  # no vote until it fences, which it cannot do cut off
+    h.cut = {down}
+    h.advance(1.0)
+    assert h.leader() == leader
+    rid = change(h, leader, "promote", [*h.founders, 4])
+    h.advance(0.5)
+    outcome = h.replies[leader][-1].outcome
+    assert h.replies[leader][-1].request_id == rid
+    assert outcome.code == "no_quorum", outcome
+    assert "fewer than the 3 a quorum needs" in outcome.reason
+    assert 4 not in h.node(leader).membership.voters
+    settle(h, 3.0)  # the wiped node fences with the two others: whole again
+    assert h.node(down).acceptor.voting
+    rid = change(h, h.elect(), "promote-again", [*h.founders, 4])
+    settle(h, 3.0)
+    assert all(4 in h.node(i).membership.voters for i in h.members)
+    assert_safe(h)
