@@ -301,6 +301,7 @@ def test_the_leader_refuses_a_change_that_leaves_no_voting_quorum():
     h.advance(0.5)
     outcome = h.replies[leader][-1].outcome
     assert h.replies[leader][-1].request_id == rid
+    assert isinstance(outcome, Refused), outcome
     assert outcome.code == "no_quorum", outcome
     assert "fewer than the 3 a quorum needs" in outcome.reason
     assert 4 not in h.node(leader).membership.voters
