@@ -396,9 +396,15 @@ class Node:
         self._note_len(src, msg.chosen)
         acceptor = self.acceptor
         if not self.is_voter:
-            # A learner follows the log: it fetches what the leader has applied.
+            # A learner follows the log: it fetches what the leader has applied, and tells how
+            # far it got. Its answer is an Accepted only if its storage could vote: the leader
+            # counts only those as able to vote once promoted (_change_leaves_no_quorum).
             self._follow(msg.ballot.node)
-            self._send(src, Accepted(msg.ballot, (), self.log.length, self.membership.epoch))
+            length = self.log.length
+            if acceptor.voting:
+                self._send(src, Accepted(msg.ballot, (), length, self.membership.epoch))
+            else:
+                self._send(src, CatchupReply(MAX_SLOT, (), length))
             self._catch_up(now, src)
             return
         if acceptor.voting and not acceptor.may_accept(msg.ballot):
@@ -566,17 +572,18 @@ class Node:
 
     def _change_leaves_no_quorum(self, lead: _Leadership, entry: Entry) -> str | None:
         """Why this leader does not propose a membership change now: too few of the voters it
-        would leave can vote. Those that answered its accepts lately can (and itself, if its
-        storage votes); a node that becomes a voter has joined without state and votes only
-        once it has fenced, which takes a majority of promises from the others. Proposed
-        anyway, the change would stop the cluster until enough of them come back."""
+        would leave can vote. Those that answered its accepts lately with an Accepted can (and
+        itself, if its storage votes); a learner whose storage cannot vote yet (it joined
+        without state) answers otherwise, and votes only once it has fenced as a voter, which
+        takes a majority of promises from the others. Proposed anyway, such a change would stop
+        the cluster until enough voters come back."""
         new = self.membership.apply(self.log.length, entry)
         if new is None:
             return None  # stale or malformed: it changes nothing where it lands
         recent = self._now - self.config.election_timeout_max
         able = [
             v
-            for v in new.voters & self.membership.voters
+            for v in new.voters
             if (self.acceptor.voting if v == self.id else lead.acked.get(v, -math.inf) >= recent)
         ]
         if len(able) >= new.quorum:

@@ -33,11 +33,17 @@ ALL = frozenset(FAULT_KINDS)
 
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_changes_take_effect_under_every_fault_and_keep_the_invariants(nodes):
-    results = list(run_seeds(range(40), nodes, ALL, EARLY, trace=False, workers=1))
+    seeds = 80 if nodes == 3 else 40  # on 3 the leader refuses more changes (see below)
+    results = list(run_seeds(range(seeds), nodes, ALL, EARLY, trace=False, workers=1))
     assert [(r.seed, r.violations) for r in results if r.violations] == []
-    assert sum(r.commits for r in results) == 40 * 40
+    assert sum(r.commits for r in results) == seeds * 40
     took = sum((r.changes for r in results), start=Counter())
-    assert set(took) == set(OPERATIONS), took  # every operation took effect somewhere
+    expected = set(OPERATIONS)
+    if nodes == 3:
+        # Replacing the leader of three needs both others to vote at that moment, or the
+        # leader refuses (Node._change_leaves_no_quorum): none took effect in 120 seeds.
+        expected.discard("replace-leader")
+    assert set(took) >= expected, took  # every operation took effect somewhere
 
 
 def test_only_changes_keep_the_invariants_on_both_schedules():
@@ -88,9 +94,9 @@ def test_the_wipe_rule_follows_the_membership_the_log_names():
 NO_WIPE = ALL - {"wipe"}
 MEMBER_CAUGHT = [
     pytest.param(3, 70, "async", ALL, DecidesPastStopSign, id="past-stop-sign-3"),
-    pytest.param(5, 50, "async", ALL, DecidesPastStopSign, id="past-stop-sign-5"),
+    pytest.param(5, 230, "async", ALL, DecidesPastStopSign, id="past-stop-sign-5"),
     pytest.param(5, 400, "timed", ALL, IgnoresEpochs, id="no-epoch-check-5"),
-    pytest.param(3, 130, "timed", NO_WIPE, JoinsVoting, id="joined-votes-3"),
+    pytest.param(3, 640, "timed", NO_WIPE, JoinsVoting, id="joined-votes-3"),
     pytest.param(
         5, 620, "timed", NO_WIPE, JoinsVoting, id="joined-votes-5", marks=pytest.mark.slow
     ),
@@ -102,6 +108,15 @@ def test_a_broken_membership_rule_is_caught(nodes, limit, schedule, kinds, facto
     first_violation(nodes, set(kinds), limit, schedule, node_factory=factory)
 
 
+def _admits_any_change(factory: NodeFactory) -> NodeFactory:
+    """The core with its leader's liveness check off (Node._change_leaves_no_quorum refuses
+    the swap below, whose new voters have not answered it): safety must not rest on it."""
+    assert isinstance(factory, type)
+    return type(f"AdmitsAnyChange{factory.__name__}", (factory,), {
+        "_change_leaves_no_quorum": lambda _self, _lead, _entry: None
+    })  # fmt: skip
+
+
 def _old_rows_schedule(factory: NodeFactory) -> Harness:
     """Five founders; a change of two voters at once (which the rule admits) puts a node that
     accepted an old-epoch row at a high ballot next to two voters that never saw that ballot.
@@ -109,7 +124,7 @@ def _old_rows_schedule(factory: NodeFactory) -> Harness:
     campaigns with one of them, and the old row must not outrank Z (membership.py: entering
     an epoch drops the old rows). The random schedules did not find this in the seeds tried
     (README): it needs a two-voter change and four messages kept from two nodes."""
-    h = Harness(5, BIG, factory=factory)
+    h = Harness(5, BIG, factory=_admits_any_change(factory))
     h.fire(1)
     h.deliver()
     # 4 and 5 become learners; their disks still vote (they were founders).
