@@ -199,17 +199,13 @@ def test_a_single_voter_takes_over_with_requests_waiting():
     assert "x" in single.node(1).log.positions
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core defect: a fence point counted from old-epoch rows past a stop sign is kept",
-)
 def test_a_node_that_fenced_before_a_stop_sign_votes_again_once_idle():
     """Found by the simulator (`paxmr sim --seed 152 --seeds 1 --nodes 3`, liveness). Node 3
     loses its disk and fences in epoch 0 against 1 and 2, which hold accepted rows for the
     stop sign (slot 0) and for A after it (slot 1): its fence point is 2. Applying the stop
     sign drops the row of slot 1 everywhere (it was never chosen), and A's client is gone: no
     one proposes slot 1 again. Node 3 then waits for slot 1 forever and never votes, while it
-    even leads; one more failure leaves the cluster without a quorum. Fails today."""
+    even leads; one more failure leaves the cluster without a quorum."""
     h = Harness(3, BIG)
     h.fire(1)
     h.deliver()
@@ -226,11 +222,16 @@ def test_a_node_that_fenced_before_a_stop_sign_votes_again_once_idle():
         h.deliver()
         if h.node(3).acceptor.recover_until is not None:
             break
-    assert h.node(3).acceptor.recover_until == 2
+    # Its fence point lies at or past the stop sign's successor: it fences again in epoch 1
+    # (Acceptor.new_epoch); the core that had this defect counted 2 here.
+    fence_point = h.node(3).acceptor.recover_until
+    assert fence_point is not None
+    assert fence_point >= 1
     settle(h, 5.0)
     assert all(h.node(i).membership.epoch == 1 for i in h.members)
     assert_safe(h)
     assert h.node(3).acceptor.voting, (h.node(3).log.length, h.node(3).acceptor.recover_until)
+
 
 def test_a_node_that_is_not_a_voter_gets_no_promise_and_no_accept():
     """A node configured with another member list (it counts itself a founder) campaigns:

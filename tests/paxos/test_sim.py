@@ -178,13 +178,8 @@ class _BrokenWorld(World):
         return result
 
 
-# Timed seed 152 on 3 members hits a core defect (a fence point counted from rows past a stop
-# sign; test_paxos_membership.py::test_a_node_that_fenced_before_a_stop_sign_votes_again_once_idle).
-FENCE_POINT = pytest.mark.xfail(strict=True, reason="core defect: fence point past a stop sign")
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("nodes", [pytest.param(3, marks=FENCE_POINT), 5, 7])
+@pytest.mark.parametrize("nodes", [3, 5, 7])
 def test_campaign_per_cluster_size(nodes):
     """What `make test` runs in CI: a few hundred seeds of each schedule (the campaigns of
     10,000 seeds per size are run by hand: paxmr sim --seeds 10000 --nodes N)."""

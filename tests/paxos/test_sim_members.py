@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import replace
+from typing import cast
 
 import pytest
 
@@ -111,9 +112,12 @@ def _admits_any_change(factory: NodeFactory) -> NodeFactory:
     """The core with its leader's liveness check off (Node._change_leaves_no_quorum refuses
     the swap below, whose new voters have not answered it): safety must not rest on it."""
     assert isinstance(factory, type)
-    return type(f"AdmitsAnyChange{factory.__name__}", (factory,), {
-        "_change_leaves_no_quorum": lambda _self, _lead, _entry: None
-    })  # fmt: skip
+    admits = type(
+        f"AdmitsAnyChange{factory.__name__}",
+        (factory,),
+        {"_change_leaves_no_quorum": lambda _self, _lead, _entry: None},
+    )
+    return cast("NodeFactory", admits)
 
 
 def _old_rows_schedule(factory: NodeFactory) -> Harness:
