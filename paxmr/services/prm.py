@@ -575,7 +575,10 @@ class Prm:
         fresh = await self._freshness(args.consistent)
         self.log.info(
             "print",
-            files=[e["file"] for e in self.catalog.summaries],
+            # The count and the last few files, not the whole list: one journal line stays
+            # small however long the log grows (journald shows a longer message as null).
+            entries=len(self.catalog.summaries),
+            last_files=[e["file"] for e in self.catalog.summaries[-5:]],
             digest=self.catalog.digest.hex(),
         )
         return {
