@@ -213,6 +213,7 @@ class Prm:
         )
         self.observer.set_members([p.id for p in peers], sorted(self.membership.voters))
         self._promoting: asyncio.Future[paxos.Committed | paxos.Refused] | None = None
+        self._promote_at = 0.0  # a refused promotion is tried again at most this often
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver,
@@ -338,11 +339,15 @@ class Prm:
         """The leader makes a learner that has caught up a voter, one at a time (`member add`)."""
         if self._promoting is not None and not self._promoting.done():
             return
+        now = time.monotonic()
+        if now < self._promote_at:
+            return
         lengths = dict(status.peer_lengths)
         m = status.membership
         for learner in sorted(m.learners):
             if lengths.get(learner, -1) >= status.chosen - _CAUGHT_UP:
                 self.log.info("member_promoting", node=learner, epoch=m.epoch)
+                self._promote_at = now + self.settings.timing.election_max
                 self._promoting = self._propose_change(
                     f"promote-{learner}-{m.epoch}", [*m.voters, learner], m.learners - {learner}
                 )
