@@ -45,14 +45,21 @@ class _Heard:
 
 
 class Observer:
-    def __init__(self, node_id: int, peers: list[int], db: Path, election_max: float) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        peers: list[int],
+        membership: paxos.Membership,
+        db: Path,
+        election_max: float,
+    ) -> None:
         self.node_id = node_id
         self.db = db
         self.window = election_max  # "recently" = within the longest election timeout
         self.log = logs.get()
         self.heard: dict[int, _Heard] = {}
         self._up: set[int] = set()
-        self.set_members(peers, [node_id, *peers])
+        self.set_members(peers, membership)
         self.started = time.monotonic()
         self._last: tuple[str, int | None, tuple[int, int]] | None = None
         self._behind_since = 0.0  # when this replica fell behind its leader (0: it is not)
@@ -115,11 +122,11 @@ class Observer:
         log_bytes.set_function(self._storage_bytes)
         self._gauges()
 
-    def set_members(self, peers: list[int], voters: list[int]) -> None:
+    def set_members(self, peers: list[int], membership: paxos.Membership) -> None:
         """Whom this node hears from, and who votes (the log's membership, paxos.membership)."""
         self.peers = sorted(peers)
-        self.voters = {v for v in voters if v != self.node_id}
-        self.quorum = len(set(voters)) // 2 + 1
+        self.voters = membership.voters - {self.node_id}
+        self.quorum = membership.quorum
         self.heard = {p: self.heard.get(p) or _Heard() for p in self.peers}
         self._up &= set(self.peers)
 

@@ -209,9 +209,9 @@ class Prm:
         self.membership = self.node.membership
         peers = [n for n in member_addresses(settings, self.membership) if n.id != settings.node_id]
         self.observer = observe.Observer(
-            settings.node_id, [p.id for p in peers], db_path(settings), t.election_max
-        )
-        self.observer.set_members([p.id for p in peers], sorted(self.membership.voters))
+            settings.node_id, [p.id for p in peers], self.membership, db_path(settings),
+            t.election_max,
+        )  # fmt: skip
         self._promoting: asyncio.Future[paxos.Committed | paxos.Refused] | None = None
         self._promote_at = 0.0  # a refused promotion is tried again at most this often
         self.transport = Transport(
@@ -327,7 +327,7 @@ class Prm:
             addresses = [n for n in self.settings.nodes if n.id in membership.members]
         peers = [n for n in addresses if n.id != self.settings.node_id]
         self.transport.set_peers(peers)
-        self.observer.set_members([p.id for p in peers], sorted(membership.voters))
+        self.observer.set_members([p.id for p in peers], membership)
         self.log.warning(
             "membership_changed",
             epoch=membership.epoch,
