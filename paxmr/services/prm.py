@@ -382,7 +382,9 @@ class Prm:
         if isinstance(outcome, paxos.Refused):
             code = "no_quorum" if outcome.code in _UNKNOWN_OUTCOME else outcome.code
             raise control.ControlError(
-                code, f"membership change not made: {outcome.reason} (see `paxmr member list`)"
+                code,
+                f"membership change refused or not confirmed: {outcome.reason}. If it was"
+                " proposed it may still take effect: see `paxmr member list`",
             )
         m = self.node.membership
         if sorted(m.voters) != voters or sorted(m.learners) != learners:
