@@ -11,8 +11,10 @@ old incarnation. The rule:
    again. (The chance of a repeat is below the number of rounds the old incarnation used,
    divided by FRESH_ROUNDS, per campaign.)
 1. Fence: it runs phase 1 with such a ballot r and needs an answer from *every* other member,
-   and promises (answers from voters) from a majority of all members. A voter's answer is a
-   promise of r; a non-voting member's answer gives up every ballot of its own below r.
+   and promises (answers from voters) from enough other voters that every quorum holds one of
+   them besides the lost node (Membership.fence_quorum: a quorum with an odd number of voters,
+   one fewer with an even number). A voter's answer is a promise of r; a non-voting member's
+   answer gives up every ballot of its own below r.
    - Forgotten promises. The old incarnation may have promised some ballot p that then counts
      in p's phase-1 quorum although the new incarnation accepts below p. If p is a ballot of
      the old incarnation itself, step 0 makes it dead. Otherwise p was made by some other
@@ -26,15 +28,19 @@ old incarnation. The rule:
      answer is not durable, so after a restart it may campaign below r again, at a new ballot
      that the old incarnation never promised; the voters that promised r refuse it.)
    - Forgotten accepts. A value chosen before the fence at some ballot b < r was accepted by a
-     majority; at least one of its members is a voter that answered the fence (a majority of
-     voters answered, and two majorities meet in a node that is not the lost one, or in the
-     lost one only if it is in both, which cannot be as it is not a voter). That voter reports
+     quorum; at least one of its members is a voter that promised r: the quorum holds at least
+     quorum - 1 voters besides the lost node, the promises come from voters - quorum + 1 of the
+     voters - 1 others, and the two counts add up to more than voters - 1. That voter reports
      the slot: as applied (below its applied length) or as an accepted row. So every slot in
      which a value can have been chosen below r lies below E = max(reported applied length,
-     highest reported accepted slot + 1), and after promising r that majority accepts nothing
+     highest reported accepted slot + 1), and after promising r those voters accept nothing
      below r.
 2. Catch up: it learns every chosen slot below E, then votes again (`recover_until` = E), with
-   its promise at r or above.
+   its promise at r or above. Meanwhile, leading at r, it accepts its own proposals at r
+   (may_accept_own): the promises of r meet every quorum, so each is the one value that can have
+   been chosen in its slot below r, and accepting grants no promise. Where the other voters are
+   no quorum (two voters), a value the fence finds in flight is chosen only so; hence, should
+   it lose the lead before it has caught up, its next campaign fences again.
 
 Afterwards its promises can hide only accepts of its old incarnation at ballots below r, in slots
 that are chosen and which it reports as applied, or in slots where nothing can be chosen below r;
@@ -42,8 +48,9 @@ and no forgotten promise can combine with its new accepts. The usual Paxos argum
 reported ballot at or above the chosen one) is untouched: it needs every acceptor's promise to be
 at least every ballot it accepted at, which accept() keeps.
 
-Safety needs a voting majority to keep its disks; while a majority is lost the fence never
-completes, so the cluster stays unavailable rather than forget acknowledged entries.
+Safety needs that many voters (a majority, or half of an even count) to keep their disks;
+while fewer remain, the fence never completes, so the cluster stays unavailable rather than
+forget acknowledged entries.
 """
 
 from __future__ import annotations
@@ -68,6 +75,13 @@ class Acceptor:
 
     def may_accept(self, ballot: Ballot) -> bool:
         return self.voting and ballot >= self.promised
+
+    def may_accept_own(self, ballot: Ballot) -> bool:
+        """Whether a leader at `ballot` accepts its own proposals: as any voter, or, fenced at
+        that ballot and catching up, as step 2 of the lost-storage rule allows."""
+        return self.may_accept(ballot) or (
+            self.recover_until is not None and ballot == self.promised
+        )
 
     def rows(self, from_slot: int) -> list[AcceptedValue]:
         """Accepted rows from `from_slot` on, in slot order."""
@@ -108,7 +122,7 @@ class Acceptor:
 
     def fence(self, ballot: Ballot, until: int, persist: Persist) -> None:
         """Step 1 of the lost-storage rule is done: every other member answered the fence
-        ballot, and a majority of all members promised it."""
+        ballot, and enough voters promised it (Membership.fence_quorum)."""
         self.promised = max(self.promised, ballot)
         persist.promised = self.promised
         self.recover_until = until

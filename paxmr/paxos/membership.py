@@ -70,6 +70,16 @@ class Membership:
     def quorum(self) -> int:
         return len(self.voters) // 2 + 1
 
+    @property
+    def fence_quorum(self) -> int:
+        """Promises a voter that lost its storage needs from the other voters to fence
+        (acceptor.py, step 1): enough that every quorum holds one of them besides the lost
+        node. A quorum has `quorum` voters, at most one of them the lost one, so at least
+        quorum - 1 of the other len - 1; promises from len - quorum + 1 of those meet each.
+        With an odd count that is a quorum; with an even count one fewer, so in a two-voter
+        epoch the voter that kept its disk is enough."""
+        return len(self.voters) - self.quorum + 1
+
     def change(
         self, voters: Iterable[int], learners: Iterable[int], addresses: Mapping[int, str]
     ) -> bytes:

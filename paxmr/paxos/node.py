@@ -459,7 +459,7 @@ class Node:
         answered its last probe: a campaign that cannot finish would only depose the leader."""
         if not self.is_voter:
             return False
-        if self.acceptor.voting or self.acceptor.recover_until is not None:
+        if self.acceptor.voting:
             return True
         return all(self._heard.get(p, -math.inf) >= self._probed_at for p in self.voting_peers)
 
@@ -478,7 +478,9 @@ class Node:
         self._used_round = self._seen_round = round_
         self._out.persist.used_round = round_
         ballot = Ballot(round_, self.id)
-        fence = not acceptor.voting and acceptor.recover_until is None
+        # A node that fenced but has not caught up fences again: with two voters, what it
+        # found in flight is chosen only with its own accept, so only as leader (acceptor.py).
+        fence = not acceptor.voting
         campaign = self._campaign = _Campaign(ballot, self.log.length, fence)
         self._election_at = now + self._election_timeout()
         self._backoff = min(self._backoff * 2, self.config.max_backoff)
@@ -518,9 +520,13 @@ class Node:
         self._check_elected(campaign, now)
 
     def _check_elected(self, campaign: _Campaign, now: float) -> None:
-        if campaign.votes(self.membership.voters) < self.quorum:
-            return
-        if campaign.fence and any(p not in campaign.answered for p in self.voting_peers):
+        votes = campaign.votes(self.membership.voters)
+        if not campaign.fence:
+            if votes < self.quorum:
+                return
+        elif votes < self.membership.fence_quorum or any(
+            p not in campaign.answered for p in self.voting_peers
+        ):
             return
         self._become_leader(campaign, now)
 
@@ -546,7 +552,7 @@ class Node:
         lead.proposals[slot] = proposal
         if not entry.is_noop:
             lead.proposed_ids.add(entry.request_id)
-        if self.acceptor.may_accept(lead.ballot):
+        if self.acceptor.may_accept_own(lead.ballot):
             self.acceptor.accept(lead.ballot, slot, entry, self._out.persist)
             proposal.acks.add(self.id)
         lead.unsent.append(slot)
@@ -575,8 +581,8 @@ class Node:
         would leave can vote. Those that answered its accepts lately with an Accepted can (and
         itself, if its storage votes); a learner whose storage cannot vote yet (it joined
         without state) answers otherwise, and votes only once it has fenced as a voter, which
-        takes a majority of promises from the others. Proposed anyway, such a change would stop
-        the cluster until enough voters come back."""
+        takes promises from the others (Membership.fence_quorum). Proposed anyway, such a change
+        would stop the cluster until enough voters come back."""
         new = self.membership.apply(self.log.length, entry)
         if new is None:
             return None  # stale or malformed: it changes nothing where it lands

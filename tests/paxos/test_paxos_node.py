@@ -313,3 +313,45 @@ def test_batches_are_split_by_bytes_and_catch_up_too():
     h.node(follower).resume(h.now)
     h.advance(0.2)
     assert h.node(follower).log.count == 10
+
+
+@pytest.mark.parametrize("voters", [2, 4])
+def test_with_an_even_number_of_voters_a_lost_disk_fences_with_half_of_them(voters):
+    """A two-voter epoch (a step of a membership change) whose voter loses its disk: the other
+    voter holds every chosen value, so its promise alone fences (Membership.fence_quorum); with
+    four of which two lost their disks, the other two. Requiring a majority of promises kept such a cluster down for
+    good (simulator seed 5716 on 3 members)."""
+    h = Harness(n=voters)
+    leader = h.elect()
+    h.submit(leader, "a")
+    h.deliver()
+    lost = [i for i in h.members if i != leader][: voters // 2]
+    for victim in lost:
+        h.wipe(victim)
+    h.advance(3.0)
+    assert all(h.node(victim).status().voting for victim in lost)
+    survivor = h.leader()
+    assert survivor is not None
+    h.submit(survivor, "b")
+    h.deliver()
+    assert outcome(h, survivor, "b") == Committed(1, 1)
+
+
+def test_in_a_two_voter_epoch_a_fenced_leader_gets_what_it_found_in_flight_chosen():
+    """The leader of two voters loses its disk while its value is accepted by the other voter
+    only. Fencing with that voter, it finds the value in flight and must get it chosen before it
+    votes again, which with two voters takes its own accept (acceptor.py, step 2)."""
+    h = Harness(n=2)
+    leader = h.elect()
+    other = 3 - leader
+    h.submit(leader, "b")
+    h.deliver_where(lambda src, dst, msg: isinstance(msg, Accept))
+    h.take(lambda src, dst, msg: isinstance(msg, Accepted))  # the leader never hears back
+    h.wipe(leader)
+    h.advance(3.0)
+    assert h.node(leader).status().voting
+    assert [e.request_id for e in h.applied[leader]] == ["b"]
+    assert [e.request_id for e in h.applied[other]] == ["b"]
+    h.submit(other, "c")
+    h.advance(1.0)
+    assert outcome(h, other, "c") == Committed(1, 1)
