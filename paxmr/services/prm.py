@@ -216,7 +216,7 @@ class Prm:
         self._promote_at = 0.0  # a refused promotion is tried again at most this often
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
-            self._deliver,
+            self._deliver, cluster=identity.cluster_id if (identity := storage.identity()) else "",
         )  # fmt: skip
 
     def _record(self, entry: paxos.LogEntry, summary: dict[str, Any] | None) -> None:

@@ -12,6 +12,13 @@ seq and payload and the payload is a msgpack map ``{"src": id, "dst": id, "msg":
 counts the frames of one connection from 0; a frame out of sequence ends the connection (TLS
 rules this out on the wire already; the check keeps a duplicated message from ever reaching the
 core, whatever a sender does).
+The first frame of a connection may be a hello, ``{"src": id, "dst": id, "hello": cluster id}``,
+which the dialling side always sends: a node whose storage records another cluster's id than the
+listener's (a member re-founded by mistake with ``paxmr init --found``, another cluster under
+the same CA) is refused, once per connection, with a log line naming both ids. A node without an
+identity (it joined, or lost its disk) sends an empty id and is let in: it votes only after it
+has fenced. So the hello keeps honest but wrong nodes apart; it is no defence against a holder of
+a valid certificate, which could send the right id or none.
 msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
 validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
 bytes are decoded in a worker thread so heartbeats keep flowing.
@@ -74,6 +81,17 @@ class AuthError(FrameError):
     """The connection is not from the cluster node it claims to be."""
 
 
+class OtherCluster(AuthError):
+    """The connection's hello names another cluster."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """The first frame of a connection: the sender's cluster id ("" if it has none)."""
+
+    cluster: str
+
+
 # --- TLS --------------------------------------------------------------------------------------
 
 
@@ -122,11 +140,17 @@ def encode(src: int, dst: int, msg: paxos.Message) -> bytes:
     return payload
 
 
+def hello(src: int, dst: int, cluster: str) -> bytes:
+    """The payload of a connection's first frame (see the module docstring)."""
+    payload: bytes = msgpack.packb({"src": src, "dst": dst, "hello": cluster}, use_bin_type=True)
+    return payload
+
+
 def frame(seq: int, payload: bytes) -> bytes:
     return _LENGTH.pack(_SEQ.size + len(payload)) + _SEQ.pack(seq) + payload
 
 
-def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message]:
+def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message | Hello]:
     """``body`` is a frame without its length prefix; returns (claimed sender, seq, message)."""
     (seq,) = _SEQ.unpack_from(body)
     payload = memoryview(body)[_SEQ.size :]
@@ -156,6 +180,10 @@ def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message]:
         raise FrameError(f"undecodable payload: {exc}") from exc
     if not isinstance(obj, dict) or type(obj.get("src")) is not int or obj.get("dst") != me:
         raise FrameError("payload is not a frame for this node")
+    if "hello" in obj:
+        if not isinstance(obj["hello"], str):
+            raise FrameError("a hello without a cluster id")
+        return obj["src"], seq, Hello(obj["hello"])
     try:
         return obj["src"], seq, paxos.from_wire(obj.get("msg"))
     except paxos.BadMessage as exc:
@@ -261,8 +289,12 @@ class Transport:
         tls: TlsFiles,
         frame_limit: int,
         deliver: Deliver,
+        *,
+        cluster: str,
     ) -> None:
+        """`cluster` is this node's cluster id, "" if its storage has none (see Hello)."""
         self.me = me
+        self.cluster = cluster
         self.tls = tls
         self.frame_limit = frame_limit
         self.deliver = deliver
@@ -410,6 +442,8 @@ class Transport:
             await self._receive(reader, peer, label)
         except Truncated as exc:  # closed in the middle of a frame, not between two
             self.log.warning("frame_dropped", peer=label, reason=str(exc))
+        except OtherCluster as exc:
+            self.refusals.refused("peer_refused", str(exc), peer=label)
         except FrameError as exc:
             self.log.warning("connection_dropped", peer=label, reason=str(exc))
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
@@ -443,7 +477,19 @@ class Transport:
             if seq != expected:
                 raise AuthError(f"frame {seq} out of sequence (expected {expected}): replayed?")
             expected += 1
-            self.deliver(src, msg)
+            if isinstance(msg, Hello):
+                self._check_hello(peer, seq, msg)
+            else:
+                self.deliver(src, msg)
+
+    def _check_hello(self, peer: int, seq: int, msg: Hello) -> None:
+        if seq != 0:
+            raise AuthError(f"node {peer} sent a hello in the middle of a connection")
+        if msg.cluster and self.cluster and msg.cluster != self.cluster:
+            raise OtherCluster(
+                f"node {peer} belongs to cluster {msg.cluster}, this node to cluster"
+                f" {self.cluster} (re-founded by mistake with paxmr init --found?)"
+            )
 
     # --- outbound --------------------------------------------------------------------------
 
@@ -470,7 +516,8 @@ class Transport:
             delay = RECONNECT_MIN
             self.connected.add(peer)
             self.log.info("peer_connected", peer=peer)
-            seq = 0
+            writer.write(frame(0, hello(self.me, peer, self.cluster)))
+            seq = 1
             try:
                 while True:
                     payloads = await outbox.take(256)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from paxmr import local
-from tests.support.local import running_cluster, small_tally
-from tests.support.wait import CONVERGE_S
+from tests.support.local import running_cluster, service_env, sigkill, small_tally
+from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +103,34 @@ def test_a_cluster_that_lost_a_majority_of_disks_is_refounded_from_its_survivor(
         assert node.status()["entries"] == before["entries"]
         cluster.node(3).replicate(small_tally(cluster.node(3), "after_reduced"))
         cluster.converged(timeout=CONVERGE_S)
+
+
+def test_a_member_refounded_by_mistake_is_refused_by_its_peers() -> None:
+    """`paxmr init --found` run again on a member of a running cluster gives it a new cluster id
+    and storage that votes with nothing it promised. Its peers refuse its connections, saying
+    which clusters differ, and it refuses theirs: it never joins the old cluster's quorums, and
+    the old cluster goes on."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        one.replicate(small_tally(one))
+        cluster.converged(timeout=CONVERGE_S)
+        sigkill(three.prm_pid())
+        db = three.settings.state_dir / "prm.db"
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        result = three.cli("init", "--found", "--cluster-id", "mistake")
+        assert result.returncode == 0, result.stderr
+        with service_env():
+            local.restart(cluster.root, 3, "prm")
+
+        def refused() -> list[dict[str, object]]:
+            return [
+                e for e in one.log_events("peer_refused") if "cluster mistake" in str(e["reason"])
+            ]
+
+        wait_until(refused, "node 1 refuses the re-founded node 3", timeout=CONVERGE_S)
+        before = one.status()["entries"]
+        one.replicate(small_tally(one, "after_reduced"))
+        cluster.converged(timeout=CONVERGE_S, nodes=[one, cluster.node(2)])
+        assert one.status()["entries"] == before + 1
+        assert three.status()["entries"] == 0  # it learned nothing of the old cluster's log
