@@ -144,3 +144,68 @@ def test_members_need_addresses_only_from_the_log(tmp_path: Path) -> None:
         assert "id = 4" not in first.config.read_text()
         cluster.converged(timeout=CONVERGE_S, nodes=[*cluster.nodes, new])
         assert new.status()["entries"] == 1
+
+
+def test_a_removed_node_still_running_on_its_old_disk_is_added_back() -> None:
+    """An operator removes node 3, which keeps running on its disk (in the epoch it left), then
+    adds it back under the same id. It joins the new epoch as a learner, is promoted, and the
+    log stays one log; replicates land throughout and none acknowledged is lost."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        with Load(one) as load:
+            wait_until(lambda: len(load.acknowledged) >= 3, "replicates land")
+            address = next(m for m in one.cli_json("member", "list")["members"] if m["node"] == 3)
+            removed = one.cli_json("member", "remove", "3")
+            assert removed["removed"] is True
+            assert _roles(one) == {1: "voter", 2: "voter"}
+            start = len(load.acknowledged)
+            wait_until(lambda: len(load.acknowledged) >= start + 3, "replicates land with two")
+            added = one.cli_json("member", "add", "3", address["address"], "--wait", "30")
+            assert added["role"] == "voter", added
+            start = len(load.acknowledged)
+            wait_until(lambda: len(load.acknowledged) >= start + 3, "replicates land with three")
+        assert _roles(three) == {1: "voter", 2: "voter", 3: "voter"}
+        cluster.converged(timeout=CONVERGE_S)
+        landed = [e["request_id"] for e in three.cli_json("print")["entries"]]
+        assert set(load.acknowledged) <= set(landed)
+        assert len(landed) == len(set(landed))  # each request applied once
+
+
+def test_two_changes_asked_at_once_on_two_nodes_one_takes_effect_the_other_is_told() -> None:
+    """Two operators add a node each at the same moment, one through node 1 and one through
+    node 2. Each change names the whole member set it expects, so the second one chosen is
+    stale: it changes nothing, and its operator is told `conflict` and to look and retry; the
+    retry then takes effect. (Asked within a millisecond of each other, the two changes met in
+    every run here; should the first take effect before the second is asked, both are fine.)"""
+    with running_cluster() as cluster:
+        new = [_new_node(cluster), _new_node(cluster)]
+        asked = [cluster.node(1), cluster.node(2)]
+        outcomes: dict[int, str] = {}
+        barrier = threading.Barrier(2)
+
+        def add(k: int) -> None:
+            node, address = new[k]
+            args = {"node": node.id, "address": address, "wait": 30}
+            barrier.wait()
+            try:
+                asked[k].call("member_add", args, timeout=90)
+                outcomes[node.id] = "ok"
+            except RemoteError as exc:
+                outcomes[node.id] = f"{exc.code}: {exc}"
+
+        threads = [threading.Thread(target=add, args=(k,)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        if list(outcomes.values()) == ["ok", "ok"]:
+            # Rare on a loaded machine: the first took effect before the second was asked.
+            assert set(_roles(cluster.node(1))) == {1, 2, 3, 4, 5}
+            return
+        assert min(outcomes.values()).startswith("conflict: another membership change"), outcomes
+        (loser,) = [k for k, v in outcomes.items() if v != "ok"]
+        assert loser not in _roles(cluster.node(1))  # the stale change changed nothing
+        address = next(a for n, a in new if n.id == loser)
+        retried = cluster.node(1).cli_json("member", "add", str(loser), address, "--wait", "30")
+        assert retried["role"] == "voter", retried
+        assert set(_roles(cluster.node(1))) == {1, 2, 3, 4, 5}
