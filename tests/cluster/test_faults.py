@@ -14,13 +14,21 @@ import signal
 import threading
 import time
 import uuid
-from typing import Self
 
 import pytest
 
 from paxmr import control, local
-from tests.support.local import REPLICATE_TIMEOUT, Cluster, Node, alive, service_env, sigkill
-from tests.support.wait import CONVERGE_S, wait_until
+from tests.support.local import (
+    REPLICATE_TIMEOUT,
+    Cluster,
+    Node,
+    Stream,
+    alive,
+    all_acked_everywhere,
+    service_env,
+    sigkill,
+)
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -29,68 +37,6 @@ FILE = "small_reduced"
 
 def _others(cluster: Cluster, node_id: int) -> list[Node]:
     return [n for n in cluster.nodes if n.id != node_id]
-
-
-class Stream:
-    """Clients replicating one after another on the given nodes until stopped; records acks."""
-
-    def __init__(self, nodes: list[Node], clients_per_node: int = 2) -> None:
-        self.acked: dict[str, int] = {}
-        self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._threads = [
-            threading.Thread(target=self._run, args=(n,), daemon=True)
-            for n in nodes
-            for _ in range(clients_per_node)
-        ]
-
-    def __enter__(self) -> Self:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(REPLICATE_TIMEOUT * 4)
-
-    def _run(self, node: Node) -> None:
-        while not self._stop.is_set():
-            rid = uuid.uuid4().hex
-            try:
-                result = node.replicate(FILE, rid)
-            except (control.ServiceDown, control.RemoteError, OSError) as exc:
-                with self._lock:
-                    self.failures.append(f"n{node.id}: {exc}")
-                time.sleep(0.05)
-                continue
-            with self._lock:
-                self.acked[rid] = result["position"]
-
-    def wait_for(self, count: int, timeout: float = CONVERGE_S) -> None:
-        target = len(self.acked) + count
-        wait_until(
-            lambda: len(self.acked) >= target,
-            lambda: f"the stream goes on (failures: {self.failures[-5:]})",
-            timeout=timeout,
-            interval=0.02,
-        )
-
-
-def _all_acked_everywhere(cluster: Cluster, acked: dict[str, int]) -> None:
-    digest = cluster.converged()
-    for n in cluster.nodes:
-        log = n.call("print")
-        assert log["digest"] == digest
-        ids = [e["request_id"] for e in log["entries"]]
-        assert len(ids) == len(set(ids)), f"node {n.id}: a request id landed twice"
-        assert [e["position"] for e in log["entries"]] == list(range(len(ids)))
-        where = {rid: pos for pos, rid in enumerate(ids)}
-        lost = {rid for rid in acked if rid not in where}
-        assert not lost, f"node {n.id} lost {len(lost)} acknowledged replicates"
-        moved = {rid for rid, pos in acked.items() if where[rid] != pos}
-        assert not moved, f"node {n.id}: entries not at their acknowledged position"
 
 
 def _commits(node: Node, times: int = 1) -> None:
@@ -133,7 +79,7 @@ def test_stopping_the_leader_mid_stream_loses_nothing_acknowledged(healthy: Clus
         assert cluster.leader(exclude=old.id) != old.id
         assert old.cli("resume").returncode == 0
         stream.wait_for(15)
-    _all_acked_everywhere(cluster, stream.acked)
+    all_acked_everywhere(cluster, stream.acked)
 
 
 @pytest.mark.parametrize("which", ["follower", "leader"])
@@ -290,7 +236,7 @@ def test_sigkill_a_prm_mid_stream_nothing_acknowledged_is_lost(healthy: Cluster)
             local.restart(cluster.root, victim.id, "prm")
         stream.wait_for(20)
     assert stream.acked
-    _all_acked_everywhere(cluster, stream.acked)
+    all_acked_everywhere(cluster, stream.acked)
 
 
 def test_sigkill_the_leader_a_new_leader_commits(healthy: Cluster) -> None:
@@ -308,7 +254,7 @@ def test_sigkill_the_leader_a_new_leader_commits(healthy: Cluster) -> None:
         _commits(cluster.node(new))
     with service_env():
         local.restart(cluster.root, old, "prm")
-    _all_acked_everywhere(cluster, stream.acked)
+    all_acked_everywhere(cluster, stream.acked)
     # The restarted node follows; it does not disturb the log.
     assert cluster.leader() in {n.id for n in cluster.nodes}
 
@@ -329,7 +275,7 @@ def test_frozen_leader_wakes_up_deposed_and_the_logs_agree(healthy: Cluster) -> 
         finally:
             os.kill(pid, signal.SIGCONT)
         stream.wait_for(15)
-    _all_acked_everywhere(cluster, stream.acked)
+    all_acked_everywhere(cluster, stream.acked)
 
 
 def test_sigkill_every_prm_then_restart_keeps_acknowledged_entries(healthy: Cluster) -> None:
@@ -345,7 +291,7 @@ def test_sigkill_every_prm_then_restart_keeps_acknowledged_entries(healthy: Clus
             local.restart(cluster.root, n.id, "prm")
     cluster.leader()
     _commits(cluster.node(1))
-    _all_acked_everywhere(cluster, acked)
+    all_acked_everywhere(cluster, acked)
 
 
 def test_cli_reports_a_dead_prm_with_exit_3(healthy: Cluster) -> None:

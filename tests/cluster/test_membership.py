@@ -6,47 +6,23 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import Self
 
 import pytest
 
 from paxmr import local
 from paxmr.control import RemoteError
-from tests.support.local import Cluster, Node, running_cluster, service_env, small_tally
+from tests.support.local import (
+    Cluster,
+    Node,
+    Stream,
+    all_acked_everywhere,
+    running_cluster,
+    service_env,
+    small_tally,
+)
 from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-class Load:
-    """Replicates through one node, one after another, until stopped; records what landed."""
-
-    def __init__(self, node: Node) -> None:
-        self.node = node
-        self.file = small_tally(node, "load_reduced")
-        self.acknowledged: list[str] = []
-        self.failed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        k = 0
-        while not self._stop.is_set():
-            rid = f"load-{self.node.id}-{k}"
-            try:
-                self.node.call("replicate", {"file": self.file, "request_id": rid}, timeout=20)
-                self.acknowledged.append(rid)
-                k += 1
-            except RemoteError:
-                self.failed += 1  # retried under the same id: it lands at most once
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
 
 
 def _new_node(cluster: Cluster) -> tuple[Node, str]:
@@ -74,36 +50,28 @@ def test_add_a_node_then_remove_the_leader_while_replicates_land() -> None:
     with running_cluster() as cluster:
         new, address = _new_node(cluster)
         grown = Cluster(cluster.root, [*cluster.nodes, new], cluster.mappers)
-        with Load(cluster.node(1)) as one, Load(cluster.node(2)) as two:
-
-            def landing(loads: list[Load], more: int = 5) -> None:
-                start = sum(len(x.acknowledged) for x in loads)
-                wait_until(
-                    lambda: sum(len(x.acknowledged) for x in loads) >= start + more,
-                    "replicates land",
-                )
-
-            landing([one, two])
+        with Stream([cluster.node(1), cluster.node(2)], clients_per_node=1) as stream:
+            stream.wait_for(5)
             # Asked on a follower: the change goes through the leader like a replicate.
             leader = cluster.leader()
             asked = next(n for n in cluster.nodes if n.id != leader)
             added = asked.cli_json("member", "add", "4", address, "--wait", "30")
             assert added["role"] == "voter", added
             assert _roles(asked) == {1: "voter", 2: "voter", 3: "voter", 4: "voter"}
-            landing([one, two])
+            stream.wait_for(5)
             # The new node fences once it votes (it joined without state), which may move
             # the leadership: wait until it stays put.
             leader = wait_until(lambda: _stable_leader(grown), "a leader that stays")
             rest = [n for n in grown.nodes if n.id != leader]
             removed = rest[0].cli_json("member", "remove", str(leader))  # asked elsewhere
             assert removed["removed"] is True
-            landing([x for x in (one, two) if x.node.id != leader])
+            stream.wait_for(5)
         assert set(_roles(rest[0])) == {1, 2, 3, 4} - {leader}
         assert Cluster(grown.root, rest, grown.mappers).leader() != leader
         grown.converged(timeout=CONVERGE_S, nodes=rest)
         landed = {e["request_id"] for e in rest[0].cli_json("print")["entries"]}
         # Nothing acknowledged was lost, through the removed leader's node included.
-        assert set(one.acknowledged + two.acknowledged) <= landed
+        assert set(stream.acked) <= landed
         assert new.status()["voting"] is True  # the new node votes by now
 
 
@@ -152,23 +120,19 @@ def test_a_removed_node_still_running_on_its_old_disk_is_added_back() -> None:
     log stays one log; replicates land throughout and none acknowledged is lost."""
     with running_cluster() as cluster:
         one, three = cluster.node(1), cluster.node(3)
-        with Load(one) as load:
-            wait_until(lambda: len(load.acknowledged) >= 3, "replicates land")
+        with Stream([one], clients_per_node=1) as stream:
+            stream.wait_for(3)
             address = next(m for m in one.cli_json("member", "list")["members"] if m["node"] == 3)
             removed = one.cli_json("member", "remove", "3")
             assert removed["removed"] is True
             assert _roles(one) == {1: "voter", 2: "voter"}
-            start = len(load.acknowledged)
-            wait_until(lambda: len(load.acknowledged) >= start + 3, "replicates land with two")
+            stream.wait_for(3)
             added = one.cli_json("member", "add", "3", address["address"], "--wait", "30")
             assert added["role"] == "voter", added
-            start = len(load.acknowledged)
-            wait_until(lambda: len(load.acknowledged) >= start + 3, "replicates land with three")
+            stream.wait_for(3)
         assert _roles(three) == {1: "voter", 2: "voter", 3: "voter"}
         cluster.converged(timeout=CONVERGE_S)
-        landed = [e["request_id"] for e in three.cli_json("print")["entries"]]
-        assert set(load.acknowledged) <= set(landed)
-        assert len(landed) == len(set(landed))  # each request applied once
+        all_acked_everywhere(cluster, stream.acked)
 
 
 def test_two_changes_asked_at_once_on_two_nodes_one_takes_effect_the_other_is_told() -> None:

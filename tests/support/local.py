@@ -19,11 +19,13 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 from unittest import mock
 
 from paxmr import control, local
@@ -271,3 +273,72 @@ def small_tally(node: Node, name: str = "small_reduced") -> str:
     """A valid reduced tally in ``node``'s data directory (as reduce writes them)."""
     (node.data / name).write_bytes(b"paxmr-tally 1\nalpha\t3\nbeta\t2\ngamma\t1\n")
     return name
+
+
+STREAM_FILE = "stream_reduced"
+
+
+class Stream:
+    """Clients replicating one after another on the given nodes until stopped; records what
+    was acknowledged (request id: position) and what failed."""
+
+    def __init__(self, nodes: list[Node], clients_per_node: int = 2) -> None:
+        for node in nodes:
+            small_tally(node, STREAM_FILE)
+        self.acked: dict[str, int] = {}
+        self.failures: list[str] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [
+            threading.Thread(target=self._run, args=(n,), daemon=True)
+            for n in nodes
+            for _ in range(clients_per_node)
+        ]
+
+    def __enter__(self) -> Self:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(REPLICATE_TIMEOUT * 4)
+
+    def _run(self, node: Node) -> None:
+        while not self._stop.is_set():
+            rid = uuid.uuid4().hex
+            try:
+                result = node.replicate(STREAM_FILE, rid)
+            except (control.ServiceDown, control.RemoteError, OSError) as exc:
+                with self._lock:
+                    self.failures.append(f"n{node.id}: {exc}")
+                time.sleep(0.05)
+                continue
+            with self._lock:
+                self.acked[rid] = result["position"]
+
+    def wait_for(self, count: int, timeout: float = CONVERGE_S) -> None:
+        target = len(self.acked) + count
+        wait_until(
+            lambda: len(self.acked) >= target,
+            lambda: f"the stream goes on (failures: {self.failures[-5:]})",
+            timeout=timeout,
+            interval=0.02,
+        )
+
+
+def all_acked_everywhere(cluster: Cluster, acked: dict[str, int]) -> None:
+    """Every node holds one log, each request once, each acknowledged one where it was told."""
+    digest = cluster.converged()
+    for n in cluster.nodes:
+        log = n.call("print")
+        assert log["digest"] == digest
+        ids = [e["request_id"] for e in log["entries"]]
+        assert len(ids) == len(set(ids)), f"node {n.id}: a request id landed twice"
+        assert [e["position"] for e in log["entries"]] == list(range(len(ids)))
+        where = {rid: pos for pos, rid in enumerate(ids)}
+        lost = {rid for rid in acked if rid not in where}
+        assert not lost, f"node {n.id} lost {len(lost)} acknowledged replicates"
+        moved = {rid for rid, pos in acked.items() if where[rid] != pos}
+        assert not moved, f"node {n.id}: entries not at their acknowledged position"
