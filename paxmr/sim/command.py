@@ -81,7 +81,10 @@ def replay_command(
     " checking safety; it reaches orders of events that clocks make rare. small: short"
     " scenarios (3 requests, at most 16 phases) in phases of who can talk to whom, messages"
     " held across phases and replayed, leaders usurped by the majority that knows least,"
-    " checking safety; each seed is one walk, so --seeds bounds the search.",
+    " checking safety; each seed is one walk, so --seeds bounds the search. forget: the"
+    " small walks on the forgotten-promise story (a voter loses its disk right after"
+    " promising, fences while the candidate is kept away, and the candidate's phase 1"
+    " finishes late).",
 )
 @click.option("--trace", is_flag=True, help="Print every event of each run.")
 @click.option(

@@ -6,7 +6,7 @@ import multiprocessing
 from typing import TYPE_CHECKING
 
 from paxmr.sim.explore import Explorer
-from paxmr.sim.phases import PhaseWalk
+from paxmr.sim.phases import ForgetWalk, PhaseWalk
 from paxmr.sim.simulation import EARLY
 from paxmr.sim.world import RunResult, World
 
@@ -17,7 +17,8 @@ _PER_TASK = 16
 TIMED = "timed"  # world.py: a virtual clock, faults, clients, healing, then liveness
 ASYNC = "async"  # explore.py: a scheduler orders every event; safety only
 SMALL = "small"  # phases.py: small scenarios in phases of who can talk; safety only
-SCHEDULES = (TIMED, ASYNC, SMALL)
+FORGET = "forget"  # phases.py: small scenarios that follow the forgotten-promise story
+SCHEDULES = (TIMED, ASYNC, SMALL, FORGET)
 
 
 def run_seed(  # noqa: PLR0917 - one run's parameters
@@ -32,6 +33,8 @@ def run_seed(  # noqa: PLR0917 - one run's parameters
         return Explorer(seed, nodes, kinds, driver=driver, trace=trace).run()
     if schedule == SMALL:
         return PhaseWalk(seed, nodes, kinds, driver=driver, trace=trace).run()
+    if schedule == FORGET:
+        return ForgetWalk(seed, nodes, kinds, driver=driver, trace=trace).run()
     return World(seed, nodes, kinds, driver=driver, trace=trace).run()
 
 

@@ -18,12 +18,13 @@ from paxmr.services.transport import encode, frame
 from paxmr.sim.command import sim
 from paxmr.sim.explore import Explorer
 from paxmr.sim.faults import FAULT_KINDS
-from paxmr.sim.phases import PhaseWalk
+from paxmr.sim.phases import ForgetWalk, PhaseWalk
 from paxmr.sim.run import run_seed, run_seeds
 from paxmr.sim.simulation import EARLY, STRICT, UNSAFE
 from paxmr.sim.world import _FRAMING, World
 from tests.paxos.paxos_broken import (
     AcceptsLowerBallots,
+    FencesWithAMajority,
     KeepsLeadingAfterConflict,
     SendsWholePromises,
     SkipsPhaseOne,
@@ -70,7 +71,7 @@ def first_violation(
     nodes: int, kinds: set[str], limit: int, schedule: str = "timed", **world: Any
 ) -> tuple[int, str]:
     """The first seed whose run reports a safety violation, searching at most `limit` seeds."""
-    schedules = {"timed": World, "async": Explorer, "small": PhaseWalk}
+    schedules = {"timed": World, "async": Explorer, "small": PhaseWalk, "forget": ForgetWalk}
     for seed in range(limit):
         result = schedules[schedule](seed, nodes, frozenset(kinds), **world).run()
         found = [v for v in result.violations if v.startswith(SAFETY)]
@@ -84,10 +85,14 @@ def first_violation(
 # issue 8 are also replayed step by step in test_paxos_regressions.py. Defect 1 (on 5 and 7
 # members) and reply-before-persist on 5 are found only by the small schedule (phases.py).
 # Defect 1 cannot happen on 3 members: the old leader's value held by a follower is accepted by
-# a majority of 3, so chosen. Defect 2 cannot either (the fence needs both others, and the
-# owner of the forgotten promise refuses a lower fence ballot); on 5 no schedule finds its
-# broken copy yet (README).
+# a majority of 3, so chosen. Defect 2 is found only by the forgotten-promise story (the forget
+# schedule; today first in walk 1 on 5 members, 6 on 7). It cannot happen on 3 members: the
+# broken fence still needs both others, and the owner of the forgotten promise refuses a lower
+# fence ballot (0 of 500 forget walks on 3 members find it).
+FORGET_BOUND = 40
 CAUGHT = [
+    pytest.param(5, FORGET_BOUND, "forget", {"node_factory": FencesWithAMajority}, id="defect2-5"),
+    pytest.param(7, FORGET_BOUND, "forget", {"node_factory": FencesWithAMajority}, id="defect2-7"),
     pytest.param(5, SMALL_UNSAFE, "small", {"driver": UNSAFE}, id="reply-before-persist-5"),
     pytest.param(5, SMALL_D1, "small", {"node_factory": KeepsLeadingAfterConflict}, id="defect1-5"),
     pytest.param(7, 200, "small", {"node_factory": KeepsLeadingAfterConflict}, id="defect1-7"),
@@ -117,6 +122,14 @@ def test_small_scenarios_keep_the_invariants():
     assert [(r.seed, r.violations) for r in results if r.violations] == []
 
 
+@pytest.mark.parametrize("nodes", [3, 5, 7])
+def test_the_forgotten_promise_story_keeps_the_invariants(nodes):
+    """The healthy core over the bound within which the forget schedule finds defect 2."""
+    seeds = range(FORGET_BOUND)
+    results = run_seeds(seeds, nodes, CLASSIC, EARLY, trace=False, workers=1, schedule="forget")
+    assert [(r.seed, r.violations) for r in results if r.violations] == []
+
+
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_applying_a_value_that_raises_is_caught(monkeypatch, nodes):
     """Defect 4: a forged value that the old decode let through crashed every replica."""
@@ -136,13 +149,14 @@ def test_command_json_report():
     assert set(report["faults"]) == ALL
 
 
-def test_command_small_schedule():
+@pytest.mark.parametrize("schedule", ["small", "forget"])
+def test_command_small_schedules(schedule):
     result = CliRunner().invoke(
-        sim, ["--schedule", "small", "--seeds", "30", "--nodes", "5", "-o", "json"]
+        sim, ["--schedule", schedule, "--seeds", "30", "--nodes", "5", "-o", "json"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
-    assert (report["schedule"], report["runs"], report["violations"]) == ("small", 30, [])
+    assert (report["schedule"], report["runs"], report["violations"]) == (schedule, 30, [])
     assert report["commits"] > 0
 
 
