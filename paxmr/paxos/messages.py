@@ -126,8 +126,55 @@ class CatchupReply:
     chosen_len: int
 
 
+@dataclass(frozen=True, slots=True)
+class ReadProbe:
+    """A leader asks the voters whether anyone has outbid `ballot`: one round `seq` of the
+    confirmation behind a read index (Node.read_index)."""
+
+    ballot: Ballot
+    seq: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadProbeAck:
+    """A voter of `epoch` had promised no ballot above `ballot` when it answered round `seq`."""
+
+    ballot: Ballot
+    seq: int
+    epoch: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexRequest:
+    """A replica asks its leader for a read index (Node.read_index); `read_id` is its own."""
+
+    read_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadIndexReply:
+    """The leader confirmed it led after the request arrived: a read that waits until its
+    applied length reaches `index` sees every entry committed before the request."""
+
+    read_id: int
+    index: int
+
+
 Message = (
-    Prepare | Promise | Nack | Accept | Accepted | Forward | Refuse | CatchupRequest | CatchupReply
+    Prepare
+    | Promise
+    | Nack
+    | Accept
+    | Accepted
+    | Forward
+    | Refuse
+    | CatchupRequest
+    | CatchupReply
+    | ReadProbe
+    | ReadProbeAck
+    | ReadIndexRequest
+    | ReadIndexReply
 )
 
 
@@ -139,7 +186,7 @@ def _entry(e: Entry) -> list[Any]:
     return [e.request_id, e.value]
 
 
-def to_wire(msg: Message) -> dict[str, Any]:
+def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case per kind
     match msg:
         case Prepare():
             return {
@@ -194,6 +241,14 @@ def to_wire(msg: Message) -> dict[str, Any]:
         case CatchupReply():
             entries_ = [_entry(e) for e in msg.entries]
             return {"k": "entries", "from": msg.from_slot, "e": entries_, "len": msg.chosen_len}
+        case ReadProbe():
+            return {"k": "rprobe", "b": _ballot(msg.ballot), "seq": msg.seq, "ep": msg.epoch}
+        case ReadProbeAck():
+            return {"k": "rack", "b": _ballot(msg.ballot), "seq": msg.seq, "ep": msg.epoch}
+        case ReadIndexRequest():
+            return {"k": "rindex", "id": msg.read_id}
+        case ReadIndexReply():
+            return {"k": "rindexed", "id": msg.read_id, "i": msg.index}
 
 
 def _field(obj: dict[Any, Any], key: str) -> Any:
@@ -330,6 +385,22 @@ def _entries(f: dict[Any, Any]) -> Message:
     )
 
 
+def _read_probe(f: dict[Any, Any]) -> Message:
+    return ReadProbe(_as_ballot(_field(f, "b")), _as_int(_field(f, "seq"), "seq"), _epoch(f))
+
+
+def _read_probe_ack(f: dict[Any, Any]) -> Message:
+    return ReadProbeAck(_as_ballot(_field(f, "b")), _as_int(_field(f, "seq"), "seq"), _epoch(f))
+
+
+def _read_index_request(f: dict[Any, Any]) -> Message:
+    return ReadIndexRequest(_as_int(_field(f, "id"), "read id"))
+
+
+def _read_index_reply(f: dict[Any, Any]) -> Message:
+    return ReadIndexReply(_as_int(_field(f, "id"), "read id"), _as_int(_field(f, "i"), "index"))
+
+
 _DECODERS: dict[str, Callable[[dict[Any, Any]], Message]] = {
     "prepare": _prepare,
     "promise": _promise,
@@ -340,6 +411,10 @@ _DECODERS: dict[str, Callable[[dict[Any, Any]], Message]] = {
     "refuse": _refuse,
     "catchup": _catchup,
     "entries": _entries,
+    "rprobe": _read_probe,
+    "rack": _read_probe_ack,
+    "rindex": _read_index_request,
+    "rindexed": _read_index_reply,
 }
 
 

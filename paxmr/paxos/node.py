@@ -30,6 +30,10 @@ from paxmr.paxos.messages import (
     Nack,
     Prepare,
     Promise,
+    ReadIndexReply,
+    ReadIndexRequest,
+    ReadProbe,
+    ReadProbeAck,
     Refuse,
     wire_cost,
 )
@@ -49,6 +53,9 @@ LEADER = "leader"
 # A node that cannot vote campaigns this far (at random) above the rounds it knows of, so that
 # its ballots are new to everyone although it forgot the rounds it used (see acceptor.py).
 FRESH_ROUNDS = 2**32
+
+# Reads a leader keeps waiting for confirmation (read_index); more are refused.
+MAX_READS = 4096
 
 
 @dataclass(slots=True)
@@ -75,6 +82,17 @@ class _Campaign:
         return sum(1 for n, p in self.answered.items() if p.voter and n in voters)
 
 
+@dataclass(frozen=True, slots=True)
+class _Read:
+    """A read index asked of this leader by `src` (itself for a local read) as `read_id`: it
+    is `index` once a quorum answered round `seq` of ReadProbes (read_index)."""
+
+    src: int
+    read_id: int
+    seq: int
+    index: int
+
+
 @dataclass(slots=True)
 class _Leadership:
     """Phase 2 at `ballot`, for every slot from the takeover on."""
@@ -88,6 +106,10 @@ class _Leadership:
     proposed_ids: set[str] = field(default_factory=set)
     acked: dict[int, float] = field(default_factory=dict)
     sent_chosen: int = -1  # announce the new ballot in the next Ready even with no slots
+    reads: list[_Read] = field(default_factory=list)  # waiting for a quorum (read_index)
+    read_seq: int = 0  # the ReadProbe round the waiting reads need
+    read_sent: int = 0  # the last round sent
+    read_acks: dict[int, int] = field(default_factory=dict)  # voter -> its highest round answered
 
 
 class Node:
@@ -205,6 +227,37 @@ class Node:
             self._retry_at = min(self._retry_at, retry_at)
             self._route(request)
 
+    def read_index(self, read_id: int, now: float) -> None:
+        """Ask for a read index: the applied length a read must wait for to see every entry
+        committed before this call (a linearizable read, as etcd's ReadIndex). The answer comes
+        in `Ready.reads` as (read_id, index), or (read_id, None) when none can be had here now
+        (stopped, no leader known, the leader stepped down, a membership change under way).
+        No answer at all may come (a lost message, a leader that lost its quorum): the driver
+        gives up after its own deadline and may ask again.
+
+        A leader notes the end of what it proposed, then asks its voters whether anyone outbid
+        its ballot (ReadProbe); once a quorum, itself included, answered a round sent after the
+        call (ReadProbeAck), the noted length is the index. Why it holds: an entry committed
+        before the call was accepted by a quorum at some ballot b' of this epoch. If b' is this
+        leader's ballot, the leader proposed it, below the noted length. If b' is lower, the
+        leader's phase 1 met that quorum and found the entry, or an applied length beyond it
+        (plan_takeover): it lies below the takeover's end. If b' is higher, a quorum promised
+        b' before the call, and promises only grow: no quorum can answer a later round that
+        it promised nothing above this ballot. An entry of a later epoch follows a membership
+        change committed in this one, which the noted range would then hold: such a read is
+        refused (_read_wait). Acceptors answer only probes of their own epoch. A follower asks
+        its leader (ReadIndexRequest) and passes its answer on (ReadIndexReply).
+        """
+        self._now = now
+        if self.stopped:
+            self._out.reads.append((read_id, None))
+        elif self._lead:
+            self._read_wait(self._lead, self.id, read_id)
+        elif self.leader is not None and self.leader != self.id:
+            self._send(self.leader, ReadIndexRequest(read_id))
+        else:
+            self._out.reads.append((read_id, None))
+
     def receive(self, src: int, msg: Message, now: float) -> None:  # noqa: C901, PLR0912 - one case per kind
         self._now = now
         if self.stopped or src == self.id:
@@ -212,7 +265,7 @@ class Node:
         self._heard[src] = now
         if isinstance(msg, _BALLOT_MESSAGES) and not self._same_epoch(src, msg, now):
             return
-        if isinstance(msg, Prepare | Accept) and (
+        if isinstance(msg, Prepare | Accept | ReadProbe) and (
             src != msg.ballot.node or src not in self.membership.voters
         ):
             return  # only this epoch's voters campaign and lead (as this node knows them)
@@ -244,6 +297,17 @@ class Node:
                 slots = [(e.slot, Entry(e.request_id, e.value)) for e in batch]
                 entries = tuple(entry for _, entry in self._batches(slots)[0])
                 self._send(src, CatchupReply(msg.from_slot, entries, self.log.length))
+            case ReadProbe():
+                # Promised nothing above the ballot: nothing to persist, nothing to follow.
+                if self.acceptor.voting and self.acceptor.promised <= msg.ballot:
+                    self._send(src, ReadProbeAck(msg.ballot, msg.seq, self.membership.epoch))
+            case ReadProbeAck():
+                self._on_read_probe_ack(src, msg)
+            case ReadIndexRequest():
+                if self._lead:
+                    self._read_wait(self._lead, src, msg.read_id)
+            case ReadIndexReply():
+                self._out.reads.append((msg.read_id, msg.index))
             case CatchupReply():
                 self._note_len(src, msg.chosen_len)
                 if msg.from_slot == MAX_SLOT:
@@ -330,6 +394,9 @@ class Node:
                     self._send(peer, self._accept_msg(lead, batch))
             lead.unsent.clear()
             lead.sent_chosen = self.log.length
+        if lead and lead.read_seq > lead.read_sent:  # one round for the reads of this Ready
+            lead.read_sent = lead.read_seq
+            self._send_read_probes(lead)
         out, self._out = self._out, Ready()
         return out
 
@@ -652,6 +719,56 @@ class Node:
         lead.unsent.clear()
         lead.sent_chosen = self.log.length
         lead.heartbeat_at = now + self.config.heartbeat_interval
+        if lead.reads:  # a probe or its answer may have been lost: the same round again
+            self._send_read_probes(lead)
+
+    def _send_read_probes(self, lead: _Leadership) -> None:
+        for peer in self.voting_peers:
+            self._send(peer, ReadProbe(lead.ballot, lead.read_sent, self.membership.epoch))
+
+    def _read_wait(self, lead: _Leadership, src: int, read_id: int) -> None:
+        """Note a read's index and wait for the next ReadProbe round (read_index)."""
+        index = max(lead.next_slot, self.log.length)
+        if self._ends_epoch(lead, index) or len(lead.reads) >= MAX_READS:
+            if src == self.id:
+                self._out.reads.append((read_id, None))
+            return  # a follower asks again
+        lead.read_seq = lead.read_sent + 1
+        lead.reads.append(_Read(src, read_id, lead.read_seq, index))
+        self._confirm_reads(lead)
+
+    def _ends_epoch(self, lead: _Leadership, end: int) -> bool:
+        """Whether a membership change lies between the applied length and `end`: it ends
+        this epoch, and entries of the next one, which this leader cannot see, may be
+        committed already."""
+        for slot in range(self.log.length, end):
+            entry = self.log.learned(slot)
+            if entry is None and (proposal := lead.proposals.get(slot)) is not None:
+                entry = proposal.entry
+            if entry is not None and entry.is_membership:
+                return True
+        return False
+
+    def _on_read_probe_ack(self, src: int, msg: ReadProbeAck) -> None:
+        lead = self._lead
+        if lead is None or msg.ballot != lead.ballot or src not in self.membership.voters:
+            return
+        lead.read_acks[src] = max(lead.read_acks.get(src, 0), msg.seq)
+        self._confirm_reads(lead)
+
+    def _confirm_reads(self, lead: _Leadership) -> None:
+        """Answer the reads whose round a quorum answered (this node counts if it votes)."""
+        own = 1 if self.acceptor.voting else 0
+        waiting = []
+        for read in lead.reads:
+            acks = sum(1 for p in self.voting_peers if lead.read_acks.get(p, 0) >= read.seq)
+            if own + acks < self.quorum:
+                waiting.append(read)
+            elif read.src == self.id:
+                self._out.reads.append((read.read_id, read.index))
+            else:
+                self._send(read.src, ReadIndexReply(read.read_id, read.index))
+        lead.reads = waiting
 
     def _accept_msg(self, lead: _Leadership, batch: tuple[tuple[int, Entry], ...]) -> Accept:
         return Accept(lead.ballot, batch, self.log.length, self.membership.epoch)
@@ -666,6 +783,8 @@ class Node:
     def _step_down(self, now: float) -> None:
         if self._lead:
             self.leader = None
+            # Local reads fail now; a follower's time out and ask again.
+            self._out.reads.extend((r.read_id, None) for r in self._lead.reads if r.src == self.id)
         self._campaign = self._lead = None
         self._election_at = now + self._election_timeout()
 
@@ -806,5 +925,5 @@ class Node:
         self._out.messages.append((dst, msg))
 
 
-_BallotMessage = Prepare | Promise | Nack | Accept | Accepted
-_BALLOT_MESSAGES = (Prepare, Promise, Nack, Accept, Accepted)
+_BallotMessage = Prepare | Promise | Nack | Accept | Accepted | ReadProbe | ReadProbeAck
+_BALLOT_MESSAGES = (Prepare, Promise, Nack, Accept, Accepted, ReadProbe, ReadProbeAck)

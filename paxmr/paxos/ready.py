@@ -33,6 +33,9 @@ class Ready:
     messages: list[tuple[int, Message]] = field(default_factory=list)
     replies: list[Reply] = field(default_factory=list)
     applied: list[LogEntry] = field(default_factory=list)
+    # Answers to Node.read_index: (read id, the applied length the read must wait for), or
+    # (read id, None) when no read index can be had from here now. Nothing depends on a commit.
+    reads: list[tuple[int, int | None]] = field(default_factory=list)
 
 
 def split(ready: Ready) -> tuple[Ready, Ready]:
@@ -42,7 +45,10 @@ def split(ready: Ready) -> tuple[Ready, Ready]:
     held: list[tuple[int, Message]] = []
     for item in ready.messages:
         (held if isinstance(item[1], AFTER_COMMIT) else early).append(item)
-    return Ready(messages=early, replies=ready.replies, applied=ready.applied), Ready(messages=held)
+    early_ready = Ready(
+        messages=early, replies=ready.replies, applied=ready.applied, reads=ready.reads
+    )
+    return early_ready, Ready(messages=held)
 
 
 @dataclass(frozen=True, slots=True)

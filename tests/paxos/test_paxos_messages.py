@@ -21,6 +21,10 @@ from paxmr.paxos.messages import (
     Nack,
     Prepare,
     Promise,
+    ReadIndexReply,
+    ReadIndexRequest,
+    ReadProbe,
+    ReadProbeAck,
     Refuse,
 )
 
@@ -38,6 +42,10 @@ MESSAGES: list[Message] = [
     Refuse("req-1", "busy", "too many"),
     CatchupRequest(0),
     CatchupReply(5, (E, Entry("", b"")), 7),
+    ReadProbe(B, 4, 2),
+    ReadProbeAck(B, 4, 2),
+    ReadIndexRequest(12),
+    ReadIndexReply(12, 30),
 ]
 
 
