@@ -23,7 +23,7 @@ import prometheus_client as prom
 from prometheus_client import CollectorRegistry
 
 from paxmr import logs, paxos
-from paxmr.paxos.messages import Accept, Accepted, Promise
+from paxmr.paxos.messages import Accept
 from paxmr.paxos.ready import NodeStatus
 
 LEADER, CANDIDATE = "leader", "candidate"
@@ -35,13 +35,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5
 class _Heard:
     at: float = -math.inf  # any authenticated message
     accept_at: float = -math.inf  # an Accept (the leader's heartbeat) ...
-    accept_ballot: paxos.Ballot | None = None  # ... its ballot
     accept_chosen: int = 0  # ... and the chosen length it announced
-    acked_at: float = -math.inf  # an Accepted (a follower's answer to our Accept) ...
-    acked_ballot: paxos.Ballot | None = None  # ... in this ballot
-    # The applied length a peer reported with its last Promise or Accepted, in that ballot.
-    reported_ballot: paxos.Ballot | None = None
-    reported_len: int = 0
 
 
 class Observer:
@@ -139,12 +133,7 @@ class Observer:
             return
         h.at = now
         if isinstance(msg, Accept):
-            h.accept_at, h.accept_ballot, h.accept_chosen = now, msg.ballot, msg.chosen
-        elif isinstance(msg, Accepted):
-            h.acked_at, h.acked_ballot = now, msg.ballot
-            h.reported_ballot, h.reported_len = msg.ballot, msg.chosen_len
-        elif isinstance(msg, Promise):
-            h.reported_ballot, h.reported_len = msg.ballot, msg.chosen_len
+            h.accept_at, h.accept_chosen = now, msg.chosen
 
     def after_ready(self, s: NodeStatus, applied: int) -> None:
         """The core's status after a Ready: log and count role, leader and ballot changes."""
@@ -271,38 +260,6 @@ class Observer:
                 "connected": p in connected,
             }
         return out
-
-    def fresh_target(self, s: NodeStatus, start: float) -> int | None:
-        """The chosen length a consistent read started at ``start`` must see; None: not yet known.
-
-        A leader confirms it still leads by accepts answered in its ballot by a quorum after the
-        read started. A new leader's applied length may be short of what earlier leaders
-        committed: an entry committed before the read was accepted by a quorum, which meets the
-        leader's phase-1 quorum in an acceptor that either still holds it (the leader proposes
-        it again: ``in_flight`` counts it) or applied it (its Promise reported that length). So
-        the target is the larger of the two. A follower takes the chosen length from its
-        leader's first Accept (heartbeat) received after the read started, in the ballot it
-        promised.
-        """
-        if s.stopped:
-            return None
-        if s.role == LEADER:
-            ballot = s.promised
-            acks = sum(
-                1
-                for p, h in self.heard.items()
-                if p in self.voters and h.acked_at >= start and h.acked_ballot == ballot
-            )
-            if acks + 1 < self.quorum:
-                return None
-            reported = [h.reported_len for h in self.heard.values() if h.reported_ballot == ballot]
-            return max([s.chosen + s.in_flight, *reported])
-        if s.role == CANDIDATE or s.leader is None or s.leader not in self.heard:
-            return None
-        h = self.heard[s.leader]
-        if h.accept_at < start or h.accept_ballot != s.promised:
-            return None
-        return h.accept_chosen
 
     def _storage_bytes(self) -> float:
         total = 0

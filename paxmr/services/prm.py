@@ -16,7 +16,7 @@ import time
 import uuid
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import Field
 
@@ -205,6 +205,8 @@ class Prm:
         self._to_apply: asyncio.Queue[list[paxos.LogEntry]] = asyncio.Queue()
         self._progress = asyncio.Event()  # set, and replaced, whenever an entry is applied
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
+        self.reading: dict[int, asyncio.Future[int | None]] = {}  # read id -> its read index
+        self._read_ids = 0
         self.wake = asyncio.Event()
         self.membership = self.node.membership
         peers = [n for n in member_addresses(settings, self.membership) if n.id != settings.node_id]
@@ -416,6 +418,10 @@ class Prm:
             future = self.waiting.pop(reply.request_id, None)
             if future is not None and not future.done():
                 future.set_result(reply.outcome)
+        for read_id, index in ready.reads:
+            read = self.reading.get(read_id)
+            if read is not None and not read.done():
+                read.set_result(index)
 
     # --- control operations ------------------------------------------------------------------
 
@@ -597,35 +603,23 @@ class Prm:
     async def _freshness(self, consistent: bool) -> dict[str, Any]:
         """How this replica's answer relates to the cluster's log; waits first if consistent.
 
-        A consistent read waits until this replica has applied every slot chosen before the read
-        started (observe.Observer.fresh_target), or fails within the replicate timeout.
+        A consistent read waits until this replica has applied up to a read index from the
+        leader (paxos.Node.read_index): every entry committed before the read started. It
+        fails within the replicate timeout (no_quorum) rather than answer from a stale log.
         """
         obs = self.observer
-        start = time.monotonic()
         target: int | None = None
         obs.reads.labels("consistent" if consistent else "local").inc()
         if consistent:
-            deadline = start + self.settings.timing.replicate_timeout
-            while True:
-                s = self.node.status()
-                if s.stopped:
-                    raise control.ControlError(  # no quorum reachable from here: exit 5
-                        "no_quorum",
-                        "this node is stopped: a consistent read needs `paxmr resume`",
-                    )
-                if target is None:  # fixed once known: a busy leader's target would run away
-                    target = obs.fresh_target(s, start)
-                # Queries answer from what this driver applied (the catalog), not the core's log.
-                if target is not None and self.slots_applied >= target:
-                    break
-                if time.monotonic() > deadline:
-                    raise control.ControlError(
-                        "no_quorum",
-                        "no consistent read: this node could not confirm the leader's committed"
-                        f" log within {self.settings.timing.replicate_timeout:g} s"
-                        f" ({'; '.join(obs.problems(s, time.monotonic())) or 'still catching up'})",
-                    )
-                await asyncio.sleep(0.01)
+            deadline = time.monotonic() + self.settings.timing.replicate_timeout
+            target = await self._read_index(deadline)
+            # Queries answer from what this driver applied (the catalog), not the core's log.
+            while self.slots_applied < target:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._no_consistent_read(f"applied {self.slots_applied} of {target} slots")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._progress.wait(), left)
         s = self.node.status()
         now = time.monotonic()
         behind = obs.behind_by(s)
@@ -641,6 +635,47 @@ class Prm:
             "warning": None if consistent or not problems else
                        "may be stale: " + "; ".join(problems),
         }  # fmt: skip
+
+    async def _read_index(self, deadline: float) -> int:
+        """A read index from the core, asked again until `deadline`: a leader may be changing
+        hands, or a request or its answer may be lost (the core does not retry)."""
+        timing = self.settings.timing
+        while True:
+            if self.node.status().stopped:
+                raise control.ControlError(  # no quorum reachable from here: exit 5
+                    "no_quorum", "this node is stopped: a consistent read needs `paxmr resume`"
+                )
+            self._read_ids += 1
+            read_id = self._read_ids
+            asked = time.monotonic()
+            future: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
+            self.reading[read_id] = future
+            self.node.read_index(read_id, asked)
+            self.wake.set()
+            index = None
+            try:
+                wait = max(0.0, min(timing.election_max, deadline - asked))
+                index = await asyncio.wait_for(future, wait)
+            except TimeoutError:
+                pass
+            finally:
+                self.reading.pop(read_id, None)
+            if index is not None:
+                return index
+            if time.monotonic() >= deadline:
+                self._no_consistent_read("no leader confirmed it still leads")
+            # Refused at once (no leader known yet, or a leader changing hands): not in a spin.
+            again = min(asked + timing.heartbeat, deadline)
+            await asyncio.sleep(max(0.0, again - time.monotonic()))
+
+    def _no_consistent_read(self, why: str) -> NoReturn:
+        s = self.node.status()
+        problems = "; ".join(self.observer.problems(s, time.monotonic()))
+        raise control.ControlError(
+            "no_quorum",
+            f"no consistent read within {self.settings.timing.replicate_timeout:g} s: {why}"
+            + (f" ({problems})" if problems else ""),
+        )
 
     async def stop(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
         self.node.stop(time.monotonic())

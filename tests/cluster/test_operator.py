@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import subprocess
 import urllib.request
 
 import pytest
@@ -210,6 +211,49 @@ def test_a_consistent_read_right_after_resume_sees_every_committed_entry(healthy
     assert result["freshness"]["consistent"] is True
     total = node.call("total", {"positions": [count - 1], "consistent": True})
     assert total["total"] == 6  # small_tally: 3 + 2 + 1
+
+
+def test_a_deposed_leader_never_answers_a_consistent_read_from_its_stale_log(
+    healthy: Cluster,
+) -> None:
+    """The leader freezes (SIGSTOP); the others elect another and commit. The consistent read
+    reaches the old leader while it is frozen, so when it thaws it still believes it leads:
+    it must answer with the new entry or fail with 5, never with its old log."""
+    old = healthy.node(healthy.leader())
+    others = [n for n in healthy.nodes if n is not old]
+    pid = old.prm_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        healthy.leader(exclude=old.id)
+        others[0].replicate(FILE)
+        target = healthy.converged(nodes=others)
+        count = others[0].status()["entries"]
+        reader = old.popen("-o", "json", "print", "--consistent")
+        # The request waits on the frozen PRM's control socket, read first when it thaws.
+        wait_until(lambda: _queued_on(old), "the read queued on the frozen PRM's socket")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, err = reader.communicate(timeout=60)
+    assert reader.returncode in {0, 5}, (reader.returncode, out, err)
+    if reader.returncode == 0:
+        result = json.loads(out)
+        assert len(result["entries"]) == count, result["freshness"]
+        assert result["digest"] == target
+    else:
+        assert "no consistent read" in err, err
+    digest = healthy.converged()
+    assert json.loads(old.cli("-o", "json", "print", "--consistent").stdout)["digest"] == digest
+
+
+def _queued_on(node: Node) -> bool:
+    """Whether a connection waits, not yet accepted, on the node's control socket: the
+    listening socket's receive queue counts them (ss)."""
+    done = subprocess.run(
+        ["ss", "-xlH", "src", str(node.settings.prm_socket)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    fields = done.stdout.split()
+    return len(fields) > 2 and fields[2].isdigit() and int(fields[2]) > 0
 
 
 def test_a_healthy_follower_reads_without_a_warning(healthy: Cluster) -> None:
