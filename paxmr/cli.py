@@ -579,7 +579,8 @@ def init_cmd(c: Ctx, found: bool, cluster_id: str | None) -> None:
     the storage records the cluster id and the member list, and the PRM will not start with
     another list. Never run it on a node of a running cluster, not even after its disk was
     lost: such a node starts without init and votes again only after it has fenced off what
-    it forgot and caught up from its peers.
+    it forgot and caught up from its peers. init asks the configured peers first and refuses
+    if one that answers runs a cluster already (another one, or this one with entries).
     """
     from paxmr.services import prm  # noqa: PLC0415
 
@@ -589,6 +590,20 @@ def init_cmd(c: Ctx, found: bool, cluster_id: str | None) -> None:
             " founding member). A node of a running cluster, even one that lost its disk,"
             " starts without init."
         )
+    prm.uninitialized(c.settings)  # before asking the peers: the cheaper, surer refusal
+    try:
+        problems = prm.peers_in_a_cluster(c.settings, cluster_id)
+    except ConfigError as exc:  # no TLS files to ask with: say so, and found
+        problems = []
+        click.echo(f"paxmr: warning: the peers were not asked whether they run a cluster: {exc}",
+                   err=True)  # fmt: skip
+    if problems:
+        _fail(
+            "init refused: a configured peer runs a cluster already: " + "; ".join(problems)
+            + ". Never found a cluster again on a node of a running one (it would vote with"
+            " promises it forgot): a node that lost its disk starts without init.",
+            EXIT_ERROR,
+        )  # fmt: skip
     path, identity = prm.initialize(c.settings, cluster_id)
     c.emit(
         {"storage": str(path), "cluster_id": identity.cluster_id, "members": identity.members},

@@ -25,7 +25,7 @@ from paxmr.catalog import Catalog, summarize
 from paxmr.logobject import LogObject
 from paxmr.paxos.messages import Forward, Refuse
 from paxmr.services import daemon, heavy, observe
-from paxmr.services.transport import Transport
+from paxmr.services.transport import Hello, Transport, ask_cluster
 from paxmr.settings import ConfigError, NodeAddress, Settings
 from paxmr.storage import Identity, Storage
 from paxmr.wordcount import tally
@@ -46,16 +46,45 @@ def backup_dir(settings: Settings) -> Path:
     return settings.state_dir / "backups"
 
 
-def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path, Identity]:
-    """Create the storage of a founding member of a new cluster (it may vote from the start).
-    Every founding member gets the same `cluster_id`; one is made up when none is given."""
+def uninitialized(settings: Settings) -> Path:
+    """Where this node's storage goes; FileExistsError if it is there already."""
     path = db_path(settings)
     if path.exists():
         raise FileExistsError(f"{path} already exists: this node is initialized")
+    return path
+
+
+def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path, Identity]:
+    """Create the storage of a founding member of a new cluster (it may vote from the start).
+    Every founding member gets the same `cluster_id`; one is made up when none is given."""
+    path = uninitialized(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     identity = Identity(cluster_id or uuid.uuid4().hex, tuple(sorted(n.id for n in settings.nodes)))
     Storage.open(path, bootstrap=True, identity=identity).close()
     return path, identity
+
+
+def peers_in_a_cluster(settings: Settings, cluster_id: str | None) -> list[str]:
+    """Why founding `cluster_id` here would re-found a running cluster: each configured peer
+    that answers (transport.ask_cluster) and belongs to another cluster, or to this one with
+    entries in its log. A founding member started before the others have run `init` belongs
+    to the same cluster with an empty log: that is founding, not re-founding."""
+    tls = settings.tls_files()
+    peers = [n for n in settings.nodes if n.id != settings.node_id]
+
+    async def ask_all() -> list[Hello | None]:
+        return await asyncio.gather(*(ask_cluster(settings.node_id, p, tls) for p in peers))
+
+    problems = []
+    for peer, answer in zip(peers, asyncio.run(ask_all()), strict=True):
+        if answer is None or not answer.cluster:
+            continue  # not running (or a node without an identity: it joined or lost its disk)
+        if answer.cluster != cluster_id or answer.length:
+            problems.append(
+                f"node {peer.id} ({peer.host}:{peer.port}) belongs to cluster {answer.cluster}"
+                f" with {answer.length} entries"
+            )
+    return problems
 
 
 def founders(settings: Settings, identity: Identity | None) -> list[int]:
@@ -219,6 +248,7 @@ class Prm:
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver, cluster=identity.cluster_id if (identity := storage.identity()) else "",
+            length=lambda: self.node.log.length,
         )  # fmt: skip
 
     def _record(self, entry: paxos.LogEntry, summary: dict[str, Any] | None) -> None:

@@ -18,7 +18,9 @@ listener's (a member re-founded by mistake with ``paxmr init --found``, another 
 the same CA) is refused, once per connection, with a log line naming both ids. A node without an
 identity (it joined, or lost its disk) sends an empty id and is let in: it votes only after it
 has fenced. So the hello keeps honest but wrong nodes apart; it is no defence against a holder of
-a valid certificate, which could send the right id or none.
+a valid certificate, which could send the right id or none. A hello that asks (``"ask": true``,
+from ``ask_cluster``, which ``paxmr init --found`` runs first) gets the listener's own hello back
+with its log's length, then the connection ends.
 msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
 validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
 bytes are decoded in a worker thread so heartbeats keep flowing.
@@ -85,11 +87,18 @@ class OtherCluster(AuthError):
     """The connection's hello names another cluster."""
 
 
+class Asked(FrameError):
+    """The connection's hello asks what cluster this node belongs to (ask_cluster)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """The first frame of a connection: the sender's cluster id ("" if it has none)."""
+    """The first frame of a connection: the sender's cluster id ("" if it has none). `ask`
+    asks the listener for its own hello, with `length`, its log's length, and hang up."""
 
     cluster: str
+    ask: bool = False
+    length: int | None = None
 
 
 # --- TLS --------------------------------------------------------------------------------------
@@ -140,9 +149,14 @@ def encode(src: int, dst: int, msg: paxos.Message) -> bytes:
     return payload
 
 
-def hello(src: int, dst: int, cluster: str) -> bytes:
+def hello(src: int, dst: int, msg: Hello) -> bytes:
     """The payload of a connection's first frame (see the module docstring)."""
-    payload: bytes = msgpack.packb({"src": src, "dst": dst, "hello": cluster}, use_bin_type=True)
+    obj: dict[str, object] = {"src": src, "dst": dst, "hello": msg.cluster}
+    if msg.ask:
+        obj["ask"] = True
+    if msg.length is not None:
+        obj["length"] = msg.length
+    payload: bytes = msgpack.packb(obj, use_bin_type=True)
     return payload
 
 
@@ -181,9 +195,12 @@ def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message | 
     if not isinstance(obj, dict) or type(obj.get("src")) is not int or obj.get("dst") != me:
         raise FrameError("payload is not a frame for this node")
     if "hello" in obj:
-        if not isinstance(obj["hello"], str):
+        cluster, ask, length = obj["hello"], obj.get("ask", False), obj.get("length")
+        if not isinstance(cluster, str) or type(ask) is not bool:
             raise FrameError("a hello without a cluster id")
-        return obj["src"], seq, Hello(obj["hello"])
+        if length is not None and (type(length) is not int or length < 0):
+            raise FrameError("a hello with a bad log length")
+        return obj["src"], seq, Hello(cluster, ask, length)
     try:
         return obj["src"], seq, paxos.from_wire(obj.get("msg"))
     except paxos.BadMessage as exc:
@@ -291,10 +308,13 @@ class Transport:
         deliver: Deliver,
         *,
         cluster: str,
+        length: Callable[[], int],
     ) -> None:
-        """`cluster` is this node's cluster id, "" if its storage has none (see Hello)."""
+        """`cluster` is this node's cluster id, "" if its storage has none, and `length` tells
+        its log's length (see Hello)."""
         self.me = me
         self.cluster = cluster
+        self.length = length
         self.tls = tls
         self.frame_limit = frame_limit
         self.deliver = deliver
@@ -444,6 +464,11 @@ class Transport:
             self.log.warning("frame_dropped", peer=label, reason=str(exc))
         except OtherCluster as exc:
             self.refusals.refused("peer_refused", str(exc), peer=label)
+        except Asked:
+            answer = Hello(self.cluster, length=self.length())
+            conn.writer.write(frame(0, hello(self.me, conn.peer or 0, answer)))
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                await conn.writer.drain()
         except FrameError as exc:
             self.log.warning("connection_dropped", peer=label, reason=str(exc))
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, OSError):
@@ -485,6 +510,8 @@ class Transport:
     def _check_hello(self, peer: int, seq: int, msg: Hello) -> None:
         if seq != 0:
             raise AuthError(f"node {peer} sent a hello in the middle of a connection")
+        if msg.ask:
+            raise Asked
         if msg.cluster and self.cluster and msg.cluster != self.cluster:
             raise OtherCluster(
                 f"node {peer} belongs to cluster {msg.cluster}, this node to cluster"
@@ -516,7 +543,7 @@ class Transport:
             delay = RECONNECT_MIN
             self.connected.add(peer)
             self.log.info("peer_connected", peer=peer)
-            writer.write(frame(0, hello(self.me, peer, self.cluster)))
+            writer.write(frame(0, hello(self.me, peer, Hello(self.cluster))))
             seq = 1
             try:
                 while True:
@@ -529,3 +556,30 @@ class Transport:
             finally:
                 self.connected.discard(peer)
                 writer.close()
+
+
+async def ask_cluster(me: int, peer: NodeAddress, tls: TlsFiles) -> Hello | None:
+    """Ask a running peer what cluster it belongs to and how long its log is (`paxmr init
+    --found` does, before it founds one); None if it does not answer: not running, not under
+    this CA, or too old to know the question."""
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            reader, writer = await asyncio.open_connection(
+                peer.host,
+                peer.port,
+                ssl=client_context(tls),
+                server_hostname=pki.node_name(peer.id),
+                ssl_handshake_timeout=CONNECT_TIMEOUT,
+            )
+    except (OSError, TimeoutError, ssl.SSLError):
+        return None
+    try:
+        writer.write(frame(0, hello(me, peer.id, Hello("", ask=True))))
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            body = await read_frame(reader, MAX_STR_LEN)
+        _, _, msg = decode(body, me, MAX_STR_LEN)
+    except (FrameError, OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
+        return None
+    finally:
+        writer.close()
+    return msg if isinstance(msg, Hello) else None

@@ -3,14 +3,17 @@ the member list of a running cluster does not change by editing configuration fi
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sqlite3
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from paxmr import local
-from tests.support.local import running_cluster, service_env, sigkill, small_tally
+from paxmr.services import prm
+from tests.support.local import Node, running_cluster, service_env, sigkill, small_tally
 from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
@@ -105,11 +108,18 @@ def test_a_cluster_that_lost_a_majority_of_disks_is_refounded_from_its_survivor(
         cluster.converged(timeout=CONVERGE_S)
 
 
+def cluster_id(node: Node) -> str:
+    with contextlib.closing(sqlite3.connect(node.settings.state_dir / "prm.db")) as db:
+        (found,) = db.execute("SELECT cluster_id FROM identity").fetchone()
+    return str(found)
+
+
 def test_a_member_refounded_by_mistake_is_refused_by_its_peers() -> None:
-    """`paxmr init --found` run again on a member of a running cluster gives it a new cluster id
-    and storage that votes with nothing it promised. Its peers refuse its connections, saying
-    which clusters differ, and it refuses theirs: it never joins the old cluster's quorums, and
-    the old cluster goes on."""
+    """`paxmr init --found` on a member of a running cluster (its disk replaced) would give it
+    storage that votes with nothing it promised. init asks the peers first and refuses, naming
+    the cluster they run. Founded anyway (its peers unreachable at the time, here in-process),
+    it gets a new cluster id: its peers refuse its connections, saying which clusters differ,
+    and it refuses theirs, so it never joins the old cluster's quorums, which go on."""
     with running_cluster() as cluster:
         one, three = cluster.node(1), cluster.node(3)
         one.replicate(small_tally(one))
@@ -118,8 +128,14 @@ def test_a_member_refounded_by_mistake_is_refused_by_its_peers() -> None:
         db = three.settings.state_dir / "prm.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
-        result = three.cli("init", "--found", "--cluster-id", "mistake")
-        assert result.returncode == 0, result.stderr
+        real = cluster_id(one)
+        for args in (("--cluster-id", "mistake"), (), ("--cluster-id", real)):
+            result = three.cli("init", "--found", *args)
+            assert result.returncode == 1, result.stderr
+            assert "a configured peer runs a cluster already: node 1" in result.stderr
+            assert "with 1 entries" in result.stderr
+            assert not db.exists()
+        prm.initialize(three.settings, "mistake")
         with service_env():
             local.restart(cluster.root, 3, "prm")
 
@@ -134,3 +150,28 @@ def test_a_member_refounded_by_mistake_is_refused_by_its_peers() -> None:
         cluster.converged(timeout=CONVERGE_S, nodes=[one, cluster.node(2)])
         assert one.status()["entries"] == before + 1
         assert three.status()["entries"] == 0  # it learned nothing of the old cluster's log
+
+
+def test_founding_members_started_one_by_one_found_one_cluster(tmp_path: Path) -> None:
+    """The check init makes does not get in the way of founding: a founding member already
+    running (same cluster id, empty log) does not stop the next one's init."""
+    with running_cluster() as cluster:
+        root = cluster.root
+        local.down(root)
+        for n in cluster.nodes:
+            db = n.settings.state_dir / "prm.db"
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+        first, second = cluster.node(1), cluster.node(2)
+        assert first.cli("init", "--found", "--cluster-id", "fresh").returncode == 0
+        with service_env():
+            local.up(root, 3, cluster.mappers)
+        # Node 1 runs (cluster "fresh", nothing in its log); nodes 2 and 3 have no storage yet,
+        # so they started as joining nodes without an identity.
+        assert cluster_id(first) == "fresh"
+        assert prm.peers_in_a_cluster(second.settings, "fresh") == []
+        assert prm.peers_in_a_cluster(second.settings, "other") == [
+            f"node 1 ({a.host}:{a.port}) belongs to cluster fresh with 0 entries"
+            for a in second.settings.nodes
+            if a.id == 1
+        ]
