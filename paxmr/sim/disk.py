@@ -15,8 +15,9 @@ class MemoryStorage:
     """What a node's disk holds. Only `commit` changes it, so whatever a crash discards is
     exactly what the driver had not committed yet."""
 
-    def __init__(self, *, bootstrap: bool = True) -> None:
-        self._state = DurableState(voting=bootstrap)
+    def __init__(self, *, bootstrap: bool = True, state: DurableState | None = None) -> None:
+        """An empty disk (voting if `bootstrap`), or one that holds `state` (a restored copy)."""
+        self._state = state if state is not None else DurableState(voting=bootstrap)
 
     @property
     def voting(self) -> bool:

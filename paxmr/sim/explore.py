@@ -19,7 +19,7 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from paxmr.paxos import Committed, Node, Ready, Request
+from paxmr.paxos import Committed, DurableState, Node, Ready, Request
 from paxmr.sim.checker import NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
@@ -36,10 +36,11 @@ REQUESTS = 16
 ACTIONS = (
     *("deliver", "sync", "drop", "replay", "timer", "submit"),
     *("crash", "power", "wipe", "cut", "stall", "member"),
+    *("stale", "reinit", "rollback"),
 )
 # Typical weights; each walk scales each by a random factor (swarm testing: a walk that hardly
 # syncs or hardly delivers explores what an even mix does not).
-WEIGHTS = (70, 40, 5, 3, 7, 6, 1, 2, 1, 4, 2, 4)
+WEIGHTS = (70, 40, 5, 3, 7, 6, 1, 2, 1, 4, 2, 4, 1, 1, 1)
 # The fault kind that enables each fault action (the others always run).
 ACTION_KINDS = {
     "drop": "drop",
@@ -50,8 +51,12 @@ ACTION_KINDS = {
     "cut": "partition",
     "stall": "delay",
     "member": "member",
+    "stale": "stale-members",
+    "reinit": "reinit",
+    "rollback": "restore-old",
 }
 MAX_WIPES = 2
+SNAPSHOTS = 32  # earlier durable states kept per node, for restore-old
 
 
 @dataclass
@@ -60,6 +65,7 @@ class _Node:
     node: Node | None = None
     log: NodeLog = field(default_factory=NodeLog)
     syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
+    snapshots: list[DurableState] = field(default_factory=list)  # earlier states (restore-old)
 
 
 class Explorer(Simulation):
@@ -76,6 +82,7 @@ class Explorer(Simulation):
     ) -> None:
         super().__init__(seed, size, node_factory, driver, trace)
         self.steps = steps
+        self.kinds = kinds
         self.actions = [a for a in ACTIONS if ACTION_KINDS.get(a, "") in kinds | {""}]
         self.weights = [
             w * self.rng.uniform(0.1, 3)
@@ -129,11 +136,14 @@ class Explorer(Simulation):
 
     # -- nodes -------------------------------------------------------------------------------
 
-    def _start(self, i: int) -> None:
+    def _start(self, i: int, members: tuple[int, ...] | None = None) -> None:
+        """Start node i from its disk, with the founding members it is given (the stored ones;
+        `members` for a node that has none stored and a configured list that differs)."""
         state = self.nodes[i]
         durable = state.disk.load()
         rng = random.Random(self.rng.getrandbits(64))
-        state.node = self.factory(i, self.members, durable, SIM_CONFIG, rng, self.now)
+        founders = members or self.members
+        state.node = self.factory(i, founders, durable, SIM_CONFIG, rng, self.now)
         state.syncing = None
         state.log = self.checker.restored(i, durable.log)
         self._log(f"start node {i} voting={durable.voting} log={len(durable.log)}")
@@ -255,6 +265,8 @@ class Explorer(Simulation):
         persist, later = state.syncing
         state.syncing = None
         state.disk.commit(persist)
+        if "restore-old" in self.kinds:
+            state.snapshots = [*state.snapshots[-SNAPSHOTS + 1 :], state.disk.load()]
         self._release(i, later)
         self._flush(i)
 
@@ -292,6 +304,60 @@ class Explorer(Simulation):
         self.faults["wipe"] += 1
         self._log(f"disk lost on node {i}")
         self.nodes[i].disk = MemoryStorage(bootstrap=False)
+        self._start(i)
+
+    # -- operator mistakes (MISTAKE_KINDS in faults.py) ---------------------------------
+
+    def _lost_disk(self) -> int | None:
+        """A founder whose disk may be lost (as _wipe); None if none may."""
+        i = self.rng.choice(self.members)
+        lost = self.faults["wipe"] + self.faults["stale-members"] + self.faults["reinit"]
+        if lost >= MAX_WIPES or not self.changes.survives_wipe(i, self._voting(), self._durable()):
+            return None
+        return i
+
+    def _stale(self) -> None:
+        """A node's disk is lost and it restarts with a stale configured member list: it has
+        no stored identity, so the PRM takes the configured list (services/prm.founders). The
+        list lacks some founders, or names a node that is no founder."""
+        i = self._lost_disk()
+        if i is None:
+            return
+        others = [m for m in self.members if m != i]
+        if self.rng.random() < 0.7:
+            kept = self.rng.sample(others, self.rng.randint(1, len(others) - 1))
+        else:
+            kept = [*others, max(self.members) + 10]  # a node that never joined
+        members = tuple(sorted([i, *kept]))
+        self.faults["stale-members"] += 1
+        self._log(f"disk lost on node {i}; it restarts configured with members {list(members)}")
+        self.nodes[i].disk = MemoryStorage(bootstrap=False)
+        self._start(i, members)
+
+    def _reinit(self) -> None:
+        """`paxmr init --found --cluster-id ID` with the running cluster's own id, on a member
+        whose disk was lost (init refuses over an existing prm.db; with another id the
+        transport refuses the node's frames): it starts empty, as a founding voter."""
+        i = self._lost_disk()
+        if i is None:
+            return
+        self.faults["reinit"] += 1
+        self._log(f"disk lost on node {i}; paxmr init --found makes it an empty voter")
+        self.nodes[i].disk = MemoryStorage(bootstrap=True)
+        self._start(i)
+
+    def _rollback(self) -> None:
+        """A node's storage is rolled back to an earlier durable state (an old prm.db copied
+        back, a VM snapshot reverted) and it restarts."""
+        i = self.rng.choice(self._ids())
+        state = self.nodes[i]
+        if len(state.snapshots) < 2:
+            return
+        k = self.rng.randrange(len(state.snapshots) - 1)
+        self.faults["restore-old"] += 1
+        self._log(f"node {i}'s storage rolled back {len(state.snapshots) - 1 - k} commits")
+        state.disk = MemoryStorage(state=state.snapshots[k])
+        state.snapshots = state.snapshots[: k + 1]
         self._start(i)
 
     def _voting(self) -> dict[int, bool]:

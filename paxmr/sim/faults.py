@@ -25,6 +25,14 @@ NODE_FAULTS = ("partition", "clog", "crash", "stop", "lose-unsynced", "wipe", "f
 # Membership changes at random moments (members.py): add, promote, remove, replace, rejoin.
 MEMBER_FAULTS = ("member",)
 FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS + MEMBER_FAULTS
+# Operator mistakes (issue 9), in the async schedule only and off by default, as today's core is
+# not safe against all of them (README): a node whose disk was lost restarts with a stale
+# configured member list (with no stored identity the PRM takes the configured one,
+# services/prm.founders); `paxmr init --found` with the cluster's own id run on a member whose
+# disk was lost (it starts empty as a voter; with another id the transport refuses it); a
+# node's storage rolled back to an earlier durable state (an old prm.db or VM snapshot).
+MISTAKE_KINDS = ("stale-members", "reinit", "restore-old")
+KNOWN_KINDS = FAULT_KINDS + MISTAKE_KINDS
 
 # Message kinds a targeted delay may pick (class names in paxmr.paxos.messages).
 MESSAGE_KINDS = ("Prepare", "Promise", "Nack", "Accept", "Accepted", "Forward", "CatchupReply")
