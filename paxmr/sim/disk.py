@@ -18,6 +18,9 @@ class MemoryStorage:
     def __init__(self, *, bootstrap: bool = True, state: DurableState | None = None) -> None:
         """An empty disk (voting if `bootstrap`), or one that holds `state` (a restored copy)."""
         self._state = state if state is not None else DurableState(voting=bootstrap)
+        # A founding member's storage records the cluster's identity (`paxmr init --found`);
+        # a node that lost its disk or joined has none.
+        self.identity = bootstrap
 
     @property
     def voting(self) -> bool:

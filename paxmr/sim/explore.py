@@ -337,13 +337,25 @@ class Explorer(Simulation):
     def _reinit(self) -> None:
         """`paxmr init --found --cluster-id ID` with the running cluster's own id, on a member
         whose disk was lost (init refuses over an existing prm.db; with another id the
-        transport refuses the node's frames): it starts empty, as a founding voter."""
+        transport refuses the node's frames). As init does today (services/prm.
+        peers_in_a_cluster), it asks the peers it can reach and refuses if one that holds the
+        cluster's identity has entries in its log: the node then starts without init, as
+        after any lost disk. Otherwise it starts empty, as a founding voter."""
         i = self._lost_disk()
         if i is None:
             return
         self.faults["reinit"] += 1
-        self._log(f"disk lost on node {i}; paxmr init --found makes it an empty voter")
-        self.nodes[i].disk = MemoryStorage(bootstrap=True)
+        asked = [
+            p for p in self._ids() if p != i and (i, p) not in self.cut and (p, i) not in self.cut
+        ]
+        refused = any(
+            self.nodes[p].disk.identity and len(self.nodes[p].log.entries) > 0 for p in asked
+        )
+        self._log(
+            f"disk lost on node {i}; paxmr init --found "
+            + ("is refused: it starts without init" if refused else "makes it an empty voter")
+        )
+        self.nodes[i].disk = MemoryStorage(bootstrap=not refused)
         self._start(i)
 
     def _rollback(self) -> None:
