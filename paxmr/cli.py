@@ -187,27 +187,70 @@ def _health_code(services: dict[str, str], prm: dict[str, Any] | None) -> int:
 
 HEALTH_CODES = """Exit codes: 0 healthy; 3 a service is not running; 4 permission denied on a
 socket; 5 the replica is stopped, has no leader, has no quorum of peers heard within the
-election timeout, or is recovering lost storage (not voting); 1 a service does not answer."""
+election timeout, or is recovering lost storage (not voting); 1 a service does not answer.
+With --cluster: 0 every member answered and is healthy; 5 a member did not answer or is not
+healthy; 3, 4 or 1 as above for this node's PRM, which asks the others."""
+
+
+def _gather_cluster(s: Settings, timeout: float) -> dict[str, Any]:
+    """Every member's own view, gathered by this node's PRM over the peer network."""
+    result: dict[str, Any] = control.call(
+        s.prm_socket, "cluster", {"timeout": timeout}, timeout=timeout + 10
+    )
+    problems = []
+    for m in result["members"]:
+        replica = m["replica"]
+        if replica is None:
+            problems.append(f"node {m['node']}: did not answer ({m['error']})")
+        else:
+            problems += [f"node {m['node']}: {p}" for p in replica["problems"]]
+    result.update(problems=problems, healthy=not problems,
+                  exit_code=EXIT_NO_QUORUM if problems else 0)  # fmt: skip
+    return result
+
+
+_CLUSTER = click.option(
+    "--cluster", is_flag=True,
+    help="Every member's own view, asked through this node's PRM over the peer network.",
+)  # fmt: skip
+_TIMEOUT = click.option(
+    "--timeout", type=click.FloatRange(min=0.1, max=60), default=3.0, show_default=True,
+    help="With --cluster: seconds to wait for the members' answers.",
+)  # fmt: skip
 
 
 @cli.command("status", epilog=HEALTH_CODES)
+@_CLUSTER
+@_TIMEOUT
 @pass_ctx
-def status_cmd(c: Ctx) -> None:
-    """This node's services, its replica (role, leader, ballot, log) and its peers.
+def status_cmd(c: Ctx, cluster: bool, timeout: float) -> None:
+    """This node's services, its replica (role, leader, ballot, log) and its peers; with
+    --cluster, one row per member as that member sees itself.
 
     The exit code is the same as `paxmr health`'s.
     """
-    result = _gather_status(c.settings)
-    c.emit(result, render.status)
+    if cluster:
+        result = _gather_cluster(c.settings, timeout)
+        c.emit(result, render.cluster_status)
+    else:
+        result = _gather_status(c.settings)
+        c.emit(result, render.status)
     raise SystemExit(result["exit_code"])
 
 
 @cli.command("health", epilog=HEALTH_CODES)
+@_CLUSTER
+@_TIMEOUT
 @pass_ctx
-def health_cmd(c: Ctx) -> None:
-    """Exit 0 only if every service answers and the replica has a leader and a quorum."""
-    result = _gather_status(c.settings)
-    c.emit(result, render.health)
+def health_cmd(c: Ctx, cluster: bool, timeout: float) -> None:
+    """Exit 0 only if every service answers and the replica has a leader and a quorum; with
+    --cluster, only if every member answers and is healthy."""
+    if cluster:
+        result = _gather_cluster(c.settings, timeout)
+        c.emit(result, render.cluster_health)
+    else:
+        result = _gather_status(c.settings)
+        c.emit(result, render.health)
     raise SystemExit(result["exit_code"])
 
 

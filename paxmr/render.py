@@ -165,6 +165,39 @@ def cluster(r: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
+def cluster_status(r: dict[str, Any]) -> str:
+    """``paxmr status --cluster``: one row per member as it reported itself."""
+    rows = []
+    for m in r["members"]:
+        p = m["replica"]
+        heard = None if m["heard_s_ago"] is None else f"{m['heard_s_ago']:.1f}s ago"
+        head = [m["node"], printable(str(m["address"] or "?")), m["role"]]
+        if p is None:
+            rows.append([*head, "NO ANSWER", *[None] * 6, heard, None, m["error"]])
+            continue
+        state = "STOPPED" if p["stopped"] else p["role"] + ("" if p["voting"] else " (recovering)")
+        rows.append([
+            *head, state, p["leader"], "{}.{}".format(*p["ballot"]), p["slots"], p["entries"],
+            m["behind"], p["digest"][:12], heard, p["version"],
+            "ok" if not p["problems"] else "; ".join(p["problems"]),
+        ])  # fmt: skip
+    headers = ["node", "address", "member", "role", "leader", "ballot", "applied", "entries",
+               "behind", "digest", "heard", "version", "health"]  # fmt: skip
+    summary = f"asked node {r['asked_by']}; epoch {r['epoch']}, quorum {r['quorum']}"
+    out = [table(headers, rows, right={4}), summary]
+    silent = [m["node"] for m in r["members"] if m["replica"] is None]
+    if silent:
+        out.append("did not answer: " + ", ".join(f"node {n}" for n in silent))
+    return "\n".join(out)
+
+
+def cluster_health(r: dict[str, Any]) -> str:
+    n = len(r["members"])
+    if r["healthy"]:
+        return f"cluster: healthy ({n} of {n} members answered, each healthy)"
+    return "cluster: unhealthy\n" + "\n".join(f"  - {p}" for p in r["problems"])
+
+
 def merged(r: dict[str, Any]) -> str:
     words = [(printable(w), n) for w, n in r["words"]]
     head = f"positions {r['positions']}: {r['total']} words, {r['distinct']} distinct"

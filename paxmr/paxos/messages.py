@@ -161,6 +161,34 @@ class ReadIndexReply:
     index: int
 
 
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    """Asks a peer for its own view (`paxmr status --cluster`). For the PRM, not the core:
+    the PRM answers it and never passes it on."""
+
+    query_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReply:
+    """A member's view of itself, as its `paxmr status` reports it (the PRM's
+    `Prm.view`); `leader` 0 means none known."""
+
+    query_id: int
+    role: str
+    leader: int
+    ballot: Ballot
+    stopped: bool
+    voting: bool
+    slots: int
+    entries: int
+    digest: str
+    problems: tuple[str, ...]
+    version: str
+    log_bytes: int
+    uptime_ms: int
+
+
 Message = (
     Prepare
     | Promise
@@ -175,6 +203,8 @@ Message = (
     | ReadProbeAck
     | ReadIndexRequest
     | ReadIndexReply
+    | StatusRequest
+    | StatusReply
 )
 
 
@@ -249,6 +279,25 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
             return {"k": "rindex", "id": msg.read_id}
         case ReadIndexReply():
             return {"k": "rindexed", "id": msg.read_id, "i": msg.index}
+        case StatusRequest():
+            return {"k": "status", "id": msg.query_id}
+        case StatusReply():
+            return {
+                "k": "statusr",
+                "id": msg.query_id,
+                "role": msg.role,
+                "leader": msg.leader,
+                "b": _ballot(msg.ballot),
+                "stop": msg.stopped,
+                "vote": msg.voting,
+                "slots": msg.slots,
+                "n": msg.entries,
+                "d": msg.digest,
+                "p": list(msg.problems),
+                "v": msg.version,
+                "bytes": msg.log_bytes,
+                "up": msg.uptime_ms,
+            }
 
 
 def _field(obj: dict[Any, Any], key: str) -> Any:
@@ -401,6 +450,28 @@ def _read_index_reply(f: dict[Any, Any]) -> Message:
     return ReadIndexReply(_as_int(_field(f, "id"), "read id"), _as_int(_field(f, "i"), "index"))
 
 
+def _status_request(f: dict[Any, Any]) -> Message:
+    return StatusRequest(_as_int(_field(f, "id"), "query id"))
+
+
+def _status_reply(f: dict[Any, Any]) -> Message:
+    return StatusReply(
+        _as_int(_field(f, "id"), "query id"),
+        _as_str(_field(f, "role"), "role"),
+        _as_int(_field(f, "leader"), "leader"),
+        _as_ballot(_field(f, "b")),
+        _as_bool(_field(f, "stop"), "stopped"),
+        _as_bool(_field(f, "vote"), "voting"),
+        _as_int(_field(f, "slots"), "slots"),
+        _as_int(_field(f, "n"), "entries"),
+        _as_str(_field(f, "d"), "digest"),
+        tuple(_as_str(p, "problem") for p in _as_list(_field(f, "p"), "problems")),
+        _as_str(_field(f, "v"), "version"),
+        _as_int(_field(f, "bytes"), "log bytes"),
+        _as_int(_field(f, "up"), "uptime"),
+    )
+
+
 _DECODERS: dict[str, Callable[[dict[Any, Any]], Message]] = {
     "prepare": _prepare,
     "promise": _promise,
@@ -415,6 +486,8 @@ _DECODERS: dict[str, Callable[[dict[Any, Any]], Message]] = {
     "rack": _read_probe_ack,
     "rindex": _read_index_request,
     "rindexed": _read_index_reply,
+    "status": _status_request,
+    "statusr": _status_reply,
 }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.metadata
 import math
 import os
 import random
@@ -23,7 +24,7 @@ from pydantic import Field
 from paxmr import backup, control, logs, paths, paxos
 from paxmr.catalog import Catalog, summarize
 from paxmr.logobject import LogObject
-from paxmr.paxos.messages import Forward, Refuse
+from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Hello, Transport, ask_cluster
 from paxmr.settings import ConfigError, NodeAddress, Settings
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DB_NAME = "prm.db"
+VERSION = importlib.metadata.version("paxmr")
 
 
 def db_path(settings: Settings) -> Path:
@@ -152,6 +154,11 @@ class MemberRemoveArgs(control.Args):
     request_id: str = Field(default_factory=_request_id, min_length=1, max_length=64)
 
 
+class ClusterArgs(control.Args):
+    # How long to wait for the members' answers; those that do not answer are listed so.
+    timeout: float = Field(default=3.0, gt=0, le=60)
+
+
 class ReadArgs(control.Args):
     # Answer only once this replica has applied every entry committed before the read started.
     consistent: bool = False
@@ -236,6 +243,8 @@ class Prm:
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
         self.reading: dict[int, asyncio.Future[int | None]] = {}  # read id -> its read index
         self._read_ids = 0
+        self._status_ids = 0
+        self._views: dict[tuple[int, int], asyncio.Future[StatusReply]] = {}  # (query, node)
         self.wake = asyncio.Event()
         self.membership = self.node.membership
         peers = [n for n in member_addresses(settings, self.membership) if n.id != settings.node_id]
@@ -294,6 +303,9 @@ class Prm:
 
     def _deliver(self, src: int, msg: paxos.Message) -> None:
         self.observer.heard_from(src, msg, time.monotonic())
+        if isinstance(msg, StatusRequest | StatusReply):  # the operator's, not the core's
+            self._on_status_message(src, msg)
+            return
         if isinstance(msg, Forward):
             # Checked before the leader proposes it, in a worker process: a value can be large.
             if msg.request_id in self._checking:
@@ -798,6 +810,82 @@ class Prm:
             })  # fmt: skip
         return {"epoch": m.epoch, "quorum": m.quorum, "members": rows}
 
+    def view(self) -> dict[str, Any]:
+        """This replica as `paxmr status --cluster` shows it, here and on every member that
+        asks (one source for both: StatusReply carries exactly this)."""
+        s = self.node.status()
+        now = time.monotonic()
+        return {
+            "role": s.role,
+            "leader": self.observer.leader(s, now),
+            "ballot": [s.promised.round, s.promised.node],
+            "stopped": s.stopped,
+            "voting": s.voting,
+            "slots": s.chosen,
+            "entries": len(self.catalog.summaries),
+            "digest": self.catalog.digest.hex(),
+            "problems": self.observer.problems(s, now),
+            "version": VERSION,
+            "log_bytes": self.log_bytes,
+            "uptime_s": round(now - self.observer.started, 1),
+        }
+
+    def _on_status_message(self, src: int, msg: StatusRequest | StatusReply) -> None:
+        if isinstance(msg, StatusRequest):
+            v = self.view()
+            self.transport.send(src, StatusReply(
+                msg.query_id, v["role"], v["leader"] or 0, paxos.Ballot(*v["ballot"]),
+                v["stopped"], v["voting"], v["slots"], v["entries"], v["digest"],
+                tuple(v["problems"]), v["version"], v["log_bytes"], int(v["uptime_s"] * 1000),
+            ))  # fmt: skip
+            return
+        waiter = self._views.get((msg.query_id, src))
+        if waiter is not None and not waiter.done():
+            waiter.set_result(msg)
+
+    async def cluster(self, args: ClusterArgs, p: control.Progress) -> dict[str, Any]:
+        """`paxmr member list`'s rows, each with the member's own view (`replica`, see view)
+        asked of it over the peer network (StatusRequest), or `replica: None` and an `error`
+        if it did not answer in time."""
+        self._status_ids += 1
+        query = self._status_ids
+        loop = asyncio.get_running_loop()
+        waits = {}
+        for node in sorted(self.node.membership.members - {self.settings.node_id}):
+            waits[node] = self._views[query, node] = loop.create_future()
+            self.transport.send(node, StatusRequest(query))
+        try:
+            if waits:
+                await asyncio.wait(waits.values(), timeout=args.timeout)
+        finally:
+            for node in waits:
+                self._views.pop((query, node), None)
+        listing = await self.members(control.NoArgs(), p)  # heard: the answers count too
+        for row in listing["members"]:
+            node = row["node"]
+            waiter = waits.get(node)
+            if node == self.settings.node_id:
+                row["replica"] = self.view()
+            elif waiter is not None and waiter.done():
+                r = waiter.result()
+                row["replica"] = {
+                    "role": r.role, "leader": r.leader or None,
+                    "ballot": [r.ballot.round, r.ballot.node], "stopped": r.stopped,
+                    "voting": r.voting, "slots": r.slots, "entries": r.entries,
+                    "digest": r.digest, "problems": list(r.problems), "version": r.version,
+                    "log_bytes": r.log_bytes, "uptime_s": r.uptime_ms / 1000,
+                }  # fmt: skip
+            else:  # no answer (or a member added meanwhile, not asked)
+                row["replica"] = None
+                row["error"] = f"no answer within {args.timeout:g} s"
+        # Each member's own applied length, where it answered, against the longest reported.
+        answered = [r for r in listing["members"] if r["replica"]]
+        longest = max((r["replica"]["slots"] for r in answered), default=0)
+        for row in answered:
+            row["applied"] = row["replica"]["slots"]
+            row["behind"] = longest - row["applied"]
+        return {**listing, "asked_by": self.settings.node_id}
+
     async def member_add(self, args: MemberAddArgs, _p: control.Progress) -> dict[str, Any]:
         """Add a node as a learner; the leader makes it a voter once it has caught up."""
         m = self.node.membership
@@ -876,6 +964,7 @@ class Prm:
             "metrics": control.Op(control.NoArgs, self.metrics),
             "backup": control.Op(BackupArgs, self.backup),
             "members": control.Op(control.NoArgs, self.members),
+            "cluster": control.Op(ClusterArgs, self.cluster),
             "member_add": control.Op(MemberAddArgs, self.member_add),
             "member_remove": control.Op(MemberRemoveArgs, self.member_remove),
         }

@@ -88,6 +88,54 @@ def test_health_without_quorum_exits_5_and_names_the_reason(healthy: Cluster) ->
     assert any("no quorum" in p for p in report["problems"]), report["problems"]
 
 
+# --- the cluster through one node's PRM ---------------------------------------------------------
+
+
+def test_status_cluster_asked_of_a_follower_shows_every_member_as_it_sees_itself(
+    healthy: Cluster,
+) -> None:
+    leader = healthy.leader()
+    node = _follower(healthy)
+    node.replicate(FILE)
+    digest = healthy.converged()
+    done = node.cli("-o", "json", "status", "--cluster")
+    assert done.returncode == 0, done
+    report = json.loads(done.stdout)
+    assert report["asked_by"] == node.id
+    rows = {m["node"]: m for m in report["members"]}
+    assert sorted(rows) == [1, 2, 3]
+    views = {n: m["replica"] for n, m in rows.items()}
+    # Each row is the member's own view: only the leader says it leads.
+    assert {n for n, v in views.items() if v["role"] == "leader"} == {leader}, views
+    assert {v["leader"] for v in views.values()} == {leader}
+    assert {v["digest"] for v in views.values()} == {digest}
+    assert all(v["problems"] == [] and v["version"] for v in views.values())
+    assert all(rows[n]["address"] == f"127.0.0.1:{healthy.node(n).settings.me.port}" for n in rows)
+    text = node.cli("status", "--cluster").stdout
+    for n in rows:
+        assert re.search(rf"^\s*{n}\s+127\.0\.0\.1:\d+\s+voter\s", text, re.MULTILINE), text
+    assert node.cli("health", "--cluster").returncode == 0
+
+
+def test_status_and_health_cluster_name_a_member_that_does_not_answer(healthy: Cluster) -> None:
+    leader = healthy.node(healthy.leader())
+    dead = _follower(healthy)
+    sigkill(dead.prm_pid())
+    for asked in (leader, next(n for n in healthy.nodes if n not in (leader, dead))):
+        done = asked.cli("-o", "json", "status", "--cluster", "--timeout", "1")
+        assert done.returncode == 5, done
+        rows = {m["node"]: m for m in json.loads(done.stdout)["members"]}
+        assert rows[dead.id]["replica"] is None
+        assert "no answer" in rows[dead.id]["error"]
+        assert all(rows[n]["replica"] is not None for n in rows if n != dead.id)
+        text = asked.cli("status", "--cluster", "--timeout", "1")
+        assert text.returncode == 5
+        assert f"did not answer: node {dead.id}" in text.stdout
+        health = asked.cli("health", "--cluster", "--timeout", "1")
+        assert health.returncode == 5
+        assert f"node {dead.id}: did not answer" in health.stdout
+
+
 # --- peers -------------------------------------------------------------------------------------
 
 

@@ -26,6 +26,8 @@ from paxmr.paxos.messages import (
     ReadProbe,
     ReadProbeAck,
     Refuse,
+    StatusReply,
+    StatusRequest,
 )
 
 B = Ballot(7, 2)
@@ -46,6 +48,8 @@ MESSAGES: list[Message] = [
     ReadProbeAck(B, 4, 2),
     ReadIndexRequest(12),
     ReadIndexReply(12, 30),
+    StatusRequest(3),
+    StatusReply(3, "leader", 2, B, False, True, 40, 38, "ab12", ("no quorum",), "0.1.0", 900, 5),
 ]
 
 
