@@ -197,7 +197,7 @@ class _BrokenWorld(World):
 def test_campaign_per_cluster_size(nodes):
     """What `make test` runs in CI: a few hundred seeds of each schedule (the campaigns of
     10,000 seeds per size are run by hand: paxmr sim --seeds 10000 --nodes N)."""
-    for schedule in ("timed", "async", "small"):
+    for schedule in ("timed", "async", "small", "forget"):
         seeds = range(200 if nodes == 7 else 300)
         results = run_seeds(seeds, nodes, ALL, EARLY, trace=False, workers=2, schedule=schedule)
         bad = [(r.seed, r.violations) for r in results if r.violations]
