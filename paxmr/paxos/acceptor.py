@@ -10,11 +10,13 @@ old incarnation. The rule:
    old ballot cannot count for a new one, and no ballot of the old incarnation is ever taken up
    again. (The chance of a repeat is below the number of rounds the old incarnation used,
    divided by FRESH_ROUNDS, per campaign.)
-1. Fence: it runs phase 1 with such a ballot r and needs an answer from *every* other member,
-   and promises (answers from voters) from enough other voters that every quorum holds one of
-   them besides the lost node (Membership.fence_quorum: a quorum with an odd number of voters,
-   one fewer with an even number). A voter's answer is a promise of r; a non-voting member's
-   answer gives up every ballot of its own below r.
+1. Fence: it runs phase 1 with such a ballot r and needs an answer from *every* other voter of
+   its epoch (learners never campaign), and promises from enough of them that every quorum
+   holds one besides the lost node (Membership.fence_quorum: a quorum with an odd number of
+   voters, one fewer with an even number). A voter whose storage votes answers only with a
+   promise of r (a Nack is no answer), so in practice every such voter promises; the count
+   matters where others cannot vote either. A voter whose storage cannot vote answers too, and
+   gives up every ballot of its own below r.
    - Forgotten promises. The old incarnation may have promised some ballot p that then counts
      in p's phase-1 quorum although the new incarnation accepts below p. If p is a ballot of
      the old incarnation itself, step 0 makes it dead. Otherwise p was made by some other
@@ -38,9 +40,10 @@ old incarnation. The rule:
 2. Catch up: it learns every chosen slot below E, then votes again (`recover_until` = E), with
    its promise at r or above. Meanwhile, leading at r, it accepts its own proposals at r
    (may_accept_own): the promises of r meet every quorum, so each is the one value that can have
-   been chosen in its slot below r, and accepting grants no promise. Where the other voters are
-   no quorum (two voters), a value the fence finds in flight is chosen only so; hence, should
-   it lose the lead before it has caught up, its next campaign fences again.
+   been chosen in its slot below r, and accepting grants no promise. Where the other voters
+   that can vote are no quorum (two voters; four with two disks lost), a value the fence finds
+   in flight is chosen only so, and the leader counts itself for its quorum (Node._has_quorum);
+   should it lose the lead before it has caught up, its next campaign fences again.
 
 Afterwards its promises can hide only accepts of its old incarnation at ballots below r, in slots
 that are chosen and which it reports as applied, or in slots where nothing can be chosen below r;
@@ -48,7 +51,8 @@ and no forgotten promise can combine with its new accepts. The usual Paxos argum
 reported ballot at or above the chosen one) is untouched: it needs every acceptor's promise to be
 at least every ballot it accepted at, which accept() keeps.
 
-Safety needs that many voters (a majority, or half of an even count) to keep their disks;
+Safety needs that many voters of the epoch (a majority, or half of an even count) to keep their
+disks;
 while fewer remain, the fence never completes, so the cluster stays unavailable rather than
 forget acknowledged entries.
 """

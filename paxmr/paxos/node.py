@@ -599,7 +599,7 @@ class Node:
 
     def _become_leader(self, campaign: _Campaign, now: float) -> None:
         plan = plan_takeover(campaign.answered.values(), self.log.length)
-        if campaign.fence:
+        if campaign.fence and not self.acceptor.voting:  # it may have caught up meanwhile
             self.acceptor.fence(campaign.ballot, plan.end, self._out.persist)
             self.acceptor.caught_up(self.log.length, self._out.persist)
         self._campaign = None
@@ -778,7 +778,7 @@ class Node:
         if now - lead.since < window:
             return True
         alive = sum(1 for p in self.voting_peers if lead.acked.get(p, -math.inf) >= now - window)
-        return alive + (1 if self.acceptor.voting else 0) >= self.quorum
+        return alive + (1 if self.acceptor.may_accept_own(lead.ballot) else 0) >= self.quorum
 
     def _step_down(self, now: float) -> None:
         if self._lead:

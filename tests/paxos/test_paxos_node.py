@@ -14,10 +14,11 @@ from paxmr.paxos import (
     DurableState,
     Entry,
     Node,
+    Ready,
     Refused,
     Request,
 )
-from paxmr.paxos.messages import Accept, Accepted, Prepare, Promise
+from paxmr.paxos.messages import Accept, Accepted, CatchupReply, Prepare, Promise
 from tests.paxos.paxos_broken import votes_without_storage
 from tests.paxos.paxos_harness import CONFIG, Harness
 
@@ -355,3 +356,37 @@ def test_in_a_two_voter_epoch_a_fenced_leader_gets_what_it_found_in_flight_chose
     h.submit(other, "c")
     h.advance(1.0)
     assert outcome(h, other, "c") == Committed(1, 1)
+
+
+def test_a_fenced_leader_that_has_not_caught_up_keeps_its_ballot_in_a_two_voter_epoch():
+    """Its own accepts count for its quorum (it accepts its own proposals at its fence ballot),
+    so while its catch-up is slow it leads on at one ballot, instead of stepping down every
+    election timeout and fencing again at a new one."""
+    h = Harness(n=2)
+    leader = h.elect()
+    for rid in ("a", "b"):
+        h.submit(leader, rid)
+        h.deliver()
+    h.submit(leader, "c")
+    h.deliver_where(lambda src, dst, msg: isinstance(msg, Accept))
+    h.take(lambda src, dst, msg: isinstance(msg, Accepted))
+    h.wipe(leader)
+    flush = h.flush
+
+    def catch_up_lost(i: int) -> Ready:
+        ready = flush(i)
+        h.take(lambda src, dst, msg: dst == leader and isinstance(msg, CatchupReply))
+        return ready
+
+    h.flush = catch_up_lost  # type: ignore[method-assign]
+    ballots = set()
+    for _ in range(20):
+        h.advance(0.1)
+        if h.node(leader).role == "leader":
+            ballots.add(h.node(leader).ballot)
+    assert not h.node(leader).status().voting  # still catching up
+    assert len(ballots) == 1, ballots
+    h.flush = flush  # type: ignore[method-assign]
+    h.advance(1.0)  # catch-up flows again
+    assert h.node(leader).status().voting
+    assert [e.request_id for e in h.applied[leader]] == ["a", "b", "c"]
