@@ -72,6 +72,8 @@ def test_health_with_a_dead_prm_exits_3(healthy: Cluster) -> None:
     status = node.cli("-o", "json", "status")
     assert status.returncode == 3
     assert json.loads(status.stdout)["services"]["prm"] == "down"
+    cluster = node.cli("health", "--cluster")  # the PRM that would ask the others is down
+    assert cluster.returncode == 3, cluster
 
 
 def test_health_without_quorum_exits_5_and_names_the_reason(healthy: Cluster) -> None:
