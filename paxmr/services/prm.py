@@ -242,7 +242,9 @@ class Prm:
         self._progress = asyncio.Event()  # set, and replaced, whenever an entry is applied
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
         self.reading: dict[int, asyncio.Future[int | None]] = {}  # read id -> its read index
-        self._read_ids = 0
+        # Read ids start anywhere: a leader may still answer a read id of this node's previous
+        # run (it waited for its quorum meanwhile), which must not answer a new read.
+        self._read_ids = random.randrange(2**61)
         self._status_ids = 0
         self._views: dict[tuple[int, int], asyncio.Future[StatusReply]] = {}  # (query, node)
         self.wake = asyncio.Event()

@@ -7,7 +7,8 @@ from dataclasses import replace
 
 import pytest
 
-from paxmr.paxos import Node
+from paxmr.paxos import Ballot, Node
+from paxmr.paxos.messages import ReadProbe, ReadProbeAck
 from tests.paxos.paxos_harness import CONFIG, Harness
 
 BIG = replace(CONFIG, max_value_bytes=1024)  # a membership change names every member
@@ -59,6 +60,21 @@ def test_a_new_read_needs_a_new_round_of_answers():
     assert answers(h, leader, 2) == []
     h.deliver()
     assert answers(h, leader, 2) == [h.node(leader).log.length]
+
+
+def test_answers_in_another_ballot_confirm_nothing():
+    """An answer to a probe of this leader's earlier ballot (it led before, and was outbid
+    meanwhile) says nothing about its present ballot."""
+    h = Harness(3)
+    leader = h.elect()
+    node = h.node(leader)
+    ask(h, leader, 1)
+    h.take(lambda _s, _d, m: isinstance(m, ReadProbe))
+    earlier = Ballot(node.ballot.round - 1, leader)
+    for peer in node.voting_peers:
+        node.receive(peer, ReadProbeAck(earlier, 1, node.membership.epoch), h.now)
+        h.flush(leader)
+    assert answers(h, leader, 1) == []
 
 
 def test_a_deposed_leader_that_does_not_know_it_never_answers_a_stale_index():
