@@ -173,16 +173,16 @@ def cluster_status(r: dict[str, Any]) -> str:
         heard = None if m["heard_s_ago"] is None else f"{m['heard_s_ago']:.1f}s ago"
         head = [m["node"], printable(str(m["address"] or "?")), m["role"]]
         if p is None:
-            rows.append([*head, "NO ANSWER", *[None] * 6, heard, None, m["error"]])
+            rows.append([*head, "NO ANSWER", *[None] * 7, heard, None, m["error"]])
             continue
         state = "STOPPED" if p["stopped"] else p["role"] + ("" if p["voting"] else " (recovering)")
         rows.append([
             *head, state, p["leader"], "{}.{}".format(*p["ballot"]), p["slots"], p["entries"],
-            m["behind"], p["digest"][:12], heard, p["version"],
+            p["log_bytes"], m["behind"], p["digest"][:12], heard, p["version"],
             "ok" if not p["problems"] else "; ".join(p["problems"]),
         ])  # fmt: skip
     headers = ["node", "address", "member", "role", "leader", "ballot", "applied", "entries",
-               "behind", "digest", "heard", "version", "health"]  # fmt: skip
+               "log bytes", "behind", "digest", "heard", "version", "health"]  # fmt: skip
     summary = f"asked node {r['asked_by']}; epoch {r['epoch']}, quorum {r['quorum']}"
     out = [table(headers, rows, right={4}), summary]
     silent = [m["node"] for m in r["members"] if m["replica"] is None]

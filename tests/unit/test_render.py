@@ -33,6 +33,28 @@ def test_log_table_fits_long_names_and_separates_thousands() -> None:
     assert digest.startswith("log digest ")
 
 
+def test_cluster_table_names_the_members_that_did_not_answer() -> None:
+    view = {"role": "leader", "leader": 1, "ballot": [7, 1], "stopped": False, "voting": True,
+            "slots": 12345, "entries": 12000, "digest": "cd" * 32, "problems": [],
+            "version": "0.1.0", "log_bytes": 9876543, "uptime_s": 3.0}  # fmt: skip
+    members = [
+        {"node": 1, "address": "[2001:db8::1]:7000", "role": "voter", "heard_s_ago": 0.0,
+         "behind": 0, "replica": view},
+        {"node": 2, "address": "10.77.0.12:7000", "role": "learner", "heard_s_ago": None,
+         "behind": None, "replica": None, "error": "no answer within 3 s"},
+    ]  # fmt: skip
+    text = render.cluster_status({"members": members, "epoch": 2, "quorum": 1, "asked_by": 1})
+    header, first, second, summary, silent = text.splitlines()
+    assert "12,345" in first
+    assert "9,876,543" in first
+    assert "cdcdcdcdcdcd" in first
+    assert "NO ANSWER" in second
+    assert "no answer within 3 s" in second
+    assert header.index("health") == first.index("ok") == second.index("no answer")
+    assert summary == "asked node 1; epoch 2, quorum 1"
+    assert silent == "did not answer: node 2"
+
+
 def test_man_page_lists_every_command_and_the_exit_codes() -> None:
     page = render.man(cli, click.Context(cli, info_name="paxmr"))
     assert page.startswith(".TH PAXMR 1")
