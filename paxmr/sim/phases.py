@@ -267,10 +267,29 @@ class PhaseWalk(Explorer):
         has fenced (in a core that draws the restart round, the cluster's rounds jump)."""
         self._talk(list(self.members))
         victims = [i for i in self.members if self._may_lose(i)]
-        if victims:
-            victim = self.rng.choice(victims)
+        if not victims:
+            return
+        victim = self.rng.choice(victims)
+        if "stale-members" in self.kinds and self.rng.random() < 0.5:
+            self._lose_disk_stale(victim)
+        else:
             self._lose_disk(victim)
-            self._campaign_until_voting(victim)
+        self._campaign_until_voting(victim)
+
+    def _lose_disk_stale(self, victim: int) -> None:
+        """The operator mistake `stale-members` (faults.py): the node restarts configured with
+        a stale member list, itself and the members that know least of the log (a majority of
+        that list short of the founders' quorum), and only they can talk for now."""
+        others = [m for m in self.members if m != victim]
+        self.rng.shuffle(others)
+        others.sort(key=lambda m: self._knows(m, ZERO))
+        kept = others[: self.rng.randint(1, len(others) - 1)]
+        members = tuple(sorted([victim, *kept]))
+        self.faults["stale-members"] += 1
+        self._log(f"disk lost on node {victim}; configured with members {list(members)}")
+        self.nodes[victim].disk = MemoryStorage(bootstrap=False)
+        self._start(victim, members)
+        self._talk(list(members))
 
     def _move_forget(self) -> None:
         """A candidate's phase 1 reaches one voter only, which loses its disk right after the
@@ -386,7 +405,8 @@ class PhaseWalk(Explorer):
     def _may_lose(self, i: int) -> bool:
         """Node i may lose its disk: within the walk's bound, while a voting majority of the
         others keeps its disks."""
-        if "wipe" not in self.kinds or self.faults["wipe"] >= MAX_WIPES:
+        lost = self.faults["wipe"] + self.faults["stale-members"]
+        if "wipe" not in self.kinds or lost >= MAX_WIPES:
             return False
         return self.changes.survives_wipe(i, self._voting(), self._durable())
 
