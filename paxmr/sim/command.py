@@ -61,8 +61,8 @@ def replay_command(
     default=",".join(FAULT_KINDS),
     show_default=True,
     callback=_parse_faults,
-    help="Comma-separated fault kinds, or 'none'. Off by default, for the async schedule:"
-    " the operator mistakes stale-members, reinit and restore-old (README).",
+    help="Comma-separated fault kinds, or 'none'. Off by default: the operator mistakes"
+    " stale-members (async and forget schedules), reinit and restore-old (async) (README).",
 )
 @click.option(
     "--driver",

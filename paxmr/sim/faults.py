@@ -25,8 +25,9 @@ NODE_FAULTS = ("partition", "clog", "crash", "stop", "lose-unsynced", "wipe", "f
 # Membership changes at random moments (members.py): add, promote, remove, replace, rejoin.
 MEMBER_FAULTS = ("member",)
 FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS + MEMBER_FAULTS
-# Operator mistakes (issue 9), in the async schedule only and off by default, as today's core is
-# not safe against all of them (README): a node whose disk was lost restarts with a stale
+# Operator mistakes (issue 9), in the async schedule (stale-members in the forget schedule too),
+# off by default, as today's core is safe against none of them (README): a node whose disk was
+# lost restarts with a stale
 # configured member list (with no stored identity the PRM takes the configured one,
 # services/prm.founders); `paxmr init --found` with the cluster's own id run on a member whose
 # disk was lost (it starts empty as a voter; with another id the transport refuses it); a
