@@ -25,13 +25,12 @@ NODE_FAULTS = ("partition", "clog", "crash", "stop", "lose-unsynced", "wipe", "f
 # Membership changes at random moments (members.py): add, promote, remove, replace, rejoin.
 MEMBER_FAULTS = ("member",)
 FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS + MEMBER_FAULTS
-# Operator mistakes (issue 9), in the async schedule (stale-members in the forget schedule too),
-# off by default, as today's core is safe against none of them (README): a node whose disk was
-# lost restarts with a stale
-# configured member list (with no stored identity the PRM takes the configured one,
-# services/prm.founders); `paxmr init --found` with the cluster's own id run on a member whose
-# disk was lost (it starts empty as a voter; with another id the transport refuses it); a
-# node's storage rolled back to an earlier durable state (an old prm.db or VM snapshot).
+# Operator mistakes (issue 9), off by default, as today's core is safe against none of them
+# (README): a node whose disk was lost restarts with a stale configured member list (with no
+# stored identity the PRM takes the configured one, services/prm.founders; async and forget
+# schedules); `paxmr init --found` with the cluster's own id on a member whose disk was lost
+# (refused if a peer it reaches has entries, else it starts empty as a voter; async); a node's
+# storage rolled back to an earlier durable state (an old prm.db or VM snapshot; async).
 MISTAKE_KINDS = ("stale-members", "reinit", "restore-old")
 KNOWN_KINDS = FAULT_KINDS + MISTAKE_KINDS
 
