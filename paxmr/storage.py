@@ -7,10 +7,21 @@ WAL is fsynced, so the driver may send the Ready's messages as soon as it return
 from __future__ import annotations
 
 import sqlite3
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from paxmr.paxos import GENESIS_DIGEST, Ballot, DurableState, Entry, LogEntry, chain_digest
+from paxmr.paxos import (
+    CHUNK_PREFIX,
+    GENESIS_DIGEST,
+    MEMBERSHIP_PREFIX,
+    Ballot,
+    DurableState,
+    Entry,
+    LogEntry,
+    StoredLog,
+    chain_digest,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -28,6 +39,8 @@ CREATE TABLE IF NOT EXISTS accepted (
 CREATE TABLE IF NOT EXISTS log (
     slot INTEGER PRIMARY KEY, request_id TEXT NOT NULL, value BLOB NOT NULL,
     position INTEGER UNIQUE, digest BLOB NOT NULL) STRICT;
+CREATE INDEX IF NOT EXISTS log_request_id ON log (request_id);
+CREATE TABLE IF NOT EXISTS summary (slot INTEGER PRIMARY KEY, body TEXT NOT NULL) STRICT;
 """
 
 
@@ -41,8 +54,9 @@ class Identity:
 
 
 class Storage:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, path: str | Path) -> None:
         self._conn = conn
+        self.path = path
 
     @classmethod
     def open(
@@ -69,7 +83,7 @@ class Storage:
                 conn.execute(
                     "INSERT INTO identity VALUES (0, ?, ?)", (identity.cluster_id, members)
                 )
-        return cls(conn)
+        return cls(conn, path)
 
     def take_over(self, survivor: Path) -> int:
         """Copy the applied log of `survivor` (another node's database) into this new one:
@@ -98,7 +112,9 @@ class Storage:
     def close(self) -> None:
         self._conn.close()
 
-    def load(self) -> DurableState:
+    def load(self, *, values: bool = True) -> DurableState:
+        """The durable state; without `values`, the applied log is a StoredLog (read without
+        its values, which a LogReader reads back on demand): how the PRM starts."""
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         accepted = {
             slot: (Ballot(round_, node), Entry(rid, value))
@@ -106,12 +122,16 @@ class Storage:
                 "SELECT slot, round, node, request_id, value FROM accepted"
             )
         }
-        log = [
-            LogEntry(slot, rid, value, position)
-            for slot, rid, value, position in self._conn.execute(
-                "SELECT slot, request_id, value, position FROM log ORDER BY slot"
-            )
-        ]
+        log, stored = [], None
+        if values:
+            log = [
+                LogEntry(slot, rid, value, position)
+                for slot, rid, value, position in self._conn.execute(
+                    "SELECT slot, request_id, value, position FROM log ORDER BY slot"
+                )
+            ]
+        else:
+            stored = self._stored()
         return DurableState(
             promised=Ballot(meta.get("promised_round", 0), meta.get("promised_node", 0)),
             used_round=meta.get("used_round", 0),
@@ -119,7 +139,45 @@ class Storage:
             log=log,
             voting=bool(meta["voting"]),
             recover_until=meta.get("recover_until"),
+            stored=stored,
         )
+
+    def _stored(self) -> StoredLog:
+        """The applied log without its values: what AppliedLog keeps in memory. (length() of a
+        BLOB reads no value: SQLite keeps the size in the row header.)"""
+        conn = self._conn
+        stored = StoredLog(LogReader(self.path), self.length(), self.digest())
+        stored.requests = conn.execute(
+            "SELECT request_id, position, slot FROM log WHERE position IS NOT NULL"
+            " ORDER BY position"
+        ).fetchall()
+        stored.value_bytes = conn.execute(
+            "SELECT COALESCE(SUM(length(value)), 0) FROM log"
+        ).fetchone()[0]
+        where = "FROM log WHERE substr(request_id, 1, ?) = ?"
+        membership = (len(MEMBERSHIP_PREFIX), MEMBERSHIP_PREFIX)
+        stored.changes = [
+            LogEntry(slot, rid, value, None)
+            for slot, rid, value in conn.execute(
+                f"SELECT slot, request_id, value {where} ORDER BY slot", membership
+            )
+        ]
+        chunk = (len(CHUNK_PREFIX), CHUNK_PREFIX)
+        stored.chunks = conn.execute(
+            f"SELECT request_id, MIN(slot) {where} GROUP BY request_id", chunk
+        ).fetchall()
+        return stored
+
+    def save_summaries(self, rows: list[tuple[int, str]]) -> None:
+        """Store the summaries (JSON, by slot) of applied positions, so that a restart shows
+        the log without decoding it (paxmr/catalog.py). Not part of the acceptor's state: a
+        missing one is computed again."""
+        with self._conn as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
+
+    def summaries(self) -> dict[int, str]:
+        return dict(self._conn.execute("SELECT slot, body FROM summary").fetchall())
 
     def commit(self, persist: Persist) -> None:
         """Make one Ready's persist durable in one transaction."""
@@ -177,3 +235,48 @@ def _meta(persist: Persist) -> list[tuple[str, int]]:
     if persist.recover_until is not None:
         meta.append(("recover_until", persist.recover_until))
     return meta
+
+
+class LogReader:
+    """Reads applied entries back (paxos.LogStore) on a connection of its own: the writer's
+    may be inside a commit in another thread. Safe to share between threads."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = path
+        self._conn: sqlite3.Connection | None = None  # opened on first use
+        self._lock = threading.Lock()
+
+    def read(self, start: int, max_slots: int, max_bytes: int) -> list[LogEntry]:
+        found: list[LogEntry] = []
+        with self._lock:
+            if self._conn is None:
+                self._conn = sqlite3.connect(
+                    self._path, isolation_level=None, check_same_thread=False
+                )
+            conn = self._conn
+            # One read transaction, ended here: a statement left open would hold its snapshot,
+            # and every later read on this connection would miss newer slots.
+            conn.execute("BEGIN")
+            try:
+                rows = conn.execute(
+                    "SELECT slot, request_id, length(value), position FROM log"
+                    " WHERE slot >= ? ORDER BY slot LIMIT ?",
+                    (start, max_slots),
+                ).fetchall()
+                # Sizes first, values one at a time: a batch reads only what it sends.
+                for slot, rid, size, position in rows:
+                    if found and size > max_bytes:
+                        break
+                    (value,) = conn.execute(
+                        "SELECT value FROM log WHERE slot = ?", (slot,)
+                    ).fetchall()[0]
+                    found.append(LogEntry(slot, rid, bytes(value), position))
+                    max_bytes -= size
+            finally:
+                conn.execute("COMMIT")
+        return found
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()

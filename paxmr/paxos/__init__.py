@@ -4,13 +4,24 @@ from paxmr.paxos.ballot import ZERO, Ballot
 from paxmr.paxos.client import MAX_REQUEST_ID, Committed, Refused, Reply, Request
 from paxmr.paxos.config import CoreConfig
 from paxmr.paxos.durable import DurableState, Persist
-from paxmr.paxos.log import GENESIS_DIGEST, MEMBERSHIP_PREFIX, NOOP, Entry, LogEntry, chain_digest
+from paxmr.paxos.log import (
+    CHUNK_PREFIX,
+    GENESIS_DIGEST,
+    MEMBERSHIP_PREFIX,
+    NOOP,
+    Entry,
+    LogEntry,
+    LogStore,
+    StoredLog,
+    chain_digest,
+)
 from paxmr.paxos.membership import Membership
 from paxmr.paxos.messages import BadMessage, Message, from_wire, to_wire
 from paxmr.paxos.node import Node
 from paxmr.paxos.ready import NodeStatus, Ready, split
 
 __all__ = [
+    "CHUNK_PREFIX",
     "GENESIS_DIGEST",
     "MAX_REQUEST_ID",
     "MEMBERSHIP_PREFIX",
@@ -23,6 +34,7 @@ __all__ = [
     "DurableState",
     "Entry",
     "LogEntry",
+    "LogStore",
     "Membership",
     "Message",
     "Node",
@@ -32,6 +44,7 @@ __all__ = [
     "Refused",
     "Reply",
     "Request",
+    "StoredLog",
     "chain_digest",
     "from_wire",
     "split",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from paxmr.paxos.ballot import ZERO, Ballot
-from paxmr.paxos.log import Entry, LogEntry
+from paxmr.paxos.log import Entry, LogEntry, StoredLog
 
 
 @dataclass
@@ -20,6 +20,8 @@ class DurableState:
     log: list[LogEntry] = field(default_factory=list)
     voting: bool = True
     recover_until: int | None = None
+    # The applied log before `log`, as storage loads it without its values (paxos/log.py).
+    stored: StoredLog | None = None
 
 
 @dataclass

@@ -124,12 +124,12 @@ class Node:
     ) -> None:
         self.id = node_id
         # `members` founded the cluster; the log says who is a member now (membership.py).
-        self._set_membership(replay(Membership(0, frozenset(members)), durable.log))
+        self.log = AppliedLog(durable.log, durable.stored)
+        self._set_membership(replay(Membership(0, frozenset(members)), self.log.changes))
         self.config = config
         self._rng = rng
         self._now = now
         self.acceptor = self._make_acceptor(durable)
-        self.log = AppliedLog(durable.log)
         self._used_round = durable.used_round
         self._seen_round = max(durable.used_round, durable.promised.round)
         self.stopped = False
@@ -213,7 +213,7 @@ class Node:
             self._refuse(rid, "stopped", "this node is stopped")
         elif len(request.value) > self.config.max_value_bytes:
             self._refuse(rid, "too_large", f"value exceeds {self.config.max_value_bytes} bytes")
-        elif (applied := self.log.positions.get(rid)) is not None:
+        elif (applied := self.log.first(rid)) is not None:
             self._out.replies.append(Reply(rid, Committed(*applied)))
         elif rid in self._pending:
             return  # the reply to the first submit answers this one too
@@ -293,7 +293,8 @@ class Node:
                 if self._pending.pop(msg.request_id, None) is not None:
                     self._refuse(msg.request_id, msg.code, msg.reason)
             case CatchupRequest():
-                batch = self.log.entries[msg.from_slot : msg.from_slot + self.config.catchup_batch]
+                config = self.config
+                batch = self.log.read(msg.from_slot, config.catchup_batch, config.batch_bytes)
                 slots = [(e.slot, Entry(e.request_id, e.value)) for e in batch]
                 entries = tuple(entry for _, entry in self._batches(slots)[0])
                 self._send(src, CatchupReply(msg.from_slot, entries, self.log.length))
@@ -630,7 +631,7 @@ class Node:
         """Propose in the next free slot, or say why not: busy (the in-flight window is full)
         or no_quorum (a membership change that would leave no voting quorum)."""
         rid = request.request_id
-        if rid in self.log.positions or rid in lead.proposed_ids:
+        if self.log.first(rid) is not None or rid in lead.proposed_ids:
             return None
         if self._in_flight(lead) >= self.config.max_in_flight:
             reason = f"the leader has {self.config.max_in_flight} slots in flight"
@@ -881,10 +882,8 @@ class Node:
             if lead:
                 lead.proposed_ids.discard(entry.request_id)
             if self._pending.pop(entry.request_id, None) is not None:
-                if entry.request_id.startswith(MEMBERSHIP_PREFIX):
-                    outcome = Committed(None, entry.slot)
-                else:
-                    outcome = Committed(*self.log.positions[entry.request_id])
+                first = self.log.first(entry.request_id)  # none for membership changes
+                outcome = Committed(*first) if first else Committed(None, entry.slot)
                 self._out.replies.append(Reply(entry.request_id, outcome))
         last = applied[-1]
         changed = self.membership.apply(last.slot, Entry(last.request_id, last.value))
