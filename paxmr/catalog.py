@@ -8,15 +8,20 @@ would fail again on every restart, as would every other replica.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from paxmr import paxos
+from paxmr import chunks, paxos
 from paxmr.logobject import BadLogObject, LogObject
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from paxmr.chunks import Manifest
 
 
 class Catalog:
-    def __init__(self) -> None:
-        self.digest = paxos.GENESIS_DIGEST
+    def __init__(self, digest: bytes = paxos.GENESIS_DIGEST) -> None:
+        self.digest = digest  # of the log shown so far (a restored one starts with its own)
         self.summaries: list[dict[str, Any]] = []  # by position
 
     def apply(self, entry: paxos.LogEntry) -> dict[str, Any] | None:
@@ -34,14 +39,28 @@ class Catalog:
         self.digest = paxos.chain_digest(self.digest, entry)
         if entry.position is None or summary is None:
             return None
-        summary["slot"] = entry.slot
+        return self.show(summary, entry.slot)
+
+    def show(self, summary: dict[str, Any], slot: int) -> dict[str, Any]:
+        """Show the next position's summary (its digest is already counted)."""
+        summary["slot"] = slot
         self.summaries.append(summary)
         return summary
 
 
-def summarize(value: bytes, position: int) -> dict[str, Any]:
-    """What a catalog shows of the value applied at `position`; never raises."""
+def summarize(
+    value: bytes, position: int, parts: Callable[[Manifest], list[bytes | None]] | None = None
+) -> dict[str, Any]:
+    """What a catalog shows of the value applied at `position`; never raises. A manifest
+    (chunks.py) is assembled from the chunks `parts` finds for it in the log before it (none
+    found without `parts`: an error)."""
     try:
+        manifest = chunks.manifest(value)
+        if manifest is not None:
+            found: list[bytes | None] = [None] * manifest.parts
+            if parts is not None:
+                found = parts(manifest)
+            value = manifest.assemble(found)
         return LogObject.decode(value).summary(position)
     except BadLogObject as exc:
         return {"position": position, "file": None, "words": 0, "error": str(exc)}

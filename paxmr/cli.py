@@ -972,6 +972,27 @@ def bench_scale(c: Ctx, sizes: str, tally_bytes: int, word_bytes: int, clients: 
          for x in r["rows"]]))  # fmt: skip
 
 
+@bench.command("large")
+@click.option("--sizes", default="8900000,40000000", show_default=True,
+              help="Tally sizes in bytes, comma-separated.")  # fmt: skip
+@click.option("--rounds", type=click.IntRange(1), default=3, show_default=True,
+              help="Replicates of each tally (the median is shown).")  # fmt: skip
+@pass_ctx
+def bench_large(c: Ctx, sizes: str, rounds: int) -> None:
+    """Replicate time of tallies over the 8 MiB value limit (chunks) against one value each."""
+    from paxmr.bench import large  # noqa: PLC0415
+
+    try:
+        counts = [int(x) for x in sizes.split(",")]
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of sizes", param_hint="--sizes") from None
+    result = large.run(counts, rounds)
+    c.emit(result, lambda r: render.table(
+        ["tally bytes", "value limit", "median s", "times s", "retries", "log slots"],
+        [[x["tally_bytes"], x["value_bytes"], x["median_s"], " ".join(map(str, x["times_s"])),
+          x["retries"], x["slots"]] for x in r["chunked"] + r["one_value"]]))  # fmt: skip
+
+
 @bench.command("storm")
 @click.option("--tally", "tally_bytes", type=Size(), default="2MiB", show_default=True,
               help="Size of each tally file replicated.")  # fmt: skip

@@ -44,6 +44,9 @@ class Limits(BaseModel):
     control_connections: int = Field(default=256, ge=2)
     control_idle_seconds: float = Field(default=60.0, gt=0)
     value_bytes: int = Field(default=8 << 20, ge=1024)
+    # The largest tally file replicate reads; a log object over value_bytes spans several log
+    # values (paxmr/chunks.py). The PRM holds about three copies of it while it replicates.
+    tally_bytes: int = Field(default=256 << 20, ge=1024)
     frame_bytes: int = Field(default=32 << 20, ge=4096)
     in_flight: int = Field(default=1024, ge=1)
     # The PRM's worker processes for heavy client work (merge, parsing a tally to replicate),

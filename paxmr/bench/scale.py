@@ -4,8 +4,9 @@ One cluster grows through the given sizes (entries of about ``tally_bytes`` each
 it prints, for a follower: the RSS of its PRM process and of its worker processes, the log's
 value bytes, and the time from SIGKILL to a restarted PRM that serves the whole log (``print``
 answers with every entry). The first size (0 by default) is the same-run baseline, and the
-growth per MiB of log is against it. The issue's goal is memory flat in the log's size; the
-figures say how far from it the PRM is (the core's AppliedLog keeps every value in memory).
+growth per MiB of log is against it. The issue's goal is memory flat in the log's size (values
+stay in SQLite: paxmr/paxos/log.py) and a restart that does not decode the log (summaries are
+stored with it: paxmr/catalog.py); the figures say how close the PRM is.
 
 Tallies have few, long words (cheap to parse) unless ``word_bytes`` is small: real tallies of
 many short words cost much more CPU to decode at start-up than these.

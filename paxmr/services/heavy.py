@@ -33,7 +33,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from paxmr import logs
+from paxmr import chunks, logs
 from paxmr.logobject import BadLogObject, LogObject, show
 
 if TYPE_CHECKING:
@@ -175,7 +175,9 @@ def summary(value: bytes, position: int) -> dict[str, Any]:
 
 
 def validate(value: bytes) -> str | None:
-    """Why ``value`` is not a log object, or None."""
+    """Why ``value`` is not a log object (or the manifest of a chunked one), or None."""
+    if chunks.manifest(value) is not None:
+        return None  # its chunks are checked where it is applied (catalog.summarize)
     try:
         LogObject.decode(value)
     except BadLogObject as exc:
@@ -190,6 +192,9 @@ def parse_tally(data: bytes, file: str, node: int, request_id: str) -> tuple[byt
 
 
 def same_tally(landed: bytes, file: str, digest: str) -> bool:
+    manifest = chunks.manifest(landed)
+    if manifest is not None:
+        return (manifest.file, manifest.digest) == (file, digest)
     try:
         obj = LogObject.decode(landed)
     except BadLogObject:
@@ -207,6 +212,29 @@ def _reader(db: str) -> sqlite3.Connection:
     return conn
 
 
+def _parts(conn: sqlite3.Connection, manifest: chunks.Manifest, before: int) -> list[bytes | None]:
+    """A manifest's chunks as the log holds them before its slot (the first of each)."""
+    found: list[bytes | None] = []
+    for rid in manifest.chunk_ids():
+        rows = conn.execute(
+            "SELECT value FROM log WHERE request_id = ? AND slot < ? ORDER BY slot LIMIT 1",
+            (rid, before),
+        ).fetchall()
+        found.append(bytes(rows[0][0]) if rows else None)
+    return found
+
+
+def stored_summary(db: str, slot: int, position: int) -> dict[str, Any]:
+    """The catalog's summary of the value stored at ``slot``, a chunked one assembled."""
+    from paxmr.catalog import summarize  # noqa: PLC0415 - light in the PRM, needed in workers
+
+    conn = _reader(db)
+    rows = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
+    if not rows:
+        return {"position": position, "file": None, "words": 0, "error": "not in the database"}
+    return summarize(bytes(rows[0][0]), position, lambda m: _parts(conn, m, slot))
+
+
 def merge_slots(db: str, slots: list[tuple[int, int]], top: int) -> dict[str, Any]:
     """Merge the log objects at ``slots`` ((position, slot) pairs, each read once, one at a
     time) straight from the database: the distinct words, the total and the ``top`` words
@@ -216,11 +244,18 @@ def merge_slots(db: str, slots: list[tuple[int, int]], top: int) -> dict[str, An
     where = {slot: position for position, slot in slots}
     conn = _reader(db)
     for slot, n in times.items():
-        row = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchone()
+        # fetchall, not fetchone: a statement left unfinished would keep its read snapshot,
+        # and a later merge on this connection would not find newer slots.
+        rows = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
+        row = rows[0] if rows else None
         if row is None:
             return {"error": f"log position {where[slot]}: not in the database"}
         try:
-            obj = LogObject.decode(bytes(row[0]))
+            value = bytes(row[0])
+            manifest = chunks.manifest(value)
+            if manifest is not None:
+                value = manifest.assemble(_parts(conn, manifest, slot))
+            obj = LogObject.decode(value)
         except BadLogObject as exc:
             return {"error": f"log position {where[slot]}: {exc}"}
         for word, count in zip(obj.words, obj.counts, strict=True):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib.metadata
+import json
 import math
 import os
 import random
@@ -21,8 +22,8 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import Field
 
-from paxmr import backup, control, logs, paths, paxos
-from paxmr.catalog import Catalog, summarize
+from paxmr import backup, chunks, control, logs, paths, paxos
+from paxmr.catalog import Catalog
 from paxmr.logobject import LogObject
 from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
@@ -212,7 +213,8 @@ class Prm:
             batch_bytes=settings.limits.batch_bytes,
             request_timeout=t.replicate_timeout,
         )
-        durable = storage.load()
+        durable = storage.load(values=False)  # the core reads values back on demand
+        assert durable.stored is not None
         self.node = paxos.Node(
             settings.node_id,
             founders(settings, storage.identity()),
@@ -221,13 +223,13 @@ class Prm:
             random.Random(),  # election jitter, not a secret
             time.monotonic(),
         )
-        self.catalog = Catalog()
-        self.slots_applied = 0
-        self.log_bytes = 0  # value bytes of the applied log (the quota's measure)
+        self.catalog = Catalog(durable.stored.digest)
+        self.slots_applied = durable.stored.length  # what queries see (the core runs ahead)
+        self.log_bytes = durable.stored.value_bytes  # of what queries see
         self._submitted_bytes: dict[str, int] = {}  # this node's requests awaiting an outcome
-        for entry in durable.log:
-            self._record(entry, summarize(entry.value, entry.position) if entry.position is not
-                         None else None)  # fmt: skip
+        self._reader = durable.stored.store  # the applied values, read back from storage
+        self._restore_catalog(durable.stored)
+        self._storage_lock = asyncio.Lock()  # one writer on the connection: commits, summaries
         self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
         self._checking: set[str] = set()  # their request ids
         self._backing_up = False
@@ -262,6 +264,23 @@ class Prm:
             length=lambda: self.node.log.length,
         )  # fmt: skip
 
+    def _restore_catalog(self, stored: paxos.StoredLog) -> None:
+        """Show the stored log as it was: the summaries stored with it, not its values. One
+        missing (a crash between a commit and its summary, a log taken over) is made again."""
+        saved = self.storage.summaries()
+        made = []
+        for rid, position, slot in stored.requests:
+            body = saved.get(slot)
+            if body is None:
+                summary = heavy.stored_summary(str(db_path(self.settings)), slot, position)
+                made.append((slot, json.dumps(summary)))
+                self.log.info("summary_made", slot=slot, request_id=rid)
+            else:
+                summary = json.loads(body)
+            self.catalog.show(summary, slot)
+        if made:
+            self.storage.save_summaries(made)
+
     def _record(self, entry: paxos.LogEntry, summary: dict[str, Any] | None) -> None:
         self.slots_applied += 1  # what queries see; the core's own length runs ahead of it
         self.log_bytes += len(entry.value)
@@ -275,17 +294,32 @@ class Prm:
         a shown position from the database finds it there (heavy.merge_slots)."""
         while True:
             entries = await self._to_apply.get()
+            made = []
             for entry in entries:
                 summary = None
                 if entry.position is not None:
-                    summary = await self._off_loop(
-                        len(entry.value), heavy.summary, entry.value, entry.position
-                    )
+                    summary = await self._summary(entry)
+                    made.append((entry.slot, json.dumps(summary)))
                 self._record(entry, summary)
                 if entry.position is not None:
                     self.log.debug("applied", slot=entry.slot, position=entry.position)
+            if made:  # stored before shown: a restart then finds them (_restore_catalog)
+                async with self._storage_lock:
+                    await asyncio.to_thread(self.storage.save_summaries, made)
             self._progress.set()
             self._progress = asyncio.Event()
+
+    async def _summary(self, entry: paxos.LogEntry) -> dict[str, Any]:
+        """The summary of an applied position: a chunked one is assembled from storage (where
+        its chunks and itself are once committed) in a worker."""
+        assert entry.position is not None
+        manifest = chunks.manifest(entry.value)
+        if manifest is not None:
+            db = str(db_path(self.settings))
+            return await self._off_loop(
+                manifest.size, heavy.stored_summary, db, entry.slot, entry.position
+            )
+        return await self._off_loop(len(entry.value), heavy.summary, entry.value, entry.position)
 
     async def _off_loop(self, size: int, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the apply pool's worker when ``size`` bytes are worth the hand-off;
@@ -333,6 +367,10 @@ class Prm:
         full = self._over_quota(len(msg.value))
         if full is not None:
             self.transport.send(src, Refuse(msg.request_id, "quota", full))
+            return
+        if msg.request_id.startswith(paxos.CHUNK_PREFIX):  # any bytes: checked with its manifest
+            self.node.receive(src, msg, time.monotonic())
+            self.wake.set()
             return
         error = await self._off_loop(len(msg.value), heavy.validate, msg.value)
         if error is not None:
@@ -449,7 +487,10 @@ class Prm:
         self._release(early)
         if ready.persist:
             with self.observer.fsync.time():
-                await asyncio.to_thread(self.storage.commit, ready.persist)
+                async with self._storage_lock:
+                    await asyncio.to_thread(self.storage.commit, ready.persist)
+            if ready.persist.log:  # their values are read back from storage from now on
+                self.node.log.stored(ready.persist.log[-1].slot + 1)
         self._release(after_commit)
         if ready.applied:  # committed with this Ready's persist: shown to queries from now on
             self._to_apply.put_nowait(ready.applied)
@@ -471,43 +512,23 @@ class Prm:
 
     async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> dict[str, Any]:
         rid = args.request_id
-        with paths.open_input(self.settings.data_dir, args.file) as source:  # race-free
-            size = os.fstat(source.fileno()).st_size
-            limit = self.settings.limits.value_bytes
-            if size > 2 * limit:
-                # Its log object would be larger still (a tally line never takes more than
-                # twice its encoded bytes): refused before it is read at all.
-                raise control.ControlError(
-                    "too_large", f"{args.file} is {size} bytes: its log object would exceed {limit}"
-                )
-            try:
-                if size > _INLINE:  # parsed and encoded in a worker process, off the GIL
-                    with self._admitted(self.client_pool):
-                        data = await asyncio.to_thread(source.read)
-                        value, digest = await self.client_pool.run_admitted(
-                            heavy.parse_tally, data, args.file, self.settings.node_id, rid
-                        )
-                else:  # cheaper here than the hand-off to a worker
-                    obj = LogObject.from_tally(source, args.file, self.settings.node_id, rid)
-                    value, digest = obj.encode(), obj.digest
-            except tally.TallyError as exc:
-                raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
-        future = self.waiting.get(rid)
-        if future is None:
-            queued = sum(self._submitted_bytes.values())
-            if queued and queued + len(value) > self.settings.limits.in_flight_bytes:
-                raise control.ControlError(
-                    "busy",
-                    f"{queued} value bytes submitted here await their outcome (limit"
-                    f" {self.settings.limits.in_flight_bytes}): nothing was submitted; retry later",
-                )
-            full = self._over_quota(len(value))
-            if full is not None:
-                raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
-            future = self.waiting[rid] = asyncio.get_running_loop().create_future()
-            self._submitted_bytes[rid] = len(value)
-            self.node.submit(paxos.Request(rid, value), time.monotonic())
-            self.wake.set()
+        if rid.startswith(paxos.CHUNK_PREFIX):
+            raise control.ControlError("invalid", "this request id prefix is reserved for chunks")
+        value, digest = await self._log_object(args)
+        part_bytes = self.settings.limits.value_bytes
+        if len(value) > part_bytes:
+            # Larger than one value: its chunks, then the manifest that commits them (chunks.py).
+            manifest, parts = await asyncio.to_thread(
+                chunks.split, value, args.file, digest, part_bytes
+            )
+            value = manifest.encode()
+            if rid not in self.node.log.positions:  # landed before: its chunks are in the log
+                full = self._over_quota(manifest.size)
+                if full is not None:
+                    raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
+                await self._replicate_chunks(rid, manifest, parts)
+            del parts
+        future = self.waiting.get(rid) or self._submit(rid, value)
         # Submitted (here or by a concurrent call with this id): from now on every failure leaves
         # the outcome unknown, and says so with the request id to retry with.
         try:
@@ -517,6 +538,73 @@ class Prm:
         except Exception as exc:
             self.log.exception("replicate_failed", request_id=rid)
             raise _unknown("interrupted", f"replicate failed: {exc!r}", rid) from exc
+
+    async def _log_object(self, args: ReplicateArgs) -> tuple[bytes, str]:
+        """The log object's value for the tally file `args.file`, and its digest."""
+        with paths.open_input(self.settings.data_dir, args.file) as source:  # race-free
+            size = os.fstat(source.fileno()).st_size
+            limit = self.settings.limits.tally_bytes
+            if size > limit:  # refused before it is read at all
+                raise control.ControlError(
+                    "too_large", f"{args.file} is {size} bytes: over limits.tally_bytes ({limit})"
+                )
+            node, rid = self.settings.node_id, args.request_id
+            try:
+                if size > _INLINE:  # parsed and encoded in a worker process, off the GIL
+                    with self._admitted(self.client_pool):
+                        data = await asyncio.to_thread(source.read)
+                        return await self.client_pool.run_admitted(
+                            heavy.parse_tally, data, args.file, node, rid
+                        )
+                # Cheaper here than the hand-off to a worker.
+                obj = LogObject.from_tally(source, args.file, node, rid)
+            except tally.TallyError as exc:
+                raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
+            return obj.encode(), obj.digest
+
+    def _submit(self, rid: str, value: bytes) -> asyncio.Future[paxos.Committed | paxos.Refused]:
+        """Submit to the core; or refuse as busy or over quota, with nothing submitted."""
+        queued = sum(self._submitted_bytes.values())
+        if queued and queued + len(value) > self.settings.limits.in_flight_bytes:
+            raise control.ControlError(
+                "busy",
+                f"{queued} value bytes submitted here await their outcome (limit"
+                f" {self.settings.limits.in_flight_bytes}): nothing was submitted; retry later",
+            )
+        full = self._over_quota(len(value))
+        if full is not None:
+            raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
+        future = self.waiting[rid] = asyncio.get_running_loop().create_future()
+        self._submitted_bytes[rid] = len(value)
+        self.node.submit(paxos.Request(rid, value), time.monotonic())
+        self.wake.set()
+        return future
+
+    async def _replicate_chunks(
+        self, rid: str, manifest: chunks.Manifest, parts: list[bytes]
+    ) -> None:
+        """Get each chunk chosen, in order, skipping those the log holds already (a retry's).
+        A failure here leaves no entry (the manifest was not submitted); it still names the
+        request id, whose retry reuses the chunks that landed."""
+        ids = manifest.chunk_ids()
+        for index, (cid, part) in enumerate(zip(ids, parts, strict=True)):
+            # One already in the log is answered at once by the core (AppliedLog.first).
+            where = f"chunk {index + 1} of {manifest.parts}"
+            try:
+                future = self.waiting.get(cid) or self._submit(cid, part)
+            except control.ControlError as exc:
+                raise _unknown(exc.code, f"{where}: {exc.message}", rid) from exc
+            try:
+                outcome = await asyncio.wait_for(
+                    asyncio.shield(future), self.settings.timing.replicate_timeout * 2
+                )
+            except TimeoutError:
+                raise _unknown("no_quorum", f"{where}: no outcome in time", rid) from None
+            if isinstance(outcome, paxos.Refused):
+                code = "no_quorum" if outcome.code == "timeout" else outcome.code
+                raise _unknown(code, f"{where}: {outcome.reason}", rid)
+        self.log.info("chunks_replicated", request_id=rid, parts=manifest.parts,
+                      bytes=manifest.size)  # fmt: skip
 
     async def _outcome(
         self,
@@ -540,7 +628,7 @@ class Prm:
         if isinstance(outcome, paxos.Refused):
             raise control.ControlError(outcome.code, f"replicate refused: {outcome.reason}")
         await self._shown(outcome.slot)  # a read on this node after the reply sees it
-        landed = self.node.log.entries[outcome.slot].value
+        landed = (await asyncio.to_thread(self._reader.read, outcome.slot, 1, 0))[0].value
         # The same retry sent through another node differs only in its "node" field.
         if landed != value and not await self.apply_pool.run(
             heavy.same_tally, landed, args.file, digest
@@ -573,7 +661,7 @@ class Prm:
         limits = self.settings.limits
         s = self.node.status()
         # Chosen but not yet shown to queries, and submitted here but not yet chosen.
-        pending = sum(len(e.value) for e in self.node.log.entries[self.slots_applied :])
+        pending = self.node.log.value_bytes - self.log_bytes
         pending += sum(self._submitted_bytes.values())
         if limits.log_entries is not None and s.applied + s.pending + 1 > limits.log_entries:
             return f"the log holds {s.applied} entries of its quota of {limits.log_entries}"

@@ -1,0 +1,117 @@
+"""Tallies larger than one log value: the value spans several slots, committed as one object.
+
+A real text's tally outgrows any fixed value limit (a 38 MB source tree has an 8.9 MB tally;
+corpora of a few GB have tallies of hundreds of MB). Such a log object's value (its msgpack
+encoding, logobject.py) is cut into parts of at most `limits.value_bytes`; each part is replicated
+as a *chunk* entry of its own, and then one small *manifest* entry under the client's request id
+commits them: it names the parts by the SHA-256 of the whole value and their count, and only the
+manifest takes a log position. So:
+
+- every message stays bounded: a chunk is an ordinary value, batched and caught up as any other;
+- a node that was down catches up chunks and manifest like any slot, and assembles the object
+  from its own log;
+- nothing half-made is visible: chunks have no position, and a manifest is applied only after
+  its parts (the PRM submits it once each part is chosen); one whose parts are not all in the
+  log before it, or do not hash to its digest, shows as an entry with an error on every replica
+  alike (as a value that is not a log object does);
+- a retry with the same request id lands once: the manifest is an ordinary request (applied at
+  most once), and a chunk's request id is its content address (digest of the whole value and
+  its index), so a retry skips the chunks already in the log instead of appending them again.
+  A retry through another node encodes another value (the node field differs): it replicates
+  its own chunks, and the abandoned ones stay in the log without a position.
+
+Why not the other design, the log entry holding a digest while the bytes move beside the log
+(Ratis' DataStream)? It needs a second transfer protocol with its own durability, quorum and
+catch-up rules (a value known to one replica only could be chosen and then lost). Chunks reuse
+the log's: each chunk is durable on a quorum before the manifest can be chosen, and catch-up,
+backup and restore need nothing new. The cost is that a large tally passes through the leader
+as several log entries, one commit each.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+from paxmr.logobject import BadLogObject
+from paxmr.paxos import CHUNK_PREFIX
+
+_KIND = "chunked"
+
+
+class BadManifest(BadLogObject):
+    """A manifest whose chunks do not make the value it names: shown like a bad log object."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The entry that commits a chunked value: `file` and `digest` are the log object's (so a
+    retry is recognised without assembling it), `sha256` and `parts` name the chunks."""
+
+    file: str
+    digest: str
+    sha256: str
+    parts: int
+    size: int
+
+    def chunk_ids(self) -> list[str]:
+        return [chunk_id(self.sha256, i) for i in range(self.parts)]
+
+    def encode(self) -> bytes:
+        body = {"v": 1, "kind": _KIND, "file": self.file, "digest": self.digest,
+                "sha256": self.sha256, "parts": self.parts, "size": self.size}  # fmt: skip
+        packed: bytes = msgpack.packb(body, use_bin_type=True)
+        return packed
+
+    def assemble(self, parts: list[bytes | None]) -> bytes:
+        """The whole value from its parts in order (None: not in the log before the manifest);
+        raises BadManifest when they are not the value it names."""
+        missing = [i for i, p in enumerate(parts) if p is None]
+        if missing:
+            raise BadManifest(f"chunk {missing[0]} of {self.parts} is not in the log before it")
+        value = b"".join(p for p in parts if p is not None)
+        if len(value) != self.size or hashlib.sha256(value).hexdigest() != self.sha256:
+            raise BadManifest("its chunks do not hash to its digest")
+        return value
+
+
+def chunk_id(sha256: str, index: int) -> str:
+    return f"{CHUNK_PREFIX}{sha256}/{index}"
+
+
+def split(value: bytes, file: str, digest: str, part_bytes: int) -> tuple[Manifest, list[bytes]]:
+    """A value cut into parts of at most `part_bytes`, and the manifest that commits them."""
+    parts = [value[i : i + part_bytes] for i in range(0, len(value), part_bytes)]
+    sha = hashlib.sha256(value).hexdigest()
+    return Manifest(file, digest, sha, len(parts), len(value)), parts
+
+
+# A manifest is small: anything larger is not one (checked before decoding). And it names at
+# most this many parts (of value_bytes each: terabytes), so a forged one cannot make a reader
+# list billions of them.
+_MAX_MANIFEST = 1024
+_MAX_PARTS = 1 << 16
+
+
+def manifest(value: bytes) -> Manifest | None:
+    """The manifest in `value`, or None if it is not one (a log object, or anything else)."""
+    if len(value) > _MAX_MANIFEST:
+        return None
+    try:
+        body: Any = msgpack.unpackb(value, raw=False)
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.StackError):
+        return None
+    if not isinstance(body, dict) or body.get("kind") != _KIND or body.get("v") != 1:
+        return None
+    fields: dict[str, Any] = {k: body.get(k) for k in ("file", "digest", "sha256", "parts", "size")}
+    if not (
+        all(type(fields[k]) is str for k in ("file", "digest", "sha256"))
+        and all(type(fields[k]) is int and fields[k] > 0 for k in ("parts", "size"))
+        and len(fields["sha256"]) == 64  # a SHA-256 in hex
+        and fields["parts"] <= min(_MAX_PARTS, fields["size"])
+    ):
+        return None
+    return Manifest(**fields)
