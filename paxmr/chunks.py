@@ -31,6 +31,7 @@ as several log entries, one commit each.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,7 +67,7 @@ class Manifest:
         packed: bytes = msgpack.packb(body, use_bin_type=True)
         return packed
 
-    def assemble(self, parts: list[bytes | None]) -> bytes:
+    def assemble(self, parts: Sequence[bytes | None]) -> bytes:
         """The whole value from its parts in order (None: not in the log before the manifest);
         raises BadManifest when they are not the value it names."""
         missing = [i for i, p in enumerate(parts) if p is None]

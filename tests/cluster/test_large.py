@@ -194,7 +194,7 @@ def _landed_once(cluster: Cluster, rid: str) -> int:
     positions = [e["position"] for e in cluster.node(1).call("print")["entries"]
                  if e["request_id"] == rid]  # fmt: skip
     assert len(positions) == 1, positions
-    return positions[0]
+    return int(positions[0])
 
 
 def test_a_large_tally_survives_a_follower_killed_mid_transfer() -> None:
