@@ -46,6 +46,9 @@ class Prepare:
     ballot: Ballot
     from_slot: int
     epoch: int = 0  # every ballot message names its sender's epoch (membership.py)
+    # The proposer's voters (sorted; empty: not said): a node whose member list for the epoch
+    # differs computes other quorums, so its Prepares and Accepts are refused (Node.receive).
+    voters: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +86,7 @@ class Accept:
     entries: tuple[tuple[int, Entry], ...]
     chosen: int
     epoch: int = 0
+    voters: tuple[int, ...] = ()  # as in Prepare
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +228,7 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
                 "b": _ballot(msg.ballot),
                 "from": msg.from_slot,
                 "ep": msg.epoch,
+                "vs": list(msg.voters),
             }
         case Promise():
             acc = [[a.slot, _ballot(a.ballot), _entry(a.entry)] for a in msg.accepted]
@@ -253,6 +258,7 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
                 "e": entries,
                 "c": msg.chosen,
                 "ep": msg.epoch,
+                "vs": list(msg.voters),
             }
         case Accepted():
             return {
@@ -363,8 +369,17 @@ def _epoch(f: dict[Any, Any]) -> int:
     return _as_int(_field(f, "ep"), "epoch")
 
 
+def _voters(f: dict[Any, Any]) -> tuple[int, ...]:
+    """The optional voter list of a Prepare or Accept (absent from older senders)."""
+    if "vs" not in f:
+        return ()
+    return tuple(_as_int(v, "voter") for v in _as_list(f["vs"], "voters"))
+
+
 def _prepare(f: dict[Any, Any]) -> Message:
-    return Prepare(_as_ballot(_field(f, "b")), _as_int(_field(f, "from"), "from"), _epoch(f))
+    return Prepare(
+        _as_ballot(_field(f, "b")), _as_int(_field(f, "from"), "from"), _epoch(f), _voters(f)
+    )
 
 
 def _promise(f: dict[Any, Any]) -> Message:
@@ -396,6 +411,7 @@ def _accept(f: dict[Any, Any]) -> Message:
         tuple(_slot_entry(e) for e in entries),
         _as_int(_field(f, "c"), "chosen"),
         _epoch(f),
+        _voters(f),
     )
 
 

@@ -153,6 +153,7 @@ class Node:
         self.membership = membership
         self.peers = tuple(sorted(membership.members - {self.id}))  # who gets the log
         self.voting_peers = tuple(sorted(membership.voters - {self.id}))
+        self._voter_list = tuple(sorted(membership.voters))  # said in Prepares and Accepts
         self.quorum = membership.quorum
 
     @property
@@ -269,6 +270,10 @@ class Node:
             src != msg.ballot.node or src not in self.membership.voters
         ):
             return  # only this epoch's voters campaign and lead (as this node knows them)
+        if isinstance(msg, Prepare | Accept) and msg.voters and msg.voters != self._voter_list:
+            # Its member list for this epoch is not this node's (a founder that lost its disk
+            # and restarted with a stale configured list): its quorums are not this epoch's.
+            return
         match msg:
             case Prepare():
                 self._on_prepare(src, msg, now)
@@ -553,7 +558,9 @@ class Node:
         self._election_at = now + self._election_timeout()
         self._backoff = min(self._backoff * 2, self.config.max_backoff)
         for peer in self.voting_peers:
-            self._send(peer, Prepare(ballot, campaign.from_slot, self.membership.epoch))
+            self._send(
+                peer, Prepare(ballot, campaign.from_slot, self.membership.epoch, self._voter_list)
+            )
         # A replica that lost its storage does not count itself (see acceptor.py).
         if acceptor.may_promise(ballot):
             acceptor.raise_promise(ballot, self._out.persist)
@@ -580,7 +587,8 @@ class Node:
             return  # a repeated or reordered page
         rows.extend(msg.accepted)
         if msg.more and msg.accepted:
-            self._send(src, Prepare(campaign.ballot, msg.accepted[-1].slot + 1, msg.epoch))
+            more = Prepare(campaign.ballot, msg.accepted[-1].slot + 1, msg.epoch, self._voter_list)
+            self._send(src, more)
             return
         del campaign.rows[src]
         joined = Promise(msg.ballot, campaign.from_slot, tuple(rows), msg.chosen_len, msg.voter)
@@ -772,7 +780,7 @@ class Node:
         lead.reads = waiting
 
     def _accept_msg(self, lead: _Leadership, batch: tuple[tuple[int, Entry], ...]) -> Accept:
-        return Accept(lead.ballot, batch, self.log.length, self.membership.epoch)
+        return Accept(lead.ballot, batch, self.log.length, self.membership.epoch, self._voter_list)
 
     def _has_quorum(self, lead: _Leadership, now: float) -> bool:
         window = self.config.election_timeout_max
