@@ -27,8 +27,7 @@ CLASSIC = frozenset(FAULT_KINDS) - {"member"}
 # (planted in the simulator: the stale list given to a node that kept its disk) is caught on 5
 # members (first at seed 45).
 STALE_SEEDS = 150
-# The first seed at which each known hole breaks agreement today: async on 3 members, and the
-# forget schedule (whose lost disk restarts with a stale list of the least informed) on 5.
+# The first async seed (3 members) at which each known hole breaks agreement today.
 HOLES = [
     pytest.param("reinit", Explorer, 3, 844, id="reinit"),
     pytest.param("restore-old", Explorer, 3, 77, id="restore"),
