@@ -1,7 +1,8 @@
-"""Three local test hosts (systemd-nspawn containers booting systemd) for paxmr's deploy tier.
+"""Local test hosts (systemd-nspawn containers booting systemd) for paxmr's deploy tier: three
+that `up` boots, and two spares that only the tests which need five hosts boot.
 
-Usage (as root): python testbed/testbed.py up|down [--purge]|status|stop H|crash H|boot H|cut H|
-heal H|ssh H [-- CMD]. See ../shared/notes/testbed.md for why it is built the way it is.
+Usage (as root): python testbed/testbed.py up|down [--purge]|status|stop H|crash H|boot H|reset H|
+cut H|heal H|ssh H [-- CMD]. See ../shared/notes/testbed.md for why it is built the way it is.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ BRIDGE = "paxmr-br0"
 SUBNET_PREFIX = "10.77.0"
 CONTROLLER_ADDRESS = f"{SUBNET_PREFIX}.1"
 HOSTS = ("paxmr1", "paxmr2", "paxmr3")
+# Booted only by a test that needs more hosts (`boot`, `reset`); `down` removes them with the rest.
+SPARES = ("paxmr4", "paxmr5")
+ALL_HOSTS = HOSTS + SPARES
 NFT_TABLE = "paxmr_testbed"
 # Short on purpose: a ControlPath must fit in a Unix socket address (108 bytes).
 CONTROL_DIR = Path("/run/paxmr-testbed")
@@ -156,6 +160,9 @@ DEFAULT_HOST_RECIPES = {
     "paxmr1": "debian12-stock",
     "paxmr2": "debian13-stock",
     "paxmr3": "debian12-stock",
+    # The spares reuse the same two bases: they cost no base build.
+    "paxmr4": "debian12-stock",
+    "paxmr5": "debian13-stock",
 }
 
 
@@ -167,7 +174,7 @@ def host_recipes(spec: str | None = None) -> dict[str, Recipe]:
         host, _, name = item.partition("=")
         if host not in chosen or name not in RECIPES:
             raise TestbedError(
-                f"bad host recipe {item!r}: hosts are {', '.join(HOSTS)}, "
+                f"bad host recipe {item!r}: hosts are {', '.join(ALL_HOSTS)}, "
                 f"recipes {', '.join(RECIPES)}"
             )
         chosen[host] = name
@@ -246,7 +253,8 @@ def _exclusive(
 
 
 class Testbed:
-    """Three systemd hosts paxmr1..3 at 10.77.0.11..13 on bridge paxmr-br0, reachable over ssh,
+    """Systemd hosts paxmr1..3 at 10.77.0.11..13 on bridge paxmr-br0 (`hosts`, which `up` boots)
+    and the spares paxmr4, paxmr5 at .14, .15 (`spares`, booted on demand), reachable over ssh,
     each booted from its recipe's base (`host_recipes`: Debian 12 and 13 as stock cloud images)."""
 
     __test__ = False  # not a pytest test class despite its name
@@ -254,6 +262,7 @@ class Testbed:
     def __init__(self, state_dir: Path | str = STATE_DIR) -> None:
         self.state_dir = Path(state_dir)
         self.hosts: list[str] = list(HOSTS)
+        self.spares: list[str] = list(SPARES)
         self.recipes = host_recipes()
         self.key = self.state_dir / "id_ed25519"
         self._lock_depth = 0
@@ -278,6 +287,10 @@ class Testbed:
         return None
 
     @property
+    def all_hosts(self) -> list[str]:
+        return [*self.hosts, *self.spares]
+
+    @property
     def ssh_config(self) -> Path:
         return self.state_dir / "ssh_config"
 
@@ -292,7 +305,7 @@ class Testbed:
         pairs = self._cut_pairs()
         return [
             peer
-            for peer in self.hosts
+            for peer in self.all_hosts
             if (self.address(host), self.address(peer)) in pairs
             or (self.address(peer), self.address(host)) in pairs
         ]
@@ -307,7 +320,7 @@ class Testbed:
                 "recipe": self.recipes[host].name,
                 "cut_from": self.cut_from(host),
             }
-            for host in self.hosts
+            for host in self.all_hosts
         ]
 
     # -- lifecycle -------------------------------------------------------------------------------
@@ -332,7 +345,7 @@ class Testbed:
     @_exclusive
     def down(self, purge: bool = False) -> None:
         """Remove hosts, disks, network and ssh config; `purge` also drops the cached bases."""
-        for host in self.hosts:
+        for host in self.all_hosts:
             self.stop(host)
             self._remove_disk(host)
         for group in self._cgroup_dirs(None):
@@ -377,12 +390,20 @@ class Testbed:
             self._start(host)
         self.wait_ssh(host, timeout)
 
+    @_exclusive
+    def reset(self, host: str, timeout: float = 60) -> None:
+        """Power the host off and boot it on a fresh disk from its base: a newly created VM at
+        the same address (ssh host key and machine-id new too)."""
+        self.stop(host)
+        self._remove_disk(host)
+        self.boot(host, timeout)
+
     # -- faults on the network -------------------------------------------------------------------
 
     @_exclusive
     def cut(self, host: str) -> None:
         """Drop all packets between `host` and its peers; the controller still reaches it."""
-        peers = [peer for peer in self.hosts if peer != host]
+        peers = [peer for peer in self.all_hosts if peer != host]
         pairs = self._cut_pairs()
         for peer in peers:
             pairs |= {
@@ -526,7 +547,7 @@ class Testbed:
     def _drop_unused_bases(self) -> None:
         """Unpacked bases go once no host disk sits on them; their tarballs stay (`--purge`)."""
         used = set()
-        for host in self.hosts:
+        for host in self.all_hosts:
             with contextlib.suppress(FileNotFoundError):
                 used.add((self._host_dir(host) / "base").read_text().strip())
         wanted = {recipe.key for recipe in RECIPES.values()}
@@ -557,9 +578,9 @@ class Testbed:
     # -- internals: hosts --------------------------------------------------------------------------
 
     def _index(self, host: str) -> int:
-        if host not in self.hosts:
-            raise TestbedError(f"unknown host {host!r}; the hosts are {', '.join(self.hosts)}")
-        return self.hosts.index(host) + 1
+        if host not in self.all_hosts:
+            raise TestbedError(f"unknown host {host!r}; the hosts are {', '.join(self.all_hosts)}")
+        return self.all_hosts.index(host) + 1
 
     def _host_dir(self, host: str) -> Path:
         return self.state_dir / "hosts" / host
@@ -612,7 +633,7 @@ class Testbed:
         (root / "etc/hostname").write_text(host + "\n")
         # Also pins the machine-id so the journal stays one directory across boots.
         (root / "etc/machine-id").write_text(uuid.uuid4().hex + "\n")
-        peers = "".join(f"{self.address(h)}\t{h}\n" for h in self.hosts)
+        peers = "".join(f"{self.address(h)}\t{h}\n" for h in self.all_hosts)
         (root / "etc/hosts").write_text(
             "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost\n"
             f"{CONTROLLER_ADDRESS}\tcontroller\n{peers}"
@@ -843,7 +864,7 @@ table inet {NFT_TABLE} {{
             f"    ControlPath {CONTROL_DIR}/%C\n"
             "    ControlPersist 60s\n"
             "    LogLevel ERROR\n"
-            for host in self.hosts
+            for host in self.all_hosts
         ]
         self.ssh_config.write_text("\n".join(entries))
 
@@ -893,7 +914,7 @@ def _remove_cgroup(group: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="testbed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="build (cached) and boot the three hosts; idempotent")
+    sub.add_parser("up", help="build (cached) and boot paxmr1..3 (not the spares); idempotent")
     down = sub.add_parser("down", help="remove the hosts, their disks and the network")
     down.add_argument("--purge", action="store_true", help="also drop the cached bases")
     sub.add_parser("status", help="per host: running, nspawn pid, address, cut from")
@@ -901,12 +922,13 @@ def main(argv: list[str] | None = None) -> int:
         ("stop", "clean poweroff"),
         ("crash", "SIGKILL the host's PID 1"),
         ("boot", "start on the same disk and wait for ssh"),
+        ("reset", "power off, then boot on a fresh disk"),
         ("cut", "drop packets between the host and its peers"),
         ("heal", "restore the host's links"),
     ):
-        sub.add_parser(name, help=text).add_argument("host", choices=HOSTS)
+        sub.add_parser(name, help=text).add_argument("host", choices=ALL_HOSTS)
     ssh = sub.add_parser("ssh", help="ssh to a host as deploy (ssh H -- CMD)")
-    ssh.add_argument("host", choices=HOSTS)
+    ssh.add_argument("host", choices=ALL_HOSTS)
     ssh.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="testbed: %(message)s")

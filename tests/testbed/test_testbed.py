@@ -23,7 +23,9 @@ def _pings(bed: Testbed, src: str, dst: str) -> bool:
 def test_hosts_and_addresses(testbed: Testbed) -> None:
     assert testbed.hosts == ["paxmr1", "paxmr2", "paxmr3"]
     assert [testbed.address(h) for h in testbed.hosts] == ["10.77.0.11", "10.77.0.12", "10.77.0.13"]
-    assert testbed.ssh_config.read_text().count("ControlPersist 60s") == 3
+    assert testbed.spares == ["paxmr4", "paxmr5"]  # booted only by the tests that need them
+    assert [testbed.address(h) for h in testbed.spares] == ["10.77.0.14", "10.77.0.15"]
+    assert testbed.ssh_config.read_text().count("ControlPersist 60s") == 5  # spares too
 
 
 # What stock Debian cloud images have and lack; the role must cope with exactly this.
