@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,12 +59,14 @@ class PlaybookRun:
         return self
 
 
-def playbook(name: str, *args: str, timeout: float = 600) -> PlaybookRun:
+def playbook(
+    name: str, *args: str, timeout: float = 600, inventory: Path = INVENTORY
+) -> PlaybookRun:
     """ansible-playbook from ansible/ (its ansible.cfg) against the testbed inventory."""
     env = {**os.environ, "ANSIBLE_NOCOLOR": "1", "PATH": f"{BIN}:{os.environ['PATH']}"}
     start = time.monotonic()
     proc = subprocess.run(
-        [str(BIN / "ansible-playbook"), "-i", str(INVENTORY), name, *args],
+        [str(BIN / "ansible-playbook"), "-i", str(inventory), name, *args],
         cwd=ANSIBLE_DIR, env=env, capture_output=True, text=True, timeout=timeout, check=False,
     )  # fmt: skip
     return PlaybookRun(name, proc.returncode, proc.stdout + proc.stderr, time.monotonic() - start)
@@ -74,9 +77,9 @@ class Cluster:
 
     (``tests.support.local.Cluster`` is the local one on loopback.)"""
 
-    def __init__(self, testbed: Testbed) -> None:
+    def __init__(self, testbed: Testbed, hosts: list[str] | None = None) -> None:
         self.testbed = testbed
-        self.hosts = list(testbed.hosts)
+        self.hosts = list(testbed.hosts if hosts is None else hosts)
 
     def cli(
         self, host: str, *args: str, user: str = "root", timeout: float = 120
@@ -149,4 +152,64 @@ class Cluster:
         path = f"/var/lib/paxmr/data/{name}"
         self.testbed.run(
             host, f"sudo -u paxmr paxmr gen-corpus --size {size} --seed {seed} {path}", timeout=120
+        )
+
+
+# Replicates one after another until the stop file exists, each with its own request id. A
+# replicate whose outcome is unknown (no quorum, a restarting node) is retried with the same id, as
+# the CLI tells an operator to do; one line per replicate: "ok ID RETRIES" (or "gave-up ID" after
+# 60 tries), and "retry ID ERROR" per failed attempt.
+_LOAD = r"""
+set -u
+i=0
+while [ ! -e "$2" ]; do
+  i=$((i+1)); id="$1-$i"; tries=0
+  until sudo paxmr replicate "$3" --request-id "$id" >/dev/null 2>/tmp/load-err; do
+    tries=$((tries+1)); echo "retry $id $(tr '\n' ' ' </tmp/load-err | head -c 200)"
+    [ $tries -ge 60 ] && { echo "gave-up $id"; continue 2; }
+    sleep 0.5
+  done
+  echo "ok $id $tries"
+done
+"""
+
+
+@dataclass
+class LoadResult:
+    acknowledged: list[str]  # request ids the client was told committed
+    retries: list[str]  # "retry ID ERROR" lines
+    gave_up: list[str]
+    output: str
+
+
+class Load:
+    """Replicates of `file` (a reduced tally in the data directory) on `host` over ssh, one after
+    another from start() until stop()."""
+
+    def __init__(self, testbed: Testbed, host: str, file: str) -> None:
+        self.testbed, self.host, self.file = testbed, host, file
+        self.stop_file = f"/tmp/paxmr-load-stop-{host}"
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> None:
+        self.testbed.run(self.host, f"sudo rm -f {self.stop_file}")
+        # Request ids unique to this load: the log keeps those of earlier tests and sessions.
+        prefix = f"{self.host}-{uuid.uuid4().hex[:8]}"
+        args = shlex.join(["load", prefix, self.stop_file, self.file])
+        self.proc = subprocess.Popen(
+            ["ssh", "-F", str(self.testbed.ssh_config), self.host, "--",
+             f"sh -c {shlex.quote(_LOAD)} {args}"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+
+    def stop(self) -> LoadResult:
+        assert self.proc is not None, "stop() before start()"
+        self.testbed.run(self.host, f"sudo touch {self.stop_file}")
+        out = self.proc.communicate(timeout=120)[0]
+        lines = out.splitlines()
+        return LoadResult(
+            [line.split()[1] for line in lines if line.startswith("ok ")],
+            [line for line in lines if line.startswith("retry ")],
+            [line for line in lines if line.startswith("gave-up ")],
+            out,
         )
