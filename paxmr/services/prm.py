@@ -430,7 +430,7 @@ class Prm:
         m = status.membership
         for learner in sorted(m.learners):
             if lengths.get(learner, -1) >= status.chosen - _CAUGHT_UP:
-                self.log.info("member_promoting", node=learner, epoch=m.epoch)
+                self.log.info("member_promoting", learner=learner, epoch=m.epoch)
                 self._promote_at = now + self.settings.timing.election_max
                 self._promoting = self._propose_change(
                     f"promote-{learner}-{m.epoch}", [*m.voters, learner], m.learners - {learner}

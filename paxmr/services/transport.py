@@ -494,7 +494,7 @@ class Transport:
             except FrameError as exc:
                 # From an authenticated peer: a bug or a version skew, not an attack. Drop the
                 # frame, keep the connection; the sequence moves on.
-                self.log.warning("frame_dropped", peer=label, node=peer, reason=str(exc))
+                self.log.warning("frame_dropped", peer=label, peer_node=peer, reason=str(exc))
                 expected += 1
                 continue
             if src != peer:
@@ -536,7 +536,7 @@ class Transport:
                     )
             except (OSError, TimeoutError, ssl.SSLError) as exc:
                 if isinstance(exc, ssl.SSLError):
-                    self.refusals.refused("peer_refused", f"TLS: {exc.reason}", node=peer)
+                    self.refusals.refused("peer_refused", f"TLS: {exc.reason}", peer_node=peer)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RECONNECT_MAX)
                 continue
