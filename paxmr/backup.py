@@ -26,21 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from paxmr.paxos import GENESIS_DIGEST
+from paxmr.storage import forget
 
 _CHUNK = 1 << 20
 
 
 class BackupError(Exception):
     """Not a paxmr storage, or a restore that would not be safe here."""
-
-
-def forget(conn: sqlite3.Connection) -> None:
-    """Make the database at ``conn`` a non-voting replica's: drop the acceptor state."""
-    with conn:
-        conn.execute("BEGIN IMMEDIATE")
-        conn.execute("DELETE FROM meta WHERE key != 'voting'")  # promises, rounds, recovery
-        conn.execute("INSERT OR REPLACE INTO meta VALUES ('voting', 0)")
-        conn.execute("DELETE FROM accepted")
 
 
 def describe(conn: sqlite3.Connection) -> dict[str, Any]:
@@ -52,7 +44,9 @@ def describe(conn: sqlite3.Connection) -> dict[str, Any]:
         row = conn.execute("SELECT digest FROM log ORDER BY slot DESC LIMIT 1").fetchone()
         voting = conn.execute("SELECT value FROM meta WHERE key = 'voting'").fetchone()
         ident = conn.execute("SELECT cluster_id, members FROM identity").fetchone()
-        promised = conn.execute("SELECT COUNT(*) FROM meta WHERE key != 'voting'").fetchone()
+        promised = conn.execute(
+            "SELECT COUNT(*) FROM meta WHERE key NOT IN ('voting', 'nonce', 'writes')"
+        ).fetchone()
         accepted = conn.execute("SELECT COUNT(*) FROM accepted").fetchone()
     except sqlite3.DatabaseError as exc:
         raise BackupError(f"not a paxmr storage: {exc}") from exc

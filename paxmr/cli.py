@@ -735,7 +735,7 @@ def refound_cmd(c: Ctx, survivor: Path, cluster_id: str, accept_data_loss: bool)
     member alike.
     """
     from paxmr.services import prm  # noqa: PLC0415
-    from paxmr.storage import Identity, Storage  # noqa: PLC0415
+    from paxmr.storage import Identity, Storage, mark_path  # noqa: PLC0415
 
     if not accept_data_loss:
         raise click.UsageError(
@@ -748,6 +748,7 @@ def refound_cmd(c: Ctx, survivor: Path, cluster_id: str, accept_data_loss: bool)
             f"{path} exists: move it away first (keep it until the new cluster works)"
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    mark_path(path).unlink(missing_ok=True)  # the old storage's: this one is new on purpose
     identity = Identity(cluster_id, tuple(sorted(n.id for n in c.settings.nodes)))
     storage = Storage.open(path, bootstrap=True, identity=identity)
     try:

@@ -2,13 +2,30 @@
 
 `commit` writes one Persist in one transaction; with synchronous=FULL it returns only after the
 WAL is fsynced, so the driver may send the Ready's messages as soon as it returns.
+
+A storage that goes back in time would vote with promises and accepts it has forgotten: an old
+prm.db copied back over the live one, or one copied without its -wal file. So every commit
+counts itself (meta `writes`, in the same transaction), and a small file beside the database,
+the high-water mark (prm.mark: the storage's random `nonce` and a count of writes it had made
+durable), is brought up to date at most once per MARK_INTERVAL while commits go on, and on open
+and close. `open` compares: a database of the same nonce with fewer writes than the mark went
+back in time, and a voting database of another nonce is not the storage this node last wrote
+(a re-founded one). Either is then made forgetful (`forget`: a replica that lost its storage,
+which fences before it votes again, see paxmr/paxos/acceptor.py) and says why (`demoted`).
+What this cannot see: a restore of the mark with the database (a whole-directory copy, a VM
+snapshot reverted) and a copy taken less than MARK_INTERVAL before the last commits.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import secrets
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from paxmr.paxos import (
@@ -24,9 +41,11 @@ from paxmr.paxos import (
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from paxmr.paxos import Persist
+
+# Seconds between high-water marks while commits go on: one small file write and two fsyncs
+# (file, directory) a second at most, off the commit's own fsync.
+MARK_INTERVAL = 1.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -53,10 +72,30 @@ class Identity:
     members: tuple[int, ...]
 
 
+def mark_path(db: Path) -> Path:
+    """The high-water mark of the storage at `db` (see the module's text)."""
+    return db.with_suffix(".mark")
+
+
+def forget(conn: sqlite3.Connection) -> None:
+    """Make the database at `conn` a non-voting replica's: drop the acceptor state (promises,
+    rounds, accepted values, recovery mark) and the storage's nonce and write count; keep the
+    chosen log and the identity. The state of a replica that lost its storage, plus a head
+    start on the log (a prefix of the chosen log is always true)."""
+    with conn:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("DELETE FROM meta WHERE key != 'voting'")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('voting', 0)")
+        conn.execute("DELETE FROM accepted")
+
+
 class Storage:
     def __init__(self, conn: sqlite3.Connection, path: str | Path) -> None:
         self._conn = conn
         self.path = path
+        # Why open made this storage forgetful, if it did (the PRM logs it).
+        self.demoted: str | None = None
+        self._marked_at = -float("inf")
 
     @classmethod
     def open(
@@ -83,7 +122,58 @@ class Storage:
                 conn.execute(
                     "INSERT INTO identity VALUES (0, ?, ?)", (identity.cluster_id, members)
                 )
-        return cls(conn, path)
+            _new_nonce(conn)
+        storage = cls(conn, path)
+        storage.demoted = storage._check_mark()
+        storage.mark()
+        return storage
+
+    def _counters(self) -> tuple[int, int, bool]:
+        meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+        return meta["nonce"], meta.get("writes", 0), bool(meta["voting"])
+
+    def _check_mark(self) -> str | None:
+        """Why this database may not vote with what it holds, if the mark shows it went back
+        in time or is not the storage this node last wrote; it is then made forgetful."""
+        try:
+            mark = json.loads(mark_path(Path(self.path)).read_text())
+        except FileNotFoundError:
+            return None
+        nonce, writes, voting = self._counters()
+        if mark["nonce"] == nonce and mark["writes"] > writes:
+            why = (
+                f"prm.db went back in time: it holds {writes} writes, this node had made"
+                f" {mark['writes']} durable (an old copy, or one without its -wal file)"
+            )
+        elif mark["nonce"] != nonce and voting:
+            why = (
+                "prm.db is not the storage this node last wrote (another one's high-water mark"
+                " is beside it): founded again over a node of a running cluster?"
+            )
+        else:
+            return None
+        forget(self._conn)
+        with self._conn as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            _new_nonce(conn)
+        return why
+
+    def mark(self) -> None:
+        """Bring the high-water mark up to date (atomically: a new file renamed over it)."""
+        nonce, writes, _ = self._counters()
+        path = mark_path(Path(self.path))
+        part = path.with_name(f".{path.name}.part")
+        with part.open("w") as out:
+            json.dump({"nonce": nonce, "writes": writes}, out)
+            out.flush()
+            os.fsync(out.fileno())
+        part.replace(path)
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._marked_at = time.monotonic()
 
     def take_over(self, survivor: Path) -> int:
         """Copy the applied log of `survivor` (another node's database) into this new one:
@@ -110,6 +200,7 @@ class Storage:
         return Identity(row[0], tuple(int(m) for m in row[1].split(",")))
 
     def close(self) -> None:
+        self.mark()
         self._conn.close()
 
     def load(self, *, values: bool = True) -> DurableState:
@@ -187,6 +278,7 @@ class Storage:
         meta = _meta(persist)
         with conn:
             conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if persist.unfenced:
                 conn.execute("DELETE FROM meta WHERE key = 'recover_until'")
@@ -210,6 +302,8 @@ class Storage:
                     rows.append((entry.slot, entry.request_id, entry.value, entry.position, digest))
                 conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
                 conn.execute("DELETE FROM accepted WHERE slot < ?", (persist.log[-1].slot + 1,))
+        if time.monotonic() - self._marked_at >= MARK_INTERVAL:
+            self.mark()
 
     def length(self) -> int:
         """Applied slots, no-ops included."""
@@ -220,6 +314,13 @@ class Storage:
         """Running SHA-256 over the applied requests (paxmr.paxos.log.chain_digest)."""
         row = self._conn.execute("SELECT digest FROM log ORDER BY slot DESC LIMIT 1").fetchone()
         return bytes(row[0]) if row is not None else GENESIS_DIGEST
+
+
+def _new_nonce(conn: sqlite3.Connection) -> None:
+    """Name the storage (if it has no name yet: a new or a forgotten one), with no writes."""
+    if conn.execute("SELECT 1 FROM meta WHERE key = 'nonce'").fetchone() is None:
+        conn.execute("INSERT INTO meta VALUES ('nonce', ?)", (secrets.randbits(62),))
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('writes', 0)")
 
 
 def _meta(persist: Persist) -> list[tuple[str, int]]:

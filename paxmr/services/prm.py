@@ -29,7 +29,7 @@ from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Hello, Transport, ask_cluster
 from paxmr.settings import ConfigError, NodeAddress, Settings
-from paxmr.storage import Identity, Storage
+from paxmr.storage import Identity, Storage, mark_path
 from paxmr.wordcount import tally
 
 if TYPE_CHECKING:
@@ -50,10 +50,18 @@ def backup_dir(settings: Settings) -> Path:
 
 
 def uninitialized(settings: Settings) -> Path:
-    """Where this node's storage goes; FileExistsError if it is there already."""
+    """Where this node's storage goes; FileExistsError if it is there already, or if this node
+    held one (its high-water mark is still there: storage.py)."""
     path = db_path(settings)
     if path.exists():
         raise FileExistsError(f"{path} already exists: this node is initialized")
+    if (mark := mark_path(path)).exists():
+        raise FileExistsError(
+            f"{mark} is there: this node held a storage of a cluster, and founding it again"
+            " would let it vote with promises it forgot. A node that lost its prm.db starts"
+            " without init (it rejoins fenced); remove the mark only to found a new cluster"
+            " on purpose"
+        )
     return path
 
 
@@ -1062,6 +1070,8 @@ class Prm:
 
 async def main(settings: Settings) -> None:
     storage = Storage.open(db_path(settings))
+    if storage.demoted:
+        logs.get().error("storage_demoted", reason=storage.demoted, voting=False)
     try:
         prm = Prm(settings, storage)  # refuses a member without an address (member_addresses)
     except ConfigError:

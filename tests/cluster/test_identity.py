@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
+import time
 import tomllib
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 
 from paxmr import local
 from paxmr.services import prm
+from paxmr.storage import MARK_INTERVAL, mark_path
 from tests.support.local import Node, running_cluster, service_env, sigkill, small_tally
 from tests.support.wait import CONVERGE_S, wait_until
 
@@ -128,6 +130,11 @@ def test_a_member_refounded_by_mistake_is_refused_by_its_peers() -> None:
         db = three.settings.state_dir / "prm.db"
         for suffix in ("", "-wal", "-shm"):
             Path(f"{db}{suffix}").unlink(missing_ok=True)
+        # prm.db gone but its high-water mark still there: init refuses without asking anyone.
+        result = three.cli("init", "--found")
+        assert result.returncode == 1, result.stderr
+        assert "this node held a storage of a cluster" in result.stderr
+        mark_path(db).unlink()  # the disk replaced: the mark went with it
         real = cluster_id(one)
         for args in (("--cluster-id", "mistake"), (), ("--cluster-id", real)):
             result = three.cli("init", "--found", *args)
@@ -158,10 +165,10 @@ def test_founding_members_started_one_by_one_found_one_cluster(tmp_path: Path) -
     with running_cluster() as cluster:
         root = cluster.root
         local.down(root)
-        for n in cluster.nodes:
+        for n in cluster.nodes:  # new machines: no storage, no high-water mark
             db = n.settings.state_dir / "prm.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), mark_path(db)):
+                path.unlink(missing_ok=True)
         first, second = cluster.node(1), cluster.node(2)
         assert first.cli("init", "--found", "--cluster-id", "fresh").returncode == 0
         with service_env():
@@ -197,8 +204,8 @@ def test_a_member_refounded_by_mistake_is_refused_by_a_peer_that_lost_its_disk()
         for node, found in ((two, False), (three, True)):
             sigkill(node.prm_pid())
             db = node.settings.state_dir / "prm.db"
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
+            for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), mark_path(db)):
+                path.unlink(missing_ok=True)  # the disk replaced
             if found:  # init refuses while node 1 answers: founded while the peers were down
                 prm.initialize(node.settings, "mistake")
             with service_env():
@@ -219,3 +226,41 @@ def test_a_member_refounded_by_mistake_is_refused_by_a_peer_that_lost_its_disk()
         )
         assert three.status()["entries"] == 0  # it learned nothing of the old cluster's log
         assert refused_by_two()
+
+
+def test_an_old_prm_db_put_back_rejoins_fenced_and_says_why() -> None:
+    """The third unsafe operation of issue 9: node 2's prm.db replaced by an older raw copy
+    (as a restore from a file backup would), its PRM killed first. Voting with it would break
+    promises and accepts it made since. The PRM opens it, sees from the high-water mark that
+    it went back in time, logs why, and starts it as a replica that lost its storage: it
+    fences, catches up and votes again, and the logs agree."""
+    with running_cluster() as cluster:
+        one, two = cluster.node(1), cluster.node(2)
+        one.replicate(small_tally(one, "t0_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        db = two.settings.state_dir / "prm.db"
+        old = two.settings.state_dir.parent / "old-prm.db"
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as src,
+            contextlib.closing(sqlite3.connect(old)) as dst,
+        ):
+            src.backup(dst)
+        one.replicate(small_tally(one, "t1_reduced"))
+        time.sleep(MARK_INTERVAL * 1.5)  # the next commit brings the mark up to date
+        one.replicate(small_tally(one, "t2_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        sigkill(two.prm_pid())
+        for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+            path.unlink(missing_ok=True)
+        shutil.copy(old, db)
+        with service_env():
+            local.restart(cluster.root, 2, "prm")
+
+        def demoted() -> list[dict[str, object]]:
+            return two.log_events("storage_demoted")
+
+        (event,) = wait_until(demoted, "node 2 says its storage went back", timeout=CONVERGE_S)
+        assert "prm.db went back in time" in str(event["reason"])
+        wait_until(lambda: two.status()["voting"], "node 2 votes again", timeout=CONVERGE_S)
+        one.replicate(small_tally(one, "t3_reduced"))
+        cluster.converged(timeout=CONVERGE_S)

@@ -1,0 +1,105 @@
+"""A storage that went back in time does not vote with what it forgot (storage.py): an old copy
+of prm.db put back, one copied without its -wal file, a voting one founded over a node that held
+another. Each is made forgetful on open and says why; a storage that lost nothing is left alone."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+from paxmr.paxos import Ballot, Entry, LogEntry, Persist
+from paxmr.storage import Identity, Storage, mark_path
+
+A = Entry("a", b"alpha")
+
+
+def _write(storage: Storage, round_: int) -> None:
+    storage.commit(Persist(promised=Ballot(round_, 2), accepted={round_: (Ballot(round_, 2), A)}))
+
+
+def _copy(db: Path, to: Path) -> None:
+    """A consistent raw copy of a live database (as a file copy of a quiet one would be)."""
+    with (
+        contextlib.closing(sqlite3.connect(db)) as src,
+        contextlib.closing(sqlite3.connect(to)) as dst,
+    ):
+        src.backup(dst)
+
+
+def _put_back(copy: Path, db: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(f"{db}{suffix}").unlink(missing_ok=True)
+    shutil.copy(copy, db)
+
+
+def test_an_old_copy_put_back_is_made_forgetful(tmp_path: Path) -> None:
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True, identity=Identity("c", (1, 2, 3)))
+    storage.commit(Persist(log=[LogEntry(0, "a", b"alpha", 0)]))
+    _write(storage, 1)
+    _copy(db, tmp_path / "old.db")
+    _write(storage, 2)  # promised round 2 and accepted in it: the copy forgot both
+    storage.close()
+    _put_back(tmp_path / "old.db", db)
+
+    reopened = Storage.open(db)
+    assert reopened.demoted is not None
+    assert "went back in time: it holds 2 writes, this node had made 3 durable" in reopened.demoted
+    state = reopened.load()
+    assert (state.voting, state.promised, state.accepted) == (False, Ballot(0, 0), {})
+    assert [e.request_id for e in state.log] == ["a"]  # the chosen log stays
+    assert reopened.identity() == Identity("c", (1, 2, 3))
+    reopened.close()
+    assert Storage.open(db).demoted is None  # told once: it is a new, forgetful storage now
+
+
+def test_a_copy_without_its_wal_file_is_made_forgetful(tmp_path: Path) -> None:
+    """Commits sit in the -wal file until a checkpoint: the database file alone is older."""
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    _write(storage, 1)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # write 1 is in the database file now
+    _write(storage, 2)  # and write 2 only in the -wal file
+    storage.mark()  # as the commits of the last MARK_INTERVAL would
+    shutil.copy(db, tmp_path / "main-file-only.db")
+    storage.close()
+    _put_back(tmp_path / "main-file-only.db", db)
+
+    reopened = Storage.open(db)
+    assert reopened.demoted is not None
+    assert "went back in time" in reopened.demoted
+    assert not reopened.load().voting
+
+
+def test_a_voting_storage_founded_beside_another_ones_mark_is_made_forgetful(
+    tmp_path: Path,
+) -> None:
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    _write(storage, 1)
+    storage.close()
+    db.unlink()
+    refounded = Storage.open(db, bootstrap=True)
+    assert refounded.demoted is not None
+    assert "not the storage this node last wrote" in refounded.demoted
+    assert not refounded.load().voting
+
+
+def test_storage_that_lost_nothing_is_left_alone(tmp_path: Path) -> None:
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    for round_ in range(1, 5):
+        _write(storage, round_)
+    storage.close()
+    reopened = Storage.open(db)
+    assert reopened.demoted is None
+    assert reopened.load().promised == Ballot(4, 2)
+    reopened.close()
+    # A lost disk (a new, non-voting storage beside the old mark) is already forgetful.
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm")):
+        path.unlink(missing_ok=True)
+    assert mark_path(db).exists()
+    assert Storage.open(db).demoted is None
