@@ -1,10 +1,23 @@
-"""Replication through a real local cluster: latency, throughput, failover and catch-up."""
+"""Replication through a real local cluster: latency, throughput, failover and catch-up.
+
+Each figure comes with the floors measured in the same run on the same disk and loopback: a
+durable SQLite commit of one small row and of the tally's bytes (WAL, synchronous=FULL, as the
+PRM commits) and a TCP round trip between two processes. A commit through a leader and a
+follower needs at least the leader's commit of the chosen entry after the follower's commit of
+its accept and one round trip (floor_ms). The *_cpu_ms figures are the CPU time of the three
+PRMs and their workers per replicate: on a busy machine they move less than the latencies.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import signal
+import socket
+import sqlite3
+import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -22,6 +35,96 @@ def _replicate(settings: Settings, file: str) -> float:
     started = time.perf_counter()
     control.call(settings.prm_socket, "replicate", {"file": file, "request_id": uuid.uuid4().hex})
     return time.perf_counter() - started
+
+
+def _one_client(settings: Settings, file: str, count: int) -> list[float]:
+    """Seconds of each of ``count`` replicates one after another on one control connection
+    (as a client that keeps its connection: connecting is not the commit path)."""
+    took = []
+    with control.Client(settings.prm_socket) as c:
+        for _ in range(count):
+            started = time.perf_counter()
+            c.call("replicate", {"file": file, "request_id": uuid.uuid4().hex})
+            took.append(time.perf_counter() - started)
+    return took
+
+
+def fsync_commits(directory: Path, value: bytes, count: int) -> list[float]:
+    """Seconds of each of ``count`` durable SQLite commits of one row holding ``value``, as the
+    PRM's storage makes them (WAL, synchronous=FULL), in ``directory``."""
+    path = directory / f"floor-{uuid.uuid4().hex}.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=FULL")
+        conn.execute("CREATE TABLE t (k INTEGER PRIMARY KEY, v BLOB NOT NULL)")
+        took = []
+        for k in range(count):
+            started = time.perf_counter()
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT INTO t VALUES (?, ?)", (k, value))
+            took.append(time.perf_counter() - started)
+        return took
+    finally:
+        conn.close()
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+# A TCP echo server in a process of its own (a thread would share this process's GIL).
+_ECHO = """
+import socket, sys
+s = socket.create_server(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+c, _ = s.accept()
+c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+while data := c.recv(65536):
+    c.sendall(data)
+"""
+
+
+def round_trips(count: int) -> list[float]:
+    """Seconds of each of ``count`` round trips of 64 bytes over loopback TCP to another
+    process."""
+    echo = subprocess.Popen(  # noqa: S603 - our own interpreter and program
+        [sys.executable, "-c", _ECHO], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert echo.stdout is not None
+        port = int(echo.stdout.readline())
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            took = []
+            for _ in range(count):
+                started = time.perf_counter()
+                s.sendall(b"x" * 64)
+                got = 0
+                while got < 64:
+                    got += len(s.recv(64 - got))
+                took.append(time.perf_counter() - started)
+            return took
+    finally:
+        echo.kill()
+        echo.wait()
+
+
+def _cpu_seconds(root: Path) -> float:
+    """CPU seconds used so far by the cluster's PRMs and their worker processes (each service
+    runs in a session of its own: local._spawn). Less at the mercy of the machine's load than
+    wall-clock time, so before and after a change compare even on a busy machine."""
+    sessions = {s.pid for s in local.load_state(root) if s.name == "prm"}
+    ticks = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue  # gone meanwhile
+        if int(fields[3]) in sessions:  # session id; utime and stime follow at 11 and 12
+            ticks += int(fields[11]) + int(fields[12])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _status(settings: Settings) -> dict[str, Any]:
@@ -42,7 +145,7 @@ def _leader(nodes: list[Settings], timeout: float = 10.0) -> int:
 
 def _ms(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
+    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
 
 
 def _many(settings: Settings, file: str, total: int, clients: int) -> float:
@@ -92,6 +195,7 @@ def sequential(count: int) -> list[float]:
 
 
 def run(sequential: int, concurrent: int, catchup: int) -> dict[str, Any]:
+    load_before = os.getloadavg()[0]
     with _cluster() as (root, nodes, leader):
         small, big = _tallies(leader)
         tally_bytes = (leader.data_dir / big).stat().st_size
@@ -99,9 +203,19 @@ def run(sequential: int, concurrent: int, catchup: int) -> dict[str, Any]:
             for name in (small, big):
                 (s.data_dir / name).write_bytes((leader.data_dir / name).read_bytes())
 
-        seq = [_replicate(leader, small) for _ in range(sequential)]
+        # The floors, on the disk the cluster's storage is on, before the cluster is busy.
+        fsync = fsync_commits(root, b"x" * 200, 300)
+        fsync_big = fsync_commits(root, (leader.data_dir / big).read_bytes(), 30)
+        rtt = round_trips(1000)
+
+        cpu = [_cpu_seconds(root)]
+        seq = _one_client(leader, small, sequential)
+        cpu.append(_cpu_seconds(root))
         concurrent_per_s = _many(leader, small, concurrent, 64)
-        big_lat = [_replicate(leader, big) for _ in range(30)]
+        cpu.append(_cpu_seconds(root))
+        big_lat = _one_client(leader, big, 30)
+        cpu.append(_cpu_seconds(root))
+        seq_cpu, concurrent_cpu, big_cpu = (b - a for a, b in itertools.pairwise(cpu))
 
         # Failover: SIGKILL the leader's PRM, time until a survivor commits.
         old = leader.node_id
@@ -125,14 +239,26 @@ def run(sequential: int, concurrent: int, catchup: int) -> dict[str, Any]:
             time.sleep(0.005)
         catchup_s = time.perf_counter() - resumed
     return {
+        "fsync_p50_ms": _ms(fsync, 0.5),
+        "fsync_per_s": round(len(fsync) / sum(fsync), 1),
+        "tally_fsync_p50_ms": _ms(fsync_big, 0.5),
+        "rtt_p50_ms": _ms(rtt, 0.5),
+        "floor_ms": round(_ms(fsync, 0.5) * 2 + _ms(rtt, 0.5), 2),
         "seq_p50_ms": _ms(seq, 0.5),
         "seq_p99_ms": _ms(seq, 0.99),
+        "seq_cpu_ms": round(seq_cpu * 1000 / len(seq), 3),
         "seq_per_s": round(len(seq) / sum(seq), 1),
         "concurrent_per_s": round(concurrent_per_s, 1),
+        "concurrent_cpu_ms": round(concurrent_cpu * 1000 / concurrent, 3),
         "tally_bytes": tally_bytes,
         "tally_p50_ms": _ms(big_lat, 0.5),
         "tally_p99_ms": _ms(big_lat, 0.99),
+        "tally_cpu_ms": round(big_cpu * 1000 / len(big_lat), 3),
         "failover_s": round(failover_s, 3),
         "catchup_entries": catchup,
         "catchup_s": round(catchup_s, 3),
+        "seq_p50_vs_floor": round(_ms(seq, 0.5) / (_ms(fsync, 0.5) * 2 + _ms(rtt, 0.5)), 2),
+        "concurrent_vs_fsync_per_s": round(concurrent_per_s * sum(fsync) / len(fsync), 2),
+        "tally_p50_vs_fsync": round(_ms(big_lat, 0.5) / _ms(fsync_big, 0.5), 2),
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
