@@ -185,21 +185,13 @@ def validate(value: bytes) -> str | None:
     return None
 
 
-def parse_tally(data: bytes, file: str, node: int, request_id: str) -> tuple[bytes, str]:
-    """A tally file's bytes as a log object's value, and its digest (raises tally.TallyError)."""
+def parse_tally(
+    data: bytes, file: str, node: int, request_id: str
+) -> tuple[bytes, str, dict[str, Any]]:
+    """A tally file's bytes as a log object's value, its digest and its summary (at position
+    0; raises tally.TallyError)."""
     obj = LogObject.from_tally(io.BytesIO(data), file, node, request_id)
-    return obj.encode(), obj.digest
-
-
-def same_tally(landed: bytes, file: str, digest: str) -> bool:
-    manifest = chunks.manifest(landed)
-    if manifest is not None:
-        return (manifest.file, manifest.digest) == (file, digest)
-    try:
-        obj = LogObject.decode(landed)
-    except BadLogObject:
-        return False  # a forged entry under this request id: a conflict
-    return (obj.file, obj.digest) == (file, digest)
+    return obj.encode(), obj.digest, obj.summary(0)
 
 
 _connections: dict[str, sqlite3.Connection] = {}

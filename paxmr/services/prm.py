@@ -235,7 +235,9 @@ class Prm:
         self.slots_applied = durable.stored.length  # what queries see (the core runs ahead)
         self.log_bytes = durable.stored.value_bytes  # of what queries see
         self._submitted_bytes: dict[str, int] = {}  # this node's requests awaiting an outcome
-        self._reader = durable.stored.store  # the applied values, read back from storage
+        # The value and summary of each log object this node encoded and awaits: applied with
+        # these very bytes, it is shown without decoding it again (_summary).
+        self._encoded: dict[str, tuple[bytes, dict[str, Any]]] = {}
         self._restore_catalog(durable.stored)
         self._storage_lock = asyncio.Lock()  # one writer on the connection: commits, summaries
         self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
@@ -311,16 +313,21 @@ class Prm:
                 self._record(entry, summary)
                 if entry.position is not None:
                     self.log.debug("applied", slot=entry.slot, position=entry.position)
-            if made:  # stored before shown: a restart then finds them (_restore_catalog)
-                async with self._storage_lock:
-                    await asyncio.to_thread(self.storage.save_summaries, made)
             self._progress.set()
             self._progress = asyncio.Event()
+            # Shown before they are stored: a restart makes a missing one again
+            # (_restore_catalog), and a replicate's reply need not wait for this write.
+            if made:
+                async with self._storage_lock:
+                    await asyncio.to_thread(self.storage.save_summaries, made)
 
     async def _summary(self, entry: paxos.LogEntry) -> dict[str, Any]:
         """The summary of an applied position: a chunked one is assembled from storage (where
         its chunks and itself are once committed) in a worker."""
         assert entry.position is not None
+        encoded = self._encoded.get(entry.request_id)
+        if encoded is not None and encoded[0] == entry.value:
+            return {**encoded[1], "position": entry.position}
         manifest = chunks.manifest(entry.value)
         if manifest is not None:
             db = str(db_path(self.settings))
@@ -522,7 +529,7 @@ class Prm:
         rid = args.request_id
         if rid.startswith(paxos.CHUNK_PREFIX):
             raise control.ControlError("invalid", "this request id prefix is reserved for chunks")
-        value, digest = await self._log_object(args)
+        value, digest, summary = await self._log_object(args)
         part_bytes = self.settings.limits.value_bytes
         if len(value) > part_bytes:
             # Larger than one value: its chunks, then the manifest that commits them (chunks.py).
@@ -536,19 +543,27 @@ class Prm:
                     raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
                 await self._replicate_chunks(rid, manifest, parts)
             del parts
-        future = self.waiting.get(rid) or self._submit(rid, value)
+        future = self.waiting.get(rid)
+        if future is None:
+            future = self._submit(rid, value)
+            if len(value) <= part_bytes:  # not a manifest: its summary is the object's
+                self._encoded[rid] = (value, summary)
         # Submitted (here or by a concurrent call with this id): from now on every failure leaves
         # the outcome unknown, and says so with the request id to retry with.
         try:
-            return await self._outcome(args, future, value, digest)
+            return await self._outcome(args, future, digest)
         except control.ControlError:
             raise
         except Exception as exc:
             self.log.exception("replicate_failed", request_id=rid)
             raise _unknown("interrupted", f"replicate failed: {exc!r}", rid) from exc
+        finally:
+            if self._encoded.get(rid, (None,))[0] is value:
+                del self._encoded[rid]
 
-    async def _log_object(self, args: ReplicateArgs) -> tuple[bytes, str]:
-        """The log object's value for the tally file `args.file`, and its digest."""
+    async def _log_object(self, args: ReplicateArgs) -> tuple[bytes, str, dict[str, Any]]:
+        """The log object's value for the tally file `args.file`, its digest and its summary
+        (heavy.parse_tally)."""
         with paths.open_input(self.settings.data_dir, args.file) as source:  # race-free
             size = os.fstat(source.fileno()).st_size
             limit = self.settings.limits.tally_bytes
@@ -568,7 +583,7 @@ class Prm:
                 obj = LogObject.from_tally(source, args.file, node, rid)
             except tally.TallyError as exc:
                 raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
-            return obj.encode(), obj.digest
+            return obj.encode(), obj.digest, obj.summary(0)
 
     def _submit(self, rid: str, value: bytes) -> asyncio.Future[paxos.Committed | paxos.Refused]:
         """Submit to the core; or refuse as busy or over quota, with nothing submitted."""
@@ -618,7 +633,6 @@ class Prm:
         self,
         args: ReplicateArgs,
         future: asyncio.Future[paxos.Committed | paxos.Refused],
-        value: bytes,
         digest: str,
     ) -> dict[str, Any]:
         rid = args.request_id
@@ -636,11 +650,11 @@ class Prm:
         if isinstance(outcome, paxos.Refused):
             raise control.ControlError(outcome.code, f"replicate refused: {outcome.reason}")
         await self._shown(outcome.slot)  # a read on this node after the reply sees it
-        landed = (await asyncio.to_thread(self._reader.read, outcome.slot, 1, 0))[0].value
-        # The same retry sent through another node differs only in its "node" field.
-        if landed != value and not await self.apply_pool.run(
-            heavy.same_tally, landed, args.file, digest
-        ):
+        # What landed, as shown (decoded, or this very value: _summary): the same retry sent
+        # through another node differs only in its "node" field.
+        position = outcome.position
+        landed = self.catalog.summaries[position] if position is not None else {}
+        if (landed.get("file"), landed.get("digest")) != (args.file, digest):
             raise control.ControlError(
                 "conflict",
                 f"request id {rid} is already in the log at position"
