@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import msgpack
 
@@ -41,9 +41,17 @@ class LogObject:
     digest: str
 
     @classmethod
-    def from_tally(cls, path: Path | BinaryIO, file: str, node: int, request_id: str) -> LogObject:
+    def from_tally(cls, path: Path, file: str, node: int, request_id: str) -> LogObject:
         """Raises ``tally.TallyError`` when ``path`` is not a valid tally."""
-        return cls.from_counts(file, node, request_id, tally.iterate(path, file))
+        return cls.from_tally_bytes(path.read_bytes(), file, node, request_id)
+
+    @classmethod
+    def from_tally_bytes(cls, data: bytes, file: str, node: int, request_id: str) -> LogObject:
+        """From a whole tally file's bytes (raises ``tally.TallyError``). A valid tally is
+        exactly its lines in the file format, so its digest is the SHA-256 of ``data``."""
+        words, counts = tally.parse(data, file)
+        digest = hashlib.sha256(data).hexdigest()
+        return cls(file, node, request_id, tuple(words), tuple(counts), digest)
 
     @classmethod
     def from_counts(

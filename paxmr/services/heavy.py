@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import multiprocessing
 import os
 import sqlite3
@@ -190,7 +189,7 @@ def parse_tally(
 ) -> tuple[bytes, str, dict[str, Any]]:
     """A tally file's bytes as a log object's value, its digest and its summary (at position
     0; raises tally.TallyError)."""
-    obj = LogObject.from_tally(io.BytesIO(data), file, node, request_id)
+    obj = LogObject.from_tally_bytes(data, file, node, request_id)
     return obj.encode(), obj.digest, obj.summary(0)
 
 

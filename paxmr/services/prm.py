@@ -580,7 +580,7 @@ class Prm:
                             heavy.parse_tally, data, args.file, node, rid
                         )
                 # Cheaper here than the hand-off to a worker.
-                obj = LogObject.from_tally(source, args.file, node, rid)
+                obj = LogObject.from_tally_bytes(source.read(), args.file, node, rid)
             except tally.TallyError as exc:
                 raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
             return obj.encode(), obj.digest, obj.summary(0)

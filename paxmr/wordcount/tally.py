@@ -16,7 +16,10 @@ import contextlib
 import errno
 import heapq
 import io
+import itertools
+import operator
 import os
+import re
 import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -151,6 +154,25 @@ class _Unclosed(io.RawIOBase):
         data = self.raw.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
+
+
+# Every line of a valid tally, matched at once in C: a word without whitespace (WHITESPACE),
+# a tab, a count without a leading zero, a newline.
+_VALID_LINES = re.compile(rb"(?:[^ \t\n\x0b\x0c\r]+\t[1-9][0-9]*\n)*")
+
+
+def parse(data: bytes, name: str = "tally") -> tuple[list[bytes], list[int]]:
+    """A whole tally held in memory: its words and counts, validated as `iterate` validates,
+    several times faster (a replicate parses one). An invalid one goes through `iterate`,
+    whose error names the line."""
+    if data.startswith(HEADER) and _VALID_LINES.fullmatch(data, len(HEADER)):
+        # word, count, word, count, ..., b"": each line is one word, a tab, one count.
+        fields = data[len(HEADER) :].replace(b"\t", b"\n").split(b"\n")
+        words = fields[0:-1:2]
+        if all(map(operator.lt, words, itertools.islice(words, 1, None))):
+            return words, list(map(int, fields[1::2]))
+    pairs = list(iterate(io.BytesIO(data), name))
+    return [word for word, _ in pairs], [count for _, count in pairs]
 
 
 def read(source: Path | BinaryIO, name: str | None = None) -> dict[bytes, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import threading
 from collections import Counter
 from pathlib import Path
@@ -177,3 +178,61 @@ def test_concurrent_writes_of_one_tally_in_one_process(tmp_path: Path) -> None:
     # Each write is atomic: the file is one whole tally, the one renamed last.
     assert tally.read(path) == {b"a": 1, b"b": 1}
     assert no_temp_files(tmp_path)
+
+
+def _parsed(parse: object) -> object:
+    """What a parse returns, or the error it raises (message included)."""
+    try:
+        return parse()  # type: ignore[operator]
+    except tally.TallyError as exc:
+        return str(exc)
+
+
+# Tally-like text: valid lines, and lines broken in every way the format refuses.
+_pieces = st.sampled_from([b"a", b"b", b"\xff", b"\t", b"\n", b" ", b"0", b"1", b"9", b"\x0b"])
+_fields = st.tuples(
+    st.sampled_from([b"a", b"ab", b"b", b"\xff", b"", b"a b", b"a\x0bb", b"a\tb"]),
+    st.sampled_from([b"1", b"10", b"0", b"01", b"", b"-1", b"1 ", b"\xd9\xa3", b"9" * 25]),
+)
+_lines = st.one_of(
+    st.builds(lambda w, n: b"%s\t%d\n" % (w, n), words, st.integers(1, 10**20)),
+    _fields.map(lambda f: b"%s\t%s\n" % f),
+    st.lists(_pieces, max_size=6).map(b"".join),
+)
+
+
+@given(lines=st.lists(_lines, max_size=12), header=st.sampled_from([tally.HEADER, b"", b"x\n"]))
+def test_parse_of_bytes_is_iterate(lines: list[bytes], header: bytes) -> None:
+    fast, slow = _both(header + b"".join(lines))
+    assert fast == slow
+
+
+def _both(data: bytes) -> tuple[object, object]:
+    pairs = _parsed(lambda: list(tally.iterate(io.BytesIO(data), "f")))
+    if isinstance(pairs, list):
+        pairs = ([w for w, _ in pairs], [n for _, n in pairs])
+    return _parsed(lambda: tally.parse(data, "f")), pairs
+
+
+@given(counts=counts)
+def test_parse_of_a_valid_tally_gives_its_counts(counts: dict[bytes, int]) -> None:
+    data = tally.HEADER + b"".join(b"%s\t%d\n" % item for item in sorted(counts.items()))
+    assert tally.parse(data) == (sorted(counts), [counts[w] for w in sorted(counts)])
+
+
+_BROKEN = [b"a\t01\n", b"a\t0\n", b"a\t-1\n", b"a\t\n", b"a b\t1\n", b"a\x0bb\t1\n",
+           b"\t1\n", b"a\t1\t1\n", b"a\t\xd9\xa3\n", b"a 1\n", b"a\t+1\n"]  # fmt: skip
+
+
+@given(counts=counts, at=st.integers(0, 60), broken=st.sampled_from([*_BROKEN, None]))
+def test_parse_refuses_what_iterate_refuses(
+    counts: dict[bytes, int], at: int, broken: bytes | None
+) -> None:
+    """A valid tally with one line broken, or (None) one line repeated: the same error."""
+    lines = [b"%s\t%d\n" % item for item in sorted(counts.items())]
+    where = min(at, len(lines))
+    lines.insert(where, broken if broken is not None else (lines or [b"a\t1\n"])[where - 1])
+    fast, slow = _both(tally.HEADER + b"".join(lines))
+    assert fast == slow
+    if broken is not None or len(lines) > 1:
+        assert isinstance(fast, str), fast
