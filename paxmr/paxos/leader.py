@@ -22,23 +22,23 @@ class Proposal:
 
 @dataclass
 class Takeover:
-    """What a new leader must propose: slots below `chosen_len` are chosen already (it fetches
+    """What a new leader must propose: slots below `length` are chosen already (it fetches
     them); slots from there to `end` get the highest-ballot value any promise reported, or a
     no-op; new requests go from `end` on."""
 
-    chosen_len: int
+    length: int
     end: int
     values: dict[int, Entry]
 
 
 def plan_takeover(promises: Iterable[Promise], own_len: int) -> Takeover:
     promises = list(promises)
-    chosen_len = max([own_len, *(p.chosen_len for p in promises)])
+    length = max([own_len, *(p.length for p in promises)])
     best: dict[int, tuple[Ballot, Entry]] = {}
     for promise in promises:
         for acc in promise.accepted:
-            if acc.slot >= chosen_len and (acc.slot not in best or best[acc.slot][0] < acc.ballot):
+            if acc.slot >= length and (acc.slot not in best or best[acc.slot][0] < acc.ballot):
                 best[acc.slot] = (acc.ballot, acc.entry)
-    end = max([chosen_len, *(s + 1 for s in best)])
-    values = {s: best[s][1] if s in best else NOOP for s in range(chosen_len, end)}
-    return Takeover(chosen_len, end, values)
+    end = max([length, *(s + 1 for s in best)])
+    values = {s: best[s][1] if s in best else NOOP for s in range(length, end)}
+    return Takeover(length, end, values)

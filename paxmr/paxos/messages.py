@@ -61,7 +61,7 @@ class Promise:
     ballot: Ballot
     from_slot: int
     accepted: tuple[AcceptedValue, ...]
-    chosen_len: int
+    length: int
     voter: bool = True
     more: bool = False
     epoch: int = 0
@@ -73,18 +73,18 @@ class Nack:
 
     ballot: Ballot
     promised: Ballot
-    chosen_len: int
+    length: int
     epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class Accept:
-    """Phase 2a for a batch of slots; empty `entries` is a heartbeat. `chosen` is the leader's
+    """Phase 2a for a batch of slots; empty `entries` is a heartbeat. `length` is the leader's
     applied length: the chosen notification piggybacks on every accept."""
 
     ballot: Ballot
     entries: tuple[tuple[int, Entry], ...]
-    chosen: int
+    length: int
     epoch: int = 0
     voters: tuple[int, ...] = ()  # as in Prepare
 
@@ -95,7 +95,7 @@ class Accepted:
 
     ballot: Ballot
     slots: tuple[int, ...]
-    chosen_len: int
+    length: int
     epoch: int = 0
 
 
@@ -127,7 +127,7 @@ class CatchupReply:
 
     from_slot: int
     entries: tuple[Entry, ...]
-    chosen_len: int
+    length: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,8 +184,8 @@ class StatusReply:
     ballot: Ballot
     stopped: bool
     voting: bool
-    slots: int
-    entries: int
+    length: int  # applied slots, no-ops included
+    count: int  # applied requests
     digest: str
     problems: tuple[str, ...]
     version: str
@@ -237,7 +237,7 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
                 "b": _ballot(msg.ballot),
                 "from": msg.from_slot,
                 "acc": acc,
-                "len": msg.chosen_len,
+                "len": msg.length,
                 "voter": msg.voter,
                 "more": msg.more,
                 "ep": msg.epoch,
@@ -247,7 +247,7 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
                 "k": "nack",
                 "b": _ballot(msg.ballot),
                 "p": _ballot(msg.promised),
-                "len": msg.chosen_len,
+                "len": msg.length,
                 "ep": msg.epoch,
             }
         case Accept():
@@ -256,7 +256,7 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
                 "k": "accept",
                 "b": _ballot(msg.ballot),
                 "e": entries,
-                "c": msg.chosen,
+                "c": msg.length,
                 "ep": msg.epoch,
                 "vs": list(msg.voters),
             }
@@ -265,7 +265,7 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
                 "k": "accepted",
                 "b": _ballot(msg.ballot),
                 "s": list(msg.slots),
-                "len": msg.chosen_len,
+                "len": msg.length,
                 "ep": msg.epoch,
             }
         case Forward():
@@ -276,7 +276,7 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
             return {"k": "catchup", "from": msg.from_slot}
         case CatchupReply():
             entries_ = [_entry(e) for e in msg.entries]
-            return {"k": "entries", "from": msg.from_slot, "e": entries_, "len": msg.chosen_len}
+            return {"k": "entries", "from": msg.from_slot, "e": entries_, "len": msg.length}
         case ReadProbe():
             return {"k": "rprobe", "b": _ballot(msg.ballot), "seq": msg.seq, "ep": msg.epoch}
         case ReadProbeAck():
@@ -296,8 +296,8 @@ def to_wire(msg: Message) -> dict[str, Any]:  # noqa: C901, PLR0912 - one case p
                 "b": _ballot(msg.ballot),
                 "stop": msg.stopped,
                 "vote": msg.voting,
-                "slots": msg.slots,
-                "n": msg.entries,
+                "slots": msg.length,
+                "n": msg.count,
                 "d": msg.digest,
                 "p": list(msg.problems),
                 "v": msg.version,
@@ -409,7 +409,7 @@ def _accept(f: dict[Any, Any]) -> Message:
     return Accept(
         _as_ballot(_field(f, "b")),
         tuple(_slot_entry(e) for e in entries),
-        _as_int(_field(f, "c"), "chosen"),
+        _as_int(_field(f, "c"), "length"),
         _epoch(f),
         _voters(f),
     )
@@ -478,8 +478,8 @@ def _status_reply(f: dict[Any, Any]) -> Message:
         _as_ballot(_field(f, "b")),
         _as_bool(_field(f, "stop"), "stopped"),
         _as_bool(_field(f, "vote"), "voting"),
-        _as_int(_field(f, "slots"), "slots"),
-        _as_int(_field(f, "n"), "entries"),
+        _as_int(_field(f, "slots"), "length"),
+        _as_int(_field(f, "n"), "count"),
         _as_str(_field(f, "d"), "digest"),
         tuple(_as_str(p, "problem") for p in _as_list(_field(f, "p"), "problems")),
         _as_str(_field(f, "v"), "version"),

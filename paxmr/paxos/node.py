@@ -278,10 +278,10 @@ class Node:
             case Prepare():
                 self._on_prepare(src, msg, now)
             case Promise():
-                self._note_len(src, msg.chosen_len)
+                self._note_len(src, msg.length)
                 self._on_promise(src, msg, now)
             case Nack():
-                self._note_len(src, msg.chosen_len)
+                self._note_len(src, msg.length)
                 self._seen_round = max(self._seen_round, msg.promised.round)
                 # Any higher ballot ends this one: its accepts can no longer win everywhere,
                 # and a leader that stayed on after a higher ballot chose could announce
@@ -315,7 +315,7 @@ class Node:
             case ReadIndexReply():
                 self._out.reads.append((msg.read_id, msg.index))
             case CatchupReply():
-                self._note_len(src, msg.chosen_len)
+                self._note_len(src, msg.length)
                 if msg.from_slot == MAX_SLOT:
                     # The answer to a probe (_probe) or to a message of an older epoch: no
                     # entries, no catch-up of this node's in progress; start one if behind.
@@ -415,8 +415,8 @@ class Node:
             promised=self.acceptor.promised,
             stopped=self.stopped,
             voting=self.acceptor.voting,
-            chosen=self.log.length,
-            applied=self.log.count,
+            length=self.log.length,
+            count=self.log.count,
             in_flight=self._in_flight(self._lead) if self._lead else 0,
             pending=len(self._pending),
             peers_heard=tuple(p for p in self.peers if self._heard.get(p, -math.inf) >= recent),
@@ -466,7 +466,7 @@ class Node:
 
     def _on_accept(self, src: int, msg: Accept, now: float) -> None:
         self._seen_round = max(self._seen_round, msg.ballot.round)
-        self._note_len(src, msg.chosen)
+        self._note_len(src, msg.length)
         acceptor = self.acceptor
         if not self.is_voter:
             # A learner follows the log: it fetches what the leader has applied, and tells how
@@ -513,7 +513,7 @@ class Node:
         # the leader's own ballot is the chosen one: the leader proposed it (one value per
         # slot per ballot), and a leader that learns another value was chosen in a slot it
         # proposed for stops leading before it announces that slot (_learn).
-        for slot in range(self.log.length, msg.chosen):
+        for slot in range(self.log.length, msg.length):
             if not self.log.knows(slot):
                 entry_ = acceptor.accepted_at(slot, msg.ballot)
                 if entry_ is None:
@@ -591,7 +591,7 @@ class Node:
             self._send(src, more)
             return
         del campaign.rows[src]
-        joined = Promise(msg.ballot, campaign.from_slot, tuple(rows), msg.chosen_len, msg.voter)
+        joined = Promise(msg.ballot, campaign.from_slot, tuple(rows), msg.length, msg.voter)
         campaign.answered[src] = joined
         self._check_elected(campaign, now)
 
@@ -676,7 +676,7 @@ class Node:
         )
 
     def _on_accepted(self, src: int, msg: Accepted, now: float) -> None:
-        self._note_len(src, msg.chosen_len)
+        self._note_len(src, msg.length)
         lead = self._lead
         if lead and msg.ballot == lead.ballot:
             lead.acked[src] = now

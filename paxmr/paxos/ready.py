@@ -59,8 +59,8 @@ class NodeStatus:
     promised: Ballot
     stopped: bool
     voting: bool
-    chosen: int  # applied slots, no-ops included
-    applied: int  # applied requests: the next position
+    length: int  # applied slots, no-ops included
+    count: int  # applied requests: the next position
     in_flight: int  # slots this node leads that are proposed but not applied
     pending: int  # local client requests awaiting an outcome
     peers_heard: tuple[int, ...]  # peers heard from within the last election timeout

@@ -35,7 +35,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5
 class _Heard:
     at: float = -math.inf  # any authenticated message
     accept_at: float = -math.inf  # an Accept (the leader's heartbeat) ...
-    accept_chosen: int = 0  # ... and the chosen length it announced
+    accept_length: int = 0  # ... and the applied length it announced
 
 
 class Observer:
@@ -133,7 +133,7 @@ class Observer:
             return
         h.at = now
         if isinstance(msg, Accept):
-            h.accept_at, h.accept_chosen = now, msg.chosen
+            h.accept_at, h.accept_length = now, msg.length
 
     def after_ready(self, s: NodeStatus, applied: int) -> None:
         """The core's status after a Ready: log and count role, leader and ballot changes."""
@@ -147,7 +147,7 @@ class Observer:
         last = self._last
         if key != last:
             self._last = key
-            fields = {"ballot": list(ballot), "slots": s.chosen, "entries": s.applied}
+            fields = {"ballot": list(ballot), "slots": s.length, "entries": s.count}
             if last is None or last[0] != s.role:
                 self.role_changes.labels(s.role).inc()
                 self.log.info("role_changed", new_role=s.role,
@@ -165,14 +165,14 @@ class Observer:
         behind = self.behind_by(s)
         if not behind:
             if self._catching_up:
-                self.log.info("catchup_finished", slots=s.chosen,
+                self.log.info("catchup_finished", slots=s.length,
                               seconds=round(now - self._behind_since, 3))  # fmt: skip
             self._behind_since, self._catching_up = 0.0, False
         elif not self._behind_since:
             self._behind_since = now
         elif not self._catching_up and now - self._behind_since > self.window / 2:
             self._catching_up = True
-            self.log.info("catchup_started", behind=behind, slots=s.chosen, leader=s.leader)
+            self.log.info("catchup_started", behind=behind, slots=s.length, leader=s.leader)
 
     def _note_peers(self, now: float) -> None:
         up = set(self.heard_recently(now))
@@ -196,8 +196,8 @@ class Observer:
         self.ballot_round.set_function(of(lambda s: s.promised.round))
         self.stopped.set_function(of(lambda s: s.stopped))
         self.voting.set_function(of(lambda s: s.voting))
-        self.slots.set_function(of(lambda s: s.chosen))
-        self.entries.set_function(of(lambda s: s.applied))
+        self.slots.set_function(of(lambda s: s.length))
+        self.entries.set_function(of(lambda s: s.count))
         self.behind.set_function(of(self.behind_by))
         self.peers_heard.set_function(lambda: len(self.heard_recently(now())))
 
@@ -225,7 +225,7 @@ class Observer:
         """Chosen slots the leader announced that this replica has not applied yet."""
         if s.leader is None or s.leader == self.node_id or s.leader not in self.heard:
             return 0
-        return max(0, self.heard[s.leader].accept_chosen - s.chosen)
+        return max(0, self.heard[s.leader].accept_length - s.length)
 
     def problems(self, s: NodeStatus, now: float) -> list[str]:
         """Why this replica is not healthy; empty when it is."""

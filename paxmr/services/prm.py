@@ -232,7 +232,7 @@ class Prm:
             time.monotonic(),
         )
         self.catalog = Catalog(durable.stored.digest)
-        self.slots_applied = durable.stored.length  # what queries see (the core runs ahead)
+        self.shown_length = durable.stored.length  # what queries see (the core runs ahead)
         self.log_bytes = durable.stored.value_bytes  # of what queries see
         self._submitted_bytes: dict[str, int] = {}  # this node's requests awaiting an outcome
         # The value and summary of each log object this node encoded and awaits: applied with
@@ -292,7 +292,7 @@ class Prm:
             self.storage.save_summaries(made)
 
     def _record(self, entry: paxos.LogEntry, summary: dict[str, Any] | None) -> None:
-        self.slots_applied += 1  # what queries see; the core's own length runs ahead of it
+        self.shown_length += 1  # what queries see; the core's own length runs ahead of it
         self.log_bytes += len(entry.value)
         summary = self.catalog.record(entry, summary)
         if summary is not None and "error" in summary:
@@ -349,7 +349,7 @@ class Prm:
 
     async def _shown(self, slot: int) -> None:
         """Wait until queries on this replica see `slot` (the entry a replicate answers for)."""
-        while self.slots_applied <= slot:
+        while self.shown_length <= slot:
             await self._progress.wait()
 
     def _deliver(self, src: int, msg: paxos.Message) -> None:
@@ -444,7 +444,7 @@ class Prm:
         lengths = dict(status.peer_lengths)
         m = status.membership
         for learner in sorted(m.learners):
-            if lengths.get(learner, -1) >= status.chosen - _CAUGHT_UP:
+            if lengths.get(learner, -1) >= status.length - _CAUGHT_UP:
                 self.log.info("member_promoting", learner=learner, epoch=m.epoch)
                 self._promote_at = now + self.settings.timing.election_max
                 self._promoting = self._propose_change(
@@ -685,8 +685,8 @@ class Prm:
         # Chosen but not yet shown to queries, and submitted here but not yet chosen.
         pending = self.node.log.value_bytes - self.log_bytes
         pending += sum(self._submitted_bytes.values())
-        if limits.log_entries is not None and s.applied + s.pending + 1 > limits.log_entries:
-            return f"the log holds {s.applied} entries of its quota of {limits.log_entries}"
+        if limits.log_entries is not None and s.count + s.pending + 1 > limits.log_entries:
+            return f"the log holds {s.count} entries of its quota of {limits.log_entries}"
         if limits.log_bytes is not None and self.log_bytes + pending + size > limits.log_bytes:
             return (
                 f"the log holds {self.log_bytes + pending} value bytes; {size} more would"
@@ -768,10 +768,10 @@ class Prm:
             deadline = time.monotonic() + self.settings.timing.replicate_timeout
             target = await self._read_index(deadline)
             # Queries answer from what this driver applied (the catalog), not the core's log.
-            while self.slots_applied < target:
+            while self.shown_length < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    self._no_consistent_read(f"applied {self.slots_applied} of {target} slots")
+                    self._no_consistent_read(f"applied {self.shown_length} of {target} slots")
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._progress.wait(), left)
         s = self.node.status()
@@ -860,7 +860,7 @@ class Prm:
             "ballot": [s.promised.round, s.promised.node],
             "stopped": s.stopped,
             "voting": s.voting,
-            "slots": s.chosen,
+            "slots": s.length,
             "entries": len(self.catalog.summaries),
             "digest": self.catalog.digest.hex(),
             "in_flight": s.in_flight,
@@ -909,7 +909,7 @@ class Prm:
         for node in sorted(m.members):
             heard = self.observer.heard.get(node)
             age = None if heard is None or math.isinf(now - heard.at) else round(now - heard.at, 3)
-            applied = s.chosen if node == s.node else lengths.get(node)
+            applied = s.length if node == s.node else lengths.get(node)
             address = addresses.get(node)
             rows.append({
                 "node": node,
@@ -917,7 +917,7 @@ class Prm:
                 "role": "voter" if node in m.voters else "learner",
                 "leader": node == self.observer.leader(s, now),
                 "applied": applied,
-                "behind": None if applied is None else max(0, s.chosen - applied),
+                "behind": None if applied is None else max(0, s.length - applied),
                 "heard_s_ago": 0.0 if node == s.node else age,
             })  # fmt: skip
         return {"epoch": m.epoch, "quorum": m.quorum, "members": rows}
@@ -933,7 +933,7 @@ class Prm:
             "ballot": [s.promised.round, s.promised.node],
             "stopped": s.stopped,
             "voting": s.voting,
-            "slots": s.chosen,
+            "slots": s.length,
             "entries": len(self.catalog.summaries),
             "digest": self.catalog.digest.hex(),
             "problems": self.observer.problems(s, now),
@@ -983,7 +983,7 @@ class Prm:
                 row["replica"] = {
                     "role": r.role, "leader": r.leader or None,
                     "ballot": [r.ballot.round, r.ballot.node], "stopped": r.stopped,
-                    "voting": r.voting, "slots": r.slots, "entries": r.entries,
+                    "voting": r.voting, "slots": r.length, "entries": r.count,
                     "digest": r.digest, "problems": list(r.problems), "version": r.version,
                     "log_bytes": r.log_bytes, "uptime_s": r.uptime_ms / 1000,
                 }  # fmt: skip

@@ -78,7 +78,7 @@ class KeepsLeadingAfterConflict(Node):
     def receive(self, src: int, msg: Message, now: float) -> None:
         if isinstance(msg, Nack) and not self.stopped and src in self.peers:
             self._heard[src] = now
-            self._note_len(src, msg.chosen_len)
+            self._note_len(src, msg.length)
             self._seen_round = max(self._seen_round, msg.promised.round)
             if self.role != "follower" and msg.ballot == self.ballot < msg.promised:
                 self._step_down(now)

@@ -289,7 +289,7 @@ def test_a_recovered_replica_votes_again():
     h.advance(3.0)
     status = h.node(victim).status()
     assert status.voting
-    assert status.applied == 1
+    assert status.count == 1
     assert h.disks[victim].voting
 
 

@@ -27,7 +27,7 @@ def test_takeover_re_proposes_the_highest_ballot_value_and_fills_gaps_with_no_op
         Promise(Ballot(9, 1), 1, (AcceptedValue(2, Ballot(5, 3), B),), 1),
     ]
     plan = plan_takeover(promises, own_len=1)
-    assert plan.chosen_len == 2
+    assert plan.length == 2
     assert plan.end == 6
     assert plan.values == {2: B, 3: NOOP, 4: NOOP, 5: C}
 
@@ -35,7 +35,7 @@ def test_takeover_re_proposes_the_highest_ballot_value_and_fills_gaps_with_no_op
 def test_takeover_ignores_values_below_a_peer_applied_length():
     promises = [Promise(Ballot(9, 1), 0, (AcceptedValue(1, Ballot(3, 2), A),), 4)]
     plan = plan_takeover(promises, own_len=0)
-    assert (plan.chosen_len, plan.end, plan.values) == (4, 4, {})
+    assert (plan.length, plan.end, plan.values) == (4, 4, {})
 
 
 def test_acceptor_accept_and_forget():
