@@ -3,11 +3,12 @@
 Every figure is printed beside its baseline from the same run: the whole job (split, mappers in
 parallel, reduce) and the counting kernel alone on one core, each against the streaming
 ``bytes.split()`` + ``Counter`` loop; ``wc -w`` scanning the same file is the machine's ceiling
-for one core.
+for one core. The bench checks that every result equals the baseline's, and fails if not.
 """
 
 from __future__ import annotations
 
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -20,15 +21,25 @@ from paxmr.settings import load
 from paxmr.wordcount import corpus, count, tally
 
 
-def _peak_rss_mib(pid: int) -> float:
+def _rss_mib(pid: int, field: str) -> float:
+    """``VmHWM`` (the peak) or ``VmRSS`` (now) of a process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no VmHWM for pid {pid}")
+    raise RuntimeError(f"no {field} for pid {pid}")
 
 
 def _load() -> float:
     return float(Path("/proc/loadavg").read_text().split()[0])
+
+
+class Unequal(RuntimeError):
+    """A word count differs from the baseline's: the figures of this run mean nothing."""
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
@@ -45,9 +56,12 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
                 shutil.copyfile(file, text)
             size = text.stat().st_size
             text.read_bytes()  # warm the page cache so both runs read from memory
+            mapper_pids = [s.pid for s in local.load_state(root) if s.name.startswith("mapper")]
+            idle_rss = max(_rss_mib(pid, "VmRSS") for pid in mapper_pids)  # memory's baseline
 
             started = time.perf_counter()
             mapped = jobs.run_map(settings, text.name)
+            map_s = time.perf_counter() - started
             reduced = jobs.run_reduce(settings, mapped["outputs"])
             paxmr_s = time.perf_counter() - started
 
@@ -61,18 +75,19 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
             # CPU seconds too: on a shared machine they vary less than wall-clock seconds.
             count.frugal()
             started, cpu = time.perf_counter(), time.process_time()
-            kernel_words = len(count.count_range_arrow(text, 0, size))
+            kernel = count.count_range_arrow(text, 0, size)
             kernel_s = time.perf_counter() - started
             kernel_cpu_s = time.process_time() - cpu
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), _children_cpu_s()
             subprocess.run(["wc", "-w", str(text)], check=True, capture_output=True)  # noqa: S603, S607
             wc_s = time.perf_counter() - started
+            wc_cpu_s = _children_cpu_s() - cpu
 
-            equal = tally.read(settings.data_dir / reduced["output"]) == dict(baseline)
-            equal = equal and kernel_words == len(baseline)
-            rss = max(
-                _peak_rss_mib(s.pid) for s in local.load_state(root) if s.name.startswith("mapper")
-            )
+            if tally.read(settings.data_dir / reduced["output"]) != dict(baseline):
+                raise Unequal("the job's reduced tally differs from the baseline's counts")
+            if kernel.as_counter() != baseline:
+                raise Unequal("the kernel's counts differ from the baseline's")
+            rss = max(_rss_mib(pid, "VmHWM") for pid in mapper_pids)
         finally:
             local.down(root)
     mb = size / 1e6
@@ -80,6 +95,8 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
         "bytes": size,
         "mappers": mappers,
         "paxmr_s": round(paxmr_s, 3),
+        "paxmr_map_s": round(map_s, 3),
+        "paxmr_reduce_s": round(paxmr_s - map_s, 3),
         "baseline_s": round(baseline_s, 3),
         "speedup": round(baseline_s / paxmr_s, 2),
         "mb_per_s": round(mb / paxmr_s, 1),
@@ -91,10 +108,13 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
         "kernel_speedup_per_core_cpu": round(baseline_cpu_s / kernel_cpu_s, 2),
         "kernel_mb_per_s": round(mb / kernel_s, 1),
         "wc_w_s": round(wc_s, 3),
+        "wc_w_cpu_s": round(wc_cpu_s, 3),
         "wc_w_mb_per_s": round(mb / wc_s, 1),
         "kernel_vs_wc_w": round(wc_s / kernel_s, 2),
+        "kernel_vs_wc_w_cpu": round(wc_cpu_s / kernel_cpu_s, 2),
         "distinct_words": reduced["distinct"],
         "mapper_max_rss_mib": round(rss, 1),
-        "equal": equal,
+        "mapper_idle_rss_mib": round(idle_rss, 1),
+        "equal": True,  # checked above: every run raises Unequal otherwise
         "load_average": [load_before, _load()],  # a shared machine's figures need this beside
     }

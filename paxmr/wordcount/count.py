@@ -13,13 +13,17 @@ in memory while it is read (its bytes are the tally's key).
 ``count_range_reference`` is the plain ``bytes.split()`` + ``Counter`` loop the kernel must equal:
 the tests check that, and ``paxmr bench wordcount`` uses it as its baseline.
 
-Why Arrow: measured side by side on 4 MiB of generated text (CPU ms, this 2-core machine):
-``bytes.split`` 87 + ``Counter`` 230; Arrow ``split_pattern`` 41 + ``group_by`` count 51-90
-(``value_counts`` 76-108), and ``ascii_split_whitespace`` ~20% faster again than a
-``translate`` to spaces + ``split_pattern``; polars needs valid UTF-8 (a latin-1 detour) and was
-slower; numpy has no exact hashing of variable-length words. Arrow is maintained, exact on any
-bytes, and costs ~0.3 s and ~85 MiB of (shared, file-backed) library pages to import, paid only
-by the mapper.
+Why Arrow: candidates measured side by side on 32 MiB of generated text (CPU seconds of one
+process, best of 3-4, on this 2-core machine under load 5-12; the scratch scripts and all figures
+are in the issue 14 report): ``bytes.split()`` + ``Counter`` 1.52-1.76; this kernel 0.58-0.59
+with 2 MiB chunks (0.69 with 1 MiB). Its stages: ``ascii_split_whitespace`` 0.24 (numpy finding
+the word bounds alone: 0.27) and a hash ``group_by`` count 0.19-0.25 (``value_counts`` 0.26,
+``dictionary_encode`` 0.28-0.32, ``index_in`` a known vocabulary + ``bincount`` 0.26; on
+``binary_view`` words ``value_counts`` 0.28-0.31, ``group_by`` 0.99-1.26). Polars (one thread)
+splits only valid UTF-8 (a latin-1 detour and a regex: 0.79) and counts slower (``value_counts``
+0.51); ``re.findall`` + ``Counter`` 2.31. Arrow is maintained, exact on any bytes, has wheels for
+every Python and platform the hosts run (3.11-3.13, x86_64 and aarch64), and costs ~0.3 s to
+import (file-backed library pages, shared by the mappers), paid only by the mapper.
 """
 
 from __future__ import annotations
@@ -42,12 +46,13 @@ import pyarrow.compute as pc
 
 from paxmr.wordcount import WHITESPACE
 
-# 1 MiB: a chunk's working set (the chunk, its translation, Arrow's split copy and offsets, the
-# hash table) stays near 10 MiB, and its fixed costs small beside its counting time (4 MiB chunks
-# were no faster here and cost ~10 MiB more).
-CHUNK = 1 << 20
+# 2 MiB: a chunk's fixed costs (an Arrow call per stage, and its distinct words summed again by
+# each compaction) stay small beside its counting time: 15-20% less CPU than 1 MiB chunks, for the
+# same peak memory once the compactions are larger too (4 MiB chunks were no faster and cost
+# ~10 MiB more).
+CHUNK = 2 << 20
 # Per-chunk counts are summed into one table once they hold this many rows.
-COMPACT_ROWS = 1 << 18
+COMPACT_ROWS = 1 << 19
 
 _WHITESPACE_BYTES = [bytes([b]) for b in WHITESPACE]
 
