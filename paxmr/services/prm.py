@@ -400,9 +400,10 @@ class Prm:
     async def drive(self) -> None:
         while True:
             delay = self.node.next_deadline() - time.monotonic()
-            if delay > 0:
+            if delay > 0:  # asyncio.timeout, not wait_for: no task made on every wake-up
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.wake.wait(), min(delay, 1.0))
+                    async with asyncio.timeout(min(delay, 1.0)):
+                        await self.wake.wait()
             self.wake.clear()
             now = time.monotonic()
             if now >= self.node.next_deadline():
