@@ -1,0 +1,68 @@
+"""What a leader sends a peer that is slow to acknowledge large values: a heartbeat every time,
+the values again only at a bounded rate (Node._heartbeat)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from paxmr.paxos import Committed, Request
+from paxmr.paxos.messages import Accept, Accepted, Message
+from paxmr.paxos.node import RESEND_BYTES
+from tests.paxos.paxos_harness import CONFIG, Harness
+
+VALUE = 3 * RESEND_BYTES
+LARGE = replace(CONFIG, max_value_bytes=VALUE, batch_bytes=8 * VALUE)
+
+
+def _acks_lost(_src: int, _dst: int, msg: Message) -> bool:
+    """Everything arrives but the acknowledgements of values (a peer slow to acknowledge):
+    the answers to empty Accepts still arrive, so the leader keeps its quorum."""
+    return not (isinstance(msg, Accepted) and msg.slots)
+
+
+def test_a_slow_peer_gets_a_heartbeat_every_time_and_values_again_at_a_bounded_rate():
+    h = Harness(config=LARGE)
+    leader = h.elect()
+    h.advance(0.2)
+    peers = [i for i in h.members if i != leader]
+    h.wire.clear()
+    node = h.node(leader)
+    for k in range(4):
+        node.submit(Request(f"r{k}", bytes([k]) * VALUE), h.now)
+    h.flush(leader)  # the first copies
+    h.deliver_where(_acks_lost)
+    h.wire.clear()
+    heartbeats = 40
+    resent = dict.fromkeys(peers, 0)  # value bytes sent to each peer after the first copies
+    late = 0  # heartbeats whose first Accept to a peer carried values (the signal waited)
+    for _ in range(heartbeats):
+        h.now += LARGE.heartbeat_interval
+        node.on_timer(h.now)
+        h.flush(leader)
+        for peer in peers:
+            accepts = [
+                m for s, d, m in h.wire if (s, d) == (leader, peer) and isinstance(m, Accept)
+            ]
+            resent[peer] += sum(len(e.value) for a in accepts for _, e in a.entries)
+            late += not accepts or bool(accepts[0].entries)
+        h.deliver_where(_acks_lost)
+        h.wire.clear()
+    # Before: the four values on every heartbeat until the leader lost its quorum.
+    for peer in peers:
+        assert VALUE <= resent[peer] <= heartbeats * RESEND_BYTES + VALUE, resent
+    assert late == 0
+    assert node.role == "leader"
+
+
+def test_a_large_value_whose_first_copies_were_lost_is_sent_again_and_chosen():
+    h = Harness(config=LARGE)
+    leader = h.elect()
+    h.advance(0.2)
+    h.submit(leader, "a", b"x" * VALUE)
+    assert h.take(
+        lambda src, _dst, msg: src == leader and isinstance(msg, Accept) and bool(msg.entries)
+    )
+    h.advance(0.5)
+    assert [r.outcome for r in h.replies[leader]] == [Committed(0, 0)]
+    for i in h.members:
+        assert [e.request_id for e in h.applied[i]] == ["a"]
