@@ -230,7 +230,7 @@ class Node:
         ):
             self._refuse(rid, "busy", f"{self.config.max_in_flight} requests already in flight")
         else:
-            retry_at = now + self.config.election_timeout_min
+            retry_at = now + self._retry_wait(request)
             self._pending[rid] = _Pending(request, now + self.config.request_timeout, retry_at)
             self._retry_at = min(self._retry_at, retry_at)
             self._route(request)
@@ -888,8 +888,18 @@ class Node:
                 continue
             if now >= pending.retry_at:
                 self._route(pending.request)
-                pending.retry_at = now + self.config.election_timeout_min
+                pending.retry_at = now + self._retry_wait(pending.request)
             self._retry_at = min(self._retry_at, pending.retry_at, pending.deadline)
+
+    def _retry_wait(self, request: Request) -> float:
+        """How long a pending request waits before it is forwarded again: election_timeout_min,
+        or longer for a large value: each goes again no faster than RESEND_BYTES per heartbeat,
+        as the leader's re-sends (_heartbeat). A forward is lost only with its connection, and
+        re-forwarding megabytes every few heartbeats clogs the link to the leader as its
+        re-sends did the other way; a new leader gets the request at once (_follow)."""
+        config = self.config
+        paced = config.heartbeat_interval * len(request.value) / RESEND_BYTES
+        return max(config.election_timeout_min, paced)
 
     def _refuse(self, rid: str, code: str, reason: str) -> None:
         self._out.replies.append(Reply(rid, Refused(code, reason)))

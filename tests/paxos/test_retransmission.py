@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from paxmr.paxos import Committed, Request
-from paxmr.paxos.messages import Accept, Accepted, Message
+from paxmr.paxos import Committed, Ready, Request
+from paxmr.paxos.messages import Accept, Accepted, Forward, Message
 from paxmr.paxos.node import RESEND_BYTES
 from tests.paxos.paxos_harness import CONFIG, Harness
 
@@ -66,3 +66,31 @@ def test_a_large_value_whose_first_copies_were_lost_is_sent_again_and_chosen():
     assert [r.outcome for r in h.replies[leader]] == [Committed(0, 0)]
     for i in h.members:
         assert [e.request_id for e in h.applied[i]] == ["a"]
+
+
+def test_a_follower_forwards_a_large_value_again_at_a_bounded_rate():
+    value = 8 * RESEND_BYTES  # its forward is paced at 0.4 s, over election_timeout_min
+    h = Harness(config=replace(CONFIG, max_value_bytes=value))
+    leader = h.elect()
+    h.advance(0.2)
+    follower = next(i for i in h.members if i != leader)
+    flush = h.flush
+
+    def forwards_lost(i: int) -> Ready:
+        ready = flush(i)
+        h.take(lambda src, _dst, msg: src == follower and isinstance(msg, Forward))
+        return ready
+
+    h.flush = forwards_lost  # type: ignore[method-assign]
+    start = len(h.readies)
+    h.submit(follower, "a", b"x" * value)
+    h.advance(0.95)  # before the request's deadline
+    sent = [
+        len(m.value)
+        for i, ready in h.readies[start:]
+        if i == follower
+        for _, m in ready.messages
+        if isinstance(m, Forward)
+    ]
+    # Before: again every election_timeout_min (0.15 s), seven copies.
+    assert 2 <= len(sent) <= 3, sent
