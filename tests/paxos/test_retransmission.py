@@ -6,7 +6,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from paxmr.paxos import Committed, Ready, Request
-from paxmr.paxos.messages import Accept, Accepted, Forward, Message
+from paxmr.paxos.messages import (
+    Accept,
+    Accepted,
+    CatchupReply,
+    CatchupRequest,
+    Forward,
+    Message,
+)
 from paxmr.paxos.node import RESEND_BYTES
 from tests.paxos.paxos_harness import CONFIG, Harness
 
@@ -94,3 +101,36 @@ def test_a_follower_forwards_a_large_value_again_at_a_bounded_rate():
     ]
     # Before: again every election_timeout_min (0.15 s), seven copies.
     assert 2 <= len(sent) <= 3, sent
+
+
+def test_a_follower_behind_asks_again_for_large_catch_up_batches_at_a_bounded_rate():
+    config = replace(CONFIG, batch_bytes=8 * RESEND_BYTES)  # asks again after 0.4 s, not 0.1 s
+    h = Harness(config=config)
+    leader = h.elect()
+    follower = next(i for i in h.members if i != leader)
+    h.node(follower).stop(h.now)
+    for k in range(3):
+        h.submit(leader, f"r{k}")
+        h.deliver()
+    h.node(follower).resume(h.now)
+    flush = h.flush
+
+    def replies_lost(i: int) -> Ready:
+        ready = flush(i)
+        h.take(lambda _src, dst, msg: dst == follower and isinstance(msg, CatchupReply))
+        return ready
+
+    h.flush = replies_lost  # type: ignore[method-assign]
+    start = len(h.readies)
+    h.advance(1.0)
+    asked = sum(
+        isinstance(m, CatchupRequest)
+        for i, ready in h.readies[start:]
+        if i == follower
+        for _, m in ready.messages
+    )
+    # Before: every two heartbeats (0.1 s), about ten times.
+    assert 2 <= asked <= 4, asked
+    h.flush = flush  # type: ignore[method-assign]
+    h.advance(1.0)
+    assert h.node(follower).log.count == 3
