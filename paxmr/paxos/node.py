@@ -735,16 +735,16 @@ class Node:
         large), and the next re-send to that peer waits until the heartbeats since have paid for
         the bytes over it. First copies (lead.unsent) are not re-sends and always go. When a
         heartbeat carries more than RESEND_BYTES, an empty Accept goes before it, so that the
-        liveness signal (ballot, chosen length) never waits behind values.
+        liveness signal (ballot, chosen length) does not wait behind the re-sent values.
 
-        Why: re-sending every unacknowledged slot on every heartbeat, as this did, queued the
-        same megabytes to every peer 20 times a second while large values were in flight; the
-        heartbeats waited behind them and followers started elections (24 concurrent 4 MiB
-        replicates: 3 to 15 elections). Peer links are ordered streams: a copy is needed only
-        when a frame was lost (a dropped connection), and it still goes, at the allowance's
-        pace. Small values (a heartbeat's worth under RESEND_BYTES) still go again on every
-        heartbeat, so loss of them is repaired as fast as before. Safety does not depend on
-        re-sending."""
+        Why: re-sending every unacknowledged slot on every heartbeat, as this did, offered the
+        same megabytes to every peer 20 times a second while large values were in flight: they
+        filled its bounded outbox (the transport then drops new frames, heartbeats included),
+        and each copy that got through was written to the follower's disk again. Peer links are
+        ordered streams: a copy is needed only when a frame was lost (a dropped connection, a
+        full outbox), and it still goes, at the allowance's pace. Small values (a heartbeat's
+        worth under RESEND_BYTES) still go again on every heartbeat, so loss of them is repaired
+        as fast as before. Safety does not depend on re-sending."""
         unsent = set(lead.unsent)
         for peer in self.peers:
             unacked = [(s, p.entry) for s, p in lead.proposals.items() if peer not in p.acks]
