@@ -57,7 +57,8 @@ def describe(conn: sqlite3.Connection) -> dict[str, Any]:
         "voting": bool(voting and voting[0]),
         "acceptor_state": bool(promised[0] or accepted[0]),
         "cluster_id": ident[0] if ident else None,
-        "members": [int(m) for m in ident[1].split(",")] if ident else None,
+        # A founder's storage names the founding members; one that joined names none.
+        "members": [int(m) for m in ident[1].split(",")] if ident and ident[1] else None,
     }
 
 

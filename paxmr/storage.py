@@ -65,8 +65,9 @@ CREATE TABLE IF NOT EXISTS summary (slot INTEGER PRIMARY KEY, body TEXT NOT NULL
 
 @dataclass(frozen=True)
 class Identity:
-    """Which cluster a founding member's storage belongs to, and who founded it: a node does
-    not start with another member list (the file says where nodes are, not who votes)."""
+    """Which cluster a storage belongs to and, for a founding member's, who founded it (empty
+    for a node that joined or lost its disk): a founder does not start with another member
+    list (the file says where nodes are, not who votes)."""
 
     cluster_id: str
     members: tuple[int, ...]
@@ -194,10 +195,17 @@ class Storage:
         return len(rows)
 
     def identity(self) -> Identity | None:
+        """The cluster this storage belongs to; `members` is empty unless it founded it."""
         row = self._conn.execute("SELECT cluster_id, members FROM identity").fetchone()
         if row is None:
             return None
-        return Identity(row[0], tuple(int(m) for m in row[1].split(",")))
+        return Identity(row[0], tuple(int(m) for m in row[1].split(",") if m))
+
+    def adopt(self, cluster_id: str) -> None:
+        """Record the cluster a storage that did not found it belongs to (prm.learn_cluster)."""
+        with self._conn as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT OR IGNORE INTO identity VALUES (0, ?, '')", (cluster_id,))
 
     def close(self) -> None:
         self.mark()

@@ -8,6 +8,7 @@ clients. Inputs that arrive during a commit are batched into the next Ready (gro
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import importlib.metadata
 import json
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 DB_NAME = "prm.db"
+LEARN_RETRY = 2.0  # seconds between asking the peers for the cluster id (learn_cluster)
 VERSION = importlib.metadata.version("paxmr")
 
 
@@ -75,19 +77,21 @@ def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path,
     return path, identity
 
 
+async def ask_peers(settings: Settings) -> list[tuple[NodeAddress, Hello | None]]:
+    """Each configured peer with its answer to transport.ask_cluster (None: no answer)."""
+    tls = settings.tls_files()
+    peers = [n for n in settings.nodes if n.id != settings.node_id]
+    answers = await asyncio.gather(*(ask_cluster(settings.node_id, p, tls) for p in peers))
+    return list(zip(peers, answers, strict=True))
+
+
 def peers_in_a_cluster(settings: Settings, cluster_id: str | None) -> list[str]:
     """Why founding `cluster_id` here would re-found a running cluster: each configured peer
     that answers (transport.ask_cluster) and belongs to another cluster, or to this one with
     entries in its log. A founding member started before the others have run `init` belongs
     to the same cluster with an empty log: that is founding, not re-founding."""
-    tls = settings.tls_files()
-    peers = [n for n in settings.nodes if n.id != settings.node_id]
-
-    async def ask_all() -> list[Hello | None]:
-        return await asyncio.gather(*(ask_cluster(settings.node_id, p, tls) for p in peers))
-
     problems = []
-    for peer, answer in zip(peers, asyncio.run(ask_all()), strict=True):
+    for peer, answer in asyncio.run(ask_peers(settings)):
         if answer is None or not answer.cluster:
             continue  # not running (or a node without an identity: it joined or lost its disk)
         if answer.cluster != cluster_id or answer.length:
@@ -98,12 +102,36 @@ def peers_in_a_cluster(settings: Settings, cluster_id: str | None) -> list[str]:
     return problems
 
 
+async def learn_cluster(settings: Settings, storage: Storage) -> None:
+    """Give a storage without a cluster id (a node that lost its disk, or joins) its peers' id
+    before the node talks to anyone, so that it refuses a node of another cluster as the
+    founders do (transport.py): a member re-founded by mistake would otherwise find in it a
+    peer that lets it in, learn the old log from it and count it in quorums. The id is the one
+    a majority of the other configured nodes answer with: a node re-founded by mistake is one
+    of a minority. Asks again until they do; a cluster whose nodes record no id (founded by an
+    older paxmr) is left as it is."""
+    log = logs.get()
+    others = len(settings.nodes) - 1
+    while others:
+        answers = [a for _, a in await ask_peers(settings) if a is not None]
+        counts = collections.Counter(a.cluster for a in answers)
+        found = [c for c, n in counts.items() if c and n > others / 2]
+        if found:
+            storage.adopt(found[0])
+            log.info("cluster_learned", cluster=found[0], answers=dict(counts))
+            return
+        if len(answers) > others / 2 and set(counts) == {""}:
+            return
+        log.warning("cluster_unknown", answers=dict(counts), asked=others, retry_s=LEARN_RETRY)
+        await asyncio.sleep(LEARN_RETRY)
+
+
 def founders(settings: Settings, identity: Identity | None) -> list[int]:
     """Who founded the cluster: the stored identity says. A node without one (its storage was
     lost, or it joins a running cluster) takes the configured list; the log then tells it who
     the members are, and until it knows, the voters refuse its campaigns if that list is wrong
     (paxos/membership.py)."""
-    if identity is not None:
+    if identity is not None and identity.members:
         return list(identity.members)
     return [n.id for n in settings.nodes]
 
@@ -397,7 +425,18 @@ class Prm:
         self.node.receive(src, msg, time.monotonic())
         self.wake.set()
 
+    async def join(self) -> None:
+        """Listen and connect to the peers, once this node knows its cluster: a node whose
+        storage records none learns it first (learn_cluster) and stays apart until then."""
+        if self.storage.identity() is None:
+            await learn_cluster(self.settings, self.storage)
+            if (identity := self.storage.identity()) is not None:
+                self.transport.cluster = identity.cluster_id
+        me = self.settings.me
+        await self.transport.start(self.settings.peer_bind or me.host, me.port)
+
     async def drive(self) -> None:
+        await self.join()
         while True:
             delay = self.node.next_deadline() - time.monotonic()
             if delay > 0:  # asyncio.timeout, not wait_for: no task made on every wake-up
@@ -1092,8 +1131,6 @@ async def main(settings: Settings) -> None:
     except ConfigError:
         storage.close()
         raise
-    me = settings.me
-    await prm.transport.start(settings.peer_bind or me.host, me.port)
     if settings.metrics_port is not None:
         observe.serve_http(prm.observer, settings.metrics_host, settings.metrics_port)
     try:

@@ -184,16 +184,11 @@ def test_founding_members_started_one_by_one_found_one_cluster(tmp_path: Path) -
         ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="review: only nodes whose storage records a cluster id check the hello; a member that "
-    "lost its disk (or joined) has none and lets a re-founded node in, which then learns the old "
-    "log from it and can count it in a quorum with its own forgotten promises",
-)
 def test_a_member_refounded_by_mistake_is_refused_by_a_peer_that_lost_its_disk() -> None:
-    """Node 2 lost its disk and came back as it must, without `init`: its storage has no cluster
-    id, and it votes again once fenced. Then node 3 is re-founded by mistake (storage that votes
-    with nothing it promised). Node 1 refuses node 3; node 2 should too. If it does not, node 3
+    """Node 2 lost its disk and came back as it must, without `init`: its new storage learns
+    the cluster id from its peers before it talks to them (prm.learn_cluster), and it votes
+    again once fenced. Then node 3 is re-founded by mistake (storage that votes with nothing
+    it promised). Node 1 refuses node 3; so does node 2. If it did not, node 3
     catches up from node 2 and campaigns with it: node 3's own forgotten promises plus node 2's
     make a quorum of the old cluster (a value chosen by nodes 1 and 3 before, which node 2 has
     not heard of, can be chosen over)."""
