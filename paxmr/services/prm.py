@@ -386,9 +386,13 @@ class Prm:
             self._on_status_message(src, msg)
             return
         if isinstance(msg, Forward):
-            # Checked before the leader proposes it, in a worker process: a value can be large.
+            # Checked before the leader proposes it: a small value at once (a follower may
+            # forward all of its clients' requests together), a large one in a worker process.
             if msg.request_id in self._checking:
                 return  # a follower forwards again until it hears an outcome: checked once
+            if len(msg.value) <= _INLINE:
+                self._take_forward(src, msg, self._invalid(msg))
+                return
             if len(self._checks) >= self.settings.limits.heavy_requests:
                 reason = f"{len(self._checks)} forwarded values are being checked; retry later"
                 self.transport.send(src, Refuse(msg.request_id, "busy", reason))
@@ -403,19 +407,30 @@ class Prm:
         self.wake.set()
 
     async def _check_forward(self, src: int, msg: Forward) -> None:
-        if msg.request_id.startswith(paxos.MEMBERSHIP_PREFIX):
-            self.node.receive(src, msg, time.monotonic())  # the core checks a change on apply
-            self.wake.set()
-            return
-        full = self._over_quota(len(msg.value))
-        if full is not None:
-            self.transport.send(src, Refuse(msg.request_id, "quota", full))
-            return
-        if msg.request_id.startswith(paxos.CHUNK_PREFIX):  # any bytes: checked with its manifest
-            self.node.receive(src, msg, time.monotonic())
-            self.wake.set()
-            return
-        error = await self._off_loop(len(msg.value), heavy.validate, msg.value)
+        if self._over_quota(len(msg.value)) is None and self._validated(msg):
+            error = await self._off_loop(len(msg.value), heavy.validate, msg.value)
+        else:
+            error = None  # refused for its quota, or checked elsewhere (_take_forward)
+        self._take_forward(src, msg, error)
+
+    def _invalid(self, msg: Forward) -> str | None:
+        """Why a small forwarded value is not a log object (checked here: heavy.validate)."""
+        return heavy.validate(msg.value) if self._validated(msg) else None
+
+    @staticmethod
+    def _validated(msg: Forward) -> bool:
+        """Whether a forwarded value is checked as a log object: a membership change is checked
+        by the core on apply, a chunk (any bytes) with its manifest."""
+        return not msg.request_id.startswith((paxos.MEMBERSHIP_PREFIX, paxos.CHUNK_PREFIX))
+
+    def _take_forward(self, src: int, msg: Forward, error: str | None) -> None:
+        """Propose a forwarded request, or refuse it: over the log's quota, or not a log object
+        (`error`)."""
+        if not msg.request_id.startswith(paxos.MEMBERSHIP_PREFIX):
+            full = self._over_quota(len(msg.value))
+            if full is not None:
+                self.transport.send(src, Refuse(msg.request_id, "quota", full))
+                return
         if error is not None:
             self.log.warning("forward_refused", src=src, request_id=msg.request_id, error=error)
             self.transport.send(

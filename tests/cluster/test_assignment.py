@@ -179,6 +179,17 @@ NOT_TALLIES = {
 }
 
 
+def test_a_follower_forwards_64_replicates_at_once_and_every_one_lands(cluster: Cluster) -> None:
+    """Small forwarded values are checked by the leader at once, not as heavy work: 64 clients
+    of a follower (forwarded together) are not refused as busy."""
+    follower = cluster.node(cluster.leader() % 3 + 1)
+    small_tally(follower)
+    rids = [uuid.uuid4().hex for _ in range(64)]
+    with ThreadPoolExecutor(64) as pool:
+        landed = list(pool.map(lambda rid: follower.replicate("small_reduced", rid), rids))
+    assert len({r["position"] for r in landed}) == len(rids)
+
+
 @pytest.mark.parametrize("kind", sorted(NOT_TALLIES))
 def test_replicating_a_file_that_is_not_a_tally_is_refused(
     cluster: Cluster, unchanged: None, kind: str
