@@ -13,11 +13,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import click
 
-from paxmr import control, jobs, local, logs, render
+from paxmr import control, jobs, local, logs, render, replies
 from paxmr import settings as settings_mod
 from paxmr.settings import ConfigError, Settings
 from paxmr.sim.command import sim
@@ -59,6 +59,10 @@ class Ctx:
         return self.output == "json"
 
     def emit(self, result: Any, text: Callable[[Any], str]) -> None:
+        """Print `result` as JSON or as `text` renders it; both see the same JSON object (a
+        reply model is dumped first)."""
+        if isinstance(result, control.Result):
+            result = result.model_dump(mode="json")
         click.echo(json.dumps(result, indent=1, ensure_ascii=False) if self.json else text(result))
 
 
@@ -131,13 +135,13 @@ def run_cmd(c: Ctx, file: str, request_id: str | None) -> None:
     """Map, reduce and replicate FILE: its tally lands in the replicated log."""
     mapped = jobs.run_map(c.settings, file, _progress_bar(f"map {file}"))
     reduced = jobs.run_reduce(c.settings, mapped["outputs"])
-    replicated = jobs.replicate(c.settings, reduced["output"], request_id)
+    replicated = jobs.replicate(c.settings, reduced.output, request_id)
     result = {
         "file": file,
-        "position": replicated["position"],
+        "position": replicated.position,
         "map": mapped,
-        "reduce": reduced,
-        "replicate": replicated,
+        "reduce": reduced.model_dump(mode="json"),
+        "replicate": replicated.model_dump(mode="json"),
     }
     c.emit(
         result,
@@ -149,16 +153,18 @@ def run_cmd(c: Ctx, file: str, request_id: str | None) -> None:
 
 
 def _gather_status(s: Settings) -> dict[str, Any]:
-    sockets = {f"mapper-{i}": s.mapper_socket(i) for i in range(1, s.mappers + 1)}
-    sockets["reducer"] = s.reducer_socket
-    sockets["prm"] = s.prm_socket
+    sockets: dict[str, tuple[Path, type[control.Result]]] = {
+        f"mapper-{i}": (s.mapper_socket(i), replies.MapperStatus) for i in range(1, s.mappers + 1)
+    }
+    sockets["reducer"] = (s.reducer_socket, replies.ReducerStatus)
+    sockets["prm"] = (s.prm_socket, replies.PrmStatus)
     services: dict[str, str] = {}
-    prm: dict[str, Any] | None = None
-    for name, path in sockets.items():
+    prm: replies.PrmStatus | None = None
+    for name, (path, model) in sockets.items():
         try:
-            answer = control.call(path, "status", timeout=5.0)
+            answer = control.call(path, "status", timeout=5.0, reply=model)
             services[name] = "up"
-            if name == "prm":
+            if isinstance(answer, replies.PrmStatus):
                 prm = answer
         except control.ServiceDown:
             services[name] = "down"
@@ -168,12 +174,14 @@ def _gather_status(s: Settings) -> dict[str, Any]:
             services[name] = "not answering"
     problems = [f"{name} {state}" for name, state in services.items() if state != "up"]
     if prm is not None:
-        problems += prm.get("problems", [])
-    return {"node": s.node_id, "services": services, "prm": prm, "healthy": not problems,
-            "problems": problems, "exit_code": _health_code(services, prm)}  # fmt: skip
+        problems += prm.problems
+    return {"node": s.node_id, "services": services,
+            "prm": prm.model_dump(mode="json") if prm is not None else None,
+            "healthy": not problems, "problems": problems,
+            "exit_code": _health_code(services, prm)}  # fmt: skip
 
 
-def _health_code(services: dict[str, str], prm: dict[str, Any] | None) -> int:
+def _health_code(services: dict[str, str], prm: replies.PrmStatus | None) -> int:
     """The documented exit code of `status` and `health` (see HEALTH_CODES)."""
     states = set(services.values())
     if "denied" in states:
@@ -182,7 +190,7 @@ def _health_code(services: dict[str, str], prm: dict[str, Any] | None) -> int:
         return EXIT_DOWN
     if "not answering" in states or prm is None:
         return EXIT_ERROR
-    return 0 if not prm.get("problems") else EXIT_NO_QUORUM
+    return 0 if not prm.problems else EXIT_NO_QUORUM
 
 
 HEALTH_CODES = """Exit codes: 0 healthy; 3 a service is not running; 4 permission denied on a
@@ -194,19 +202,17 @@ healthy; 3, 4 or 1 as above for this node's PRM, which asks the others."""
 
 def _gather_cluster(s: Settings, timeout: float) -> dict[str, Any]:
     """Every member's own view, gathered by this node's PRM over the peer network."""
-    result: dict[str, Any] = control.call(
-        s.prm_socket, "cluster", {"timeout": timeout}, timeout=timeout + 10
+    answer = control.call(
+        s.prm_socket, "cluster", {"timeout": timeout}, timeout=timeout + 10, reply=replies.Cluster
     )
     problems = []
-    for m in result["members"]:
-        replica = m["replica"]
-        if replica is None:
-            problems.append(f"node {m['node']}: did not answer ({m['error']})")
+    for m in answer.members:
+        if m.replica is None:
+            problems.append(f"node {m.node}: did not answer ({m.error})")
         else:
-            problems += [f"node {m['node']}: {p}" for p in replica["problems"]]
-    result.update(problems=problems, healthy=not problems,
-                  exit_code=EXIT_NO_QUORUM if problems else 0)  # fmt: skip
-    return result
+            problems += [f"node {m.node}: {p}" for p in m.replica.problems]
+    return {**answer.model_dump(mode="json"), "problems": problems, "healthy": not problems,
+            "exit_code": EXIT_NO_QUORUM if problems else 0}  # fmt: skip
 
 
 _CLUSTER = click.option(
@@ -258,7 +264,7 @@ def health_cmd(c: Ctx, cluster: bool, timeout: float) -> None:
 @pass_ctx
 def metrics_cmd(c: Ctx) -> None:
     """The PRM's Prometheus metrics (the same text as its HTTP endpoint, if one is configured)."""
-    result = control.call(c.settings.prm_socket, "metrics")
+    result = control.call(c.settings.prm_socket, "metrics", reply=replies.Metrics)
     c.emit(result, lambda r: r["text"].rstrip("\n"))
 
 
@@ -380,7 +386,7 @@ def member_list_cmd(c: Ctx) -> None:
 
     "applied" and "behind" of other members are known on the leader (and where a member last
     reported them)."""
-    result = control.call(c.settings.prm_socket, "members")
+    result = control.call(c.settings.prm_socket, "members", reply=replies.Members)
     c.emit(result, render.members)
 
 
@@ -397,7 +403,9 @@ def member_add_cmd(c: Ctx, node: int, address: str, wait: float) -> None:
     key and certificate from the cluster's CA; its configuration lists the cluster's nodes.
     """
     args = {"node": node, "address": address, "wait": wait}
-    result = control.call(c.settings.prm_socket, "member_add", args, timeout=wait + 60)
+    result = control.call(
+        c.settings.prm_socket, "member_add", args, timeout=wait + 60, reply=replies.MemberAdded
+    )
     c.emit(
         result,
         lambda r: (
@@ -418,7 +426,9 @@ def member_remove_cmd(c: Ctx, node: int) -> None:
     The leader refuses when too few of the voters left can vote now to make a quorum.
     Stop the removed node's services afterwards; it no longer votes or leads.
     """
-    result = control.call(c.settings.prm_socket, "member_remove", {"node": node})
+    result = control.call(
+        c.settings.prm_socket, "member_remove", {"node": node}, reply=replies.MemberRemoved
+    )
     c.emit(result, lambda r: f"node {r['node']} removed (epoch {r['epoch']})")
 
 
@@ -426,7 +436,7 @@ def member_remove_cmd(c: Ctx, node: int) -> None:
 @pass_ctx
 def stop_cmd(c: Ctx) -> None:
     """Make this node's PRM behave as failed: it refuses replicates and ignores its peers."""
-    result = control.call(c.settings.prm_socket, "stop")
+    result = control.call(c.settings.prm_socket, "stop", reply=replies.Stopped)
     c.emit(result, lambda _r: "PRM stopped (resume with 'paxmr resume')")
 
 
@@ -434,7 +444,7 @@ def stop_cmd(c: Ctx) -> None:
 @pass_ctx
 def resume_cmd(c: Ctx) -> None:
     """Bring a stopped PRM back; it catches up the entries it missed."""
-    result = control.call(c.settings.prm_socket, "resume")
+    result = control.call(c.settings.prm_socket, "resume", reply=replies.Stopped)
     c.emit(result, lambda _r: "PRM resumed")
 
 
@@ -446,10 +456,13 @@ _CONSISTENT = click.option(
 )  # fmt: skip
 
 
-def _read(c: Ctx, op: str, args: dict[str, Any]) -> Any:
+_Query = TypeVar("_Query", replies.Total, replies.Printed, replies.Merged)
+
+
+def _read(c: Ctx, op: str, args: dict[str, Any], reply: type[_Query]) -> _Query:
     """A query on the local replica; a possibly stale answer carries a warning on stderr."""
-    result = control.call(c.settings.prm_socket, op, args)
-    warning = (result.get("freshness") or {}).get("warning")
+    result = control.call(c.settings.prm_socket, op, args, reply=reply)
+    warning = result.freshness.warning
     if warning and not c.json:
         click.echo(f"paxmr: warning: this node's answer {warning}", err=True)
     return result
@@ -461,7 +474,8 @@ def _read(c: Ctx, op: str, args: dict[str, Any]) -> Any:
 @pass_ctx
 def total_cmd(c: Ctx, positions: tuple[int, ...], consistent: bool) -> None:
     """Sum of all word counts of the log entries at POSITIONS."""
-    result = _read(c, "total", {"positions": list(positions), "consistent": consistent})
+    args = {"positions": list(positions), "consistent": consistent}
+    result = _read(c, "total", args, replies.Total)
     c.emit(result, lambda r: str(r["total"]))
 
 
@@ -470,7 +484,7 @@ def total_cmd(c: Ctx, positions: tuple[int, ...], consistent: bool) -> None:
 @pass_ctx
 def print_cmd(c: Ctx, consistent: bool) -> None:
     """The replicated log: the file names in log order."""
-    result = _read(c, "print", {"consistent": consistent})
+    result = _read(c, "print", {"consistent": consistent}, replies.Printed)
     c.emit(result, render.log)
 
 
@@ -483,7 +497,7 @@ def print_cmd(c: Ctx, consistent: bool) -> None:
 def merge_cmd(c: Ctx, positions: tuple[int, ...], top: int, consistent: bool) -> None:
     """Word counts added across the log entries at POSITIONS."""
     args = {"positions": list(positions), "top": top, "consistent": consistent}
-    result = _read(c, "merge", args)
+    result = _read(c, "merge", args, replies.Merged)
     c.emit(result, render.merged)
 
 
@@ -671,7 +685,9 @@ def backup_cmd(c: Ctx, name: str) -> None:
     rejoins as a non-voting replica that catches up, and votes again only after the lost-storage
     fence, so an old copy can never vote with promises it has forgotten.
     """
-    result = control.call(c.settings.prm_socket, "backup", {"name": name}, timeout=3600.0)
+    result = control.call(
+        c.settings.prm_socket, "backup", {"name": name}, timeout=3600.0, reply=replies.BackupInfo
+    )
     c.emit(result, lambda r: (
         f"backed up {r['entries']:,} entries ({r['slots']:,} slots, {r['bytes']:,} bytes) to"
         f" {r['path']}, log digest {r['digest']}"))  # fmt: skip

@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Self, TypeVar, overload
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -24,6 +24,7 @@ from paxmr import logs
 from paxmr.paths import PathRefused
 
 Progress = Callable[[dict[str, Any]], Awaitable[None]]
+R = TypeVar("R", bound="Result")
 
 
 class Args(BaseModel):
@@ -37,10 +38,13 @@ class NoArgs(Args):
 
 
 class Result(BaseModel):
-    """Base for an operation's typed result: sent as its JSON object (``model_dump``), so a
-    handler's return annotation is the reply's schema. A handler may still return plain JSON."""
+    """Base for an operation's typed result (paxmr/replies.py): sent as its JSON object
+    (``model_dump``), so a handler's return annotation is the reply's schema, and validated by
+    the client (``call(..., reply=Model)``). Unknown keys are ignored, not refused: a newer
+    service may send more than an older client knows (a rolling deploy), and mypy already
+    refuses an unknown field where a service builds a result."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 class ControlError(Exception):
@@ -172,10 +176,7 @@ class Server:
         try:
             args = op.args.model_validate(request.get("args") or {})
         except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or 'args'}: {e['msg']}" for e in exc.errors()
-            )
-            return _error("bad_args", f"{name}: {problems}")
+            return _error("bad_args", f"{name}: {_problems(exc, 'args')}")
 
         async def progress(info: dict[str, Any]) -> None:
             writer.write(_line({"progress": info}))
@@ -195,6 +196,13 @@ class Server:
         if isinstance(result, Result):
             result = result.model_dump(mode="json")
         return _line({"ok": True, "result": result})
+
+
+def _problems(exc: ValidationError, whole: str) -> str:
+    """What a validation found, one "field: why" each (``whole`` names the value itself)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or whole}: {e['msg']}" for e in exc.errors()
+    )
 
 
 def _request(raw: bytes) -> dict[str, Any] | bytes:
@@ -285,13 +293,52 @@ class Client:
         with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
 
+    @overload
     def call(
         self,
         op: str,
         args: dict[str, Any] | None = None,
         on_progress: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        reply: type[R],
+    ) -> R: ...
+    @overload
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        reply: None = None,
+    ) -> Any: ...
+    def call(
+        self,
+        op: str,
+        args: dict[str, Any] | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        reply: type[Result] | None = None,
     ) -> Any:
-        """One request, one result; progress lines go to ``on_progress`` as they arrive."""
+        """One request, one result (validated as ``reply``, if given: a reply this version does
+        not understand is a ``bad_reply`` error); progress lines go to ``on_progress``."""
+        result = self._call(op, args, on_progress)
+        if reply is None:
+            return result
+        try:
+            return reply.model_validate(result)
+        except ValidationError as exc:
+            raise RemoteError(
+                "bad_reply",
+                f"{self.path} answered {op} with a reply this paxmr does not understand"
+                f" (another version?): {_problems(exc, 'result')}",
+            ) from None
+
+    def _call(
+        self,
+        op: str,
+        args: dict[str, Any] | None,
+        on_progress: Callable[[dict[str, Any]], None] | None,
+    ) -> Any:
         # ASCII JSON: text that is not valid Unicode (a file name that is not UTF-8, taken from
         # argv as lone surrogates) still goes out, and the service answers with a clear error.
         request = json.dumps({"op": op, "args": args or {}}, separators=(",", ":"))
@@ -321,6 +368,7 @@ class Client:
             )
 
 
+@overload
 def call(
     path: Path,
     op: str,
@@ -328,7 +376,27 @@ def call(
     *,
     timeout: float | None = 30.0,
     on_progress: Callable[[dict[str, Any]], None] | None = None,
+    reply: type[R],
+) -> R: ...
+@overload
+def call(
+    path: Path,
+    op: str,
+    args: dict[str, Any] | None = None,
+    *,
+    timeout: float | None = 30.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    reply: None = None,
+) -> Any: ...
+def call(
+    path: Path,
+    op: str,
+    args: dict[str, Any] | None = None,
+    *,
+    timeout: float | None = 30.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+    reply: type[Result] | None = None,
 ) -> Any:
     """One request on a connection of its own."""
     with Client(path, timeout) as client:
-        return client.call(op, args, on_progress)
+        return client.call(op, args, on_progress, reply=reply)

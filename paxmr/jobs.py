@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from paxmr import control
+from paxmr.replies import MapResult, ReduceResult, Replicated, SplitResult
 from paxmr.settings import Settings
 
 # Counting a large file can take minutes; the services send progress lines meanwhile.
@@ -24,9 +25,12 @@ def run_map(
     The services do all file access: the data directory need not be readable by the caller.
     """
     answer = control.call(
-        settings.mapper_socket(1), "split", {"file": file, "parts": settings.mappers}
+        settings.mapper_socket(1),
+        "split",
+        {"file": file, "parts": settings.mappers},
+        reply=SplitResult,
     )
-    ranges = [tuple(r) for r in answer["ranges"]]
+    ranges = answer.ranges
     total = sum(size for _, size in ranges)
     done = [0] * len(ranges)
     lock = threading.Lock()
@@ -35,7 +39,7 @@ def run_map(
         control.Client(settings.mapper_socket(i + 1), JOB_TIMEOUT) for i in range(len(ranges))
     ]
 
-    def one(index: int) -> dict[str, Any]:
+    def one(index: int) -> MapResult:
         def progress(info: dict[str, Any]) -> None:
             with lock:
                 done[index] = int(info.get("done", 0))
@@ -44,8 +48,7 @@ def run_map(
 
         offset, size = ranges[index]
         args = {"file": file, "offset": offset, "size": size}
-        result: dict[str, Any] = clients[index].call("map", args, progress)
-        return result
+        return clients[index].call("map", args, progress, reply=MapResult)
 
     pool = ThreadPoolExecutor(len(ranges))
     try:
@@ -63,25 +66,28 @@ def run_map(
     return {
         "file": file,
         "bytes": total,
-        "outputs": [r["output"] for r in results],
+        "outputs": [r.output for r in results],
         "seconds": round(time.monotonic() - started, 3),
     }
 
 
-def run_reduce(settings: Settings, files: list[str]) -> dict[str, Any]:
-    result: dict[str, Any] = control.call(
-        settings.reducer_socket, "reduce", {"files": files}, timeout=JOB_TIMEOUT
+def run_reduce(settings: Settings, files: list[str]) -> ReduceResult:
+    return control.call(
+        settings.reducer_socket, "reduce", {"files": files}, timeout=JOB_TIMEOUT, reply=ReduceResult
     )
-    return result
 
 
-def replicate(settings: Settings, file: str, request_id: str | None = None) -> dict[str, Any]:
+def replicate(settings: Settings, file: str, request_id: str | None = None) -> Replicated:
     """Replicate a reduced tally. Retrying with the same request id never lands it twice."""
     args = {"file": file, "request_id": request_id or uuid.uuid4().hex}
     try:
         # The PRM answers within its replicate timeout, with no_quorum when none was reached.
-        result: dict[str, Any] = control.call(
-            settings.prm_socket, "replicate", args, timeout=settings.timing.replicate_timeout * 3
+        result = control.call(
+            settings.prm_socket,
+            "replicate",
+            args,
+            timeout=settings.timing.replicate_timeout * 3,
+            reply=Replicated,
         )
     except (TimeoutError, control.RemoteError) as exc:
         if isinstance(exc, control.RemoteError) and exc.code != "disconnected":

@@ -96,7 +96,7 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
             wc_s = time.perf_counter() - started
             wc_cpu_s = _children_cpu_s() - cpu
 
-            if tally.read(settings.data_dir / reduced["output"]) != dict(baseline):
+            if tally.read(settings.data_dir / reduced.output) != dict(baseline):
                 raise Unequal("the job's reduced tally differs from the baseline's counts")
             if kernel.as_counter() != baseline:
                 raise Unequal("the kernel's counts differ from the baseline's")
@@ -127,7 +127,7 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
         "wc_w_mb_per_s": round(mb / wc_s, 1),
         "kernel_vs_wc_w": round(wc_s / kernel_s, 2),
         "kernel_vs_wc_w_cpu": round(wc_cpu_s / kernel_cpu_s, 2),
-        "distinct_words": reduced["distinct"],
+        "distinct_words": reduced.distinct,
         "mapper_max_rss_mib": round(rss, 1),
         "mapper_idle_rss_mib": round(idle_rss, 1),
         "equal": True,  # checked above: every run raises Unequal otherwise

@@ -7,11 +7,12 @@ import contextlib
 import os
 import threading
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from pydantic import Field
 
 from paxmr import control, logs, paths
+from paxmr.replies import MapperStatus, MapResult, SplitResult
 from paxmr.services import daemon
 from paxmr.settings import Settings
 from paxmr.wordcount import count, split, tally
@@ -28,21 +29,6 @@ class MapArgs(control.Args):
     file: str
     offset: int = Field(ge=0)
     size: int = Field(ge=0)
-
-
-class SplitResult(control.Result):
-    ranges: list[tuple[int, int]]  # (offset, size) of each part, in file order
-
-
-class MapResult(control.Result):
-    output: str  # the intermediate tally written, {F}_I_{id}
-    distinct: int  # distinct words in it
-    bytes: int  # the size of the range counted
-
-
-class MapperStatus(control.Result):
-    role: Literal["mapper"] = "mapper"
-    id: int
 
 
 def intermediate_name(file: str, mapper_id: int) -> str:

@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import prometheus_client as prom
 from prometheus_client import CollectorRegistry
@@ -25,6 +24,7 @@ from prometheus_client import CollectorRegistry
 from paxmr import logs, paxos
 from paxmr.paxos.messages import Accept
 from paxmr.paxos.ready import NodeStatus
+from paxmr.replies import Peer
 
 LEADER, CANDIDATE = "leader", "candidate"
 
@@ -250,15 +250,15 @@ class Observer:
             )
         return found
 
-    def peer_table(self, now: float, connected: set[int]) -> dict[str, dict[str, Any]]:
+    def peer_table(self, now: float, connected: set[int]) -> dict[str, Peer]:
         out = {}
         for p, h in self.heard.items():
             age = now - h.at
-            out[str(p)] = {
-                "up": age <= self.window,
-                "heard_s_ago": None if math.isinf(age) else round(age, 3),
-                "connected": p in connected,
-            }
+            out[str(p)] = Peer(
+                up=age <= self.window,
+                heard_s_ago=None if math.isinf(age) else round(age, 3),
+                connected=p in connected,
+            )
         return out
 
     def _storage_bytes(self) -> float:

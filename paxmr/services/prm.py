@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 from pydantic import Field
 
 from paxmr import backup, chunks, control, logs, paths, paxos
+from paxmr import replies as r
 from paxmr.catalog import Catalog
 from paxmr.logobject import LogObject
 from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
@@ -580,7 +581,7 @@ class Prm:
 
     # --- control operations ------------------------------------------------------------------
 
-    async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> dict[str, Any]:
+    async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> r.Replicated:
         rid = args.request_id
         if rid.startswith(paxos.CHUNK_PREFIX):
             raise control.ControlError("invalid", "this request id prefix is reserved for chunks")
@@ -689,7 +690,7 @@ class Prm:
         args: ReplicateArgs,
         future: asyncio.Future[paxos.Committed | paxos.Refused],
         digest: str,
-    ) -> dict[str, Any]:
+    ) -> r.Replicated:
         rid = args.request_id
         # The core refuses on its own request timeout; this bound only guards against a core
         # that never answers (a loop starved for longer than the timeout once made it fire).
@@ -716,8 +717,8 @@ class Prm:
                 f" {outcome.position} with other content: use a new request id",
             )
         self.log.info("replicated", file=args.file, position=outcome.position, slot=outcome.slot)
-        return {"file": args.file, "position": outcome.position, "slot": outcome.slot,
-                "request_id": rid, "digest": digest}  # fmt: skip
+        return r.Replicated(file=args.file, position=outcome.position, slot=outcome.slot,
+                            request_id=rid, digest=digest)  # fmt: skip
 
     @contextlib.contextmanager
     def _admitted(self, pool: heavy.Pool) -> Iterator[None]:
@@ -765,14 +766,14 @@ class Prm:
     # Queries decode whole tallies: they run in a worker thread, off the loop that heartbeats.
     # Their results are logged too, as the assignment's PRM printed them.
 
-    async def total(self, args: PositionsArgs, _p: control.Progress) -> dict[str, Any]:
+    async def total(self, args: PositionsArgs, _p: control.Progress) -> r.Total:
         fresh = await self._freshness(args.consistent)
         self._check_positions(args.positions)
         total = sum(self.catalog.summaries[p]["words"] for p in args.positions)
         self.log.info("total", positions=args.positions, total=total)
-        return {"positions": args.positions, "total": total, "freshness": fresh}
+        return r.Total(positions=args.positions, total=total, freshness=fresh)
 
-    async def merge(self, args: MergeArgs, _p: control.Progress) -> dict[str, Any]:
+    async def merge(self, args: MergeArgs, _p: control.Progress) -> r.Merged:
         fresh = await self._freshness(args.consistent)
         self._check_positions(args.positions)
         slots = [(p, self.catalog.summaries[p]["slot"]) for p in args.positions]
@@ -785,15 +786,19 @@ class Prm:
             raise control.ControlError("bad_entry", merged["error"])
         top = merged["words"]
         self.log.info("merge", positions=args.positions, distinct=merged["distinct"], top=top[:10])
-        return {
-            "positions": args.positions,
-            "distinct": merged["distinct"],
-            "total": merged["total"],
-            "words": top,
-            "freshness": fresh,
-        }
+        return r.Merged(
+            positions=args.positions,
+            distinct=merged["distinct"],
+            total=merged["total"],
+            words=top,
+            freshness=fresh,
+        )
 
     async def print_log(self, args: ReadArgs, _p: control.Progress) -> dict[str, Any]:
+        """The log's summaries, shaped as replies.Printed (which the CLI validates) but not
+        built as one here: a model per position would cost this loop, where heartbeats run,
+        seconds for 100,000 positions (validate and dump, measured); the catalog's dicts are
+        sent as they are."""
         fresh = await self._freshness(args.consistent)
         self.log.info(
             "print",
@@ -806,10 +811,10 @@ class Prm:
         return {
             "entries": self.catalog.summaries,
             "digest": self.catalog.digest.hex(),
-            "freshness": fresh,
+            "freshness": fresh.model_dump(mode="json"),
         }
 
-    async def _freshness(self, consistent: bool) -> dict[str, Any]:
+    async def _freshness(self, consistent: bool) -> r.Freshness:
         """How this replica's answer relates to the cluster's log; waits first if consistent.
 
         A consistent read waits until this replica has applied up to a read index from the
@@ -835,15 +840,14 @@ class Prm:
         problems = obs.problems(s, now)
         if behind and not consistent:
             problems.append(f"behind the leader by {behind} slots")
-        return {
-            "consistent": consistent,
-            "read_index": target,  # the applied length a consistent read waited for
-            "stopped": s.stopped,
-            "leader": obs.leader(s, now),
-            "behind": behind,
-            "warning": None if consistent or not problems else
-                       "may be stale: " + "; ".join(problems),
-        }  # fmt: skip
+        return r.Freshness(
+            consistent=consistent,
+            read_index=target,
+            stopped=s.stopped,
+            leader=obs.leader(s, now),
+            behind=behind,
+            warning=None if consistent or not problems else "may be stale: " + "; ".join(problems),
+        )
 
     async def _read_index(self, deadline: float) -> int:
         """A read index from the core, asked again until `deadline`: a leader may be changing
@@ -886,53 +890,53 @@ class Prm:
             + (f" ({problems})" if problems else ""),
         )
 
-    async def stop(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+    async def stop(self, _a: control.NoArgs, _p: control.Progress) -> r.Stopped:
         self.node.stop(time.monotonic())
         self.wake.set()
         self.log.warning("stopped_by_operator")
-        return {"stopped": True}
+        return r.Stopped(stopped=True)
 
-    async def resume(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+    async def resume(self, _a: control.NoArgs, _p: control.Progress) -> r.Stopped:
         self.node.resume(time.monotonic())
         self.wake.set()
         self.log.warning("resumed_by_operator")
-        return {"stopped": False}
+        return r.Stopped(stopped=False)
 
-    async def status(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+    async def status(self, _a: control.NoArgs, _p: control.Progress) -> r.PrmStatus:
         s = self.node.status()
         now = time.monotonic()
         obs = self.observer
         problems = obs.problems(s, now)
-        return {
-            "node": s.node,
-            "role": s.role,
-            "leader": obs.leader(s, now),
-            "healthy": not problems,
-            "problems": problems,
-            "behind": obs.behind_by(s),
-            "quorum": obs.quorum,
-            "uptime_s": round(now - obs.started, 1),
-            "ballot": [s.promised.round, s.promised.node],
-            "stopped": s.stopped,
-            "voting": s.voting,
-            "slots": s.length,
-            "entries": len(self.catalog.summaries),
-            "digest": self.catalog.digest.hex(),
-            "in_flight": s.in_flight,
-            "pending": s.pending,
-            "log": self.usage(),
-            "peers": obs.peer_table(now, set(self.transport.connected)),
-        }
+        return r.PrmStatus(
+            node=s.node,
+            role=s.role,
+            leader=obs.leader(s, now),
+            healthy=not problems,
+            problems=problems,
+            behind=obs.behind_by(s),
+            quorum=obs.quorum,
+            uptime_s=round(now - obs.started, 1),
+            ballot=(s.promised.round, s.promised.node),
+            stopped=s.stopped,
+            voting=s.voting,
+            slots=s.length,
+            entries=len(self.catalog.summaries),
+            digest=self.catalog.digest.hex(),
+            in_flight=s.in_flight,
+            pending=s.pending,
+            log=self.usage(),
+            peers=obs.peer_table(now, set(self.transport.connected)),
+        )
 
-    def usage(self) -> dict[str, Any]:
+    def usage(self) -> r.LogUsage:
         """The log's size against its quota (limits.log_bytes, limits.log_entries)."""
         limits = self.settings.limits
         full = self._over_quota(1) is not None
-        return {"bytes": self.log_bytes, "bytes_quota": limits.log_bytes,
-                "entries": len(self.catalog.summaries), "entries_quota": limits.log_entries,
-                "full": full, "heavy_running": self.client_pool.active}  # fmt: skip
+        return r.LogUsage(bytes=self.log_bytes, bytes_quota=limits.log_bytes,
+                          entries=len(self.catalog.summaries), entries_quota=limits.log_entries,
+                          full=full, heavy_running=self.client_pool.active)  # fmt: skip
 
-    async def backup(self, args: BackupArgs, _p: control.Progress) -> dict[str, Any]:
+    async def backup(self, args: BackupArgs, _p: control.Progress) -> r.BackupInfo:
         """A consistent, forgetful copy of this node's storage as NAME in the backups directory
         beside it (paxmr/backup.py); replicates go on meanwhile."""
         if self._backing_up:
@@ -951,9 +955,9 @@ class Prm:
             self._backing_up = False
         info["path"] = str(where / args.name)
         self.log.info("backup", **info)
-        return info
+        return r.BackupInfo.model_validate(info)
 
-    async def members(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
+    async def members(self, _a: control.NoArgs, _p: control.Progress) -> r.Members:
         s = self.node.status()
         m = s.membership
         now = time.monotonic()
@@ -966,51 +970,51 @@ class Prm:
             age = None if heard is None or math.isinf(now - heard.at) else round(now - heard.at, 3)
             applied = s.length if node == s.node else lengths.get(node)
             address = addresses.get(node)
-            rows.append({
-                "node": node,
-                "address": f"{address.host}:{address.port}" if address else None,
-                "role": "voter" if node in m.voters else "learner",
-                "leader": node == self.observer.leader(s, now),
-                "applied": applied,
-                "behind": None if applied is None else max(0, s.length - applied),
-                "heard_s_ago": 0.0 if node == s.node else age,
-            })  # fmt: skip
-        return {"epoch": m.epoch, "quorum": m.quorum, "members": rows}
+            rows.append(r.Member(
+                node=node,
+                address=f"{address.host}:{address.port}" if address else None,
+                role="voter" if node in m.voters else "learner",
+                leader=node == self.observer.leader(s, now),
+                applied=applied,
+                behind=None if applied is None else max(0, s.length - applied),
+                heard_s_ago=0.0 if node == s.node else age,
+            ))  # fmt: skip
+        return r.Members(epoch=m.epoch, quorum=m.quorum, members=rows)
 
-    def view(self) -> dict[str, Any]:
+    def view(self) -> r.View:
         """This replica as `paxmr status --cluster` shows it, here and on every member that
         asks (one source for both: StatusReply carries exactly this)."""
         s = self.node.status()
         now = time.monotonic()
-        return {
-            "role": s.role,
-            "leader": self.observer.leader(s, now),
-            "ballot": [s.promised.round, s.promised.node],
-            "stopped": s.stopped,
-            "voting": s.voting,
-            "slots": s.length,
-            "entries": len(self.catalog.summaries),
-            "digest": self.catalog.digest.hex(),
-            "problems": self.observer.problems(s, now),
-            "version": VERSION,
-            "log_bytes": self.log_bytes,
-            "uptime_s": round(now - self.observer.started, 1),
-        }
+        return r.View(
+            role=s.role,
+            leader=self.observer.leader(s, now),
+            ballot=(s.promised.round, s.promised.node),
+            stopped=s.stopped,
+            voting=s.voting,
+            slots=s.length,
+            entries=len(self.catalog.summaries),
+            digest=self.catalog.digest.hex(),
+            problems=self.observer.problems(s, now),
+            version=VERSION,
+            log_bytes=self.log_bytes,
+            uptime_s=round(now - self.observer.started, 1),
+        )
 
     def _on_status_message(self, src: int, msg: StatusRequest | StatusReply) -> None:
         if isinstance(msg, StatusRequest):
             v = self.view()
             self.transport.send(src, StatusReply(
-                msg.query_id, v["role"], v["leader"] or 0, paxos.Ballot(*v["ballot"]),
-                v["stopped"], v["voting"], v["slots"], v["entries"], v["digest"],
-                tuple(v["problems"]), v["version"], v["log_bytes"], int(v["uptime_s"] * 1000),
+                msg.query_id, v.role, v.leader or 0, paxos.Ballot(*v.ballot), v.stopped,
+                v.voting, v.slots, v.entries, v.digest, tuple(v.problems), v.version,
+                v.log_bytes, int(v.uptime_s * 1000),
             ))  # fmt: skip
             return
         waiter = self._views.get((msg.query_id, src))
         if waiter is not None and not waiter.done():
             waiter.set_result(msg)
 
-    async def cluster(self, args: ClusterArgs, p: control.Progress) -> dict[str, Any]:
+    async def cluster(self, args: ClusterArgs, p: control.Progress) -> r.Cluster:
         """`paxmr member list`'s rows, each with the member's own view (`replica`, see view)
         asked of it over the peer network (StatusRequest), or `replica: None` and an `error`
         if it did not answer in time."""
@@ -1028,32 +1032,37 @@ class Prm:
             for node in waits:
                 self._views.pop((query, node), None)
         listing = await self.members(control.NoArgs(), p)  # heard: the answers count too
-        for row in listing["members"]:
-            node = row["node"]
-            waiter = waits.get(node)
-            if node == self.settings.node_id:
-                row["replica"] = self.view()
+        views: dict[int, r.View | None] = {}
+        for row in listing.members:
+            waiter = waits.get(row.node)
+            if row.node == self.settings.node_id:
+                views[row.node] = self.view()
             elif waiter is not None and waiter.done():
-                r = waiter.result()
-                row["replica"] = {
-                    "role": r.role, "leader": r.leader or None,
-                    "ballot": [r.ballot.round, r.ballot.node], "stopped": r.stopped,
-                    "voting": r.voting, "slots": r.length, "entries": r.count,
-                    "digest": r.digest, "problems": list(r.problems), "version": r.version,
-                    "log_bytes": r.log_bytes, "uptime_s": r.uptime_ms / 1000,
-                }  # fmt: skip
+                got = waiter.result()
+                views[row.node] = r.View(
+                    role=got.role, leader=got.leader or None,
+                    ballot=(got.ballot.round, got.ballot.node), stopped=got.stopped,
+                    voting=got.voting, slots=got.length, entries=got.count, digest=got.digest,
+                    problems=list(got.problems), version=got.version,
+                    log_bytes=got.log_bytes, uptime_s=got.uptime_ms / 1000,
+                )  # fmt: skip
             else:  # no answer (or a member added meanwhile, not asked)
-                row["replica"] = None
-                row["error"] = f"no answer within {args.timeout:g} s"
+                views[row.node] = None
         # Each member's own applied length, where it answered, against the longest reported.
-        answered = [r for r in listing["members"] if r["replica"]]
-        longest = max((r["replica"]["slots"] for r in answered), default=0)
-        for row in answered:
-            row["applied"] = row["replica"]["slots"]
-            row["behind"] = longest - row["applied"]
-        return {**listing, "asked_by": self.settings.node_id}
+        longest = max((v.slots for v in views.values() if v), default=0)
+        rows = []
+        for row in listing.members:
+            view = views[row.node]
+            if view is None:
+                error = f"no answer within {args.timeout:g} s"
+                rows.append(r.ClusterMember(**dict(row), replica=None, error=error))
+            else:
+                mine = {"applied": view.slots, "behind": longest - view.slots}
+                rows.append(r.ClusterMember(**{**dict(row), **mine}, replica=view))
+        return r.Cluster(epoch=listing.epoch, quorum=listing.quorum, members=rows,
+                         asked_by=self.settings.node_id)  # fmt: skip
 
-    async def member_add(self, args: MemberAddArgs, _p: control.Progress) -> dict[str, Any]:
+    async def member_add(self, args: MemberAddArgs, _p: control.Progress) -> r.MemberAdded:
         """Add a node as a learner; the leader makes it a voter once it has caught up."""
         m = self.node.membership
         if args.node in m.members:
@@ -1068,13 +1077,13 @@ class Prm:
         deadline = time.monotonic() + args.wait
         while args.node not in self.node.membership.voters:
             if time.monotonic() > deadline:
-                return {"node": args.node, "role": "learner", "caught_up": False,
-                        "epoch": self.node.membership.epoch}  # fmt: skip
+                return r.MemberAdded(node=args.node, role="learner", caught_up=False,
+                                     epoch=self.node.membership.epoch)  # fmt: skip
             await asyncio.sleep(0.05)
-        return {"node": args.node, "role": "voter", "caught_up": True,
-                "epoch": self.node.membership.epoch}  # fmt: skip
+        return r.MemberAdded(node=args.node, role="voter", caught_up=True,
+                             epoch=self.node.membership.epoch)  # fmt: skip
 
-    async def member_remove(self, args: MemberRemoveArgs, _p: control.Progress) -> dict[str, Any]:
+    async def member_remove(self, args: MemberRemoveArgs, _p: control.Progress) -> r.MemberRemoved:
         m = self.node.membership
         if args.node not in m.members:
             raise control.ControlError("invalid", f"node {args.node} is not a member")
@@ -1083,12 +1092,12 @@ class Prm:
             raise control.ControlError("invalid", "the last voter cannot be removed")
         # The leader refuses a change whose voters could not make a quorum (Node).
         await self._change(args.request_id, voters, m.learners - {args.node})
-        return {"node": args.node, "removed": True, "epoch": self.node.membership.epoch}
+        return r.MemberRemoved(node=args.node, removed=True, epoch=self.node.membership.epoch)
 
-    async def metrics(self, _a: control.NoArgs, _p: control.Progress) -> dict[str, Any]:
-        return {"text": self.observer.exposition()}
+    async def metrics(self, _a: control.NoArgs, _p: control.Progress) -> r.Metrics:
+        return r.Metrics(text=self.observer.exposition())
 
-    async def observed_replicate(self, args: ReplicateArgs, p: control.Progress) -> dict[str, Any]:
+    async def observed_replicate(self, args: ReplicateArgs, p: control.Progress) -> r.Replicated:
         outcome = "internal"
         try:
             with self.observer.commit_latency.time():

@@ -6,11 +6,12 @@ import asyncio
 import contextlib
 import re
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO
 
 from pydantic import Field
 
 from paxmr import control, logs, paths
+from paxmr.replies import ReduceResult, ReducerStatus
 from paxmr.services import daemon
 from paxmr.settings import Settings
 from paxmr.wordcount import tally
@@ -20,15 +21,6 @@ _INTERMEDIATE = re.compile(r"(?P<base>.+)_I_(?P<id>[0-9]+)")
 
 class ReduceArgs(control.Args):
     files: list[str] = Field(min_length=1)
-
-
-class ReduceResult(control.Result):
-    output: str  # the reduced tally written, {F}_reduced
-    distinct: int  # distinct words in it
-
-
-class ReducerStatus(control.Result):
-    role: Literal["reducer"] = "reducer"
 
 
 def reduced_name(intermediates: list[str]) -> str:

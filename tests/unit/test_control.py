@@ -183,3 +183,24 @@ def test_a_typed_result_is_sent_as_its_json_object(tmp_path: Path) -> None:
             assert reply == {"ok": True, "result": {"ranges": [[0, 5], [5, 3]], "name": "x"}}
 
     run(test)
+
+
+class Named(control.Result):
+    name: str  # a client of an older version: it knows fewer keys than the service sends
+
+
+def test_a_client_validates_a_reply_against_its_model(tmp_path: Path) -> None:
+    async def test() -> None:
+        async with serving(tmp_path, max_connections=8, idle_timeout=60) as (path, _):
+            got = await asyncio.to_thread(control.call, path, "typed", reply=Ranges)
+            assert got == Ranges(ranges=[(0, 5), (5, 3)], name="x")
+            # Keys it does not know are ignored (a newer service during a rolling deploy).
+            assert await asyncio.to_thread(control.call, path, "typed", reply=Named) == Named(
+                name="x"
+            )
+            # A reply that lacks what the model needs is a clear error, not a KeyError later.
+            with pytest.raises(control.RemoteError, match="ranges: Field required") as caught:
+                await asyncio.to_thread(control.call, path, "status", reply=Ranges)
+            assert caught.value.code == "bad_reply"
+
+    run(test)
