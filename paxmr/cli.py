@@ -170,7 +170,10 @@ def _gather_status(s: Settings) -> dict[str, Any]:
             services[name] = "down"
         except control.PermissionDenied:
             services[name] = "denied"
-        except (TimeoutError, control.RemoteError):
+        except control.RemoteError as exc:
+            # A reply this version cannot read says so (another version of paxmr there?).
+            services[name] = f"bad reply: {exc}" if exc.code == "bad_reply" else "not answering"
+        except TimeoutError:
             services[name] = "not answering"
     problems = [f"{name} {state}" for name, state in services.items() if state != "up"]
     if prm is not None:
@@ -188,7 +191,7 @@ def _health_code(services: dict[str, str], prm: replies.PrmStatus | None) -> int
         return EXIT_DENIED
     if "down" in states:
         return EXIT_DOWN
-    if "not answering" in states or prm is None:
+    if states - {"up"} or prm is None:  # not answering, or a reply it cannot read
         return EXIT_ERROR
     return 0 if not prm.problems else EXIT_NO_QUORUM
 

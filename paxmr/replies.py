@@ -144,21 +144,35 @@ class Peer(Result):
     connected: bool  # a TCP connection is open
 
 
-class PrmStatus(Result):
-    node: int
+class Replica(Result):
+    """What `paxmr status` and `paxmr status --cluster` both show of a replica."""
+
     role: str
     leader: int | None
-    healthy: bool
-    problems: list[str]
-    behind: int
-    quorum: int
-    uptime_s: float
     ballot: tuple[int, int]  # (round, node) promised
     stopped: bool
     voting: bool
     slots: int
     entries: int
-    digest: str
+    digest: str  # running SHA-256 over the applied requests
+    problems: list[str]
+    uptime_s: float
+
+
+class View(Replica):
+    """A member as it sees itself (Prm.view), as `paxmr status --cluster` shows it."""
+
+    version: str
+    log_bytes: int
+
+
+class PrmStatus(Replica):
+    """`paxmr status`'s replica, with what only this node knows."""
+
+    node: int
+    healthy: bool
+    behind: int  # slots the leader announced that are not applied here
+    quorum: int
     in_flight: int
     pending: int
     log: LogUsage
@@ -181,23 +195,6 @@ class BackupInfo(Result):
     members: list[int] | None
     bytes: int | None = None
     path: str | None = None
-
-
-class View(Result):
-    """A member as it sees itself (Prm.view), as `paxmr status --cluster` shows it."""
-
-    role: str
-    leader: int | None
-    ballot: tuple[int, int]
-    stopped: bool
-    voting: bool
-    slots: int
-    entries: int
-    digest: str
-    problems: list[str]
-    version: str
-    log_bytes: int
-    uptime_s: float
 
 
 class Member(Result):

@@ -906,26 +906,32 @@ class Prm:
         s = self.node.status()
         now = time.monotonic()
         obs = self.observer
-        problems = obs.problems(s, now)
+        replica = self._replica(s, now)
         return r.PrmStatus(
+            **dict(replica),
             node=s.node,
-            role=s.role,
-            leader=obs.leader(s, now),
-            healthy=not problems,
-            problems=problems,
+            healthy=not replica.problems,
             behind=obs.behind_by(s),
             quorum=obs.quorum,
-            uptime_s=round(now - obs.started, 1),
+            in_flight=s.in_flight,
+            pending=s.pending,
+            log=self.usage(),
+            peers=obs.peer_table(now, set(self.transport.connected)),
+        )
+
+    def _replica(self, s: paxos.NodeStatus, now: float) -> r.Replica:
+        """What `status` and `view` both show."""
+        return r.Replica(
+            role=s.role,
+            leader=self.observer.leader(s, now),
             ballot=(s.promised.round, s.promised.node),
             stopped=s.stopped,
             voting=s.voting,
             slots=s.length,
             entries=len(self.catalog.summaries),
             digest=self.catalog.digest.hex(),
-            in_flight=s.in_flight,
-            pending=s.pending,
-            log=self.usage(),
-            peers=obs.peer_table(now, set(self.transport.connected)),
+            problems=self.observer.problems(s, now),
+            uptime_s=round(now - self.observer.started, 1),
         )
 
     def usage(self) -> r.LogUsage:
@@ -984,22 +990,8 @@ class Prm:
     def view(self) -> r.View:
         """This replica as `paxmr status --cluster` shows it, here and on every member that
         asks (one source for both: StatusReply carries exactly this)."""
-        s = self.node.status()
-        now = time.monotonic()
-        return r.View(
-            role=s.role,
-            leader=self.observer.leader(s, now),
-            ballot=(s.promised.round, s.promised.node),
-            stopped=s.stopped,
-            voting=s.voting,
-            slots=s.length,
-            entries=len(self.catalog.summaries),
-            digest=self.catalog.digest.hex(),
-            problems=self.observer.problems(s, now),
-            version=VERSION,
-            log_bytes=self.log_bytes,
-            uptime_s=round(now - self.observer.started, 1),
-        )
+        replica = self._replica(self.node.status(), time.monotonic())
+        return r.View(**dict(replica), version=VERSION, log_bytes=self.log_bytes)
 
     def _on_status_message(self, src: int, msg: StatusRequest | StatusReply) -> None:
         if isinstance(msg, StatusRequest):

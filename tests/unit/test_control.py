@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from paxmr import control, render
+from paxmr import cli, control, render, replies
+from paxmr.settings import Settings
 
 
 class Gate:
@@ -202,5 +203,47 @@ def test_a_client_validates_a_reply_against_its_model(tmp_path: Path) -> None:
             with pytest.raises(control.RemoteError, match="ranges: Field required") as caught:
                 await asyncio.to_thread(control.call, path, "status", reply=Ranges)
             assert caught.value.code == "bad_reply"
+
+    run(test)
+
+
+def test_status_names_a_service_whose_reply_this_cli_cannot_read(tmp_path: Path) -> None:
+    """`paxmr status` against a service of another version: a clear state and exit 1."""
+    settings = Settings(runtime_dir=tmp_path, mappers=1)
+
+    async def wrong(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
+        return {"role": "mapper"}  # no "id": not what this version's MapperStatus needs
+
+    async def reducer(_args: control.NoArgs, _progress: control.Progress) -> dict[str, Any]:
+        return {"role": "reducer"}
+
+    async def prm(_args: control.NoArgs, _progress: control.Progress) -> replies.PrmStatus:
+        usage = replies.LogUsage(bytes=0, bytes_quota=None, entries=0, entries_quota=None,
+                                 full=False, heavy_running=0)  # fmt: skip
+        return replies.PrmStatus(
+            role="leader", leader=1, ballot=(1, 1), stopped=False, voting=True, slots=0,
+            entries=0, digest="00", problems=[], uptime_s=1.0, node=1, healthy=True, behind=0,
+            quorum=2, in_flight=0, pending=0, log=usage, peers={},
+        )  # fmt: skip
+
+    async def test() -> None:
+        listeners = []
+        for path, op in [(settings.mapper_socket(1), wrong), (settings.reducer_socket, reducer),
+                         (settings.prm_socket, prm)]:  # fmt: skip
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind(str(path))
+            sock.listen(8)
+            server = control.Server({"status": control.Op(control.NoArgs, op)}, line_limit=4096)
+            listeners.append(await server.start(sock))
+        try:
+            report = await asyncio.to_thread(cli._gather_status, settings)
+        finally:
+            for listener in listeners:
+                listener.close()
+        assert report["services"]["reducer"] == "up"
+        assert "bad reply" in report["services"]["mapper-1"]
+        assert "id: Field required" in report["services"]["mapper-1"]
+        assert report["services"]["prm"] == "up"
+        assert report["exit_code"] == cli.EXIT_ERROR  # the replica is healthy, a mapper is not
 
     run(test)
