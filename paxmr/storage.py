@@ -136,17 +136,25 @@ class Storage:
     def _check_mark(self) -> str | None:
         """Why this database may not vote with what it holds, if the mark shows it went back
         in time or is not the storage this node last wrote; it is then made forgetful."""
+        path = mark_path(Path(self.path))
         try:
-            mark = json.loads(mark_path(Path(self.path)).read_text())
+            mark = json.loads(path.read_text())
+            marked = (int(mark["nonce"]), int(mark["writes"]))
         except FileNotFoundError:
             return None
+        except (ValueError, KeyError, TypeError):  # not written by mark(): edited or damaged
+            marked = None
         nonce, writes, voting = self._counters()
-        if mark["nonce"] == nonce and mark["writes"] > writes:
+        if marked is None and voting:
+            why = f"{path} cannot be read, so nothing shows this storage is the latest"
+        elif marked is None:
+            return None  # forgetful already
+        elif marked[0] == nonce and marked[1] > writes:
             why = (
                 f"prm.db went back in time: it holds {writes} writes, this node had made"
-                f" {mark['writes']} durable (an old copy, or one without its -wal file)"
+                f" {marked[1]} durable (an old copy, or one without its -wal file)"
             )
-        elif mark["nonce"] != nonce and voting:
+        elif marked[0] != nonce and voting:
             why = (
                 "prm.db is not the storage this node last wrote (another one's high-water mark"
                 " is beside it): founded again over a node of a running cluster?"

@@ -103,3 +103,26 @@ def test_storage_that_lost_nothing_is_left_alone(tmp_path: Path) -> None:
         path.unlink(missing_ok=True)
     assert mark_path(db).exists()
     assert Storage.open(db).demoted is None
+
+
+def test_an_unreadable_mark_makes_a_voting_storage_forgetful_instead_of_failing(
+    tmp_path: Path,
+) -> None:
+    """A mark edited or damaged by hand proves nothing either way: a voting storage beside it
+    fences, as one that lost its storage would, rather than the PRM failing to start."""
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    _write(storage, 1)
+    storage.close()
+    for damaged in ("", "{", '{"nonce": 1}', "[]", '{"nonce": "x", "writes": 1}'):
+        mark_path(db).write_text(damaged)
+        reopened = Storage.open(db)
+        assert reopened.demoted is not None
+        assert "cannot be read" in reopened.demoted
+        assert not reopened.load().voting
+        reopened.close()
+        whole = Storage.open(db)
+        assert whole.demoted is None  # the mark is whole again
+        whole.close()
+        with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute("UPDATE meta SET value = 1 WHERE key = 'voting'")  # votes again
