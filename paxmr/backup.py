@@ -12,8 +12,9 @@ of the chosen log is always true) and the cluster's identity. That is exactly th
 replica that lost its storage (``Storage.open`` without bootstrap) plus a head start on the log:
 the node starts non-voting, catches up from its peers, and votes again only after the core's
 lost-storage fence (paxmr/paxos/acceptor.py). Even a plain ``cp`` of a backup onto prm.db is
-therefore safe; ``paxmr restore`` adds the checks (PRM not running, no storage in place, the
-same cluster members) and applies the same forgetting again, to a raw copy of a live prm.db too.
+therefore safe; ``paxmr restore`` adds the checks (PRM not running, no storage in place, every
+member of the backup's cluster has an address) and applies the same forgetting again, to a raw
+copy of a live prm.db too.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from paxmr.paxos import GENESIS_DIGEST
+from paxmr.paxos import GENESIS_DIGEST, MEMBERSHIP_PREFIX, LogEntry
+from paxmr.paxos.membership import Membership, replay
 from paxmr.storage import forget
 
 _CHUNK = 1 << 20
@@ -105,11 +107,28 @@ def take(db: Path, scratch: Path, dir_fd: int, leaf: str) -> dict[str, Any]:
     return info
 
 
+def _check_addresses(conn: sqlite3.Connection, info: dict[str, Any], configured: list[int]) -> None:
+    """Refuse a founder's backup whose cluster (as its log leaves it, not as it was founded: the
+    log decides who is a member) has a member with no address, neither among the `configured`
+    nodes nor in the log: the PRM would not start with it (services/prm.member_addresses)."""
+    rows = conn.execute(
+        "SELECT slot, request_id, value FROM log WHERE substr(request_id, 1, ?) = ? ORDER BY slot",
+        (len(MEMBERSHIP_PREFIX), MEMBERSHIP_PREFIX),
+    ).fetchall()
+    founding = Membership(0, frozenset(info["members"]))
+    now = replay(founding, [LogEntry(slot, rid, bytes(value), None) for slot, rid, value in rows])
+    if missing := sorted(now.members - set(configured) - set(now.addresses)):
+        raise BackupError(
+            f"node {missing[0]} is a member of cluster {info['cluster_id']} (epoch {now.epoch})"
+            f" but has no address: not among the configured nodes {sorted(configured)}"
+        )
+
+
 def restore(backup: Path, db: Path, members: list[int]) -> dict[str, Any]:
     """Install ``backup`` as the storage ``db`` of a stopped PRM that has none, forgetful.
 
     Refuses when ``db`` exists (move it away first: that is a decision, not a default) and when
-    the backup belongs to a cluster founded with other members than ``members``."""
+    a member of the backup's cluster has no address (``members``: the configured nodes)."""
     if db.exists():
         raise BackupError(
             f"{db} exists: a restore only fills a node without storage. Stop the PRM and move"
@@ -118,11 +137,8 @@ def restore(backup: Path, db: Path, members: list[int]) -> dict[str, Any]:
     source = sqlite3.connect(f"file:{backup}?mode=ro", uri=True)
     try:
         info = describe(source)
-        if info["members"] is not None and sorted(info["members"]) != sorted(members):
-            raise BackupError(
-                f"{backup} belongs to cluster {info['cluster_id']} with members"
-                f" {info['members']}, not the configured members {sorted(members)}"
-            )
+        if info["members"] is not None:
+            _check_addresses(source, info, members)
         db.parent.mkdir(parents=True, exist_ok=True)
         part = db.with_name(f".{db.name}.restoring")
         part.unlink(missing_ok=True)
