@@ -751,8 +751,12 @@ def refound_cmd(c: Ctx, survivor: Path, cluster_id: str, accept_data_loss: bool)
     (`paxmr status`); copy its prm.db aside (with its -wal file, if any); on EVERY member move
     the old prm.db away and run this with the same --from copy and the same new --cluster-id;
     then start them all. The new cluster's log starts as the survivor's applied log, on every
-    member alike.
+    member alike. Refused with the survivor's own cluster id, and while a configured peer
+    answers that it runs another cluster.
     """
+    import sqlite3  # noqa: PLC0415
+
+    from paxmr import backup  # noqa: PLC0415
     from paxmr.services import prm  # noqa: PLC0415
     from paxmr.storage import Identity, Storage, mark_path  # noqa: PLC0415
 
@@ -765,6 +769,35 @@ def refound_cmd(c: Ctx, survivor: Path, cluster_id: str, accept_data_loss: bool)
     if path.exists():
         raise FileExistsError(
             f"{path} exists: move it away first (keep it until the new cluster works)"
+        )
+    # The new storage votes from the start with no promise it made before, which is safe only
+    # among members of the new cluster: the old one's members would let in a node with its id.
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{survivor}?mode=ro", uri=True)) as conn:
+            old = backup.describe(conn)["cluster_id"]
+    except backup.BackupError as exc:
+        _fail(f"refound refused: {survivor}: {exc}", EXIT_ERROR)
+    if old == cluster_id:
+        _fail(
+            f"refound refused: {cluster_id} is the survivor's cluster id; the re-founded"
+            " cluster needs a new one (its old members would take this node for the one"
+            " that lost its disk)",
+            EXIT_ERROR,
+        )
+    try:
+        running = [
+            f"node {peer.id} ({peer.host}:{peer.port}) runs cluster {answer.cluster}"
+            for peer, answer in asyncio.run(prm.ask_peers(c.settings))
+            if answer is not None and answer.cluster and answer.cluster != cluster_id
+        ]
+    except ConfigError as exc:  # no TLS files to ask with: say so, and go on
+        running = []
+        click.echo(f"paxmr: warning: the peers were not asked what they run: {exc}", err=True)
+    if running:
+        _fail(
+            "refound refused: " + "; ".join(running) + ". Stop every PRM of the old cluster"
+            " first; a member that only lost its disk rejoins without init or refound",
+            EXIT_ERROR,
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     mark_path(path).unlink(missing_ok=True)  # the old storage's: this one is new on purpose

@@ -1,0 +1,132 @@
+"""Operator mistakes on a real local cluster, from an adversarial review of the storage's
+high-water mark, cluster-id learning, membership change and founding (issue 9). A strict xfail
+is a hole: its reason says what goes wrong, its docstring how it happens."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from paxmr import local
+from paxmr.storage import mark_path
+from tests.support.local import Node, running_cluster, service_env, sigkill, small_tally
+from tests.support.wait import CONVERGE_S, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def _wipe(node: Node, *, mark: bool) -> Path:
+    """Remove the node's prm.db (and its -wal, -shm; and its mark if `mark`): a disk replaced."""
+    db = node.settings.state_dir / "prm.db"
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), *([mark_path(db)] if mark else [])):
+        path.unlink(missing_ok=True)
+    return db
+
+
+def _cluster_id(node: Node) -> str:
+    with contextlib.closing(sqlite3.connect(node.settings.state_dir / "prm.db")) as db:
+        (found,) = db.execute("SELECT cluster_id FROM identity").fetchone()
+    return str(found)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a storage does not record which node it belongs to: another node's prm.db copied"
+    " with its high-water mark is trusted, and the node votes with that node's promises and"
+    " accepts instead of its own (and may reuse a round it used before)",
+)
+def test_another_nodes_storage_copied_onto_a_node_is_made_forgetful() -> None:
+    """Node 2's disk is replaced. To spare it the catch-up, the operator seeds the new disk with
+    node 1's state directory (its prm.db and, as a whole-directory copy would, its prm.mark).
+    Node 2 would then vote with node 1's acceptor state, having forgotten its own promises and
+    accepts: as unsafe as a restored old copy. Its PRM should see that the storage is not the
+    one it last wrote and start it forgetful (storage_demoted), as for an old copy put back."""
+    with running_cluster() as cluster:
+        one, two = cluster.node(1), cluster.node(2)
+        one.replicate(small_tally(one))
+        cluster.converged(timeout=CONVERGE_S)
+        sigkill(two.prm_pid())
+        db = _wipe(two, mark=True)
+        source = one.settings.state_dir / "prm.db"
+        shutil.copy(mark_path(source), mark_path(db))  # the mark first: the copy is newer
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src,
+            contextlib.closing(sqlite3.connect(db)) as dst,
+        ):
+            src.backup(dst)
+        with service_env():
+            local.restart(cluster.root, 2, "prm")
+        # The PRM checks its storage before it serves: told by now, or never.
+        assert two.log_events("storage_demoted"), "node 2 votes with node 1's storage"
+
+
+def test_refound_on_a_member_of_a_running_cluster_is_refused() -> None:
+    """Node 3's disk is lost. The operator reaches for `refound` (the lost-majority way out)
+    instead of restarting node 3 without state. With the cluster's own id (the one the founding
+    step gave every member) the new storage would vote among the old members, which let it in,
+    with promises it forgot; with a new id while nodes 1 and 2 still run the old cluster, node 3
+    would only shut itself out. Both are refused, and nothing is written."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        one.replicate(small_tally(one))
+        cluster.converged(timeout=CONVERGE_S)
+        real = _cluster_id(one)
+        sigkill(three.prm_pid())
+        survivor = three.settings.state_dir.parent / "survivor.db"
+        source = one.settings.state_dir / "prm.db"
+        with (
+            contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src,
+            contextlib.closing(sqlite3.connect(survivor)) as dst,
+        ):
+            src.backup(dst)
+        db = _wipe(three, mark=False)
+        for cluster_id, why in (
+            (real, f"{real} is the survivor's cluster id"),
+            ("second", f"runs cluster {real}. Stop every PRM of the old cluster first"),
+        ):
+            args = ("--from", survivor, "--cluster-id", cluster_id, "--accept-data-loss")
+            result = three.cli("refound", *args)
+            assert result.returncode == 1, result
+            assert why in result.stderr
+            assert not db.exists()
+            assert mark_path(db).exists()  # still refuses `init --found`
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="learn_cluster needs a majority of the other *configured* nodes to answer, but a"
+    " configuration may list nodes that do not answer yet (new hosts, themselves still learning,"
+    " listen to nobody): a node joining a 3-member cluster with 7 nodes configured never learns"
+    " the id (3 of 6 answer), so a grow from 3 to 7 by the inventory never finishes",
+)
+def test_a_joining_node_learns_the_cluster_id_with_more_nodes_configured_than_answer() -> None:
+    """The inventory grows from 3 hosts to 7; the play renders all seven in every paxmr.toml,
+    starts the four new hosts without founding anything, then adds them one by one, each
+    waiting until it votes. A new host first learns the cluster id (prm.learn_cluster) and
+    neither listens nor connects until it has, so none of the new hosts answers another: node
+    4, once added, hears the id from nodes 1-3 only, 3 of the 6 others, and never catches up.
+    Here nodes 5-7 are configured and not running (the same to node 4)."""
+    with running_cluster() as cluster:
+        with service_env():
+            node_id, address = local.add(cluster.root)
+        new = Node(node_id, cluster.root, cluster.nodes[0].env)
+        cluster.node(1).cli_json("member", "add", str(node_id), address, "--wait", "0")
+        sigkill(new.prm_pid())
+        _wipe(new, mark=True)  # started again as new, with the grown configuration
+        with new.config.open("a") as config:
+            for other in (5, 6, 7):
+                config.write(f'\n[[nodes]]\nid = {other}\nhost = "127.0.0.1"\nport = {other}\n')
+        after = new.prm_log.stat().st_size
+        with service_env():
+            local.restart(cluster.root, node_id, "prm")
+
+        def settled() -> list[dict[str, object]]:
+            learned = new.log_events("cluster_learned", after=after)
+            return learned or new.log_events("cluster_unknown", after=after)[1:]  # asked twice
+
+        wait_until(settled, "node 4 learns the cluster id or asks again", timeout=CONVERGE_S)
+        assert new.log_events("cluster_learned", after=after), settled()
