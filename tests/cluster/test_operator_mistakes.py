@@ -130,3 +130,34 @@ def test_a_joining_node_learns_the_cluster_id_with_more_nodes_configured_than_an
 
         wait_until(settled, "node 4 learns the cluster id or asks again", timeout=CONVERGE_S)
         assert new.log_events("cluster_learned", after=after), settled()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a node that lost its disk takes the founders from its configuration (prm.founders):"
+    " with a node listed there that is not a member yet (a host added to the inventory, not yet"
+    " added through the log), it counts that node as a founding voter, cannot fence without"
+    " its answer, and never votes again until a membership change reaches it",
+)
+def test_a_node_that_lost_its_disk_votes_again_with_a_node_configured_that_is_no_member() -> None:
+    """The README: a node starts with extra nodes in its list, they are not members until added.
+    Node 3's disk is replaced while its paxmr.toml already lists node 4 (the inventory grew, the
+    play has not added it yet). Node 3 learns the cluster id and catches up the log, but it takes
+    {1, 2, 3, 4} for the founders: `member list` shows node 4 as a voter, quorum 3, and its fence
+    waits for node 4's answer forever. The founders could be learned with the cluster id."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        one.replicate(small_tally(one))
+        cluster.converged(timeout=CONVERGE_S)
+        sigkill(three.prm_pid())
+        _wipe(three, mark=False)
+        with three.config.open("a") as config:
+            config.write('\n[[nodes]]\nid = 4\nhost = "127.0.0.1"\nport = 4\n')
+        with service_env():
+            local.restart(cluster.root, 3, "prm")
+        wait_until(lambda: three.status()["entries"] == 1, "node 3 catches up the log")
+        members = three.cli_json("member", "list")
+        assert [(m["node"], m["role"]) for m in members["members"]] == [
+            (1, "voter"), (2, "voter"), (3, "voter")
+        ]  # fmt: skip
+        wait_until(lambda: three.status()["voting"], "node 3 votes again", timeout=CONVERGE_S)
