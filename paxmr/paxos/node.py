@@ -117,6 +117,8 @@ class _Leadership:
     read_sent: int = 0  # the last round sent
     read_acks: dict[int, int] = field(default_factory=dict)  # voter -> its highest round answered
     resent: dict[int, int] = field(default_factory=dict)  # peer -> re-sent bytes not yet paid off
+    # The heartbeat the last Ready could have carried: (its peers, an empty Accept). See beacon.
+    beacon: tuple[tuple[int, ...], Accept] | None = None
 
 
 class Node:
@@ -407,11 +409,36 @@ class Node:
                     self._send(peer, self._accept_msg(lead, batch))
             lead.unsent.clear()
             lead.sent_chosen = self.log.length
+        if lead:
+            lead.beacon = (tuple(self.peers), self._accept_msg(lead, ()))
         if lead and lead.read_seq > lead.read_sent:  # one round for the reads of this Ready
             lead.read_sent = lead.read_seq
             self._send_read_probes(lead)
         out, self._out = self._out, Ready()
         return out
+
+    def beacon(self) -> list[tuple[int, Accept]]:
+        """The heartbeat of a leader whose driver is still committing the last Ready: an empty
+        Accept to each peer, as that Ready could have carried it. Nothing changes here.
+
+        Why: a driver takes no Ready until the last one's commit is done, so a commit that
+        outlasts the election timeout (megabytes of values on a busy disk took 1.3 s) held back
+        every heartbeat, and the followers elected another leader. A driver calls this while it
+        waits on such a commit, once per heartbeat interval.
+
+        Why it is safe: the message is a copy of one the last Ready was allowed to send before
+        its commit (an Accept is not in AFTER_COMMIT, ready.py): the ballot, the chosen length
+        and the epoch as they were when that Ready was taken, no entries. What this node decided
+        since (during the commit, on a peer's reply, counting its own accept that may not be on
+        disk yet) is not in it: it leaves with the next Ready, after the commit, as always. A
+        copy of an allowed message is a duplicate, which the core takes whatever the network
+        does (the simulator replays old messages at random times). A leader that stepped down
+        since sends nothing."""
+        lead = self._lead
+        if self.stopped or lead is None or lead.beacon is None:
+            return []
+        peers, accept = lead.beacon
+        return [(peer, accept) for peer in peers]
 
     def status(self) -> NodeStatus:
         recent = self._now - self.config.election_timeout_max

@@ -558,13 +558,24 @@ class Prm:
         self._release(early)
         if ready.persist:
             with self.observer.fsync.time():
-                async with self._storage_lock:
-                    await asyncio.to_thread(self.storage.commit, ready.persist)
+                await self._beaconing(asyncio.create_task(self._commit(ready.persist)))
             if ready.persist.log:  # their values are read back from storage from now on
                 self.node.log.stored(ready.persist.log[-1].slot + 1)
         self._release(after_commit)
         if ready.applied:  # committed with this Ready's persist: shown to queries from now on
             self._to_apply.put_nowait(ready.applied)
+
+    async def _commit(self, persist: paxos.Persist) -> None:
+        async with self._storage_lock:
+            await asyncio.to_thread(self.storage.commit, persist)
+
+    async def _beaconing(self, commit: asyncio.Task[None]) -> None:
+        """Wait for `commit`; meanwhile a leader heartbeats once per interval (Node.beacon):
+        megabytes of values on a busy disk took longer to commit than the election timeout."""
+        while not (await asyncio.wait({commit}, timeout=self.settings.timing.heartbeat))[0]:
+            for dst, msg in self.node.beacon():
+                self.transport.send(dst, msg)
+        commit.result()
 
     def _release(self, ready: paxos.Ready) -> None:
         for dst, msg in ready.messages:

@@ -134,3 +134,33 @@ def test_a_follower_behind_asks_again_for_large_catch_up_batches_at_a_bounded_ra
     h.flush = flush  # type: ignore[method-assign]
     h.advance(1.0)
     assert h.node(follower).log.count == 3
+
+
+def test_a_leader_still_committing_heartbeats_with_what_its_last_ready_announced():
+    """Node.beacon, sent by a driver while the last Ready's commit runs: an empty Accept to each
+    peer as that Ready could have carried it, never a decision made since (one that counts the
+    leader's own accept, which is not on its disk until the commit ends)."""
+    h = Harness()
+    leader = h.elect()
+    h.advance(0.2)
+    node = h.node(leader)
+    peers = sorted(i for i in h.members if i != leader)
+    announced = node.log.length
+    node.submit(Request("a", b"x"), h.now)
+    ready = node.ready()  # its commit (the leader's own accept of "a") has not ended
+    h.wire.extend((leader, dst, msg) for dst, msg in ready.messages)
+    while h.wire:  # the peers accept and answer; the leader takes their answers, no Ready
+        src, dst, msg = h.wire.popleft()
+        h.node(dst).receive(src, msg, h.now)
+        if dst != leader:
+            h.flush(dst)
+    assert node.log.length == announced + 1  # "a" was decided during the commit
+    beacons = node.beacon()
+    assert sorted(dst for dst, _ in beacons) == peers
+    for _, msg in beacons:
+        assert isinstance(msg, Accept)
+        assert (msg.ballot, msg.entries, msg.length) == (node.ballot, (), announced)
+    # Once committed, the next Ready announces "a"; a follower sends no beacon.
+    h.flush(leader)
+    assert all(msg.length == announced + 1 for _, msg in node.beacon())
+    assert h.node(peers[0]).beacon() == []

@@ -1,0 +1,47 @@
+"""A leader whose commit is slow keeps leading (issue 12: heavy work never starves consensus).
+
+The driver takes no Ready until the last one is committed, and a commit of megabytes of values on
+a busy disk took 1.3 s under `paxmr bench storm`: every heartbeat waited for it and the followers
+elected another leader. Node.beacon is the heartbeat sent meanwhile."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from paxmr.bench.storm import elections
+from paxmr.services.prm import db_path
+from tests.support.local import running_cluster, small_tally
+
+pytestmark = pytest.mark.integration
+
+HOLD_S = 2.5  # over twice the election timeout (timing.election_max, 1 s)
+
+
+def test_a_leader_whose_commit_waits_on_its_disk_still_heartbeats() -> None:
+    with running_cluster() as cluster:
+        leader = cluster.node(cluster.leader())
+        name = small_tally(leader)
+        nodes = [n.settings for n in cluster.nodes]
+        before = elections(nodes)
+        # Another writer holds the leader's database (as an operator's sqlite3 shell can): its
+        # next commit waits for it (SQLite's busy timeout), a real slow commit.
+        db = sqlite3.connect(db_path(leader.settings), isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        result: dict[str, Any] = {}
+        client = threading.Thread(target=lambda: result.update(leader.replicate(name)))
+        try:
+            client.start()
+            time.sleep(HOLD_S)
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        client.join()
+        assert result["position"] == 0, result
+        # Before Node.beacon: both followers campaigned after at most 1 s of silence.
+        assert elections(nodes) == before
+        assert cluster.leader() == leader.id
