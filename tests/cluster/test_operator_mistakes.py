@@ -12,9 +12,17 @@ from pathlib import Path
 import pytest
 
 from paxmr import local
+from paxmr.services import prm
 from paxmr.storage import mark_path
 from tests.support.cli import clean_env, paxmr
-from tests.support.local import Node, running_cluster, service_env, sigkill, small_tally
+from tests.support.local import (
+    UNREACHABLE,
+    Node,
+    running_cluster,
+    service_env,
+    sigkill,
+    small_tally,
+)
 from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
@@ -162,6 +170,37 @@ def test_a_node_that_lost_its_disk_votes_again_with_a_node_configured_that_is_no
             (1, "voter"), (2, "voter"), (3, "voter")
         ]  # fmt: skip
         wait_until(lambda: three.status()["voting"], "node 3 votes again", timeout=CONVERGE_S)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a member founded again with its cluster's own id while its peers could not be asked"
+    " (down, cut off, or no TLS files: every deployed host) votes from an empty acceptor state:"
+    " nothing on its disk shows what it forgot, and its peers let it in (the same id)",
+)
+def test_a_member_founded_again_with_its_clusters_id_does_not_vote_with_what_it_forgot() -> None:
+    """Node 3's disk is replaced and the founding step is run on it with the cluster's id,
+    while nodes 1 and 2 could not be asked (here: founded in-process, as init does then). Its
+    storage is new and votes. Its peers knew node 3 under another storage (and could tell it,
+    as they tell a storage that went back in time): it should start forgetful and fence."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        one.replicate(small_tally(one))
+        cluster.converged(timeout=CONVERGE_S)
+        real = _cluster_id(one)
+        sigkill(three.prm_pid())
+        _wipe(three, mark=True)
+        prm.initialize(three.settings, real)
+        with service_env():
+            local.restart(cluster.root, 3, "prm")
+        # Told by a peer at start or in a hello soon after: wait for either, or the catch-up.
+        wait_until(
+            lambda: three.log_events("storage_demoted") or three.status()["entries"] == 1,
+            "node 3 is demoted or catches up as a voter",
+            timeout=CONVERGE_S,
+            retry_on=UNREACHABLE,
+        )
+        assert three.log_events("storage_demoted"), "node 3 votes with an empty acceptor state"
 
 
 @pytest.mark.xfail(
