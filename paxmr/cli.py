@@ -560,10 +560,12 @@ def logs_cmd(c: Ctx, follow: bool, lines: int) -> None:
     On a systemd node: the journal of the paxmr units. On a local cluster's node (its config
     file sits next to a logs/ directory): the files there.
     """
-    if c.config is not None and (c.config.parent / "logs").is_dir():
-        files = sorted((c.config.parent / "logs").glob("*.log"))
+    # The config file as every command finds it (-c, PAXMR_CONFIG or the default).
+    logs = settings_mod.config_path(c.config).parent / "logs"
+    if logs.is_dir():
+        files = sorted(logs.glob("*.log"))
         if not files:
-            _fail(f"no log files in {c.config.parent / 'logs'}", EXIT_ERROR)
+            _fail(f"no log files in {logs}", EXIT_ERROR)
         _show_log_files(c, files, lines, follow)
         return
     argv = ["journalctl", "--unit=paxmr-*", "--output=cat", f"--lines={lines}"]

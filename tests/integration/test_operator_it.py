@@ -112,6 +112,11 @@ def test_logs_of_a_local_node_are_json_lines_and_readable(trio: Cluster) -> None
     text = ok(node.cli("logs", "-n", "5"))
     assert "prm@1" in text.stdout
     assert "journalctl" not in text.stderr
+    # The config named by PAXMR_CONFIG instead of -c (as README.md allows) is a local node too.
+    via_env = ok(
+        paxmr("logs", "-n", "5", env=clean_env({**node.env, "PAXMR_CONFIG": str(node.config)}))
+    )
+    assert "prm@1" in via_env.stdout
     raw = ok(node.cli("-o", "json", "logs", "-n", "3"))
     assert all(json.loads(line)["node"] == 1 for line in raw.stdout.splitlines())
     some = ok(paxmr("local", "logs", "--dir", trio.root, "--node", "2", "--service", "prm"))
