@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import errno
 import json
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -142,7 +143,9 @@ class Server:
             while True:
                 self.idle[writer] = None
                 try:
-                    raw = await asyncio.wait_for(reader.readline(), self.idle_timeout)
+                    # asyncio.timeout, not wait_for: no task made for every request (3.11).
+                    async with asyncio.timeout(self.idle_timeout):
+                        raw = await reader.readline()
                 except TimeoutError:
                     return  # idle too long, or a request line that never ends
                 except ValueError:  # the line outgrew the limit; the stream cannot resync
@@ -205,6 +208,9 @@ def _problems(exc: ValidationError, whole: str) -> str:
     )
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _request(raw: bytes) -> dict[str, Any] | bytes:
     """The request in ``raw``, or the error reply it gets."""
     try:
@@ -214,7 +220,10 @@ def _request(raw: bytes) -> dict[str, Any] | bytes:
     if not isinstance(request, dict) or not isinstance(request.get("op"), str):
         return _error("bad_request", 'request must be an object with a string "op"')
     try:
-        _line(request)  # a lone surrogate (\\udcff) passes JSON but is no Unicode text
+        # A lone surrogate (\\udcff) passes JSON but is no Unicode text. In an ASCII line it can
+        # only come from an escape: only a line that is not ASCII or has one is encoded again.
+        if not raw.isascii() or _SURROGATE_ESCAPE.search(raw):
+            _line(request)
     except UnicodeEncodeError:
         return _error(
             "bad_request",

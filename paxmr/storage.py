@@ -293,14 +293,20 @@ class Storage:
     def summaries(self) -> dict[int, str]:
         return dict(self._conn.execute("SELECT slot, body FROM summary").fetchall())
 
-    def commit(self, persist: Persist) -> None:
-        """Make one Ready's persist durable in one transaction."""
+    def commit(self, persist: Persist, summaries: list[tuple[int, str]] | None = None) -> None:
+        """Make one Ready's persist durable in one transaction, with `summaries` (as
+        save_summaries stores them) in the same one: they cost no transaction of their own.
+        Without a persist, the summaries alone are saved (save_summaries)."""
         if not persist:
+            if summaries:
+                self.save_summaries(summaries)
             return
         conn = self._conn
         meta = _meta(persist)
         with conn:
             conn.execute("BEGIN IMMEDIATE")
+            if summaries:
+                conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if persist.unfenced:

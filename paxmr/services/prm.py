@@ -268,7 +268,10 @@ class Prm:
         # these very bytes, it is shown without decoding it again (_summary).
         self._encoded: dict[str, tuple[bytes, dict[str, Any]]] = {}
         self._restore_catalog(durable.stored)
-        self._storage_lock = asyncio.Lock()  # one writer on the connection: commits, summaries
+        # Summaries of applied positions not yet stored, and since when: they ride with the next
+        # commit (_summaries_to_save).
+        self._unsaved: list[tuple[int, str]] = []
+        self._unsaved_since = 0.0
         self._checks: set[asyncio.Task[None]] = set()  # forwarded values being validated
         self._checking: set[str] = set()  # their request ids
         self._backing_up = False
@@ -347,8 +350,9 @@ class Prm:
             # Shown before they are stored: a restart makes a missing one again
             # (_restore_catalog), and a replicate's reply need not wait for this write.
             if made:
-                async with self._storage_lock:
-                    await asyncio.to_thread(self.storage.save_summaries, made)
+                if not self._unsaved:
+                    self._unsaved_since = time.monotonic()
+                self._unsaved.extend(made)
 
     async def _summary(self, entry: paxos.LogEntry) -> dict[str, Any]:
         """The summary of an applied position: a chunked one is assembled from storage (where
@@ -556,26 +560,39 @@ class Prm:
         """
         early, after_commit = paxos.split(ready)
         self._release(early)
+        summaries = self._summaries_to_save(bool(ready.persist))
         if ready.persist:
             with self.observer.fsync.time():
-                await self._beaconing(asyncio.create_task(self._commit(ready.persist)))
+                # An executor future, not a task around to_thread: one object less per commit.
+                loop = asyncio.get_running_loop()
+                commit = loop.run_in_executor(None, self.storage.commit, ready.persist, summaries)
+                await self._beaconing(commit)
             if ready.persist.log:  # their values are read back from storage from now on
                 self.node.log.stored(ready.persist.log[-1].slot + 1)
+        elif summaries:
+            await asyncio.to_thread(self.storage.save_summaries, summaries)
         self._release(after_commit)
         if ready.applied:  # committed with this Ready's persist: shown to queries from now on
             self._to_apply.put_nowait(ready.applied)
 
-    async def _commit(self, persist: paxos.Persist) -> None:
-        async with self._storage_lock:
-            await asyncio.to_thread(self.storage.commit, persist)
-
-    async def _beaconing(self, commit: asyncio.Task[None]) -> None:
+    async def _beaconing(self, commit: asyncio.Future[None]) -> None:
         """Wait for `commit`; meanwhile a leader heartbeats once per interval (Node.beacon):
         megabytes of values on a busy disk took longer to commit than the election timeout."""
         while not (await asyncio.wait({commit}, timeout=self.settings.timing.heartbeat))[0]:
             for dst, msg in self.node.beacon():
                 self.transport.send(dst, msg)
         commit.result()
+
+    def _summaries_to_save(self, committing: bool) -> list[tuple[int, str]]:
+        """The summaries to store now: all of them with a commit (in its transaction, so they
+        cost neither a transaction nor a thread hop of their own), or alone once the oldest has
+        waited a heartbeat for one (an idle log still stores its summaries soon). Only this
+        driver writes to storage, so a summary is never written in another's transaction."""
+        waited = time.monotonic() - self._unsaved_since >= self.settings.timing.heartbeat
+        if not self._unsaved or not (committing or waited):
+            return []
+        summaries, self._unsaved = self._unsaved, []
+        return summaries
 
     def _release(self, ready: paxos.Ready) -> None:
         for dst, msg in ready.messages:
@@ -706,9 +723,9 @@ class Prm:
         # The core refuses on its own request timeout; this bound only guards against a core
         # that never answers (a loop starved for longer than the timeout once made it fire).
         try:
-            outcome = await asyncio.wait_for(
-                asyncio.shield(future), self.settings.timing.replicate_timeout * 2
-            )
+            # Shielded: a concurrent replicate with this request id awaits the same future.
+            async with asyncio.timeout(self.settings.timing.replicate_timeout * 2):
+                outcome = await asyncio.shield(future)
         except TimeoutError:
             raise _unknown("no_quorum", "no outcome within the replicate timeout", rid) from None
         if isinstance(outcome, paxos.Refused) and outcome.code in _UNKNOWN_OUTCOME:
@@ -748,12 +765,13 @@ class Prm:
         checked where a request enters (and by the leader for forwarded ones), so replicates
         racing through several nodes may overshoot it by what they hold in flight."""
         limits = self.settings.limits
-        s = self.node.status()
         # Chosen but not yet shown to queries, and submitted here but not yet chosen.
         pending = self.node.log.value_bytes - self.log_bytes
         pending += sum(self._submitted_bytes.values())
-        if limits.log_entries is not None and s.count + s.pending + 1 > limits.log_entries:
-            return f"the log holds {s.count} entries of its quota of {limits.log_entries}"
+        if limits.log_entries is not None:
+            s = self.node.status()  # not free: only with a quota of entries
+            if s.count + s.pending + 1 > limits.log_entries:
+                return f"the log holds {s.count} entries of its quota of {limits.log_entries}"
         if limits.log_bytes is not None and self.log_bytes + pending + size > limits.log_bytes:
             return (
                 f"the log holds {self.log_bytes + pending} value bytes; {size} more would"

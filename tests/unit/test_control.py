@@ -121,10 +121,16 @@ def test_idle_and_never_ending_requests_are_dropped(tmp_path: Path, sent: bytes)
     run(test)
 
 
-def test_lone_surrogate_is_a_clear_bad_request(tmp_path: Path) -> None:
+# A lone surrogate as an escape, in upper case, a high half without its pair, and in raw bytes
+# (json decodes UTF-8 with surrogatepass): the server's quick check must miss none of them.
+LONE_SURROGATES = [b'"\\udcff"', b'"\\uDCFF"', b'"a\\ud83d"', b'"\xed\xb3\xbf"']
+
+
+@pytest.mark.parametrize("text", LONE_SURROGATES)
+def test_lone_surrogate_is_a_clear_bad_request(tmp_path: Path, text: bytes) -> None:
     async def test() -> None:
         async with serving(tmp_path, max_connections=8, idle_timeout=60) as (path, _):
-            reply = await request(path, b'{"op":"status","args":{"x":"\\udcff"}}\n')
+            reply = await request(path, b'{"op":"status","args":{"x":%s}}\n' % text)
             assert reply["error"]["code"] == "bad_request"
             assert "not valid Unicode" in reply["error"]["message"]
             assert (await request(path, b'{"op":"status"}\n'))["ok"] is True

@@ -30,3 +30,14 @@ def test_a_failed_summary_write_leaves_commits_fsynced(tmp_path):
     with pytest.raises(sqlite3.Error):
         storage.save_summaries([(0, None)])  # type: ignore[list-item]  # body is NOT NULL
     assert _synchronous(storage) == FULL
+
+
+def test_summaries_ride_in_a_commits_transaction_and_alone_without_one(tmp_path):
+    storage = Storage.open(tmp_path / "prm.db", bootstrap=True)
+    storage.commit(Persist(log=[LogEntry(0, "a", b"alpha", 0)]))
+    storage.commit(Persist(log=[LogEntry(1, "b", b"beta", 1)]), [(0, '{"position": 0}')])
+    assert _synchronous(storage) == FULL
+    assert storage.summaries() == {0: '{"position": 0}'}
+    storage.commit(Persist(), [(1, '{"position": 1}')])  # nothing else to commit
+    assert _synchronous(storage) == FULL
+    assert storage.summaries() == {0: '{"position": 0}', 1: '{"position": 1}'}
