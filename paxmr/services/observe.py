@@ -59,6 +59,8 @@ class Observer:
         self._behind_since = 0.0  # when this replica fell behind its leader (0: it is not)
         self._catching_up = False
         self.status: NodeStatus | None = None
+        # Why this node does not talk to its peers yet (it is learning the cluster id).
+        self.apart: str | None = None
 
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.has_leader = prom.Gauge(
@@ -236,6 +238,14 @@ class Observer:
             found.append("recovering lost storage: not voting until caught up")
         if s.stopped:
             return found
+        if self.apart:
+            found.append(self.apart)
+        if s.node not in s.membership.members:
+            # Removed (it may be stopped), or not added yet: "no leader" alone would mislead.
+            found.append(
+                f"not a member of the cluster (epoch {s.membership.epoch}): removed, or not"
+                " added yet (`paxmr member list` on a member)"
+            )
         # A follower hears only its leader, which steps down when it loses its quorum: a leader
         # heard recently stands for a quorum. A leader (or a node without one) counts its peers.
         heard = len(self.heard_recently(now))

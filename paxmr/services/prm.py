@@ -449,7 +449,12 @@ class Prm:
         """Listen and connect to the peers, once this node knows its cluster: a node whose
         storage records none learns it first (learn_cluster) and stays apart until then."""
         if self.storage.identity() is None:
+            self.observer.apart = (
+                "learning the cluster id: talks to no peer until a majority of the configured"
+                " nodes answer (cluster_unknown in the log; a new node answers once added)"
+            )
             await learn_cluster(self.settings, self.storage)
+            self.observer.apart = None
             if (identity := self.storage.identity()) is not None:
                 self.transport.cluster = identity.cluster_id
         me = self.settings.me

@@ -235,3 +235,28 @@ def test_init_without_tls_files_does_not_found_beside_peers_that_run_the_cluster
         )
         result = paxmr("-c", deployed, "init", "--found", "--cluster-id", real, env=clean_env())
         assert (result.returncode, db.exists()) == (1, False), result
+
+
+def test_status_says_when_a_node_is_apart_learning_the_id_or_no_member() -> None:
+    """Two nodes an operator left behind say why they are unhealthy, not only "no leader": a
+    new node whose `member add` was not run yet (it learns the cluster id, and the members
+    refuse it until it is one), and a removed node that keeps running."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        with service_env():
+            node_id, address = local.add(cluster.root)
+        new = Node(node_id, cluster.root, cluster.nodes[0].env)
+
+        def problems(node: Node) -> list[str]:
+            return list(node.status_report()["problems"])
+
+        def says(node: Node, text: str) -> bool:
+            return any(text in p for p in problems(node))
+
+        wait_until(lambda: says(new, "learning the cluster id"), "node 4 says it is learning")
+        one.cli_json("member", "add", str(node_id), address, "--wait", "0")
+        wait_until(lambda: not says(new, "learning the cluster id"), "node 4 learned the id")
+        assert not says(three, "not a member")
+        one.cli_json("member", "remove", "3")
+        wait_until(lambda: says(three, "not a member of the cluster"), "node 3 says it is out")
+        assert not says(one, "not a member")
