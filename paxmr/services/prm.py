@@ -464,7 +464,9 @@ class Prm:
         await self.join()
         while True:
             delay = self.node.next_deadline() - time.monotonic()
-            if delay > 0:  # asyncio.timeout, not wait_for: no task made on every wake-up
+            # Woken already (input came during the last commit): no timer to arm and cancel.
+            # Else asyncio.timeout, not wait_for: no task made on every wake-up.
+            if delay > 0 and not self.wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(min(delay, 1.0)):
                         await self.wake.wait()
