@@ -73,6 +73,13 @@ def _body(**changes: object) -> bytes:
         _body(counts=[0]),
         _body(counts=[1, 2]),
         _body(words=[b"b", b"a"], counts=[1, 1]),
+        # Each caught by one check only: its digest matches its words and counts.
+        _body(counts=[True]),  # b"%d" % True is b"1"
+        _body(
+            words=[b"a", b"a"],
+            counts=[1, 1],
+            digest=hashlib.sha256(tally.HEADER + b"a\t1\na\t1\n").hexdigest(),
+        ),
         _body(file=None),
         _body(node="1"),
         _body(digest=3),
