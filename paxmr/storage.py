@@ -12,8 +12,18 @@ and close. `open` compares: a database of the same nonce with fewer writes than 
 back in time, and a voting database of another nonce is not the storage this node last wrote
 (a re-founded one). Either is then made forgetful (`forget`: a replica that lost its storage,
 which fences before it votes again, see paxmr/paxos/acceptor.py) and says why (`demoted`).
-What this cannot see: a restore of the mark with the database (a whole-directory copy, a VM
-snapshot reverted) and a copy taken less than MARK_INTERVAL before the last commits.
+What the mark cannot see: a restore of the mark with the database (a whole-directory copy, a
+VM snapshot reverted) and a copy taken less than MARK_INTERVAL before the last commits.
+
+Those the peers see. Every frame a node sends carries its storage's write count, and the hello
+of each connection its nonce (services/transport.py), and only after the commit the message
+depends on: a peer that received a promise or an accept holds a stamp at least as high as the
+write that made it durable. Each node keeps the highest stamp it saw from every peer (`seen`,
+written with its next commit) and shows it to that peer: when the node starts (prm.check_stamps
+asks every peer before it builds the core) and in the hello of every connection to it. A
+storage of the same nonce with fewer writes than a peer saw went back in time: it is made
+forgetful (`demote`). What this cannot see: a rollback when every peer that saw the forgotten
+writes is unreachable for good, or lost its own record of them at the same time.
 """
 
 from __future__ import annotations
@@ -60,7 +70,17 @@ CREATE TABLE IF NOT EXISTS log (
     position INTEGER UNIQUE, digest BLOB NOT NULL) STRICT;
 CREATE INDEX IF NOT EXISTS log_request_id ON log (request_id);
 CREATE TABLE IF NOT EXISTS summary (slot INTEGER PRIMARY KEY, body TEXT NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS seen (
+    peer INTEGER PRIMARY KEY, nonce INTEGER NOT NULL, writes INTEGER NOT NULL) STRICT;
 """
+
+
+@dataclass(frozen=True)
+class Stamp:
+    """A storage at one moment: its random nonce and how many commits it had made durable."""
+
+    nonce: int
+    writes: int
 
 
 @dataclass(frozen=True)
@@ -97,6 +117,11 @@ class Storage:
         # Why open made this storage forgetful, if it did (the PRM logs it).
         self.demoted: str | None = None
         self._marked_at = -float("inf")
+        self.stamp = Stamp(0, 0)  # this storage's, kept up to date by commit
+        # The highest stamp seen from each peer (see the module's text), and what of it the
+        # database holds.
+        self.seen: dict[int, Stamp] = {}
+        self._seen_stored: dict[int, Stamp] = {}
 
     @classmethod
     def open(
@@ -125,13 +150,45 @@ class Storage:
                 )
             _new_nonce(conn)
         storage = cls(conn, path)
-        storage.demoted = storage._check_mark()
+        storage.seen = {
+            peer: Stamp(nonce, writes)
+            for peer, nonce, writes in conn.execute("SELECT peer, nonce, writes FROM seen")
+        }
+        storage._seen_stored = dict(storage.seen)
+        if why := storage._check_mark():
+            storage.demote(why)
         storage.mark()
         return storage
 
     def _counters(self) -> tuple[int, int, bool]:
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         return meta["nonce"], meta.get("writes", 0), bool(meta["voting"])
+
+    def behind(self, peer: int, seen: Stamp) -> str | None:
+        """Why this storage went back in time, if `peer` saw it with more writes than it holds
+        now (see the module's text)."""
+        if seen.nonce != self.stamp.nonce or seen.writes <= self.stamp.writes:
+            return None
+        return (
+            f"prm.db went back in time: node {peer} saw it hold {seen.writes} writes, it holds"
+            f" {self.stamp.writes} (a VM snapshot reverted, or the state directory restored)"
+        )
+
+    def saw(self, peer: int, stamp: Stamp) -> None:
+        """Note a stamp received from `peer` (it goes to the database with the next commit)."""
+        known = self.seen.get(peer)
+        if known is None or known.nonce != stamp.nonce or known.writes < stamp.writes:
+            self.seen[peer] = stamp
+
+    def demote(self, why: str) -> None:
+        """Make this storage forgetful (the state of a replica that lost its storage, plus the
+        log it holds) under a new nonce, because of `why` (the PRM logs it)."""
+        forget(self._conn)
+        with self._conn as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            _new_nonce(conn)
+        self.demoted = why
+        self.mark()
 
     def _check_mark(self) -> str | None:
         """Why this database may not vote with what it holds, if the mark shows it went back
@@ -161,15 +218,12 @@ class Storage:
             )
         else:
             return None
-        forget(self._conn)
-        with self._conn as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            _new_nonce(conn)
         return why
 
     def mark(self) -> None:
         """Bring the high-water mark up to date (atomically: a new file renamed over it)."""
         nonce, writes, _ = self._counters()
+        self.stamp = Stamp(nonce, writes)
         path = mark_path(Path(self.path))
         part = path.with_name(f".{path.name}.part")
         with part.open("w") as out:
@@ -308,6 +362,12 @@ class Storage:
             if summaries:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
+            seen = dict(self.seen)  # saw() runs on the event loop meanwhile
+            if seen != self._seen_stored:
+                conn.executemany(
+                    "INSERT OR REPLACE INTO seen VALUES (?, ?, ?)",
+                    [(peer, s.nonce, s.writes) for peer, s in seen.items()],
+                )
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if persist.unfenced:
                 conn.execute("DELETE FROM meta WHERE key = 'recover_until'")
@@ -331,6 +391,9 @@ class Storage:
                     rows.append((entry.slot, entry.request_id, entry.value, entry.position, digest))
                 conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
                 conn.execute("DELETE FROM accepted WHERE slot < ?", (persist.log[-1].slot + 1,))
+        self._seen_stored = seen
+        # After the transaction: a frame sent from now on may say this write is durable.
+        self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
         if time.monotonic() - self._marked_at >= MARK_INTERVAL:
             self.mark()
 

@@ -127,6 +127,26 @@ async def learn_cluster(settings: Settings, storage: Storage) -> None:
         await asyncio.sleep(LEARN_RETRY)
 
 
+async def check_stamps(settings: Settings, storage: Storage) -> None:
+    """Before the core is built from it: ask every configured peer for the highest stamp it
+    saw from this node, and demote the storage if one saw it further than it is (a VM snapshot
+    reverted, the state directory restored: paxmr/storage.py). A peer that does not answer now
+    tells this node in its next connection's hello, and the PRM then ends (Prm._demote)."""
+    identity = storage.identity()
+    for peer, answer in await ask_peers(settings):
+        if answer is None or answer.seen is None:
+            continue
+        if identity and answer.cluster and answer.cluster != identity.cluster_id:
+            continue  # another cluster's node: the transport refuses it anyway
+        if why := storage.behind(peer.id, answer.seen):
+            storage.demote(why)
+            return
+
+
+class StorageWentBack(Exception):
+    """A peer showed that this node's storage went back in time; it was made forgetful."""
+
+
 def founders(settings: Settings, identity: Identity | None) -> list[int]:
     """Who founded the cluster: the stored identity says. A node without one (its storage was
     lost, or it joins a running cluster) takes the configured list; the log then tells it who
@@ -300,10 +320,11 @@ class Prm:
         )  # fmt: skip
         self._promoting: asyncio.Future[paxos.Committed | paxos.Refused] | None = None
         self._promote_at = 0.0  # a refused promotion is tried again at most this often
+        self._went_back: str | None = None  # why a peer showed this storage went back in time
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver, cluster=identity.cluster_id if (identity := storage.identity()) else "",
-            length=lambda: self.node.log.length,
+            length=lambda: self.node.log.length, storage=storage, went_back=self._on_went_back,
         )  # fmt: skip
 
     def _restore_catalog(self, stored: paxos.StoredLog) -> None:
@@ -385,7 +406,15 @@ class Prm:
         while self.shown_length <= slot:
             await self._progress.wait()
 
+    def _on_went_back(self, why: str) -> None:
+        """A peer saw this node's storage further than it is (storage.py): the core must not
+        say another word with what it holds (drive demotes the storage and ends the PRM)."""
+        self._went_back = self._went_back or why
+        self.wake.set()
+
     def _deliver(self, src: int, msg: paxos.Message) -> None:
+        if self._went_back:
+            return
         self.observer.heard_from(src, msg, time.monotonic())
         if isinstance(msg, StatusRequest | StatusReply):  # the operator's, not the core's
             self._on_status_message(src, msg)
@@ -471,6 +500,8 @@ class Prm:
                     async with asyncio.timeout(min(delay, 1.0)):
                         await self.wake.wait()
             self.wake.clear()
+            if self._went_back:
+                await self._demote(self._went_back)
             now = time.monotonic()
             if now >= self.node.next_deadline():
                 self.node.on_timer(now)
@@ -482,6 +513,15 @@ class Prm:
                 self._membership_changed(status.membership)
             if status.role == "leader":
                 self._promote_caught_up(status)
+
+    async def _demote(self, why: str) -> NoReturn:
+        """Make the storage forgetful and end the PRM: it starts again (systemd) as a replica
+        that lost its storage, which fences before it votes (the core in memory still holds
+        what the storage forgot, so it cannot go on)."""
+        async with self._storage_lock:
+            await asyncio.to_thread(self.storage.demote, why)
+        self.log.error("storage_demoted", reason=why, voting=False)
+        raise StorageWentBack(why)
 
     def _membership_changed(self, membership: paxos.Membership) -> None:
         self.membership = membership
@@ -1176,6 +1216,7 @@ class Prm:
 
 async def main(settings: Settings) -> None:
     storage = Storage.open(db_path(settings))
+    await check_stamps(settings, storage)
     if storage.demoted:
         logs.get().error("storage_demoted", reason=storage.demoted, voting=False)
     try:

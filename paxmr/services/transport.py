@@ -8,7 +8,8 @@ full handshake with fresh keys: recorded bytes replayed on a new connection fail
 and TLS refuses replayed or reordered records inside a session.
 
 A frame is ``length (4 bytes) | seq (8 bytes) | payload`` (big-endian), where ``length`` counts
-seq and payload and the payload is a msgpack map ``{"src": id, "dst": id, "msg": ...}``. ``seq``
+seq and payload and the payload is a msgpack map ``{"src": id, "dst": id, "msg": ..., "w":
+writes}``, ``w`` the sender's storage's count of durable writes when it sent the message. ``seq``
 counts the frames of one connection from 0; a frame out of sequence ends the connection (TLS
 rules this out on the wire already; the check keeps a duplicated message from ever reaching the
 core, whatever a sender does).
@@ -21,6 +22,10 @@ has fenced. So the hello keeps honest but wrong nodes apart; it is no defence ag
 a valid certificate, which could send the right id or none. A hello that asks (``"ask": true``,
 from ``ask_cluster``, which ``paxmr init --found`` runs first) gets the listener's own hello back
 with its log's length, then the connection ends.
+A hello also carries the stamps that show a storage that went back in time (paxmr/storage.py):
+the sender's own nonce and write count, and the highest stamp it saw from the receiver. A
+listener refuses a peer whose stamp is below what it saw of it, and a stamp of its own that it
+does not reach tells it that its own storage went back (`behind`).
 msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
 validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
 bytes are decoded in a worker thread so heartbeats keep flowing.
@@ -46,13 +51,14 @@ import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 
 from paxmr import logs, paxos, pki
 from paxmr.services import unpack
 from paxmr.settings import NodeAddress, TlsFiles
+from paxmr.storage import Stamp, Storage
 
 _LENGTH = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -91,14 +97,22 @@ class Asked(FrameError):
     """The connection's hello asks what cluster this node belongs to (ask_cluster)."""
 
 
+class WentBack(AuthError):
+    """The connection's hello shows that its sender's storage, or this node's, went back."""
+
+
 @dataclass(frozen=True, slots=True)
 class Hello:
-    """The first frame of a connection: the sender's cluster id ("" if it has none). `ask`
-    asks the listener for its own hello, with `length`, its log's length, and hang up."""
+    """The first frame of a connection: the sender's cluster id ("" if it has none), its
+    storage's `stamp` and the highest stamp it has `seen` from the receiver (see the module's
+    text). `ask` asks the listener for its own hello, with `length`, its log's length, and hang
+    up."""
 
     cluster: str
     ask: bool = False
     length: int | None = None
+    stamp: Stamp | None = None
+    seen: Stamp | None = None
 
 
 # --- TLS --------------------------------------------------------------------------------------
@@ -141,10 +155,10 @@ def peer_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> int | None:
 # --- frames -----------------------------------------------------------------------------------
 
 
-def encode(src: int, dst: int, msg: paxos.Message) -> bytes:
+def encode(src: int, dst: int, msg: paxos.Message, writes: int) -> bytes:
     """The payload of a frame (``frame`` adds length and sequence number)."""
     payload: bytes = msgpack.packb(
-        {"src": src, "dst": dst, "msg": paxos.to_wire(msg)}, use_bin_type=True
+        {"src": src, "dst": dst, "msg": paxos.to_wire(msg), "w": writes}, use_bin_type=True
     )
     return payload
 
@@ -156,6 +170,10 @@ def hello(src: int, dst: int, msg: Hello) -> bytes:
         obj["ask"] = True
     if msg.length is not None:
         obj["length"] = msg.length
+    if msg.stamp is not None:
+        obj["stamp"] = [msg.stamp.nonce, msg.stamp.writes]
+    if msg.seen is not None:
+        obj["seen"] = [msg.seen.nonce, msg.seen.writes]
     payload: bytes = msgpack.packb(obj, use_bin_type=True)
     return payload
 
@@ -164,8 +182,27 @@ def frame(seq: int, payload: bytes) -> bytes:
     return _LENGTH.pack(_SEQ.size + len(payload)) + _SEQ.pack(seq) + payload
 
 
-def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message | Hello]:
-    """``body`` is a frame without its length prefix; returns (claimed sender, seq, message)."""
+class Frame(NamedTuple):
+    src: int  # as the sender claims
+    seq: int
+    msg: paxos.Message | Hello
+    writes: int | None = None  # the sender's storage's durable writes (a message's frame)
+
+
+def _stamp(obj: object) -> Stamp | None:
+    if obj is None:
+        return None
+    if (
+        not isinstance(obj, list)
+        or len(obj) != 2
+        or not all(type(n) is int and 0 <= n < 2**63 for n in obj)
+    ):
+        raise FrameError("a hello with a bad stamp")
+    return Stamp(*obj)
+
+
+def decode(body: bytes, me: int, limit: int) -> Frame:
+    """``body`` is a frame without its length prefix."""
     (seq,) = _SEQ.unpack_from(body)
     payload = memoryview(body)[_SEQ.size :]
     try:
@@ -200,9 +237,13 @@ def decode(body: bytes, me: int, limit: int) -> tuple[int, int, paxos.Message | 
             raise FrameError("a hello without a cluster id")
         if length is not None and (type(length) is not int or length < 0):
             raise FrameError("a hello with a bad log length")
-        return obj["src"], seq, Hello(cluster, ask, length)
+        stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
+        return Frame(obj["src"], seq, Hello(cluster, ask, length, stamp, seen))
+    writes = obj.get("w")  # None from a paxmr before stamps: nothing to note then
+    if writes is not None and (type(writes) is not int or not 0 <= writes < 2**63):
+        raise FrameError("a message with a bad write count")
     try:
-        return obj["src"], seq, paxos.from_wire(obj.get("msg"))
+        return Frame(obj["src"], seq, paxos.from_wire(obj.get("msg")), writes)
     except paxos.BadMessage as exc:
         raise FrameError(f"bad message: {exc}") from exc
 
@@ -309,12 +350,17 @@ class Transport:
         *,
         cluster: str,
         length: Callable[[], int],
+        storage: Storage,
+        went_back: Callable[[str], None],
     ) -> None:
         """`cluster` is this node's cluster id, "" if its storage has none, and `length` tells
-        its log's length (see Hello)."""
+        its log's length (see Hello). Stamps come from and go to `storage`; `went_back` is
+        told why when a peer shows that this node's storage went back in time."""
         self.me = me
         self.cluster = cluster
         self.length = length
+        self.storage = storage
+        self.went_back = went_back
         self.tls = tls
         self.frame_limit = frame_limit
         self.deliver = deliver
@@ -371,7 +417,7 @@ class Transport:
         outbox = self.outboxes.get(dst)
         if outbox is None:
             return
-        payload = encode(self.me, dst, msg)
+        payload = encode(self.me, dst, msg, self.storage.stamp.writes)
         if len(payload) > self.frame_limit:
             self.log.error("frame_too_large", peer=dst, bytes=len(payload), limit=self.frame_limit)
         elif not outbox.put(payload):
@@ -464,8 +510,15 @@ class Transport:
             self.log.warning("frame_dropped", peer=label, reason=str(exc))
         except OtherCluster as exc:
             self.refusals.refused("peer_refused", str(exc), peer=label)
+        except WentBack as exc:
+            self.refusals.refused("peer_refused", str(exc), peer=label)
         except Asked:
-            answer = Hello(self.cluster, length=self.length())
+            answer = Hello(
+                self.cluster,
+                length=self.length(),
+                stamp=self.storage.stamp,
+                seen=self.storage.seen.get(conn.peer or 0),
+            )
             conn.writer.write(frame(0, hello(self.me, conn.peer or 0, answer)))
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await conn.writer.drain()
@@ -484,13 +537,15 @@ class Transport:
 
     async def _receive(self, reader: asyncio.StreamReader, peer: int, label: str) -> None:
         expected = 0
+        nonce = None  # the sender's storage's, from its hello
         while True:
             body = await read_frame(reader, self.frame_limit)
             try:
                 if len(body) > DECODE_INLINE:
-                    src, seq, msg = await asyncio.to_thread(decode, body, self.me, self.frame_limit)
+                    got = await asyncio.to_thread(decode, body, self.me, self.frame_limit)
                 else:
-                    src, seq, msg = decode(body, self.me, self.frame_limit)
+                    got = decode(body, self.me, self.frame_limit)
+                src, seq, msg = got.src, got.seq, got.msg
             except FrameError as exc:
                 # From an authenticated peer: a bug or a version skew, not an attack. Drop the
                 # frame, keep the connection; the sequence moves on.
@@ -504,7 +559,10 @@ class Transport:
             expected += 1
             if isinstance(msg, Hello):
                 self._check_hello(peer, seq, msg)
+                nonce = msg.stamp.nonce if msg.stamp is not None else None
             else:
+                if nonce is not None and got.writes is not None:
+                    self.storage.saw(peer, Stamp(nonce, got.writes))
                 self.deliver(src, msg)
 
     def _check_hello(self, peer: int, seq: int, msg: Hello) -> None:
@@ -517,6 +575,18 @@ class Transport:
                 f"node {peer} belongs to cluster {msg.cluster}, this node to cluster"
                 f" {self.cluster} (re-founded by mistake with paxmr init --found?)"
             )
+        if msg.seen is not None and (why := self.storage.behind(peer, msg.seen)):
+            self.went_back(why)
+            raise WentBack(why)
+        if msg.stamp is not None:
+            known = self.storage.seen.get(peer)
+            if known and known.nonce == msg.stamp.nonce and msg.stamp.writes < known.writes:
+                raise WentBack(
+                    f"node {peer}'s storage went back in time: it holds {msg.stamp.writes}"
+                    f" writes, this node saw it hold {known.writes} (a VM snapshot reverted,"
+                    " or its state directory restored?); it must fence before it votes again"
+                )
+            self.storage.saw(peer, msg.stamp)
 
     # --- outbound --------------------------------------------------------------------------
 
@@ -543,7 +613,9 @@ class Transport:
             delay = RECONNECT_MIN
             self.connected.add(peer)
             self.log.info("peer_connected", peer=peer)
-            writer.write(frame(0, hello(self.me, peer, Hello(self.cluster))))
+            seen = self.storage.seen.get(peer)
+            greeting = Hello(self.cluster, stamp=self.storage.stamp, seen=seen)
+            writer.write(frame(0, hello(self.me, peer, greeting)))
             seq = 1
             try:
                 while True:
@@ -559,9 +631,10 @@ class Transport:
 
 
 async def ask_cluster(me: int, peer: NodeAddress, tls: TlsFiles) -> Hello | None:
-    """Ask a running peer what cluster it belongs to and how long its log is (`paxmr init
-    --found` does, before it founds one); None if it does not answer: not running, not under
-    this CA, or too old to know the question."""
+    """Ask a running peer what cluster it belongs to, how long its log is and the highest
+    stamp it saw from this node (`paxmr init --found` asks before it founds one, the PRM
+    before it starts: prm.learn_cluster, prm.check_stamps); None if it does not answer: not
+    running, not under this CA, or too old to know the question."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             reader, writer = await asyncio.open_connection(
@@ -577,7 +650,7 @@ async def ask_cluster(me: int, peer: NodeAddress, tls: TlsFiles) -> Hello | None
         writer.write(frame(0, hello(me, peer.id, Hello("", ask=True))))
         async with asyncio.timeout(CONNECT_TIMEOUT):
             body = await read_frame(reader, MAX_STR_LEN)
-        _, _, msg = decode(body, me, MAX_STR_LEN)
+        msg = decode(body, me, MAX_STR_LEN).msg
     except (FrameError, OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
         return None
     finally:

@@ -4,7 +4,9 @@ the member list of a running cluster does not change by editing configuration fi
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import sqlite3
 import time
 import tomllib
@@ -15,7 +17,7 @@ import pytest
 from paxmr import local
 from paxmr.services import prm
 from paxmr.storage import MARK_INTERVAL, mark_path
-from tests.support.local import Node, running_cluster, service_env, sigkill, small_tally
+from tests.support.local import Node, alive, running_cluster, service_env, sigkill, small_tally
 from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
@@ -258,4 +260,96 @@ def test_an_old_prm_db_put_back_rejoins_fenced_and_says_why() -> None:
         assert "prm.db went back in time" in str(event["reason"])
         wait_until(lambda: two.status()["voting"], "node 2 votes again", timeout=CONVERGE_S)
         one.replicate(small_tally(one, "t3_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+
+
+def _snapshot(node: Node, to: Path) -> None:
+    """A VM snapshot of `node`'s state directory: its PRM frozen (SIGSTOP), every file copied,
+    the mark included, so nothing in the directory shows it is old."""
+    pid = node.prm_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        shutil.copytree(node.settings.state_dir, to, ignore=shutil.ignore_patterns("*.sock"))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def _revert(node: Node, snapshot: Path) -> None:
+    """The snapshot put back over `node`'s state directory, its PRM killed first."""
+    sigkill(node.prm_pid())
+    state = node.settings.state_dir
+    for path in state.glob("prm.*"):
+        path.unlink()
+    shutil.copytree(snapshot, state, dirs_exist_ok=True)
+
+
+def test_a_reverted_vm_snapshot_is_caught_by_the_peers_and_rejoins_fenced() -> None:
+    """The third unsafe operation of issue 9, as a VM snapshot reverts it: node 2's whole
+    state directory (database, -wal, high-water mark) put back as it was before it voted on
+    two more entries, so its own mark agrees with it. Its peers saw it further: asked when it
+    starts (prm.check_stamps), node 1 or 3 shows it the stamp of its last vote, and it starts
+    as a replica that lost its storage, in the same process: it fences, votes again, and
+    the logs agree."""
+    with running_cluster() as cluster:
+        one, two = cluster.node(1), cluster.node(2)
+        one.replicate(small_tally(one, "t0_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        snapshot = two.settings.state_dir.parent / "snapshot"
+        _snapshot(two, snapshot)
+        one.replicate(small_tally(one, "t1_reduced"))
+        one.replicate(small_tally(one, "t2_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        _revert(two, snapshot)
+        with service_env():
+            local.restart(cluster.root, 2, "prm")
+        pid = two.prm_pid()
+
+        def demoted() -> list[dict[str, object]]:
+            return two.log_events("storage_demoted")
+
+        (event,) = wait_until(demoted, "node 2 says its storage went back", timeout=CONVERGE_S)
+        assert "saw it hold" in str(event["reason"]), event
+        wait_until(lambda: two.status()["voting"], "node 2 votes again", timeout=CONVERGE_S)
+        one.replicate(small_tally(one, "t3_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        assert two.prm_pid() == pid  # caught before the core was built: the PRM went on
+        assert alive(pid)
+
+
+def test_a_reverted_vm_snapshot_is_caught_when_its_peers_come_back() -> None:
+    """As above, but nodes 1 and 3 are down when node 2 starts, so no one can tell it. When
+    node 1 comes back, its hello shows node 2 the stamp it saw: node 2 makes its storage
+    forgetful and its PRM ends (systemd starts it again), and node 1 refuses node 2's
+    connection meanwhile. Started again, node 2 fences, votes, and the logs agree."""
+    with running_cluster() as cluster:
+        one, two, three = cluster.node(1), cluster.node(2), cluster.node(3)
+        one.replicate(small_tally(one, "t0_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        snapshot = two.settings.state_dir.parent / "snapshot"
+        _snapshot(two, snapshot)
+        one.replicate(small_tally(one, "t1_reduced"))
+        one.replicate(small_tally(one, "t2_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        sigkill(three.prm_pid())
+        one.replicate(small_tally(one, "t3_reduced"))  # node 2's vote is needed: it saw it
+        sigkill(one.prm_pid())
+        _revert(two, snapshot)
+        with service_env():
+            local.restart(cluster.root, 2, "prm")
+        pid = two.prm_pid()  # restart returns once it serves
+        assert not two.log_events("storage_demoted")  # nobody could tell it yet
+        with service_env():
+            local.restart(cluster.root, 1, "prm")
+        (event,) = wait_until(
+            lambda: two.log_events("storage_demoted"),
+            "node 2 hears from node 1 that its storage went back",
+            timeout=CONVERGE_S,
+        )
+        assert "node 1 saw it hold" in str(event["reason"]), event
+        wait_until(lambda: not alive(pid), "node 2's PRM ends", timeout=CONVERGE_S)
+        with service_env():
+            local.restart(cluster.root, 2, "prm")
+            local.restart(cluster.root, 3, "prm")
+        wait_until(lambda: two.status()["voting"], "node 2 votes again", timeout=CONVERGE_S)
+        one.replicate(small_tally(one, "t4_reduced"))
         cluster.converged(timeout=CONVERGE_S)

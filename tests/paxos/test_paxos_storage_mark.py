@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from paxmr.paxos import Ballot, Entry, LogEntry, Persist
-from paxmr.storage import Identity, Storage, mark_path
+from paxmr.storage import Identity, Stamp, Storage, mark_path
 
 A = Entry("a", b"alpha")
 
@@ -126,3 +126,49 @@ def test_an_unreadable_mark_makes_a_voting_storage_forgetful_instead_of_failing(
         whole.close()
         with contextlib.closing(sqlite3.connect(db)) as conn, conn:
             conn.execute("UPDATE meta SET value = 1 WHERE key = 'voting'")  # votes again
+
+
+def test_stamps_count_durable_writes_and_what_peers_saw_survives_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The stamps that show a whole-directory rollback to the peers (storage.py): a storage's
+    write count rises with each commit, and the highest stamp seen from each peer goes to the
+    database with the next commit, for the peer to be shown after a restart."""
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True, identity=Identity("c", (1, 2, 3)))
+    start = storage.stamp
+    _write(storage, 1)
+    _write(storage, 2)
+    assert storage.stamp == Stamp(start.nonce, start.writes + 2)
+    storage.saw(2, Stamp(7, 10))
+    storage.saw(2, Stamp(7, 4))  # an older frame: the highest stays
+    storage.saw(3, Stamp(8, 5))
+    storage.saw(3, Stamp(9, 1))  # node 3's storage replaced (a new nonce): it starts again
+    assert storage.seen == {2: Stamp(7, 10), 3: Stamp(9, 1)}
+    _write(storage, 3)
+    storage.saw(2, Stamp(7, 11))  # after the last commit: not durable, lost with the process
+    storage._conn.close()  # killed: no close()
+    again = Storage.open(db)
+    assert again.seen == {2: Stamp(7, 10), 3: Stamp(9, 1)}
+    assert again.stamp == Stamp(start.nonce, start.writes + 3)
+    assert again.behind(2, Stamp(start.nonce, start.writes + 3)) is None
+    assert again.behind(2, Stamp(start.nonce + 1, start.writes + 9)) is None  # another storage
+    why = again.behind(2, Stamp(start.nonce, start.writes + 4))
+    assert why is not None
+    assert "node 2 saw it hold" in why
+
+
+def test_a_storage_a_peer_saw_further_is_demoted_under_a_new_nonce(tmp_path: Path) -> None:
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True, identity=Identity("c", (1, 2, 3)))
+    _write(storage, 1)
+    storage.saw(2, Stamp(7, 10))
+    old = storage.stamp
+    storage.demote("a peer saw it further")
+    assert storage.load().voting is False
+    assert storage.load().accepted == {}
+    assert storage.stamp.nonce != old.nonce
+    assert storage.stamp.writes == 0
+    assert storage.seen == {2: Stamp(7, 10)}  # what it saw of others is still true
+    storage.close()
+    assert Storage.open(db).demoted is None  # its mark agrees: nothing more to do

@@ -221,5 +221,5 @@ def test_the_frame_allowance_covers_the_transports_framing():
     for msg in messages:
         bare = len(msgpack.packb(to_wire(msg), use_bin_type=True))
         for src, dst in [(1, 2), (254, 255), (1, 255)]:
-            wire = len(frame(2**64 - 1, encode(src, dst, msg)))
+            wire = len(frame(2**64 - 1, encode(src, dst, msg, 2**63 - 1)))
             assert wire - bare <= _FRAMING, (type(msg).__name__, src, dst, wire - bare)

@@ -7,7 +7,7 @@ import pytest
 
 from paxmr.paxos import Ballot
 from paxmr.paxos.log import Entry
-from paxmr.paxos.messages import Accept, Prepare
+from paxmr.paxos.messages import Accept, Prepare, to_wire
 from paxmr.services.transport import (
     DECODE_INLINE,
     MAX_ARRAY_LEN,
@@ -19,6 +19,7 @@ from paxmr.services.transport import (
 )
 
 MSG = Prepare(Ballot(3, 1), 7)
+MSG_WIRE = to_wire(MSG)
 LIMIT = 1 << 20
 
 
@@ -29,12 +30,12 @@ def body(data: bytes) -> bytes:
 
 
 def test_round_trip_carries_the_sequence_number() -> None:
-    assert decode(body(frame(41, encode(1, 2, MSG))), me=2, limit=LIMIT) == (1, 41, MSG)
+    assert decode(body(frame(41, encode(1, 2, MSG, 9))), me=2, limit=LIMIT) == (1, 41, MSG, 9)
 
 
 def test_frame_for_another_node_is_refused() -> None:
     with pytest.raises(FrameError, match="not a frame for this node"):
-        decode(body(frame(0, encode(1, 3, MSG))), me=2, limit=LIMIT)
+        decode(body(frame(0, encode(1, 3, MSG, 0))), me=2, limit=LIMIT)
 
 
 def _raw(payload: bytes) -> bytes:
@@ -50,6 +51,11 @@ def _raw(payload: bytes) -> bytes:
         (msgpack.packb({"src": True, "dst": 2, "msg": {"k": "catchup", "from": 0}}), "not a frame"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": {"k": "prepare"}}), "bad message"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": {"k": "nonsense"}}), "bad message"),
+        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "w": -1}), "bad write count"),
+        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "w": "1"}), "bad write count"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "stamp": [1]}), "bad stamp"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [1, -2]}), "bad stamp"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [True, 2]}), "bad stamp"),
         # structure limits: longer arrays, maps or strings than any message has, extension types
         (msgpack.packb({"src": 1, "dst": 2, "msg": [0] * (MAX_ARRAY_LEN + 1)}), "undecodable"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": {str(i): i for i in range(17)}}), "undecodable"),
@@ -71,9 +77,9 @@ def test_binary_longer_than_the_limit_is_refused() -> None:
 def test_large_frame_round_trips_through_the_bounded_decoder() -> None:
     entries = tuple((slot, Entry(f"r{slot}", bytes([slot]) * 40_000)) for slot in range(5))
     msg = Accept(Ballot(2, 1), entries, 3)
-    data = body(frame(7, encode(1, 2, msg)))
+    data = body(frame(7, encode(1, 2, msg, 2**62)))
     assert len(data) > DECODE_INLINE
-    assert decode(data, me=2, limit=LIMIT) == (1, 7, msg)
+    assert decode(data, me=2, limit=LIMIT) == (1, 7, msg, 2**62)
 
 
 def test_large_frame_with_too_many_objects_is_refused() -> None:
