@@ -804,7 +804,7 @@ def refound_cmd(c: Ctx, survivor: Path, cluster_id: str, accept_data_loss: bool)
     path.parent.mkdir(parents=True, exist_ok=True)
     mark_path(path).unlink(missing_ok=True)  # the old storage's: this one is new on purpose
     identity = Identity(cluster_id, tuple(sorted(n.id for n in c.settings.nodes)))
-    storage = Storage.open(path, bootstrap=True, identity=identity)
+    storage = Storage.open(path, bootstrap=True, identity=identity, node=c.settings.node_id)
     try:
         slots = storage.take_over(survivor)
     finally:

@@ -125,12 +125,18 @@ class Storage:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, bootstrap: bool = False, identity: Identity | None = None
+        cls,
+        path: str | Path,
+        *,
+        bootstrap: bool = False,
+        identity: Identity | None = None,
+        node: int | None = None,
     ) -> Storage:
         """Open or create the database. A database created without `bootstrap` belongs to a
         replica whose storage was lost or that joins late: it starts non-voting (see
         paxmr/paxos/acceptor.py). Only the founding members of a new cluster bootstrap, and
-        they record the cluster's `identity`."""
+        they record the cluster's `identity`. The PRM opens its storage as `node`: a voting
+        storage another node wrote is made forgetful."""
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
@@ -148,6 +154,10 @@ class Storage:
                 conn.execute(
                     "INSERT INTO identity VALUES (0, ?, ?)", (identity.cluster_id, members)
                 )
+            # A storage named before was marked beside its database (one of a paxmr older
+            # than the mark has no name yet: nothing to compare).
+            named = conn.execute("SELECT 1 FROM meta WHERE key = 'nonce'").fetchone() is not None
+            owner = conn.execute("SELECT value FROM meta WHERE key = 'node'").fetchone()
             _new_nonce(conn)
         storage = cls(conn, path)
         storage.seen = {
@@ -155,8 +165,18 @@ class Storage:
             for peer, nonce, writes in conn.execute("SELECT peer, nonce, writes FROM seen")
         }
         storage._seen_stored = dict(storage.seen)
-        if why := storage._check_mark():
+        voting = storage._counters()[2]
+        if voting and node is not None and owner is not None and owner[0] != node:
+            storage.demote(
+                f"prm.db is node {owner[0]}'s storage, not node {node}'s: copied from another"
+                " node, it would vote with that node's promises and accepts"
+            )
+        elif why := storage._check_mark(named=named):
             storage.demote(why)
+        if node is not None:
+            with conn:
+                conn.execute("BEGIN IMMEDIATE")
+                conn.execute("INSERT OR REPLACE INTO meta VALUES ('node', ?)", (node,))
         storage.mark()
         return storage
 
@@ -190,14 +210,20 @@ class Storage:
         self.demoted = why
         self.mark()
 
-    def _check_mark(self) -> str | None:
+    def _check_mark(self, *, named: bool) -> str | None:
         """Why this database may not vote with what it holds, if the mark shows it went back
-        in time or is not the storage this node last wrote; it is then made forgetful."""
+        in time or is not the storage this node last wrote, or is missing though the storage
+        was `named` (so marked) before; it is then made forgetful."""
         path = mark_path(Path(self.path))
         try:
             mark = json.loads(path.read_text())
             marked = (int(mark["nonce"]), int(mark["writes"]))
         except FileNotFoundError:
+            if named and self._counters()[2]:
+                return (
+                    f"{path} is missing beside a voting prm.db that had one: put on a new disk"
+                    " without it (a file backup, a copy), nothing shows it is the latest"
+                )
             return None
         except (ValueError, KeyError, TypeError):  # not written by mark(): edited or damaged
             marked = None
@@ -263,11 +289,15 @@ class Storage:
             return None
         return Identity(row[0], tuple(int(m) for m in row[1].split(",") if m))
 
-    def adopt(self, cluster_id: str) -> None:
-        """Record the cluster a storage that did not found it belongs to (prm.learn_cluster)."""
+    def adopt(self, cluster_id: str, founders: tuple[int, ...] = ()) -> None:
+        """Record the cluster a storage that did not found it belongs to, and its founders if
+        they are known (prm.learn_cluster)."""
         with self._conn as conn:
             conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT OR IGNORE INTO identity VALUES (0, ?, '')", (cluster_id,))
+            conn.execute(
+                "INSERT OR IGNORE INTO identity VALUES (0, ?, ?)",
+                (cluster_id, ",".join(map(str, founders))),
+            )
 
     def close(self) -> None:
         self.mark()

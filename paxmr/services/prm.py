@@ -74,7 +74,7 @@ def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path,
     path = uninitialized(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     identity = Identity(cluster_id or uuid.uuid4().hex, tuple(sorted(n.id for n in settings.nodes)))
-    Storage.open(path, bootstrap=True, identity=identity).close()
+    Storage.open(path, bootstrap=True, identity=identity, node=settings.node_id).close()
     return path, identity
 
 
@@ -104,27 +104,46 @@ def peers_in_a_cluster(settings: Settings, cluster_id: str | None) -> list[str]:
 
 
 async def learn_cluster(settings: Settings, storage: Storage) -> None:
-    """Give a storage without a cluster id (a node that lost its disk, or joins) its peers' id
-    before the node talks to anyone, so that it refuses a node of another cluster as the
-    founders do (transport.py): a member re-founded by mistake would otherwise find in it a
-    peer that lets it in, learn the old log from it and count it in quorums. The id is the one
-    a majority of the other configured nodes answer with: a node re-founded by mistake is one
-    of a minority. Asks again until they do; a cluster whose nodes record no id (founded by an
-    older paxmr) is left as it is."""
+    """Give a storage without a cluster id (a node that lost its disk, or joins) its peers' id,
+    and the cluster's founders, before the node talks to anyone, so that it refuses a node of
+    another cluster as the founders do (transport.py): a member re-founded by mistake would
+    otherwise find in it a peer that lets it in, learn the old log from it and count it in
+    quorums. Asks again until `learned` finds it; a cluster whose nodes record no id (founded
+    by an older paxmr) is left as it is."""
     log = logs.get()
     others = len(settings.nodes) - 1
     while others:
-        answers = [a for _, a in await ask_peers(settings) if a is not None]
-        counts = collections.Counter(a.cluster for a in answers)
-        found = [c for c, n in counts.items() if c and n > others / 2]
-        if found:
-            storage.adopt(found[0])
-            log.info("cluster_learned", cluster=found[0], answers=dict(counts))
+        answers = {peer.id: a for peer, a in await ask_peers(settings) if a is not None}
+        counts = collections.Counter(a.cluster for a in answers.values())
+        if found := learned(settings.node_id, [n.id for n in settings.nodes], answers):
+            storage.adopt(*found)
+            log.info("cluster_learned", cluster=found[0], founders=found[1], answers=dict(counts))
             return
         if len(answers) > others / 2 and set(counts) == {""}:
             return
         log.warning("cluster_unknown", answers=dict(counts), asked=others, retry_s=LEARN_RETRY)
         await asyncio.sleep(LEARN_RETRY)
+
+
+def learned(
+    me: int, configured: list[int], answers: dict[int, Hello]
+) -> tuple[str, tuple[int, ...]] | None:
+    """The cluster id that more than half of its voters other than this node answer with,
+    and its founders if an answer names them; None unless exactly one id has that. Its voters
+    are those the answer of that id with the longest log names (from a peer too old to name
+    them: the configured nodes). So a node re-founded by mistake, one of a minority, is not
+    followed, and nodes configured but not (yet) members, which answer nobody while they
+    learn, do not count."""
+    found = []
+    for cluster in {a.cluster for a in answers.values() if a.cluster}:
+        theirs = [a for a in answers.values() if a.cluster == cluster]
+        newest = max(theirs, key=lambda a: a.length or 0)
+        voters = newest.voters if newest.voters is not None else configured
+        others = [v for v in voters if v != me]
+        agree = [v for v in others if v in answers and answers[v].cluster == cluster]
+        if others and len(agree) > len(others) / 2:
+            found.append((cluster, next((a.founders for a in theirs if a.founders), ())))
+    return found[0] if len(found) == 1 else None
 
 
 async def check_stamps(settings: Settings, storage: Storage) -> None:
@@ -148,9 +167,10 @@ class StorageWentBack(Exception):
 
 
 def founders(settings: Settings, identity: Identity | None) -> list[int]:
-    """Who founded the cluster: the stored identity says. A node without one (its storage was
-    lost, or it joins a running cluster) takes the configured list; the log then tells it who
-    the members are, and until it knows, the voters refuse its campaigns if that list is wrong
+    """Who founded the cluster: the stored identity says (a node that lost its storage, or
+    joins, learns them from its peers: learn_cluster). Without them (its peers run a paxmr
+    that does not name them) it takes the configured list; the log then tells it who the
+    members are, and until it knows, the voters refuse its campaigns if that list is wrong
     (paxos/membership.py)."""
     if identity is not None and identity.members:
         return list(identity.members)
@@ -270,16 +290,10 @@ class Prm:
             batch_bytes=settings.limits.batch_bytes,
             request_timeout=t.replicate_timeout,
         )
+        self._config = config
         durable = storage.load(values=False)  # the core reads values back on demand
         assert durable.stored is not None
-        self.node = paxos.Node(
-            settings.node_id,
-            founders(settings, storage.identity()),
-            durable,
-            config,
-            random.Random(),  # election jitter, not a secret
-            time.monotonic(),
-        )
+        self.node = self._core(durable)
         self.catalog = Catalog(durable.stored.digest)
         self.shown_length = durable.stored.length  # what queries see (the core runs ahead)
         self.log_bytes = durable.stored.value_bytes  # of what queries see
@@ -324,8 +338,31 @@ class Prm:
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver, cluster=identity.cluster_id if (identity := storage.identity()) else "",
-            length=lambda: self.node.log.length, storage=storage, went_back=self._on_went_back,
+            answer=self._answer, storage=storage, went_back=self._on_went_back,
         )  # fmt: skip
+
+    def _core(self, durable: paxos.DurableState) -> paxos.Node:
+        return paxos.Node(
+            self.settings.node_id,
+            founders(self.settings, self.storage.identity()),
+            durable,
+            self._config,
+            random.Random(),  # election jitter, not a secret
+            time.monotonic(),
+        )
+
+    def _answer(self, peer: int) -> Hello:
+        """What this node tells a peer that asks (transport.ask_cluster): `paxmr init`,
+        learn_cluster and check_stamps read it."""
+        identity = self.storage.identity()
+        return Hello(
+            self.transport.cluster,
+            length=self.node.log.length,
+            stamp=self.storage.stamp,
+            seen=self.storage.seen.get(peer),
+            voters=tuple(sorted(self.membership.voters)),
+            founders=identity.members if identity and identity.members else None,
+        )
 
     def _restore_catalog(self, stored: paxos.StoredLog) -> None:
         """Show the stored log as it was: the summaries stored with it, not its values. One
@@ -486,6 +523,11 @@ class Prm:
             self.observer.apart = None
             if (identity := self.storage.identity()) is not None:
                 self.transport.cluster = identity.cluster_id
+            if identity and identity.members:  # the founders learned: the log counts from them
+                self.node = self._core(self.storage.load(values=False))
+                if self.node.membership != self.membership:
+                    self._membership_changed(self.node.membership)
+                self.membership = self.node.membership
         me = self.settings.me
         await self.transport.start(self.settings.peer_bind or me.host, me.port)
 
@@ -1215,7 +1257,7 @@ class Prm:
 
 
 async def main(settings: Settings) -> None:
-    storage = Storage.open(db_path(settings))
+    storage = Storage.open(db_path(settings), node=settings.node_id)
     await check_stamps(settings, storage)
     if storage.demoted:
         logs.get().error("storage_demoted", reason=storage.demoted, voting=False)

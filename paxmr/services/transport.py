@@ -105,14 +105,17 @@ class WentBack(AuthError):
 class Hello:
     """The first frame of a connection: the sender's cluster id ("" if it has none), its
     storage's `stamp` and the highest stamp it has `seen` from the receiver (see the module's
-    text). `ask` asks the listener for its own hello, with `length`, its log's length, and hang
-    up."""
+    text). `ask` asks the listener for its own hello and hangs up; that answer also tells the
+    listener's log's `length`, the `voters` of its newest epoch and the cluster's `founders`
+    (if its storage records them)."""
 
     cluster: str
     ask: bool = False
     length: int | None = None
     stamp: Stamp | None = None
     seen: Stamp | None = None
+    voters: tuple[int, ...] | None = None
+    founders: tuple[int, ...] | None = None
 
 
 # --- TLS --------------------------------------------------------------------------------------
@@ -174,6 +177,10 @@ def hello(src: int, dst: int, msg: Hello) -> bytes:
         obj["stamp"] = [msg.stamp.nonce, msg.stamp.writes]
     if msg.seen is not None:
         obj["seen"] = [msg.seen.nonce, msg.seen.writes]
+    if msg.voters is not None:
+        obj["voters"] = list(msg.voters)
+    if msg.founders is not None:
+        obj["founders"] = list(msg.founders)
     payload: bytes = msgpack.packb(obj, use_bin_type=True)
     return payload
 
@@ -199,6 +206,14 @@ def _stamp(obj: object) -> Stamp | None:
     ):
         raise FrameError("a hello with a bad stamp")
     return Stamp(*obj)
+
+
+def _nodes(obj: object) -> tuple[int, ...] | None:
+    if obj is None:
+        return None
+    if not isinstance(obj, list) or not all(type(n) is int and 0 < n < 2**16 for n in obj):
+        raise FrameError("a hello with a bad node list")
+    return tuple(obj)
 
 
 def decode(body: bytes, me: int, limit: int) -> Frame:
@@ -238,7 +253,8 @@ def decode(body: bytes, me: int, limit: int) -> Frame:
         if length is not None and (type(length) is not int or length < 0):
             raise FrameError("a hello with a bad log length")
         stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
-        return Frame(obj["src"], seq, Hello(cluster, ask, length, stamp, seen))
+        voters, founders = _nodes(obj.get("voters")), _nodes(obj.get("founders"))
+        return Frame(obj["src"], seq, Hello(cluster, ask, length, stamp, seen, voters, founders))
     writes = obj.get("w")  # None from a paxmr before stamps: nothing to note then
     if writes is not None and (type(writes) is not int or not 0 <= writes < 2**63):
         raise FrameError("a message with a bad write count")
@@ -349,16 +365,16 @@ class Transport:
         deliver: Deliver,
         *,
         cluster: str,
-        length: Callable[[], int],
+        answer: Callable[[int], Hello],
         storage: Storage,
         went_back: Callable[[str], None],
     ) -> None:
-        """`cluster` is this node's cluster id, "" if its storage has none, and `length` tells
-        its log's length (see Hello). Stamps come from and go to `storage`; `went_back` is
-        told why when a peer shows that this node's storage went back in time."""
+        """`cluster` is this node's cluster id, "" if its storage has none, and `answer` what
+        it answers a peer that asks (see Hello). Stamps come from and go to `storage`;
+        `went_back` is told why when a peer shows that this node's storage went back in time."""
         self.me = me
         self.cluster = cluster
-        self.length = length
+        self.answer = answer
         self.storage = storage
         self.went_back = went_back
         self.tls = tls
@@ -513,12 +529,7 @@ class Transport:
         except WentBack as exc:
             self.refusals.refused("peer_refused", str(exc), peer=label)
         except Asked:
-            answer = Hello(
-                self.cluster,
-                length=self.length(),
-                stamp=self.storage.stamp,
-                seen=self.storage.seen.get(conn.peer or 0),
-            )
+            answer = self.answer(conn.peer or 0)
             conn.writer.write(frame(0, hello(self.me, conn.peer or 0, answer)))
             async with asyncio.timeout(CONNECT_TIMEOUT):
                 await conn.writer.drain()

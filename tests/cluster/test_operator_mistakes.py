@@ -42,12 +42,6 @@ def _cluster_id(node: Node) -> str:
     return str(found)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a storage does not record which node it belongs to: another node's prm.db copied"
-    " with its high-water mark is trusted, and the node votes with that node's promises and"
-    " accepts instead of its own (and may reuse a round it used before)",
-)
 def test_another_nodes_storage_copied_onto_a_node_is_made_forgetful() -> None:
     """Node 2's disk is replaced. To spare it the catch-up, the operator seeds the new disk with
     node 1's state directory (its prm.db and, as a whole-directory copy would, its prm.mark).
@@ -105,13 +99,6 @@ def test_refound_on_a_member_of_a_running_cluster_is_refused() -> None:
             assert mark_path(db).exists()  # still refuses `init --found`
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="learn_cluster needs a majority of the other *configured* nodes to answer, but a"
-    " configuration may list nodes that do not answer yet (new hosts, themselves still learning,"
-    " listen to nobody): a node joining a 3-member cluster with 7 nodes configured never learns"
-    " the id (3 of 6 answer), so a grow from 3 to 7 by the inventory never finishes",
-)
 def test_a_joining_node_learns_the_cluster_id_with_more_nodes_configured_than_answer() -> None:
     """The inventory grows from 3 hosts to 7; the play renders all seven in every paxmr.toml,
     starts the four new hosts without founding anything, then adds them one by one, each
@@ -141,13 +128,6 @@ def test_a_joining_node_learns_the_cluster_id_with_more_nodes_configured_than_an
         assert new.log_events("cluster_learned", after=after), settled()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a node that lost its disk takes the founders from its configuration (prm.founders):"
-    " with a node listed there that is not a member yet (a host added to the inventory, not yet"
-    " added through the log), it counts that node as a founding voter, cannot fence without"
-    " its answer, and never votes again until a membership change reaches it",
-)
 def test_a_node_that_lost_its_disk_votes_again_with_a_node_configured_that_is_no_member() -> None:
     """The README: a node starts with extra nodes in its list, they are not members until added.
     Node 3's disk is replaced while its paxmr.toml already lists node 4 (the inventory grew, the

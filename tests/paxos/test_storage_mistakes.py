@@ -23,13 +23,6 @@ def _write(storage: Storage, round_: int) -> None:
     storage.commit(Persist(promised=Ballot(round_, 2), accepted={round_: (Ballot(round_, 2), A)}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a voting prm.db with no high-water mark beside it is trusted (Storage._check_mark"
-    " returns None on FileNotFoundError): an old file backup restored onto a replaced disk, or a"
-    " live prm.db copied to a new state directory without its -wal and its mark, votes with the"
-    " promises and accepts it forgot",
-)
 @pytest.mark.parametrize("how", ["old file backup", "live copy without its -wal"])
 def test_a_voting_prm_db_put_on_a_new_disk_without_its_mark_is_made_forgetful(
     tmp_path: Path, how: str

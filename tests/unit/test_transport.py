@@ -56,6 +56,8 @@ def _raw(payload: bytes) -> bytes:
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "stamp": [1]}), "bad stamp"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [1, -2]}), "bad stamp"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [True, 2]}), "bad stamp"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "voters": [1, "2"]}), "bad node list"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "founders": [0]}), "bad node list"),
         # structure limits: longer arrays, maps or strings than any message has, extension types
         (msgpack.packb({"src": 1, "dst": 2, "msg": [0] * (MAX_ARRAY_LEN + 1)}), "undecodable"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": {str(i): i for i in range(17)}}), "undecodable"),
