@@ -19,8 +19,9 @@ Those the peers see. Every frame a node sends carries its storage's write count,
 of each connection its nonce (services/transport.py), and only after the commit the message
 depends on: a peer that received a promise or an accept holds a stamp at least as high as the
 write that made it durable. Each node keeps the highest stamp it saw from every peer (`seen`,
-written with its next commit) and shows it to that peer: when the node starts (prm.check_stamps
-asks every peer before it builds the core) and in the hello of every connection to it. A
+written with its next commit) and shows it to that peer: when the node starts
+(prm.compare_with_peers asks every peer before it builds the core) and in the hello of every
+connection to it. A
 storage of the same nonce with fewer writes than a peer saw went back in time: it is made
 forgetful (`demote`). What this cannot see: a rollback when every peer that saw the forgotten
 writes is unreachable for good, or lost its own record of them at the same time.
@@ -193,6 +194,10 @@ class Storage:
             f"prm.db went back in time: node {peer} saw it hold {seen.writes} writes, it holds"
             f" {self.stamp.writes} (a VM snapshot reverted, or the state directory restored)"
         )
+
+    def pristine(self) -> bool:
+        """A founding storage that has written nothing yet (as `paxmr init --found` leaves it)."""
+        return self.stamp.writes == 0 and self._counters()[2] and self.length() == 0
 
     def saw(self, peer: int, stamp: Stamp) -> None:
         """Note a stamp received from `peer` (it goes to the database with the next commit)."""

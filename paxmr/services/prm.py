@@ -146,19 +146,31 @@ def learned(
     return found[0] if len(found) == 1 else None
 
 
-async def check_stamps(settings: Settings, storage: Storage) -> None:
-    """Before the core is built from it: ask every configured peer for the highest stamp it
-    saw from this node, and demote the storage if one saw it further than it is (a VM snapshot
-    reverted, the state directory restored: paxmr/storage.py). A peer that does not answer now
-    tells this node in its next connection's hello, and the PRM then ends (Prm._demote)."""
+async def compare_with_peers(settings: Settings, storage: Storage) -> None:
+    """Before the core is built from it, ask every configured peer (transport.ask_cluster)
+    and demote the storage (storage.py) when one shows that it may not vote with what it
+    holds: the peer saw it further than it is (it went back in time: a VM snapshot reverted,
+    the state directory restored), or it is a founding storage that has written nothing
+    beside a peer of its cluster whose log has entries (`paxmr init --found` on a member of a
+    running cluster, which init could not see: no TLS files to ask with, or that peer was
+    down). A founder that is only late loses nothing by it: it fences and catches up. A peer
+    that does not answer now shows a rollback in its next connection's hello, and the PRM then
+    ends (Prm._demote)."""
     identity = storage.identity()
     for peer, answer in await ask_peers(settings):
-        if answer is None or answer.seen is None:
+        if answer is None:
             continue
         if identity and answer.cluster and answer.cluster != identity.cluster_id:
             continue  # another cluster's node: the transport refuses it anyway
-        if why := storage.behind(peer.id, answer.seen):
+        if answer.seen is not None and (why := storage.behind(peer.id, answer.seen)):
             storage.demote(why)
+            return
+        if answer.cluster and answer.length and storage.pristine():
+            storage.demote(
+                f"a new founding storage (paxmr init --found) beside node {peer.id}, whose log"
+                f" of this cluster has {answer.length} slots: founded again over a member of a"
+                " running cluster?"
+            )
             return
 
 
@@ -353,7 +365,7 @@ class Prm:
 
     def _answer(self, peer: int) -> Hello:
         """What this node tells a peer that asks (transport.ask_cluster): `paxmr init`,
-        learn_cluster and check_stamps read it."""
+        learn_cluster and compare_with_peers read it."""
         identity = self.storage.identity()
         return Hello(
             self.transport.cluster,
@@ -1258,7 +1270,7 @@ class Prm:
 
 async def main(settings: Settings) -> None:
     storage = Storage.open(db_path(settings), node=settings.node_id)
-    await check_stamps(settings, storage)
+    await compare_with_peers(settings, storage)
     if storage.demoted:
         logs.get().error("storage_demoted", reason=storage.demoted, voting=False)
     try:

@@ -642,10 +642,10 @@ class Transport:
 
 
 async def ask_cluster(me: int, peer: NodeAddress, tls: TlsFiles) -> Hello | None:
-    """Ask a running peer what cluster it belongs to, how long its log is and the highest
-    stamp it saw from this node (`paxmr init --found` asks before it founds one, the PRM
-    before it starts: prm.learn_cluster, prm.check_stamps); None if it does not answer: not
-    running, not under this CA, or too old to know the question."""
+    """Ask a running peer for its answer (Hello: its cluster, its log's length, the highest
+    stamp it saw from this node...): `paxmr init --found` asks before it founds, the PRM
+    before it starts (prm.learn_cluster, prm.compare_with_peers). None if it does not answer:
+    not running, not under this CA, or too old to know the question."""
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             reader, writer = await asyncio.open_connection(

@@ -287,7 +287,7 @@ def test_a_reverted_vm_snapshot_is_caught_by_the_peers_and_rejoins_fenced() -> N
     """The third unsafe operation of issue 9, as a VM snapshot reverts it: node 2's whole
     state directory (database, -wal, high-water mark) put back as it was before it voted on
     two more entries, so its own mark agrees with it. Its peers saw it further: asked when it
-    starts (prm.check_stamps), node 1 or 3 shows it the stamp of its last vote, and it starts
+    starts (prm.compare_with_peers), node 1 or 3 shows it the stamp of its last vote, and it starts
     as a replica that lost its storage, in the same process: it fences, votes again, and
     the logs agree."""
     with running_cluster() as cluster:

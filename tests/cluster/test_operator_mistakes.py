@@ -152,12 +152,6 @@ def test_a_node_that_lost_its_disk_votes_again_with_a_node_configured_that_is_no
         wait_until(lambda: three.status()["voting"], "node 3 votes again", timeout=CONVERGE_S)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a member founded again with its cluster's own id while its peers could not be asked"
-    " (down, cut off, or no TLS files: every deployed host) votes from an empty acceptor state:"
-    " nothing on its disk shows what it forgot, and its peers let it in (the same id)",
-)
 def test_a_member_founded_again_with_its_clusters_id_does_not_vote_with_what_it_forgot() -> None:
     """Node 3's disk is replaced and the founding step is run on it with the cluster's id,
     while nodes 1 and 2 could not be asked (here: founded in-process, as init does then). Its
@@ -183,28 +177,24 @@ def test_a_member_founded_again_with_its_clusters_id_does_not_vote_with_what_it_
         assert three.log_events("storage_demoted"), "node 3 votes with an empty acceptor state"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="`paxmr init --found` asks the peers only with the TLS files in tls_dir, which the"
-    " paxmr.toml Ansible renders never sets (the PRM gets them from LoadCredential=): on every"
-    " deployed host init warns that it could not ask and founds, beside peers that run the"
-    " cluster with entries",
-)
-def test_init_without_tls_files_does_not_found_beside_peers_that_run_the_cluster(
+def test_a_member_founded_again_where_init_could_not_ask_is_demoted_when_it_starts(
     tmp_path: Path,
 ) -> None:
     """Node 3's disk is replaced on a host deployed by Ansible: its paxmr.toml names no tls_dir
     (here: node 3's file with that line removed), and a shell has no CREDENTIALS_DIRECTORY. The
     operator runs the founding step with the cluster's id. init cannot ask nodes 1 and 2, which
-    run the cluster with an entry; it should refuse rather than found a voter that forgot its
-    promises (or ask with files it can read)."""
+    run the cluster with an entry: it says so and founds (Ansible's own founding step runs it
+    the same way on new hosts). The PRM can ask (it has the TLS files): a founding storage
+    that has written nothing, beside peers whose log has entries, is demoted before the core is
+    built (prm.compare_with_peers), so node 3 fences and catches up instead of voting with the
+    promises it forgot."""
     with running_cluster() as cluster:
         one, three = cluster.node(1), cluster.node(3)
         one.replicate(small_tally(one))
         cluster.converged(timeout=CONVERGE_S)
         real = _cluster_id(one)
         sigkill(three.prm_pid())
-        db = _wipe(three, mark=True)
+        _wipe(three, mark=True)
         deployed = tmp_path / "paxmr.toml"
         deployed.write_text(
             "".join(
@@ -214,7 +204,15 @@ def test_init_without_tls_files_does_not_found_beside_peers_that_run_the_cluster
             )
         )
         result = paxmr("-c", deployed, "init", "--found", "--cluster-id", real, env=clean_env())
-        assert (result.returncode, db.exists()) == (1, False), result
+        assert result.returncode == 0, result
+        assert "the peers were not asked" in result.stderr
+        with service_env():
+            local.restart(cluster.root, 3, "prm")
+        (event,) = three.log_events("storage_demoted")  # before it served: told by now
+        assert "founded again over a member of a running cluster" in str(event["reason"]), event
+        wait_until(lambda: three.status()["voting"], "node 3 votes again", timeout=CONVERGE_S)
+        one.replicate(small_tally(one, "again_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
 
 
 def test_status_says_when_a_node_is_apart_learning_the_id_or_no_member() -> None:
