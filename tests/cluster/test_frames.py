@@ -265,19 +265,23 @@ def test_forged_prepare_from_another_ca_changes_nothing(cluster: Cluster, tmp_pa
 
 
 def test_a_peer_whose_storage_went_back_is_refused(cluster: Cluster) -> None:
-    """A hello from node 2 whose stamp (its storage's nonce, with fewer writes than node 1 saw
-    from it: its storage went back in time, storage.py) ends the connection before any of its
-    votes is read, logged with the reason."""
-    _still_commits(cluster)  # node 2 voted: node 1 saw it with writes
-    db = cluster.node(SENDER).settings.state_dir / "prm.db"
+    """A hello from a follower whose stamp (its storage's nonce, with fewer writes than the
+    leader saw from it: its storage went back in time, storage.py) ends the connection before
+    any of its votes is read, logged with the reason. The leader, not another follower: it
+    is the one that received the follower's votes (Accepted), so its stamp."""
+    _still_commits(cluster)  # the followers voted: the leader saw them with writes
+    leader = cluster.node(cluster.leader())
+    sender = next(n for n in cluster.nodes if n.id != leader.id)
+    db = sender.settings.state_dir / "prm.db"
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         (nonce,) = conn.execute("SELECT value FROM meta WHERE key = 'nonce'").fetchone()
-    node = cluster.node(TARGET)
-    offset = wire.log_offset(node)
-    hello = {"src": SENDER, "dst": TARGET, "hello": "", "stamp": [nonce, 0]}
-    with wire.as_node(node, wire.tls_dir(cluster.root, SENDER)) as sock:
-        sock.sendall(wire.frame(0, msgpack.packb(hello)) + wire.frame(1, _p(HOSTILE_PREPARE)))
+    offset = wire.log_offset(leader)
+    hello = {"src": sender.id, "dst": leader.id, "hello": "", "stamp": [nonce, 0]}
+    prepare = wire.payload(HOSTILE_PREPARE, sender.id, leader.id)
+    with wire.as_node(leader, wire.tls_dir(cluster.root, sender.id)) as sock:
+        sock.sendall(wire.frame(0, msgpack.packb(hello)) + wire.frame(1, prepare))
         assert wire.closed_by_peer(sock)
-    reasons = [str(e["reason"]) for e in node.log_events("peer_refused", after=offset)]
+    reasons = [str(e["reason"]) for e in leader.log_events("peer_refused", after=offset)]
     assert any("storage went back in time" in r for r in reasons), reasons
-    _still_commits(cluster)  # and the Prepare behind the hello was not believed
+    assert leader.status()["ballot"][0] < 2**61  # the Prepare behind the hello was not read
+    _still_commits(cluster)
