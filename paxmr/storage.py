@@ -397,12 +397,7 @@ class Storage:
             if summaries:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
-            seen = dict(self.seen)  # saw() runs on the event loop meanwhile
-            if seen != self._seen_stored:
-                conn.executemany(
-                    "INSERT OR REPLACE INTO seen VALUES (?, ?, ?)",
-                    [(peer, s.nonce, s.writes) for peer, s in seen.items()],
-                )
+            seen = self._store_seen(conn)
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if persist.unfenced:
                 conn.execute("DELETE FROM meta WHERE key = 'recover_until'")
@@ -431,6 +426,17 @@ class Storage:
         self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
         if time.monotonic() - self._marked_at >= MARK_INTERVAL:
             self.mark()
+
+    def _store_seen(self, conn: sqlite3.Connection) -> dict[int, Stamp]:
+        """Write the stamps seen from peers, if they changed, in the caller's transaction;
+        returns what the database then holds."""
+        seen = dict(self.seen)  # saw() runs on the event loop meanwhile
+        if seen != self._seen_stored:
+            conn.executemany(
+                "INSERT OR REPLACE INTO seen VALUES (?, ?, ?)",
+                [(peer, s.nonce, s.writes) for peer, s in seen.items()],
+            )
+        return seen
 
     def length(self) -> int:
         """Applied slots, no-ops included."""

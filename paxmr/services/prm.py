@@ -572,8 +572,7 @@ class Prm:
         """Make the storage forgetful and end the PRM: it starts again (systemd) as a replica
         that lost its storage, which fences before it votes (the core in memory still holds
         what the storage forgot, so it cannot go on)."""
-        async with self._storage_lock:
-            await asyncio.to_thread(self.storage.demote, why)
+        await asyncio.to_thread(self.storage.demote, why)  # in drive: no commit runs meanwhile
         self.log.error("storage_demoted", reason=why, voting=False)
         raise StorageWentBack(why)
 
