@@ -20,6 +20,35 @@ manifest takes a log position. So:
   A retry through another node encodes another value (the node field differs): it replicates
   its own chunks, and the abandoned ones stay in the log without a position.
 
+Abandoned chunks are reclaimed (their values emptied, their bytes no longer counted against
+the log's quota) by the log itself, so that every replica reclaims the same chunks at the same
+point of the log. A *reclaim* entry (`reclaim_id`, a chunk id of its own: no position) applied at
+slot r empties every chunk in a slot below the previous reclaim entry's that no manifest in a
+slot below r names. Why this is safe:
+
+- replicas agree: which chunks go is a function of the log up to r, the same on every replica,
+  whenever each applies it (a node catching up from a peer that reclaimed them receives them
+  empty, and empties the same set itself);
+- a committed object keeps its bytes: a manifest applied before r names its chunks, so r
+  keeps them, and so does every later reclaim entry;
+- a manifest that needs a chunk and is still on its way (its client is slow, or a leader
+  proposes it just as another node's reclaim entry is proposed) lands before or after r, as the
+  log orders them: before r, it keeps its chunks; after r, it finds a chunk empty and shows as
+  an entry with an error on every replica alike, never assembled on one and an error on
+  another. So a chunk is never reclaimed where a manifest that needs it may still commit
+  whole: every manifest after r is refused it, everywhere;
+- an honest upload is not hit in practice: its chunks are reclaimed only by the second reclaim
+  entry after them, and the leader proposes a reclaim entry at least `timing.chunk_reclaim`
+  seconds (an hour by default) after it applied the previous one or started, so an upload
+  loses its chunks only if its manifest is chosen that long after them. A retry of a request
+  whose chunks from an earlier attempt lie below the last reclaim entry is refused before its
+  manifest is submitted (they may be gone before it lands): a new request id gives new chunks.
+- two reclaim entries for the same period (two leaders) have the same id: only the first one
+  in the log counts.
+
+A manifest that failed (a chunk missing) still names its chunks, which are then kept: rare
+(only a reclaimed or forged upload fails), and it keeps the rule simple.
+
 Why not the other design, the log entry holding a digest while the bytes move beside the log
 (Ratis' DataStream)? It needs a second transfer protocol with its own durability, quorum and
 catch-up rules (a value known to one replica only could be chosen and then lost). Chunks reuse
@@ -31,7 +60,7 @@ as several log entries, one commit each.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,7 +101,10 @@ class Manifest:
         raises BadManifest when they are not the value it names."""
         missing = [i for i, p in enumerate(parts) if p is None]
         if missing:
-            raise BadManifest(f"chunk {missing[0]} of {self.parts} is not in the log before it")
+            raise BadManifest(
+                f"chunk {missing[0]} of {self.parts} is not in the log before it (or was"
+                " reclaimed: never committed by a manifest in time)"
+            )
         value = b"".join(p for p in parts if p is not None)
         if len(value) != self.size or hashlib.sha256(value).hexdigest() != self.sha256:
             raise BadManifest("its chunks do not hash to its digest")
@@ -81,6 +113,29 @@ class Manifest:
 
 def chunk_id(sha256: str, index: int) -> str:
     return f"{CHUNK_PREFIX}{sha256}/{index}"
+
+
+_RECLAIM = f"{CHUNK_PREFIX}reclaim/"
+
+
+def reclaim_id(previous: int | None) -> str:
+    """The request id of the reclaim entry that follows the one applied at slot `previous`
+    (None: the first): the same for every proposer of the same period."""
+    return f"{_RECLAIM}{-1 if previous is None else previous}"
+
+
+def is_reclaim(request_id: str) -> bool:
+    return request_id.startswith(_RECLAIM)
+
+
+def named(values: Iterable[bytes]) -> set[str]:
+    """The chunk ids that the manifests among `values` name (other values name none)."""
+    ids: set[str] = set()
+    for value in values:
+        found = manifest(value)
+        if found is not None:
+            ids.update(found.chunk_ids())
+    return ids
 
 
 def split(value: bytes, file: str, digest: str, part_bytes: int) -> tuple[Manifest, list[bytes]]:
@@ -93,13 +148,13 @@ def split(value: bytes, file: str, digest: str, part_bytes: int) -> tuple[Manife
 # A manifest is small: anything larger is not one (checked before decoding). And it names at
 # most this many parts (of value_bytes each: terabytes), so a forged one cannot make a reader
 # list billions of them.
-_MAX_MANIFEST = 1024
+MAX_MANIFEST = 1024
 _MAX_PARTS = 1 << 16
 
 
 def manifest(value: bytes) -> Manifest | None:
     """The manifest in `value`, or None if it is not one (a log object, or anything else)."""
-    if len(value) > _MAX_MANIFEST:
+    if len(value) > MAX_MANIFEST:
         return None
     try:
         body: Any = msgpack.unpackb(value, raw=False)

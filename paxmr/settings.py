@@ -82,6 +82,10 @@ class Timing(BaseModel):
     election_min: float = Field(default=0.5, gt=0)
     election_max: float = Field(default=1.0, gt=0)
     replicate_timeout: float = Field(default=5.0, gt=0)
+    # Chunks that no manifest committed (an upload abandoned halfway) are emptied by the log's
+    # reclaim entries, which the leader proposes at most this often (paxmr/chunks.py): such a
+    # chunk goes after one to two of these periods.
+    chunk_reclaim: float = Field(default=3600.0, gt=0)
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from paxmr import chunks
 from paxmr.paxos import (
     CHUNK_PREFIX,
     GENESIS_DIGEST,
@@ -123,6 +124,7 @@ class Storage:
         # database holds.
         self.seen: dict[int, Stamp] = {}
         self._seen_stored: dict[int, Stamp] = {}
+        self._side_conn: sqlite3.Connection | None = None  # see _side
 
     @classmethod
     def open(
@@ -306,6 +308,8 @@ class Storage:
 
     def close(self) -> None:
         self.mark()
+        if self._side_conn is not None:
+            self._side_conn.close()
         self._conn.close()
 
     def load(self, *, values: bool = True) -> DurableState:
@@ -378,6 +382,52 @@ class Storage:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
         finally:
             conn.execute("PRAGMA synchronous=FULL")  # every commit of acceptor state fsyncs
+
+    def reclaim_chunks(self, below: int, named_before: int) -> int:
+        """Empty the chunks in slots below `below` that no manifest in a slot below
+        `named_before` names (paxmr/chunks.py says why this is safe); the value bytes freed.
+        Chunks already empty are left as they are, so running it again changes nothing."""
+        conn = self._side()
+        gone = self._loose(below, named_before)
+        if not gone:
+            return 0
+        with conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("UPDATE log SET value = x'' WHERE slot = ?", [(s,) for s, _ in gone])
+        return sum(size for _, size in gone)
+
+    def loose_chunks(self) -> bool:
+        """Whether a chunk holds its value while no manifest names it."""
+        end = self.length()
+        return bool(self._loose(end, end))
+
+    def _side(self) -> sqlite3.Connection:
+        """A connection of its own for reclaiming chunks, used beside the driver's commits
+        (SQLite serializes the two writers)."""
+        if self._side_conn is None:
+            self._side_conn = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False
+            )
+            self._side_conn.execute("PRAGMA synchronous=FULL")
+        return self._side_conn
+
+    def _loose(self, below: int, named_before: int) -> list[tuple[int, int]]:
+        """(slot, bytes) of the chunks below `below` that hold their value and that no
+        manifest below `named_before` names."""
+        conn = self._side()
+        loose = conn.execute(
+            "SELECT slot, request_id, length(value) FROM log"
+            " WHERE substr(request_id, 1, ?) = ? AND slot < ? AND length(value) > 0",
+            (len(CHUNK_PREFIX), CHUNK_PREFIX, below),
+        ).fetchall()
+        if not loose:
+            return []
+        manifests = conn.execute(
+            "SELECT value FROM log WHERE position IS NOT NULL AND slot < ? AND length(value) <= ?",
+            (named_before, chunks.MAX_MANIFEST),
+        )
+        keep = chunks.named(bytes(value) for (value,) in manifests)
+        return [(slot, size) for slot, rid, size in loose if rid not in keep]
 
     def summaries(self) -> dict[int, str]:
         return dict(self._conn.execute("SELECT slot, body FROM summary").fetchall())

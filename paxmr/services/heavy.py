@@ -204,14 +204,15 @@ def _reader(db: str) -> sqlite3.Connection:
 
 
 def _parts(conn: sqlite3.Connection, manifest: chunks.Manifest, before: int) -> list[bytes | None]:
-    """A manifest's chunks as the log holds them before its slot (the first of each)."""
+    """A manifest's chunks as the log holds them before its slot (the first of each); None
+    for one not there, or emptied by a reclaim entry (chunks.py)."""
     found: list[bytes | None] = []
     for rid in manifest.chunk_ids():
         rows = conn.execute(
             "SELECT value FROM log WHERE request_id = ? AND slot < ? ORDER BY slot LIMIT 1",
             (rid, before),
         ).fetchall()
-        found.append(bytes(rows[0][0]) if rows else None)
+        found.append(bytes(rows[0][0]) if rows and rows[0][0] else None)
     return found
 
 

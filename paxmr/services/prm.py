@@ -313,6 +313,20 @@ class Prm:
         # The value and summary of each log object this node encoded and awaits: applied with
         # these very bytes, it is shown without decoding it again (_summary).
         self._encoded: dict[str, tuple[bytes, dict[str, Any]]] = {}
+        # Reclaim entries applied (their slots) and when this node last applied one or started
+        # (chunks.py: the leader proposes the next one no sooner than timing.chunk_reclaim after).
+        self._reclaims = sorted(
+            slot for rid, slot in durable.stored.chunks if chunks.is_reclaim(rid)
+        )
+        self._reclaimed_at = time.monotonic()
+        # Redone (a crash may have come between a reclaim entry and its effect), before any
+        # missing summary is made again: a manifest after one must not find its chunks.
+        previous = 0
+        for slot in self._reclaims:
+            freed = storage.reclaim_chunks(previous, slot)
+            self.log_bytes -= freed
+            self.node.log.value_bytes -= freed
+            previous = slot
         self._restore_catalog(durable.stored)
         # Summaries of applied positions not yet stored, and since when: they ride with the next
         # commit (_summaries_to_save).
@@ -413,6 +427,8 @@ class Prm:
                     summary = await self._summary(entry)
                     made.append((entry.slot, json.dumps(summary)))
                 self._record(entry, summary)
+                if chunks.is_reclaim(entry.request_id):
+                    await self._reclaim(entry)
                 if entry.position is not None:
                     self.log.debug("applied", slot=entry.slot, position=entry.position)
             self._progress.set()
@@ -423,6 +439,34 @@ class Prm:
                 if not self._unsaved:
                     self._unsaved_since = time.monotonic()
                 self._unsaved.extend(made)
+
+    async def _reclaim(self, entry: paxos.LogEntry) -> None:
+        """Apply a reclaim entry (chunks.py): empty the chunks below the previous one that no
+        manifest before it names. A second entry of the same period (same id) does nothing."""
+        if self.node.log.first(entry.request_id) != (None, entry.slot):
+            return
+        previous = self._reclaims[-1] if self._reclaims else 0
+        self._reclaims.append(entry.slot)
+        self._reclaimed_at = time.monotonic()
+        # On a connection of its own (Storage.reclaim_chunks): the driver's may be committing.
+        freed = await asyncio.to_thread(self.storage.reclaim_chunks, previous, entry.slot)
+        self.log_bytes -= freed
+        self.node.log.value_bytes -= freed  # the quota's measure (_over_quota)
+        self.log.info("chunks_reclaimed", slot=entry.slot, below=previous, bytes=freed)
+
+    async def reclaim_loop(self) -> None:
+        """As leader, propose a reclaim entry while chunks no manifest names hold their bytes,
+        at most once per timing.chunk_reclaim (chunks.py)."""
+        period = self.settings.timing.chunk_reclaim
+        while True:
+            await asyncio.sleep(period / 4)
+            if self.node.role != "leader" or time.monotonic() - self._reclaimed_at < period:
+                continue
+            loose = await asyncio.to_thread(self.storage.loose_chunks)
+            rid = chunks.reclaim_id(self._reclaims[-1] if self._reclaims else None)
+            if loose and self.node.log.first(rid) is None:
+                self.node.submit(paxos.Request(rid, b""), time.monotonic())
+                self.wake.set()
 
     async def _summary(self, entry: paxos.LogEntry) -> dict[str, Any]:
         """The summary of an applied position: a chunked one is assembled from storage (where
@@ -725,6 +769,7 @@ class Prm:
                 full = self._over_quota(manifest.size)
                 if full is not None:
                     raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
+                self._check_chunks_fresh(rid, manifest)
                 await self._replicate_chunks(rid, manifest, parts)
             del parts
         future = self.waiting.get(rid)
@@ -786,6 +831,20 @@ class Prm:
         self.node.submit(paxos.Request(rid, value), time.monotonic())
         self.wake.set()
         return future
+
+    def _check_chunks_fresh(self, rid: str, manifest: chunks.Manifest) -> None:
+        """Refuse a retry whose chunks from an earlier attempt lie below the last reclaim entry:
+        the next one may empty them before its manifest lands (chunks.py)."""
+        last = self._reclaims[-1] if self._reclaims else -1
+        for cid in manifest.chunk_ids():
+            first = self.node.log.first(cid)
+            if first is not None and first[1] < last:
+                raise control.ControlError(
+                    "conflict",
+                    f"the chunks of request {rid} from an earlier attempt are older than the"
+                    " last chunk reclamation: nothing was submitted; replicate it with a new"
+                    " request id",
+                )
 
     async def _replicate_chunks(
         self, rid: str, manifest: chunks.Manifest, parts: list[bytes]
@@ -1281,7 +1340,10 @@ async def main(settings: Settings) -> None:
         observe.serve_http(prm.observer, settings.metrics_host, settings.metrics_port)
     try:
         await daemon.serve(
-            settings, prm.ops(), settings.prm_socket, background=[prm.drive, prm.apply_loop]
+            settings,
+            prm.ops(),
+            settings.prm_socket,
+            background=[prm.drive, prm.apply_loop, prm.reclaim_loop],
         )
     finally:
         prm.client_pool.close()

@@ -46,3 +46,44 @@ def test_only_a_well_formed_small_manifest_is_one():
     assert chunks.manifest(huge.encode()) is None  # could make a reader list 2**40 parts
     short = chunks.Manifest("f", "d", "0" * 63, 2, 10)
     assert chunks.manifest(short.encode()) is None
+
+
+def test_a_reclaim_entry_empties_the_chunks_below_the_previous_one_that_no_manifest_names(
+    tmp_path,
+):
+    """The rule of chunks.py, on a real storage: a manifest before the reclaim entry keeps its
+    chunks; one after it does not, and then shows an error, as on every replica."""
+    from paxmr.paxos import LogEntry, Persist  # noqa: PLC0415
+    from paxmr.services import heavy  # noqa: PLC0415
+    from paxmr.storage import Storage  # noqa: PLC0415
+
+    kept, kept_parts = chunks.split(VALUE, OBJ.file, OBJ.digest, len(VALUE) // 2 + 1)
+    other = LogObject.from_counts("g_reduced", 1, "s", [(b"x", 1)])
+    lost, lost_parts = chunks.split(other.encode(), other.file, other.digest, 1 << 20)
+    ids = kept.chunk_ids()
+    log = [
+        LogEntry(0, ids[0], kept_parts[0], None),
+        LogEntry(1, ids[1], kept_parts[1], None),
+        LogEntry(2, "r", kept.encode(), 0),
+        LogEntry(3, lost.chunk_ids()[0], lost_parts[0], None),  # its upload was cut short
+        LogEntry(4, chunks.reclaim_id(None), b"", None),
+        LogEntry(5, ids[0], kept_parts[0], None),  # a retry's copy, after the first reclaim
+        LogEntry(6, chunks.reclaim_id(4), b"", None),
+        LogEntry(7, "s", lost.encode(), 1),  # its manifest, too late
+    ]
+    storage = Storage.open(tmp_path / "log.db", bootstrap=True)
+    storage.commit(Persist(log=log[:4]))
+    assert storage.loose_chunks()  # slot 3
+    # The rest committed, and a crash before the reclaim entries took effect: the restart
+    # does them in log order, and the late manifest at slot 7 does not count for them.
+    storage.commit(Persist(log=log[4:]))
+    assert storage.reclaim_chunks(0, 4) == 0  # the first reclaim entry only starts a period
+    assert storage.reclaim_chunks(4, 6) == len(lost_parts[0])
+    assert storage.reclaim_chunks(4, 6) == 0  # done again: nothing more
+    assert not storage.loose_chunks()  # slot 5 is named by the manifest at slot 2
+    db = str(tmp_path / "log.db")
+    assert heavy.stored_summary(db, 2, 0) == OBJ.summary(0)
+    assert "reclaimed" in heavy.stored_summary(db, 7, 1)["error"]
+    assert [bytes(e.value) == b"" for e in storage.load().log] == [
+        False, False, False, True, True, False, True, False,
+    ]  # fmt: skip
