@@ -24,12 +24,17 @@ class Catalog:
         self.digest = digest  # of the log shown so far (a restored one starts with its own)
         self.summaries: list[dict[str, Any]] = []  # by position
 
-    def apply(self, entry: paxos.LogEntry) -> dict[str, Any] | None:
+    def apply(
+        self,
+        entry: paxos.LogEntry,
+        parts: Callable[[Manifest], list[bytes | None]] | None = None,
+    ) -> dict[str, Any] | None:
         """Add an applied entry; return its summary, with an "error" for a value that is not a
-        log object (it keeps its position, so positions agree on every replica)."""
+        log object (it keeps its position, so positions agree on every replica). `parts` finds
+        a manifest's chunks (summarize)."""
         if entry.position is None:
             return self.record(entry, None)
-        return self.record(entry, summarize(entry.value, entry.position))
+        return self.record(entry, summarize(entry.value, entry.position, parts))
 
     def record(
         self, entry: paxos.LogEntry, summary: dict[str, Any] | None

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from paxmr.catalog import Catalog
-from paxmr.paxos import GENESIS_DIGEST, chain_digest
+from paxmr.paxos import CHUNK_PREFIX, GENESIS_DIGEST, chain_digest
 
 if TYPE_CHECKING:
     from paxmr.paxos import Committed, LogEntry
@@ -26,13 +26,16 @@ class NodeLog:
         self.digest = GENESIS_DIGEST
         self.count = 0
         self.catalog = Catalog()
+        self.chunks: dict[str, bytes] = {}  # chunk id -> its first value (heavy._parts)
 
     def append(self, entry: LogEntry) -> None:
         self.entries.append(entry)
         self.digest = chain_digest(self.digest, entry)
         if entry.position is not None:
             self.count += 1
-        self.catalog.apply(entry)
+        if entry.request_id.startswith(CHUNK_PREFIX):
+            self.chunks.setdefault(entry.request_id, entry.value)
+        self.catalog.apply(entry, lambda m: [self.chunks.get(c) for c in m.chunk_ids()])
 
 
 class Checker:
@@ -42,6 +45,8 @@ class Checker:
         self.chosen: dict[int, tuple[str, bytes]] = {}
         self.first_slot: dict[str, int] = {}
         self.acked: dict[str, tuple[int | None, int]] = {}
+        # Chunked requests: what each shows once applied (its log object's summary).
+        self.objects: dict[str, dict[str, Any]] = {}
 
     def fail(self, message: str) -> None:
         self.violations.append(message)
@@ -83,6 +88,8 @@ class Checker:
                 self.fail(f"validity: slot {entry.slot} holds an unsubmitted {_show(value)}")
         elif entry.value:
             self.fail(f"validity: no-op in slot {entry.slot} carries a value")
+        if entry.request_id.startswith(CHUNK_PREFIX) and entry.position is not None:
+            self.fail(f"chunk: slot {entry.slot} holds a chunk at position {entry.position}")
         if entry.position is not None:
             first = self.first_slot.setdefault(entry.request_id, entry.slot)
             if first != entry.slot:
@@ -102,6 +109,15 @@ class Checker:
                 entry = log.entries[slot] if slot < len(log.entries) else None
                 if entry is None or entry.request_id != rid or entry.position != position:
                     self.fail(f"durability: node {node} lost acknowledged {rid} (slot {slot})")
+        for rid, shown in sorted(self.objects.items()):  # assembled alike everywhere
+            position = self.acked.get(rid, (None,))[0]
+            for node, log in logs.items():
+                if position is None:
+                    continue
+                got = dict(log.catalog.summaries[position])
+                got.pop("slot", None)
+                if got != {**shown, "position": position}:
+                    self.fail(f"chunked: node {node} shows {rid} as {got}")
         digests = {(log.digest, log.count) for log in logs.values()}
         if len(digests) > 1:
             counts = {node: log.count for node, log in logs.items()}

@@ -11,7 +11,7 @@ from collections import Counter
 
 import click
 
-from paxmr.sim.faults import FAULT_KINDS, KNOWN_KINDS
+from paxmr.sim.faults import FAULT_KINDS, KNOWN_KINDS, WORKLOAD_KINDS
 from paxmr.sim.members import OPERATIONS
 from paxmr.sim.run import SCHEDULES, TIMED, run_seeds
 from paxmr.sim.simulation import DRIVERS, EARLY
@@ -58,7 +58,7 @@ def replay_command(
 @click.option(
     "--faults",
     "kinds",
-    default=",".join(FAULT_KINDS),
+    default=",".join(FAULT_KINDS + WORKLOAD_KINDS),
     show_default=True,
     callback=_parse_faults,
     help="Comma-separated fault kinds, or 'none'. Off by default: the operator mistakes"

@@ -25,6 +25,11 @@ NODE_FAULTS = ("partition", "clog", "crash", "stop", "lose-unsynced", "wipe", "f
 # Membership changes at random moments (members.py): add, promote, remove, replace, rejoin.
 MEMBER_FAULTS = ("member",)
 FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS + MEMBER_FAULTS
+# Workloads beside the faults (timed schedule only; they draw nothing from a seed's fault plan):
+# chunks: a few clients replicate a tally over the value limit as its chunks and then its
+# manifest, as the PRM does (paxmr/chunks.py), so campaigns check chunked tallies and their
+# catch-up. On by default in `paxmr sim`; the tests' fixed schedules run without it.
+WORKLOAD_KINDS = ("chunks",)
 # Operator mistakes (issue 9), off by default, as today's core is safe against none of them
 # (README): a node whose disk was lost restarts with a stale configured member list (with no
 # stored identity the PRM takes the configured one, services/prm.founders; async and forget
@@ -32,7 +37,7 @@ FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS + MEMBER_FAULTS
 # (refused if a peer it reaches has entries, else it starts empty as a voter; async); a node's
 # storage rolled back to an earlier durable state (an old prm.db or VM snapshot; async).
 MISTAKE_KINDS = ("stale-members", "reinit", "restore-old")
-KNOWN_KINDS = FAULT_KINDS + MISTAKE_KINDS
+KNOWN_KINDS = FAULT_KINDS + WORKLOAD_KINDS + MISTAKE_KINDS
 
 # Message kinds a targeted delay may pick (class names in paxmr.paxos.messages).
 MESSAGE_KINDS = ("Prepare", "Promise", "Nack", "Accept", "Accepted", "Forward", "CatchupReply")

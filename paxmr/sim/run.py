@@ -6,6 +6,7 @@ import multiprocessing
 from typing import TYPE_CHECKING
 
 from paxmr.sim.explore import Explorer
+from paxmr.sim.faults import WORKLOAD_KINDS
 from paxmr.sim.phases import ForgetWalk, PhaseWalk
 from paxmr.sim.simulation import EARLY
 from paxmr.sim.world import RunResult, World
@@ -29,6 +30,8 @@ def run_seed(  # noqa: PLR0917 - one run's parameters
     trace: bool = False,
     schedule: str = TIMED,
 ) -> RunResult:
+    if schedule != TIMED:  # workloads (faults.py) are the timed schedule's
+        kinds -= set(WORKLOAD_KINDS)
     if schedule == ASYNC:
         return Explorer(seed, nodes, kinds, driver=driver, trace=trace).run()
     if schedule == SMALL:

@@ -15,12 +15,23 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
+from paxmr import chunks
 from paxmr.logobject import LogObject
-from paxmr.paxos import Committed, CoreConfig, Node, Ready, Reply, Request, split, to_wire
+from paxmr.paxos import (
+    CHUNK_PREFIX,
+    Committed,
+    CoreConfig,
+    Node,
+    Ready,
+    Reply,
+    Request,
+    split,
+    to_wire,
+)
 from paxmr.paxos.messages import Accept, CatchupReply, Forward, Promise
 from paxmr.sim.checker import NodeLog
 from paxmr.sim.disk import MemoryStorage
-from paxmr.sim.faults import MAX_DELAY, NetworkProfile, NodeFault, plan_faults
+from paxmr.sim.faults import MAX_DELAY, WORKLOAD_KINDS, NetworkProfile, NodeFault, plan_faults
 from paxmr.sim.members import Changes
 from paxmr.sim.simulation import DRIVERS as DRIVERS  # noqa: PLC0414 - importers of world
 from paxmr.sim.simulation import EARLY as EARLY  # noqa: PLC0414
@@ -72,6 +83,7 @@ class Client:
     request: Request
     done: bool = False
     waiting_on: tuple[int, int] | None = None  # (node, incarnation) of the outstanding attempt
+    then: list[Request] = field(default_factory=list)  # a chunked one's requests after this
 
 
 @dataclass
@@ -90,6 +102,20 @@ def client_value(rng: random.Random, rid: str, large: bool) -> bytes:
     target = rng.randint(MAX_VALUE // 2, MAX_VALUE) if large else rng.randint(60, 400)
     word = rid.encode() + b"-" + b"w" * max(1, target - 160)
     return LogObject.from_counts(f"{rid}_reduced", 1, rid, [(word, 1)]).encode()
+
+
+CHUNKED = 2  # chunked clients per run with the chunks workload
+
+
+def chunked_requests(rng: random.Random, rid: str) -> tuple[list[Request], dict[str, Any]]:
+    """A log object over MAX_VALUE as the PRM replicates it: its chunks, then its manifest
+    (paxmr/chunks.py); and the summary it shows once applied."""
+    words = [(b"%s-%05d-" % (rid.encode(), i) + b"c" * 40, 1 + i % 5) for i in range(120)]
+    rng.shuffle(words)
+    obj = LogObject.from_counts(f"{rid}_reduced", 1, rid, sorted(words[: rng.randint(60, 120)]))
+    manifest, parts = chunks.split(obj.encode(), obj.file, obj.digest, MAX_VALUE)
+    requests = [Request(c, p) for c, p in zip(manifest.chunk_ids(), parts, strict=True)]
+    return [*requests, Request(rid, manifest.encode())], obj.summary(0)
 
 
 def forged_value(rng: random.Random) -> bytes:
@@ -161,7 +187,8 @@ class World(Simulation):
         self.history: list[tuple[int, int, Message]] = []
         # With membership changes, faults strike the nodes that may join, too (once booted).
         ids = (*self.members, *self.changes.spares) if "member" in kinds else self.members
-        self.profile, plan = plan_faults(self.rng, kinds, ids, FAULT_PHASE)
+        workloads = kinds & set(WORKLOAD_KINDS)  # they draw nothing from the fault plan
+        self.profile, plan = plan_faults(self.rng, kinds - workloads, ids, FAULT_PHASE)
         self.replicas = {i: Replica(i, MemoryStorage(bootstrap=True)) for i in self.members}
         for replica in self.replicas.values():
             self._start(replica)
@@ -175,7 +202,22 @@ class World(Simulation):
             self.clients[rid] = Client(request)
             self.checker.submit(rid, request.value)
             self._at(self.rng.uniform(0, FAULT_PHASE), "client", rid)
+        if "chunks" in workloads:
+            self._chunked_clients(random.Random(seed * 7919 + 17))
         self._at(FAULT_PHASE, "heal", None)
+
+    def _chunked_clients(self, rng: random.Random) -> None:
+        """Clients that replicate a log object over the value limit (chunks.py); a seeded
+        generator of their own, so that the other clients' values stay as they were."""
+        for k in range(CHUNKED):
+            rid = f"c{k}"
+            requests, shown = chunked_requests(rng, rid)
+            client = Client(requests[0], then=requests[1:])
+            for request in requests:
+                self.clients[request.request_id] = client
+                self.checker.submit(request.request_id, request.value)
+            self.checker.objects[rid] = shown
+            self._at(rng.uniform(0, FAULT_PHASE), "client", requests[0].request_id)
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -198,7 +240,11 @@ class World(Simulation):
                 self.checker.final({i: r.log for i, r in self.replicas.items()})
             else:
                 self._report_stuck()
-        commits = sum(1 for rid in self.checker.acked if not self.changes.is_change(rid))
+        commits = sum(
+            1
+            for rid in self.checker.acked
+            if not self.changes.is_change(rid) and not rid.startswith(CHUNK_PREFIX)
+        )
         self.changes.current()  # counts the changes that took effect
         return RunResult(
             self.seed,
@@ -327,11 +373,18 @@ class World(Simulation):
                 self._changed(replica, reply)
                 continue
             client = self.clients.get(reply.request_id)
-            if client is None or client.done:
-                continue
+            if client is None or client.done or reply.request_id != client.request.request_id:
+                continue  # (a chunked client's earlier chunk: answered before)
             client.waiting_on = None
-            if isinstance(reply.outcome, Committed):
+            if isinstance(reply.outcome, Committed) and client.then:
+                # A chunk is in: the next one, or the manifest (the PRM's _replicate_chunks).
+                self.checker.committed(replica.id, reply.request_id, reply.outcome)
+                client.request = client.then.pop(0)
+                self._at(self.now, "client", client.request.request_id)
+            elif isinstance(reply.outcome, Committed):
                 client.done = True
+                if reply.request_id in self.checker.objects:
+                    self.faults["chunks"] += 1  # a chunked object committed
                 self.checker.committed(replica.id, reply.request_id, reply.outcome)
                 self._log(f"client {reply.request_id} committed {reply.outcome}")
             else:

@@ -21,7 +21,7 @@ from paxmr.sim.faults import FAULT_KINDS
 from paxmr.sim.phases import ForgetWalk, PhaseWalk
 from paxmr.sim.run import run_seed, run_seeds
 from paxmr.sim.simulation import EARLY, STRICT, UNSAFE
-from paxmr.sim.world import _FRAMING, World
+from paxmr.sim.world import _FRAMING, CHUNKED, World
 from tests.paxos.paxos_broken import (
     AcceptsLowerBallots,
     FencesWithAMajority,
@@ -144,9 +144,9 @@ def test_command_json_report():
     report = json.loads(result.output)
     assert report["runs"] == 20
     assert report["violations"] == []
-    assert report["commits"] == 20 * 40
+    assert report["commits"] == 20 * (40 + CHUNKED)  # the chunks workload's objects too
     assert report["steps"] > 0
-    assert set(report["faults"]) == ALL
+    assert set(report["faults"]) == ALL | {"chunks"}
 
 
 @pytest.mark.parametrize("schedule", ["small", "forget"])
