@@ -81,7 +81,9 @@ def replicate(settings: Settings, file: str, request_id: str | None = None) -> R
     """Replicate a reduced tally. Retrying with the same request id never lands it twice."""
     args = {"file": file, "request_id": request_id or uuid.uuid4().hex}
     try:
-        # The PRM answers within its replicate timeout, with no_quorum when none was reached.
+        # The PRM answers within its replicate timeout, with no_quorum when none was reached;
+        # a tally in chunks sends a progress line after each chunk, and the wait starts again
+        # with every line (control.Client): slow only while nothing lands.
         result = control.call(
             settings.prm_socket,
             "replicate",

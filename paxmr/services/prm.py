@@ -753,7 +753,7 @@ class Prm:
 
     # --- control operations ------------------------------------------------------------------
 
-    async def replicate(self, args: ReplicateArgs, _p: control.Progress) -> r.Replicated:
+    async def replicate(self, args: ReplicateArgs, p: control.Progress) -> r.Replicated:
         rid = args.request_id
         if rid.startswith(paxos.CHUNK_PREFIX):
             raise control.ControlError("invalid", "this request id prefix is reserved for chunks")
@@ -770,7 +770,7 @@ class Prm:
                 if full is not None:
                     raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
                 self._check_chunks_fresh(rid, manifest)
-                await self._replicate_chunks(rid, manifest, parts)
+                await self._replicate_chunks(rid, manifest, parts, p)
             del parts
         future = self.waiting.get(rid)
         if future is None:
@@ -847,9 +847,11 @@ class Prm:
                 )
 
     async def _replicate_chunks(
-        self, rid: str, manifest: chunks.Manifest, parts: list[bytes]
+        self, rid: str, manifest: chunks.Manifest, parts: list[bytes], p: control.Progress
     ) -> None:
-        """Get each chunk chosen, in order, skipping those the log holds already (a retry's).
+        """Get each chunk chosen, in order, skipping those the log holds already (a retry's),
+        and say so to the client after each: its wait for an answer starts again with every
+        line (control.Client), so a tally of any size is answered, not timed out half-way.
         A failure here leaves no entry (the manifest was not submitted); it still names the
         request id, whose retry reuses the chunks that landed."""
         ids = manifest.chunk_ids()
@@ -869,6 +871,7 @@ class Prm:
             if isinstance(outcome, paxos.Refused):
                 code = "no_quorum" if outcome.code == "timeout" else outcome.code
                 raise _unknown(code, f"{where}: {outcome.reason}", rid)
+            await p({"chunk": index + 1, "of": manifest.parts})
         self.log.info("chunks_replicated", request_id=rid, parts=manifest.parts,
                       bytes=manifest.size)  # fmt: skip
 

@@ -264,3 +264,25 @@ def test_a_node_that_was_down_catches_up_a_large_tally() -> None:
         _catches_up(cluster, MULTI, entries=2, timeout=30)
         for position in (0, 1):
             _same_everywhere(cluster, position)
+
+
+def test_a_tally_in_chunks_reports_each_chunk_to_the_client(cluster: Cluster) -> None:
+    """The client's wait for an answer starts again with every line from the PRM
+    (control.Client), so a replicate of many chunks, which may take longer than the client
+    waits in all, is answered, not given up as an unknown outcome half-way (100 MB on the test
+    hosts: the CLI gave up at 15 s, the entry landed at 37 s): the PRM says so after each."""
+    node = cluster.node(1)
+    limit = node.settings.limits.value_bytes
+    _tally(node, "reported_reduced", limit + (1 << 20))
+    lines: list[dict[str, Any]] = []
+    result = control.call(
+        node.settings.prm_socket,
+        "replicate",
+        {"file": "reported_reduced", "request_id": uuid.uuid4().hex},
+        timeout=60.0,
+        on_progress=lines.append,
+    )
+    parts = lines[-1]["of"]
+    assert parts > 1, lines
+    assert lines == [{"chunk": i, "of": parts} for i in range(1, parts + 1)]
+    assert result["position"] >= 0
