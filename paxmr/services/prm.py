@@ -572,8 +572,9 @@ class Prm:
         storage records none learns it first (learn_cluster) and stays apart until then."""
         if self.storage.identity() is None:
             self.observer.apart = (
-                "learning the cluster id: talks to no peer until a majority of the configured"
-                " nodes answer (cluster_unknown in the log; a new node answers once added)"
+                "learning the cluster id: talks to no peer until more than half of the"
+                " cluster's other voters answer (cluster_unknown in the log; a new node is"
+                " answered once added)"
             )
             await learn_cluster(self.settings, self.storage)
             self.observer.apart = None
