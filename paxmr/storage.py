@@ -23,8 +23,10 @@ written with its next commit) and shows it to that peer: when the node starts
 (prm.compare_with_peers asks every peer before it builds the core) and in the hello of every
 connection to it. A
 storage of the same nonce with fewer writes than a peer saw went back in time: it is made
-forgetful (`demote`). What this cannot see: a rollback when every peer that saw the forgotten
-writes is unreachable for good, or lost its own record of them at the same time.
+forgetful (`demote`). What this cannot see (README, "Members"): a rollback while every peer
+that saw the forgotten writes is unreachable when the node starts (it votes until one
+connects), or lost its record of them; a snapshot from before the storage's nonce changed
+(the peers keep the newest nonce of each node only).
 """
 
 from __future__ import annotations
@@ -120,6 +122,10 @@ class Storage:
         self.demoted: str | None = None
         self._marked_at = -float("inf")
         self.stamp = Stamp(0, 0)  # this storage's, kept up to date by commit
+        # Held by commit, demote and close: a PRM stopped while a commit runs in its worker
+        # thread closes the storage after that commit, not in its middle (whose uncommitted
+        # write count the mark would take, and the next start read as a rollback).
+        self._writing = threading.Lock()
         # The highest stamp seen from each peer (see the module's text), and what of it the
         # database holds.
         self.seen: dict[int, Stamp] = {}
@@ -210,12 +216,13 @@ class Storage:
     def demote(self, why: str) -> None:
         """Make this storage forgetful (the state of a replica that lost its storage, plus the
         log it holds) under a new nonce, because of `why` (the PRM logs it)."""
-        forget(self._conn)
-        with self._conn as conn:
-            conn.execute("BEGIN IMMEDIATE")
-            _new_nonce(conn)
-        self.demoted = why
-        self.mark()
+        with self._writing:
+            forget(self._conn)
+            with self._conn as conn:
+                conn.execute("BEGIN IMMEDIATE")
+                _new_nonce(conn)
+            self.demoted = why
+            self.mark()
 
     def _check_mark(self, *, named: bool) -> str | None:
         """Why this database may not vote with what it holds, if the mark shows it went back
@@ -307,7 +314,8 @@ class Storage:
             )
 
     def close(self) -> None:
-        self.mark()
+        with self._writing:
+            self.mark()
         if self._side_conn is not None:
             self._side_conn.close()
         self._conn.close()
@@ -436,6 +444,10 @@ class Storage:
         """Make one Ready's persist durable in one transaction, with `summaries` (as
         save_summaries stores them) in the same one: they cost no transaction of their own.
         Without a persist, the summaries alone are saved (save_summaries)."""
+        with self._writing:
+            self._commit(persist, summaries)
+
+    def _commit(self, persist: Persist, summaries: list[tuple[int, str]] | None) -> None:
         if not persist:
             if summaries:
                 self.save_summaries(summaries)

@@ -133,13 +133,15 @@ def learned(
     are those the answer of that id with the longest log names (from a peer too old to name
     them: the configured nodes). So a node re-founded by mistake, one of a minority, is not
     followed, and nodes configured but not (yet) members, which answer nobody while they
-    learn, do not count."""
+    learn, do not count; nor do voters this node cannot ask (added with an address in the
+    log, not in its configuration)."""
+    askable = set(configured) | set(answers)
     found = []
     for cluster in {a.cluster for a in answers.values() if a.cluster}:
         theirs = [a for a in answers.values() if a.cluster == cluster]
         newest = max(theirs, key=lambda a: a.length or 0)
         voters = newest.voters if newest.voters is not None else configured
-        others = [v for v in voters if v != me]
+        others = [v for v in voters if v != me and v in askable]
         agree = [v for v in others if v in answers and answers[v].cluster == cluster]
         if others and len(agree) > len(others) / 2:
             found.append((cluster, next((a.founders for a in theirs if a.founders), ())))

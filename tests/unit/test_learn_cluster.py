@@ -49,3 +49,12 @@ def test_peers_that_name_no_voters_are_counted_against_the_configured_nodes() ->
 def test_no_answer_or_no_id_learns_nothing() -> None:
     assert learned(3, [1, 2, 3], {}) is None
     assert learned(3, [1, 2, 3], {1: Hello(""), 2: Hello("")}) is None
+
+
+def test_voters_this_node_cannot_ask_do_not_count() -> None:
+    """Nodes 4 and 5 were added with addresses in the log; node 1's configuration lists 1-3
+    (it only says where nodes are), and node 1 lost its disk: it can ask 2 and 3 only, and
+    both answer (a review found this node waiting for good)."""
+    grown = Hello("c", length=9, voters=(1, 2, 3, 4, 5), founders=FOUNDERS)
+    assert learned(1, [1, 2, 3], {2: grown, 3: grown}) == ("c", FOUNDERS)
+    assert learned(1, [1, 2, 3], {2: grown}) is None
