@@ -21,12 +21,11 @@ depends on: a peer that received a promise or an accept holds a stamp at least a
 write that made it durable. Each node keeps the highest stamp it saw from every peer (`seen`,
 written with its next commit) and shows it to that peer: when the node starts
 (prm.compare_with_peers asks every peer before it builds the core) and in the hello of every
-connection to it. A
-storage of the same nonce with fewer writes than a peer saw went back in time: it is made
-forgetful (`demote`). What this cannot see (README, "Members"): a rollback while every peer
-that saw the forgotten writes is unreachable when the node starts (it votes until one
-connects), or lost its record of them; a snapshot from before the storage's nonce changed
-(the peers keep the newest nonce of each node only).
+connection to it. A storage of the same nonce with fewer writes than a peer saw went back in
+time: it is made forgetful (`demote`). What this cannot see (README, "Members"): a rollback
+while every peer that saw the forgotten writes is unreachable when the node starts (it votes
+until one connects), or lost its record of them; a snapshot from before the storage's nonce
+changed (the peers keep the newest nonce of each node only).
 """
 
 from __future__ import annotations
