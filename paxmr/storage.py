@@ -22,10 +22,12 @@ write that made it durable. Each node keeps the highest stamp it saw from every 
 written with its next commit) and shows it to that peer: when the node starts
 (prm.compare_with_peers asks every peer before it builds the core) and in the hello of every
 connection to it. A storage of the same nonce with fewer writes than a peer saw went back in
-time: it is made forgetful (`demote`). What this cannot see (README, "Members"): a rollback
-while every peer that saw the forgotten writes is unreachable when the node starts (it votes
-until one connects), or lost its record of them; a snapshot from before the storage's nonce
-changed (the peers keep the newest nonce of each node only).
+time: it is made forgetful (`demote`). A storage is never named again once a node replaced
+it (a lost disk, a demotion), so each node also keeps the nonces it saw a peer replace
+(`retired`) and shows them to it: a storage of a retired nonce is a snapshot from before
+the replacement. What this cannot see (README, "Members"): a rollback while every peer that
+saw the forgotten writes is unreachable when the node starts (it votes until one connects),
+or lost its record of them.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -75,7 +78,13 @@ CREATE INDEX IF NOT EXISTS log_request_id ON log (request_id);
 CREATE TABLE IF NOT EXISTS summary (slot INTEGER PRIMARY KEY, body TEXT NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS seen (
     peer INTEGER PRIMARY KEY, nonce INTEGER NOT NULL, writes INTEGER NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS retired (
+    peer INTEGER NOT NULL, nonce INTEGER NOT NULL, PRIMARY KEY (peer, nonce)) STRICT;
 """
+
+# The newest nonces a peer replaced that a hello shows it (bounds the hello; each one is a
+# storage that peer lost or had demoted, a rare event).
+RETIRED_SHOWN = 32
 
 
 @dataclass(frozen=True)
@@ -129,6 +138,9 @@ class Storage:
         # database holds.
         self.seen: dict[int, Stamp] = {}
         self._seen_stored: dict[int, Stamp] = {}
+        # The nonces each peer replaced, oldest first, and those the database lacks yet.
+        self.retired: dict[int, list[int]] = {}
+        self._retired_new: list[tuple[int, int]] = []
         self._side_conn: sqlite3.Connection | None = None  # see _side
 
     @classmethod
@@ -173,6 +185,8 @@ class Storage:
             for peer, nonce, writes in conn.execute("SELECT peer, nonce, writes FROM seen")
         }
         storage._seen_stored = dict(storage.seen)
+        for peer, nonce in conn.execute("SELECT peer, nonce FROM retired ORDER BY rowid"):
+            storage.retired.setdefault(peer, []).append(nonce)
         voting = storage._counters()[2]
         if voting and node is not None and owner is not None and owner[0] != node:
             storage.demote(
@@ -192,23 +206,43 @@ class Storage:
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         return meta["nonce"], meta.get("writes", 0), bool(meta["voting"])
 
-    def behind(self, peer: int, seen: Stamp) -> str | None:
+    def behind(self, peer: int, seen: Stamp | None, retired: Sequence[int] = ()) -> str | None:
         """Why this storage went back in time, if `peer` saw it with more writes than it holds
-        now (see the module's text)."""
-        if seen.nonce != self.stamp.nonce or seen.writes <= self.stamp.writes:
+        now, or saw this node replace it (`retired`; see the module's text)."""
+        if self.stamp.nonce in retired:
+            return (
+                f"prm.db went back in time: node {peer} saw this node replace it by a newer"
+                " storage (a VM snapshot from before a lost disk or a demotion reverted, or an"
+                " old state directory restored)"
+            )
+        if seen is None or seen.nonce != self.stamp.nonce or seen.writes <= self.stamp.writes:
             return None
         return (
             f"prm.db went back in time: node {peer} saw it hold {seen.writes} writes, it holds"
             f" {self.stamp.writes} (a VM snapshot reverted, or the state directory restored)"
         )
 
+    def replaced(self, peer: int, nonce: int) -> bool:
+        """Whether `peer` replaced its storage of `nonce` by another (see the module's text)."""
+        return nonce in self.retired.get(peer, ())
+
+    def shown_retired(self, peer: int) -> tuple[int, ...]:
+        """The newest nonces `peer` replaced, for a hello to it."""
+        return tuple(self.retired.get(peer, ())[-RETIRED_SHOWN:])
+
     def pristine(self) -> bool:
         """A founding storage that has written nothing yet (as `paxmr init --found` leaves it)."""
         return self.stamp.writes == 0 and self._counters()[2] and self.length() == 0
 
     def saw(self, peer: int, stamp: Stamp) -> None:
-        """Note a stamp received from `peer` (it goes to the database with the next commit)."""
+        """Note a stamp received from `peer` (it goes to the database with the next commit).
+        A new nonce retires the one before it; a retired one is not noted (it is refused)."""
+        if self.replaced(peer, stamp.nonce):
+            return
         known = self.seen.get(peer)
+        if known is not None and known.nonce != stamp.nonce:
+            self.retired.setdefault(peer, []).append(known.nonce)
+            self._retired_new.append((peer, known.nonce))
         if known is None or known.nonce != stamp.nonce or known.writes < stamp.writes:
             self.seen[peer] = stamp
 
@@ -453,12 +487,13 @@ class Storage:
             return
         conn = self._conn
         meta = _meta(persist)
+        retired = self._retired_new[:]
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             if summaries:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
             conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
-            seen = self._store_seen(conn)
+            seen = self._store_seen(conn, retired)
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if persist.unfenced:
                 conn.execute("DELETE FROM meta WHERE key = 'recover_until'")
@@ -483,20 +518,24 @@ class Storage:
                 conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
                 conn.execute("DELETE FROM accepted WHERE slot < ?", (persist.log[-1].slot + 1,))
         self._seen_stored = seen
+        del self._retired_new[: len(retired)]  # saw() only appends meanwhile
         # After the transaction: a frame sent from now on may say this write is durable.
         self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
         if time.monotonic() - self._marked_at >= MARK_INTERVAL:
             self.mark()
 
-    def _store_seen(self, conn: sqlite3.Connection) -> dict[int, Stamp]:
-        """Write the stamps seen from peers, if they changed, in the caller's transaction;
-        returns what the database then holds."""
+    def _store_seen(
+        self, conn: sqlite3.Connection, retired: list[tuple[int, int]]
+    ) -> dict[int, Stamp]:
+        """Write the stamps seen from peers, if they changed, and the `retired` nonces in the
+        caller's transaction; returns the stamps the database then holds."""
         seen = dict(self.seen)  # saw() runs on the event loop meanwhile
         if seen != self._seen_stored:
             conn.executemany(
                 "INSERT OR REPLACE INTO seen VALUES (?, ?, ?)",
                 [(peer, s.nonce, s.writes) for peer, s in seen.items()],
             )
+        conn.executemany("INSERT OR IGNORE INTO retired VALUES (?, ?)", retired)
         return seen
 
     def length(self) -> int:

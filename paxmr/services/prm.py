@@ -164,7 +164,7 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
             continue
         if identity and answer.cluster and answer.cluster != identity.cluster_id:
             continue  # another cluster's node: the transport refuses it anyway
-        if answer.seen is not None and (why := storage.behind(peer.id, answer.seen)):
+        if why := storage.behind(peer.id, answer.seen, answer.retired):
             storage.demote(why)
             return
         if answer.cluster and answer.length and storage.pristine():
@@ -388,6 +388,7 @@ class Prm:
             length=self.node.log.length,
             stamp=self.storage.stamp,
             seen=self.storage.seen.get(peer),
+            retired=self.storage.shown_retired(peer),
             voters=tuple(sorted(self.membership.voters)),
             founders=identity.members if identity and identity.members else None,
         )

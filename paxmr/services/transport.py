@@ -23,9 +23,10 @@ a valid certificate, which could send the right id or none. A hello that asks (`
 from ``ask_cluster``, which ``paxmr init --found`` runs first) gets the listener's own hello back
 with its log's length, then the connection ends.
 A hello also carries the stamps that show a storage that went back in time (paxmr/storage.py):
-the sender's own nonce and write count, and the highest stamp it saw from the receiver. A
-listener refuses a peer whose stamp is below what it saw of it, and a stamp of its own that it
-does not reach tells it that its own storage went back (`behind`).
+the sender's own nonce and write count, the highest stamp it saw from the receiver and the
+receiver's nonces it saw replaced. A listener refuses a peer whose stamp is below what it saw
+of it or of a nonce it saw replaced, and a stamp of its own that it does not reach, or a nonce
+of its own shown replaced, tells it that its own storage went back (`behind`).
 msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
 validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
 bytes are decoded in a worker thread so heartbeats keep flowing.
@@ -104,10 +105,10 @@ class WentBack(AuthError):
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The first frame of a connection: the sender's cluster id ("" if it has none), its
-    storage's `stamp` and the highest stamp it has `seen` from the receiver (see the module's
-    text). `ask` asks the listener for its own hello and hangs up; that answer also tells the
-    listener's log's `length`, the `voters` of its newest epoch and the cluster's `founders`
-    (if its storage records them)."""
+    storage's `stamp`, the highest stamp it has `seen` from the receiver and the receiver's
+    nonces it saw `retired` (see the module's text). `ask` asks the listener for its own
+    hello and hangs up; that answer also tells the listener's log's `length`, the `voters` of
+    its newest epoch and the cluster's `founders` (if its storage records them)."""
 
     cluster: str
     ask: bool = False
@@ -116,6 +117,7 @@ class Hello:
     seen: Stamp | None = None
     voters: tuple[int, ...] | None = None
     founders: tuple[int, ...] | None = None
+    retired: tuple[int, ...] = ()
 
 
 # --- TLS --------------------------------------------------------------------------------------
@@ -181,6 +183,8 @@ def hello(src: int, dst: int, msg: Hello) -> bytes:
         obj["voters"] = list(msg.voters)
     if msg.founders is not None:
         obj["founders"] = list(msg.founders)
+    if msg.retired:
+        obj["retired"] = list(msg.retired)
     payload: bytes = msgpack.packb(obj, use_bin_type=True)
     return payload
 
@@ -206,6 +210,14 @@ def _stamp(obj: object) -> Stamp | None:
     ):
         raise FrameError("a hello with a bad stamp")
     return Stamp(*obj)
+
+
+def _nonces(obj: object) -> tuple[int, ...]:
+    if obj is None:
+        return ()
+    if not isinstance(obj, list) or not all(type(n) is int and 0 <= n < 2**63 for n in obj):
+        raise FrameError("a hello with a bad list of retired nonces")
+    return tuple(obj)
 
 
 def _nodes(obj: object) -> tuple[int, ...] | None:
@@ -254,7 +266,9 @@ def decode(body: bytes, me: int, limit: int) -> Frame:
             raise FrameError("a hello with a bad log length")
         stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
         voters, founders = _nodes(obj.get("voters")), _nodes(obj.get("founders"))
-        return Frame(obj["src"], seq, Hello(cluster, ask, length, stamp, seen, voters, founders))
+        retired = _nonces(obj.get("retired"))
+        greeting = Hello(cluster, ask, length, stamp, seen, voters, founders, retired)
+        return Frame(obj["src"], seq, greeting)
     writes = obj.get("w")  # None from a paxmr before stamps: nothing to note then
     if writes is not None and (type(writes) is not int or not 0 <= writes < 2**63):
         raise FrameError("a message with a bad write count")
@@ -586,10 +600,16 @@ class Transport:
                 f"node {peer} belongs to cluster {msg.cluster}, this node to cluster"
                 f" {self.cluster} (re-founded by mistake with paxmr init --found?)"
             )
-        if msg.seen is not None and (why := self.storage.behind(peer, msg.seen)):
+        if why := self.storage.behind(peer, msg.seen, msg.retired):
             self.went_back(why)
             raise WentBack(why)
         if msg.stamp is not None:
+            if self.storage.replaced(peer, msg.stamp.nonce):
+                raise WentBack(
+                    f"node {peer}'s storage went back in time: it is one node {peer} had"
+                    " replaced (a VM snapshot from before a lost disk or a demotion?); it must"
+                    " fence before it votes again"
+                )
             known = self.storage.seen.get(peer)
             if known and known.nonce == msg.stamp.nonce and msg.stamp.writes < known.writes:
                 raise WentBack(
@@ -624,8 +644,12 @@ class Transport:
             delay = RECONNECT_MIN
             self.connected.add(peer)
             self.log.info("peer_connected", peer=peer)
-            seen = self.storage.seen.get(peer)
-            greeting = Hello(self.cluster, stamp=self.storage.stamp, seen=seen)
+            greeting = Hello(
+                self.cluster,
+                stamp=self.storage.stamp,
+                seen=self.storage.seen.get(peer),
+                retired=self.storage.shown_retired(peer),
+            )
             writer.write(frame(0, hello(self.me, peer, greeting)))
             seq = 1
             try:

@@ -20,7 +20,7 @@ import pytest
 
 from paxmr import pki
 from tests.support import peerwire as wire
-from tests.support.local import Cluster
+from tests.support.local import Cluster, running_cluster
 from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
@@ -285,3 +285,30 @@ def test_a_peer_whose_storage_went_back_is_refused(cluster: Cluster) -> None:
     assert any("storage went back in time" in r for r in reasons), reasons
     assert leader.status()["ballot"][0] < 2**61  # the Prepare behind the hello was not read
     _still_commits(cluster)
+
+
+def test_a_peer_showing_a_storage_it_replaced_is_refused() -> None:
+    """A storage is never named again once its node replaced it (storage.py, `retired`): after
+    the leader saw the follower's storage under a new nonce, a hello with the old one (a VM
+    snapshot from before a lost disk or a demotion) ends the connection before any of its
+    votes is read. Its own cluster: the leader's view of the follower is changed for good."""
+    with running_cluster(tallies=True) as cluster:
+        _still_commits(cluster)
+        leader = cluster.node(cluster.leader())
+        sender = next(n for n in cluster.nodes if n.id != leader.id)
+        db = sender.settings.state_dir / "prm.db"
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            (nonce,) = conn.execute("SELECT value FROM meta WHERE key = 'nonce'").fetchone()
+        tls = wire.tls_dir(cluster.root, sender.id)
+        newer = {"src": sender.id, "dst": leader.id, "hello": "", "stamp": [nonce ^ 1, 0]}
+        with wire.as_node(leader, tls) as sock:  # the follower's storage replaced
+            sock.sendall(wire.frame(0, msgpack.packb(newer)))
+        offset = wire.log_offset(leader)
+        older = {"src": sender.id, "dst": leader.id, "hello": "", "stamp": [nonce, 10**6]}
+        prepare = wire.payload(HOSTILE_PREPARE, sender.id, leader.id)
+        with wire.as_node(leader, tls) as sock:
+            sock.sendall(wire.frame(0, msgpack.packb(older)) + wire.frame(1, prepare))
+            assert wire.closed_by_peer(sock)
+        reasons = [str(e["reason"]) for e in leader.log_events("peer_refused", after=offset)]
+        assert any(f"is one node {sender.id} had replaced" in r for r in reasons), reasons
+        assert leader.status()["ballot"][0] < 2**61  # the Prepare behind the hello was not read

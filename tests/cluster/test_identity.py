@@ -355,16 +355,10 @@ def test_a_reverted_vm_snapshot_is_caught_when_its_peers_come_back() -> None:
         cluster.converged(timeout=CONVERGE_S)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known hole (README, Members): the peers keep only the newest nonce of each node, so"
-    " a snapshot from before the storage's nonce changed (here: the first revert's demotion)"
-    " agrees with nothing they hold and votes",
-)
 def test_a_vm_snapshot_reverted_twice_is_caught_twice() -> None:
     """README: a reverted VM snapshot is caught by the peers. Revert node 2 to the same
-    snapshot a second time: the first revert demoted it (new nonce), so its peers now know
-    only the new nonce, and the snapshot's old nonce agrees with nothing they hold."""
+    snapshot a second time: the first revert demoted it (new nonce), so the snapshot's nonce
+    is one its peers saw it replace (storage.py, `retired`)."""
     with running_cluster() as cluster:
         one, two = cluster.node(1), cluster.node(2)
         one.replicate(small_tally(one, "t0_reduced"))

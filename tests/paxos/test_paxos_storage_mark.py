@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from paxmr.paxos import Ballot, Entry, LogEntry, Persist
-from paxmr.storage import Identity, Stamp, Storage, mark_path
+from paxmr.storage import RETIRED_SHOWN, Identity, Stamp, Storage, mark_path
 
 A = Entry("a", b"alpha")
 
@@ -172,3 +172,39 @@ def test_a_storage_a_peer_saw_further_is_demoted_under_a_new_nonce(tmp_path: Pat
     assert storage.seen == {2: Stamp(7, 10)}  # what it saw of others is still true
     storage.close()
     assert Storage.open(db).demoted is None  # its mark agrees: nothing more to do
+
+
+def test_a_nonce_a_peer_replaced_is_remembered_and_shown_as_went_back(tmp_path: Path) -> None:
+    """A storage is never named again once its node replaced it (storage.py): the peers keep
+    the replaced (retired) nonces, refuse a stamp of one, and tell a node running one that it
+    went back (a VM snapshot from before a lost disk or a demotion), across restarts."""
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True, identity=Identity("c", (1, 2, 3)))
+    storage.saw(2, Stamp(7, 10))
+    storage.saw(2, Stamp(8, 1))  # node 2 demoted: 7 is retired
+    storage.saw(2, Stamp(7, 12))  # a frame of the old storage (a snapshot): not noted
+    assert storage.seen[2] == Stamp(8, 1)
+    assert storage.replaced(2, 7)
+    assert not storage.replaced(2, 8)
+    assert not storage.replaced(3, 7)
+    assert storage.shown_retired(2) == (7,)
+    _write(storage, 1)
+    storage._conn.close()  # killed: no close()
+    again = Storage.open(db)
+    assert again.replaced(2, 7)
+    assert again.shown_retired(2) == (7,)
+    # Node 2's view of this storage: its nonce retired, whatever stamp it shows.
+    mine = again.stamp.nonce
+    why = again.behind(2, Stamp(mine + 1, 0), (5, mine))
+    assert why is not None
+    assert "node 2 saw this node replace it" in why
+    assert again.behind(2, None, (5, mine + 1)) is None
+
+
+def test_a_hello_shows_at_most_the_newest_retired_nonces(tmp_path: Path) -> None:
+    storage = Storage.open(tmp_path / "prm.db", bootstrap=True, identity=Identity("c", (1, 2)))
+    for nonce in range(RETIRED_SHOWN + 5):
+        storage.saw(2, Stamp(nonce, 1))
+    shown = storage.shown_retired(2)
+    assert shown == tuple(range(4, RETIRED_SHOWN + 4))  # the last seen, 36, is not retired
+    assert storage.replaced(2, 0)  # kept, only not shown
