@@ -25,9 +25,14 @@ connection to it. A storage of the same nonce with fewer writes than a peer saw 
 time: it is made forgetful (`demote`). A storage is never named again once a node replaced
 it (a lost disk, a demotion), so each node also keeps the nonces it saw a peer replace
 (`retired`) and shows them to it: a storage of a retired nonce is a snapshot from before
-the replacement. What this cannot see (README, "Members"): a rollback while every peer that
-saw the forgotten writes is unreachable when the node starts (it votes until one connects),
-or lost its record of them.
+the replacement. A node that received a node's votes is often the only one that saw them (the
+leader or candidate that asked), so each node also relays what it saw of every other node to
+its peers with the messages it sends them (`heard`; transport.Relay): a node that went back
+is shown it by any peer it reaches, not only by the one that counted its votes. What this
+cannot see (README, "Members"): a rollback while every peer that knows of the forgotten writes
+is unreachable when the node starts (it votes until one connects): writes whose receiver has
+since sent nothing to the peers the node reaches, so made in the last moment before that
+receiver went down, or peers that lost their record of them.
 """
 
 from __future__ import annotations
@@ -241,10 +246,31 @@ class Storage:
             return
         known = self.seen.get(peer)
         if known is not None and known.nonce != stamp.nonce:
-            self.retired.setdefault(peer, []).append(known.nonce)
-            self._retired_new.append((peer, known.nonce))
+            self._retire(peer, known.nonce)
         if known is None or known.nonce != stamp.nonce or known.writes < stamp.writes:
             self.seen[peer] = stamp
+
+    def heard(self, peer: int, stamp: Stamp, retired: Sequence[int]) -> None:
+        """Note what another node relayed of `peer` (transport.Relay): the nonces it saw
+        `peer` replace, and its stamp, unless that is of a replaced nonce, or of a nonce other
+        than the one this node knows (which of the two is newer only a node that saw both
+        can tell, and it relays the older one as retired)."""
+        for nonce in retired:
+            if not self.replaced(peer, nonce):
+                self._retire(peer, nonce)
+        if self.replaced(peer, stamp.nonce):
+            return
+        known = self.seen.get(peer)
+        if (
+            known is None
+            or self.replaced(peer, known.nonce)
+            or (known.nonce == stamp.nonce and known.writes < stamp.writes)
+        ):
+            self.seen[peer] = stamp
+
+    def _retire(self, peer: int, nonce: int) -> None:
+        self.retired.setdefault(peer, []).append(nonce)
+        self._retired_new.append((peer, nonce))
 
     def demote(self, why: str) -> None:
         """Make this storage forgetful (the state of a replica that lost its storage, plus the

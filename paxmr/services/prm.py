@@ -153,11 +153,11 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
     and demote the storage (storage.py) when one shows that it may not vote with what it
     holds: the peer saw it further than it is (it went back in time: a VM snapshot reverted,
     the state directory restored), or it is a founding storage that has written nothing
-    beside a peer of its cluster whose log has entries (`paxmr init --found` on a member of a
-    running cluster, which init could not see: no TLS files to ask with, or that peer was
-    down). A founder that is only late loses nothing by it: it fences and catches up. A peer
-    that does not answer now shows a rollback in its next connection's hello, and the PRM then
-    ends (Prm._demote)."""
+    beside a peer of its cluster whose log has entries or that saw this node hold another
+    storage (`paxmr init --found` on a member of a running cluster, which init could not see:
+    no TLS files to ask with, or that peer was down). A founder that is only late loses nothing
+    by it: it fences and catches up. A peer that does not answer now shows a rollback in its
+    next connection's hello, and the PRM then ends (Prm._demote)."""
     identity = storage.identity()
     for peer, answer in await ask_peers(settings):
         if answer is None:
@@ -167,13 +167,28 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
         if why := storage.behind(peer.id, answer.seen, answer.retired):
             storage.demote(why)
             return
-        if answer.cluster and answer.length and storage.pristine():
-            storage.demote(
-                f"a new founding storage (paxmr init --found) beside node {peer.id}, whose log"
-                f" of this cluster has {answer.length} slots: founded again over a member of a"
-                " running cluster?"
-            )
+        if storage.pristine() and (why := _founded_again(peer.id, answer)):
+            storage.demote(why)
             return
+
+
+def _founded_again(peer: int, answer: Hello) -> str | None:
+    """Why a founding storage that has written nothing may not vote beside `peer`, if its
+    `answer` shows the cluster ran before it: `paxmr init --found` on a member of a running
+    cluster, which init could not see."""
+    if answer.cluster and answer.length:
+        return (
+            f"a new founding storage (paxmr init --found) beside node {peer}, whose log of this"
+            f" cluster has {answer.length} slots: founded again over a member of a running"
+            " cluster?"
+        )
+    if answer.seen is not None and answer.seen.writes:
+        return (
+            f"a new founding storage (paxmr init --found), but node {peer} saw this node hold"
+            f" another one with {answer.seen.writes} writes: founded again over a member of a"
+            " running cluster?"
+        )
+    return None
 
 
 class StorageWentBack(Exception):

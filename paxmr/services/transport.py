@@ -26,7 +26,10 @@ A hello also carries the stamps that show a storage that went back in time (paxm
 the sender's own nonce and write count, the highest stamp it saw from the receiver and the
 receiver's nonces it saw replaced. A listener refuses a peer whose stamp is below what it saw
 of it or of a nonce it saw replaced, and a stamp of its own that it does not reach, or a nonce
-of its own shown replaced, tells it that its own storage went back (`behind`).
+of its own shown replaced, tells it that its own storage went back (`behind`). Before the
+messages it sends on a connection, a node relays what it saw of the other nodes that it has not
+told this peer yet (a ``Relay`` frame: their stamps and replaced nonces), so those who did not
+receive a node's votes know of them too.
 msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
 validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
 bytes are decoded in a worker thread so heartbeats keep flowing.
@@ -120,6 +123,20 @@ class Hello:
     retired: tuple[int, ...] = ()
 
 
+class Relayed(NamedTuple):
+    """What the sender saw of another `node`: its storage's highest stamp and the nonces it saw
+    it replace (see the module's text)."""
+
+    node: int
+    stamp: Stamp
+    retired: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Relay:
+    stamps: tuple[Relayed, ...]
+
+
 # --- TLS --------------------------------------------------------------------------------------
 
 
@@ -189,6 +206,13 @@ def hello(src: int, dst: int, msg: Hello) -> bytes:
     return payload
 
 
+def relay(src: int, dst: int, stamps: list[Relayed]) -> bytes:
+    """The payload of a Relay frame."""
+    rows = [[r.node, r.stamp.nonce, r.stamp.writes, list(r.retired)] for r in stamps]
+    payload: bytes = msgpack.packb({"src": src, "dst": dst, "relay": rows}, use_bin_type=True)
+    return payload
+
+
 def frame(seq: int, payload: bytes) -> bytes:
     return _LENGTH.pack(_SEQ.size + len(payload)) + _SEQ.pack(seq) + payload
 
@@ -196,7 +220,7 @@ def frame(seq: int, payload: bytes) -> bytes:
 class Frame(NamedTuple):
     src: int  # as the sender claims
     seq: int
-    msg: paxos.Message | Hello
+    msg: paxos.Message | Hello | Relay
     writes: int | None = None  # the sender's storage's durable writes (a message's frame)
 
 
@@ -220,12 +244,33 @@ def _nonces(obj: object) -> tuple[int, ...]:
     return tuple(obj)
 
 
+def _relayed(obj: object) -> Relayed:
+    if not isinstance(obj, list) or len(obj) != 4 or type(obj[0]) is not int:
+        raise FrameError("a relay with a bad row")
+    if not 0 < obj[0] < 2**16:
+        raise FrameError("a relay with a bad node id")
+    stamp = _stamp(obj[1:3])
+    assert stamp is not None
+    return Relayed(obj[0], stamp, _nonces(obj[3]))
+
+
 def _nodes(obj: object) -> tuple[int, ...] | None:
     if obj is None:
         return None
     if not isinstance(obj, list) or not all(type(n) is int and 0 < n < 2**16 for n in obj):
         raise FrameError("a hello with a bad node list")
     return tuple(obj)
+
+
+def _hello(obj: dict[str, Any]) -> Hello:
+    cluster, ask, length = obj["hello"], obj.get("ask", False), obj.get("length")
+    if not isinstance(cluster, str) or type(ask) is not bool:
+        raise FrameError("a hello without a cluster id")
+    if length is not None and (type(length) is not int or length < 0):
+        raise FrameError("a hello with a bad log length")
+    stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
+    voters, founders = _nodes(obj.get("voters")), _nodes(obj.get("founders"))
+    return Hello(cluster, ask, length, stamp, seen, voters, founders, _nonces(obj.get("retired")))
 
 
 def decode(body: bytes, me: int, limit: int) -> Frame:
@@ -259,16 +304,12 @@ def decode(body: bytes, me: int, limit: int) -> Frame:
     if not isinstance(obj, dict) or type(obj.get("src")) is not int or obj.get("dst") != me:
         raise FrameError("payload is not a frame for this node")
     if "hello" in obj:
-        cluster, ask, length = obj["hello"], obj.get("ask", False), obj.get("length")
-        if not isinstance(cluster, str) or type(ask) is not bool:
-            raise FrameError("a hello without a cluster id")
-        if length is not None and (type(length) is not int or length < 0):
-            raise FrameError("a hello with a bad log length")
-        stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
-        voters, founders = _nodes(obj.get("voters")), _nodes(obj.get("founders"))
-        retired = _nonces(obj.get("retired"))
-        greeting = Hello(cluster, ask, length, stamp, seen, voters, founders, retired)
-        return Frame(obj["src"], seq, greeting)
+        return Frame(obj["src"], seq, _hello(obj))
+    if "relay" in obj:
+        rows = obj["relay"]
+        if not isinstance(rows, list):
+            raise FrameError("a relay without rows")
+        return Frame(obj["src"], seq, Relay(tuple(_relayed(row) for row in rows)))
     writes = obj.get("w")  # None from a paxmr before stamps: nothing to note then
     if writes is not None and (type(writes) is not int or not 0 <= writes < 2**63):
         raise FrameError("a message with a bad write count")
@@ -585,10 +626,17 @@ class Transport:
             if isinstance(msg, Hello):
                 self._check_hello(peer, seq, msg)
                 nonce = msg.stamp.nonce if msg.stamp is not None else None
+            elif isinstance(msg, Relay):
+                self._heard(msg)
             else:
                 if nonce is not None and got.writes is not None:
                     self.storage.saw(peer, Stamp(nonce, got.writes))
                 self.deliver(src, msg)
+
+    def _heard(self, msg: Relay) -> None:
+        for node, stamp, retired in msg.stamps:
+            if node != self.me:  # of this node: its peers' hellos show it that (behind)
+                self.storage.heard(node, stamp, retired)
 
     def _check_hello(self, peer: int, seq: int, msg: Hello) -> None:
         if seq != 0:
@@ -621,6 +669,16 @@ class Transport:
 
     # --- outbound --------------------------------------------------------------------------
 
+    def _news(self, peer: int, told: dict[int, tuple[Stamp, tuple[int, ...]]]) -> list[Relayed]:
+        """What this node saw of nodes other than `peer` that it has not `told` it yet."""
+        news = []
+        for node, stamp in list(self.storage.seen.items()):
+            retired = self.storage.shown_retired(node)
+            if node != peer and told.get(node) != (stamp, retired):
+                told[node] = (stamp, retired)
+                news.append(Relayed(node, stamp, retired))
+        return news
+
     async def _sender(self, peer: int) -> None:
         address = self.addresses[peer]
         outbox = self.outboxes[peer]
@@ -652,9 +710,12 @@ class Transport:
             )
             writer.write(frame(0, hello(self.me, peer, greeting)))
             seq = 1
+            told: dict[int, tuple[Stamp, tuple[int, ...]]] = {}  # relayed on this connection
             try:
                 while True:
                     payloads = await outbox.take(256)
+                    if news := self._news(peer, told):
+                        payloads.insert(0, relay(self.me, peer, news))
                     writer.writelines(frame(seq + i, p) for i, p in enumerate(payloads))
                     seq += len(payloads)
                     await writer.drain()

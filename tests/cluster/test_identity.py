@@ -355,6 +355,35 @@ def test_a_reverted_vm_snapshot_is_caught_when_its_peers_come_back() -> None:
         cluster.converged(timeout=CONVERGE_S)
 
 
+def test_a_reverted_vm_snapshot_is_caught_by_a_peer_that_did_not_count_its_votes() -> None:
+    """Only the leader received node F's votes (Accepted), and it is down when F, reverted,
+    starts. The leader relayed what it saw of F to the other follower with its messages
+    (transport.Relay), so that follower shows F its stamp at start: F is demoted before it
+    votes, though no peer it reaches ever got a vote from it since the snapshot."""
+    with running_cluster() as cluster:
+        leader = cluster.node(cluster.leader())
+        follower, other = (n for n in cluster.nodes if n.id != leader.id)
+        leader.replicate(small_tally(leader, "t0_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        snapshot = follower.settings.state_dir.parent / "snapshot"
+        _snapshot(follower, snapshot)
+        leader.replicate(small_tally(leader, "t1_reduced"))
+        leader.replicate(small_tally(leader, "t2_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+        sigkill(leader.prm_pid())
+        _revert(follower, snapshot)
+        with service_env():
+            local.restart(cluster.root, follower.id, "prm")
+        (event,) = follower.log_events("storage_demoted")  # at start, before it votes
+        assert f"node {other.id} saw it hold" in str(event["reason"]), event
+        assert not follower.status()["voting"]
+        with service_env():
+            local.restart(cluster.root, leader.id, "prm")
+        wait_until(lambda: follower.status()["voting"], "F votes again", timeout=CONVERGE_S)
+        leader.replicate(small_tally(leader, "t3_reduced"))
+        cluster.converged(timeout=CONVERGE_S)
+
+
 def test_a_vm_snapshot_reverted_twice_is_caught_twice() -> None:
     """README: a reverted VM snapshot is caught by the peers. Revert node 2 to the same
     snapshot a second time: the first revert demoted it (new nonce), so the snapshot's nonce

@@ -215,6 +215,27 @@ def test_a_member_founded_again_where_init_could_not_ask_is_demoted_when_it_star
         cluster.converged(timeout=CONVERGE_S)
 
 
+def test_a_member_founded_again_before_any_entry_is_demoted_when_it_starts() -> None:
+    """As above, but before the cluster logged anything: no peer's log has entries. Node 3
+    voted in the first election, so its peers saw its old storage with writes: a founding
+    storage that has written nothing, beside a peer that saw this node hold another storage,
+    is demoted as well (prm.compare_with_peers)."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        assert one.status()["entries"] == 0
+        real = _cluster_id(one)
+        sigkill(three.prm_pid())
+        _wipe(three, mark=True)
+        prm.initialize(three.settings, real)  # as init does where it cannot ask
+        with service_env():
+            local.restart(cluster.root, 3, "prm")
+        (event,) = three.log_events("storage_demoted")  # before it served: told by now
+        assert "saw this node hold another one" in str(event["reason"]), event
+        wait_until(lambda: three.status()["voting"], "node 3 votes again", timeout=CONVERGE_S)
+        one.replicate(small_tally(one))
+        cluster.converged(timeout=CONVERGE_S)
+
+
 def test_status_says_when_a_node_is_apart_learning_the_id_or_no_member() -> None:
     """Two nodes an operator left behind say why they are unhealthy, not only "no leader": a
     new node whose `member add` was not run yet (it learns the cluster id, and the members

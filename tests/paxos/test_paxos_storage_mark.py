@@ -208,3 +208,29 @@ def test_a_hello_shows_at_most_the_newest_retired_nonces(tmp_path: Path) -> None
     shown = storage.shown_retired(2)
     assert shown == tuple(range(4, RETIRED_SHOWN + 4))  # the last seen, 36, is not retired
     assert storage.replaced(2, 0)  # kept, only not shown
+
+
+def test_what_a_peer_relays_of_another_node_is_noted_where_it_is_sure(tmp_path: Path) -> None:
+    """Stamps relayed by another node (storage.heard): taken where this node knows nothing or
+    the same storage with fewer writes; a stamp of another nonce is not (which is newer only a
+    node that saw both can tell) unless the relay shows the known one replaced."""
+    storage = Storage.open(tmp_path / "prm.db", bootstrap=True, identity=Identity("c", (1, 2, 3)))
+    storage.heard(3, Stamp(7, 10), ())
+    assert storage.seen[3] == Stamp(7, 10)  # knew nothing
+    storage.heard(3, Stamp(7, 4), ())
+    assert storage.seen[3] == Stamp(7, 10)  # an older stamp of the same storage
+    storage.heard(3, Stamp(7, 12), ())
+    assert storage.seen[3] == Stamp(7, 12)
+    storage.heard(3, Stamp(8, 1), ())  # another storage, newer or older: not known here
+    assert storage.seen[3] == Stamp(7, 12)
+    assert not storage.replaced(3, 7)
+    storage.heard(3, Stamp(8, 1), (7,))  # the relaying node saw node 3 replace 7 by 8
+    assert storage.seen[3] == Stamp(8, 1)
+    assert storage.replaced(3, 7)
+    storage.heard(3, Stamp(7, 99), ())  # a stale relay of the replaced storage
+    assert storage.seen[3] == Stamp(8, 1)
+    _write(storage, 1)
+    storage._conn.close()
+    again = Storage.open(tmp_path / "prm.db")
+    assert again.seen[3] == Stamp(8, 1)
+    assert again.replaced(3, 7)

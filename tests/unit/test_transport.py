@@ -13,10 +13,16 @@ from paxmr.services.transport import (
     MAX_ARRAY_LEN,
     MAX_OBJECTS,
     FrameError,
+    Hello,
+    Relay,
+    Relayed,
     decode,
     encode,
     frame,
+    hello,
+    relay,
 )
+from paxmr.storage import Stamp
 
 MSG = Prepare(Ballot(3, 1), 7)
 MSG_WIRE = to_wire(MSG)
@@ -31,6 +37,14 @@ def body(data: bytes) -> bytes:
 
 def test_round_trip_carries_the_sequence_number() -> None:
     assert decode(body(frame(41, encode(1, 2, MSG, 9))), me=2, limit=LIMIT) == (1, 41, MSG, 9)
+
+
+def test_a_relay_and_a_hello_round_trip() -> None:
+    news = [Relayed(3, Stamp(5, 9), (4, 2)), Relayed(4, Stamp(6, 0), ())]
+    got = decode(body(frame(7, relay(1, 2, news))), me=2, limit=LIMIT)
+    assert got == (1, 7, Relay(tuple(news)), None)
+    greeting = Hello("c", stamp=Stamp(1, 2), seen=Stamp(3, 4), retired=(8, 9))
+    assert decode(body(frame(0, hello(1, 2, greeting))), me=2, limit=LIMIT).msg == greeting
 
 
 def test_frame_for_another_node_is_refused() -> None:
@@ -58,6 +72,12 @@ def _raw(payload: bytes) -> bytes:
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [True, 2]}), "bad stamp"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "voters": [1, "2"]}), "bad node list"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "founders": [0]}), "bad node list"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "retired": [-1]}), "retired nonces"),
+        (msgpack.packb({"src": 1, "dst": 2, "relay": {"3": 1}}), "relay without rows"),
+        (msgpack.packb({"src": 1, "dst": 2, "relay": [[3, 1, 2]]}), "bad row"),
+        (msgpack.packb({"src": 1, "dst": 2, "relay": [[0, 1, 2, []]]}), "bad node id"),
+        (msgpack.packb({"src": 1, "dst": 2, "relay": [[3, 1, -2, []]]}), "bad stamp"),
+        (msgpack.packb({"src": 1, "dst": 2, "relay": [[3, 1, 2, ["7"]]]}), "retired nonces"),
         # structure limits: longer arrays, maps or strings than any message has, extension types
         (msgpack.packb({"src": 1, "dst": 2, "msg": [0] * (MAX_ARRAY_LEN + 1)}), "undecodable"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": {str(i): i for i in range(17)}}), "undecodable"),
