@@ -1007,9 +1007,15 @@ def bench_tls(c: Ctx, sequential: int, rounds: int) -> None:
 @click.option("--word-bytes", type=click.IntRange(16), default=1000, show_default=True,
               help="Length of the tallies' words (short: slower to parse and decode).")  # fmt: skip
 @click.option("--clients", type=click.IntRange(1, 16), default=2, show_default=True)
+@click.option("--largest", "largest", type=Size(), default="20MB", show_default=True,
+              help="Size of one more tally of short words, replicated last (0: none).")  # fmt: skip
+@click.option("--merges", type=click.IntRange(1), default=8, show_default=True,
+              help="Concurrent merges of 8 positions each in the merge storm.")  # fmt: skip
 @pass_ctx
-def bench_scale(c: Ctx, sizes: str, tally_bytes: int, word_bytes: int, clients: int) -> None:
-    """PRM memory and restart-to-serving time against the log's size (local 3-node cluster)."""
+def bench_scale(  # noqa: PLR0917 - click passes the options by name
+    c: Ctx, sizes: str, tally_bytes: int, word_bytes: int, clients: int, largest: int, merges: int
+) -> None:
+    """The log at scale on a local 3-node cluster: memory, restart, catch-up, reads under load."""
     from paxmr.bench import scale  # noqa: PLC0415
 
     try:
@@ -1018,13 +1024,8 @@ def bench_scale(c: Ctx, sizes: str, tally_bytes: int, word_bytes: int, clients: 
         raise click.BadParameter(
             "a comma-separated list of entry counts", param_hint="--entries"
         ) from None
-    result = scale.run(counts, tally_bytes, word_bytes, clients)
-    c.emit(result, lambda r: render.table(
-        ["entries", "log MiB", "PRM RSS MiB", "workers RSS MiB", "ready s", "serving s",
-         "PRM MiB per log MiB"],
-        [[x["entries"], x["log_mib"], x["prm_rss_mib"], x["workers_rss_mib"],
-          x["restart_ready_s"], x["restart_serving_s"], x["prm_mib_per_log_mib"]]
-         for x in r["rows"]]))  # fmt: skip
+    result = scale.run(counts, tally_bytes, word_bytes, clients, largest=largest, merges=merges)
+    c.emit(result, scale.render)
 
 
 @bench.command("large")

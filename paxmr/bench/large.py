@@ -22,8 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from paxmr import control, local
-from paxmr.bench.scale import _leader
-from paxmr.bench.storm import write_tally
+from paxmr.bench.storm import leader, write_tally
 from paxmr.settings import load
 
 if TYPE_CHECKING:
@@ -66,9 +65,9 @@ def _times(sizes: list[int], value_bytes: int, rounds: int) -> list[dict[str, An
         try:
             nodes = [load(local.config_path(root, n)) for n in (1, 2, 3)]
             for size in sizes:
-                leader = _leader(nodes)
+                lead = leader(nodes)
                 name = f"large{size}_reduced"
-                tally_bytes = write_tally(leader.data_dir / name, size)
+                tally_bytes = write_tally(lead.data_dir / name, size)
                 took, retries = [], 0
                 for _ in range(rounds):
                     rid = uuid.uuid4().hex
@@ -76,14 +75,14 @@ def _times(sizes: list[int], value_bytes: int, rounds: int) -> list[dict[str, An
                     args = {"file": name, "request_id": rid}
                     while time.perf_counter() - started < _GIVE_UP_S:
                         try:
-                            control.call(leader.prm_socket, "replicate", args, timeout=_GIVE_UP_S)
+                            control.call(lead.prm_socket, "replicate", args, timeout=_GIVE_UP_S)
                             break
                         except (control.RemoteError, TimeoutError) as exc:
                             if getattr(exc, "request_id", rid) != rid:
                                 raise
                             retries += 1  # unknown outcome: retried with its request id
                     took.append(time.perf_counter() - started)
-                status = control.call(leader.prm_socket, "status", timeout=30.0)
+                status = control.call(lead.prm_socket, "status", timeout=30.0)
                 rows.append({"tally_bytes": tally_bytes, "value_bytes": value_bytes,
                              "median_s": round(statistics.median(took), 2),
                              "times_s": [round(t, 2) for t in took], "retries": retries,

@@ -1,4 +1,4 @@
-"""The log at scale on a local 3-node cluster: PRM memory and restart time against the log's size.
+"""The log at scale on a local 3-node cluster: memory, restart, catch-up and reads under load.
 
 One cluster grows through the given sizes (entries of about ``tally_bytes`` each). At each size
 it prints, for a follower: the RSS of its PRM process and of its worker processes, the log's
@@ -7,6 +7,16 @@ answers with every entry). The first size (0 by default) is the same-run baselin
 growth per MiB of log is against it. The issue's goal is memory flat in the log's size (values
 stay in SQLite: paxmr/paxos/log.py) and a restart that does not decode the log (summaries are
 stored with it: paxmr/catalog.py); the figures say how close the PRM is.
+
+After the baseline, a third node is stopped (``stop``: it misses everything from then on), and
+each phase prints its seconds, the elections during it and the load average at its start and
+end: the growth (replicate MB/s), one ``largest`` tally of short words (in chunks past the value
+limit), then, with the log complete, 5 s of ``status`` and ``print`` on every node with nothing
+else running (the baseline of the p99s below), the stopped node's catch-up (MB/s, against the
+durable commit rate of the same bytes in the same run: ``commit_floor_mb_per_s``) with the same
+reads polled meanwhile, and a merge storm (``merges`` concurrent merges of 8 positions spread
+over the log, spread over the nodes) with the same reads. Elections during the growth, the
+largest tally and the merge storm are the ones client load caused.
 
 Tallies have few, long words (cheap to parse) unless ``word_bytes`` is small: real tallies of
 many short words cost much more CPU to decode at start-up than these.
@@ -20,11 +30,14 @@ import signal
 import tempfile
 import time
 import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from paxmr import control, local
+from paxmr.bench.replicate import fsync_commits
+from paxmr.bench.storm import Poller, call, elections, leader, write_tally
 from paxmr.settings import Settings, load
 
 _MIB = 1 << 20
@@ -60,17 +73,6 @@ def _tally(path: Path, size: int, word_bytes: int, tag: int) -> None:
 
 def _prm_pid(root: Path, node: int) -> int:
     return next(s.pid for s in local.load_state(root) if s.node == node and s.name == "prm")
-
-
-def _leader(nodes: list[Settings], timeout: float = 60.0) -> Settings:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for s in nodes:
-            with contextlib.suppress(control.RemoteError, OSError):
-                if control.call(s.prm_socket, "status", timeout=5.0)["role"] == "leader":
-                    return s
-        time.sleep(0.05)
-    raise RuntimeError("no leader elected")
 
 
 def _replicate(settings: Settings, file: str) -> None:
@@ -110,9 +112,13 @@ def _serving(settings: Settings, entries: int, timeout: float = 600.0) -> None:
     raise RuntimeError(f"node {settings.node_id} did not serve {entries} entries")
 
 
-def _measure(root: Path, nodes: list[Settings], entries: int) -> dict[str, Any]:
-    leader = _leader(nodes)
-    follower = next(s for s in nodes if s.node_id != leader.node_id)
+def _follower(nodes: list[Settings], lagger: Settings) -> Settings:
+    """A follower that is not the node kept behind for the catch-up."""
+    lead = leader(nodes)
+    return next(s for s in nodes if s.node_id not in {lead.node_id, lagger.node_id})
+
+
+def _measure(root: Path, follower: Settings, entries: int) -> dict[str, Any]:
     _serving(follower, entries)
     time.sleep(1.0)  # let the workers finish and the heap settle
     pid = _prm_pid(root, follower.node_id)
@@ -140,32 +146,158 @@ def _measure(root: Path, nodes: list[Settings], entries: int) -> dict[str, Any]:
     }
 
 
-def run(sizes: list[int], tally_bytes: int, word_bytes: int, clients: int) -> dict[str, Any]:
+def _load() -> float:
+    return round(os.getloadavg()[0], 1)
+
+
+class _Phase:
+    """A phase of the run: its seconds, the elections during it (candidate turns summed over
+    the nodes: storm.elections) and the load average at its start and end."""
+
+    def __init__(self, nodes: list[Settings]) -> None:
+        self.nodes = nodes
+        self.figures: dict[str, Any] = {}
+
+    def __enter__(self) -> dict[str, Any]:
+        self._elections = elections(self.nodes)
+        self._load = _load()
+        self._started = time.perf_counter()
+        return self.figures
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.figures["seconds"] = round(time.perf_counter() - self._started, 2)
+            self.figures["elections"] = elections(self.nodes) - self._elections
+            self.figures["load_average"] = [self._load, _load()]
+
+
+def _p99s(poller: Poller) -> dict[str, Any]:
+    return {"status_p99_ms": poller.p99_ms("status"), "print_p99_ms": poller.p99_ms("print"),
+            "read_failures": poller.failures}  # fmt: skip
+
+
+def _grow(nodes: list[Settings], names: list[str], have: int, size: int) -> dict[str, Any]:
+    """Replicate entries ``have`` to ``size`` at the leader from ``len(names)`` clients."""
+    lead = leader(nodes)
+    jobs = [(lead, names[i % len(names)]) for i in range(have, size)]
+    with _Phase(nodes) as phase, ThreadPoolExecutor(len(names)) as pool:
+        list(pool.map(lambda job: _replicate(*job), jobs))
+    return phase
+
+
+def _largest(nodes: list[Settings], size: int) -> dict[str, Any]:
+    """One tally of about ``size`` bytes of short words, replicated at the leader (in chunks
+    past the value limit)."""
+    lead = leader(nodes)
+    tally_bytes = write_tally(lead.data_dir / "largest_reduced", size)
+    with _Phase(nodes) as phase:
+        _replicate(lead, "largest_reduced")
+    phase["tally_bytes"] = tally_bytes
+    phase["mb_per_s"] = round(tally_bytes / 1e6 / phase["seconds"], 2)
+    return phase
+
+
+def _catch_up(nodes: list[Settings], lagger: Settings) -> dict[str, Any]:
+    """Resume the node that missed everything; until it shows the leader's whole log."""
+    target = control.call(leader(nodes).prm_socket, "status", timeout=30.0)
+    entries = len(control.call(leader(nodes).prm_socket, "print", timeout=60.0)["entries"])
+    with _Phase(nodes) as phase, Poller(nodes, ("status", "print")) as poller:
+        control.call(lagger.prm_socket, "resume", timeout=30.0)
+        while control.call(lagger.prm_socket, "status", timeout=30.0)["digest"] != target["digest"]:
+            time.sleep(0.02)
+        _serving(lagger, entries)
+    phase.update(_p99s(poller))
+    phase["log_mib"] = round(target["log"]["bytes"] / _MIB, 1)
+    phase["mb_per_s"] = round(target["log"]["bytes"] / 1e6 / phase["seconds"], 2)
+    return phase
+
+
+def _merge_storm(
+    nodes: list[Settings], merges: int, positions: int, entries: int
+) -> dict[str, Any]:
+    """``merges`` concurrent merges over the nodes, each of ``positions`` positions spread over
+    the log."""
+    step = max(1, entries // positions)
+    listed = list(range(0, entries, step))[:positions]
+    with _Phase(nodes) as phase, Poller(nodes, ("status", "print")) as poller, \
+            ThreadPoolExecutor(merges) as pool:  # fmt: skip
+        replies = list(pool.map(
+            lambda i: call(nodes[i % 3], "merge", {"positions": listed, "top": 10}), range(merges)
+        ))  # fmt: skip
+    phase.update(_p99s(poller))
+    phase["replies"] = dict(Counter(code for code, _, _ in replies))
+    return phase
+
+
+def _quiet(nodes: list[Settings], seconds: float) -> dict[str, Any]:
+    """The same reads with nothing else running: the baseline of the p99s under load."""
+    with _Phase(nodes) as phase, Poller(nodes, ("status", "print")) as poller:
+        time.sleep(seconds)
+    phase.update(_p99s(poller))
+    return phase
+
+
+def run(
+    sizes: list[int], tally_bytes: int, word_bytes: int, clients: int, *, largest: int, merges: int
+) -> dict[str, Any]:
     rows: list[dict[str, Any]] = []
+    out: dict[str, Any] = {"tally_bytes": tally_bytes, "word_bytes": word_bytes}
     with tempfile.TemporaryDirectory(prefix="paxmr-bench-scale-") as tmp:
         root = Path(tmp)
         local.up(root, nodes=3, mappers=1)
         try:
             nodes = [load(local.config_path(root, n)) for n in (1, 2, 3)]
-            have = 0
-            for size in sorted(sizes):
-                leader = _leader(nodes)
-                names = []
-                for i in range(clients):
-                    name = f"scale{i}_reduced"
-                    _tally(leader.data_dir / name, tally_bytes, word_bytes, i)
-                    names.append(name)
-                jobs = [(leader, names[i % clients]) for i in range(have, size)]
-                with ThreadPoolExecutor(clients) as pool:
-                    list(pool.map(lambda job: _replicate(*job), jobs))
-                have = max(have, size)
-                rows.append(_measure(root, nodes, have))
+            lead = leader(nodes)
+            names = [f"scale{i}_reduced" for i in range(clients)]
+            for i, name in enumerate(names):  # on every node: any of them may lead
+                _tally(nodes[0].data_dir / name, tally_bytes, word_bytes, i)
+                for s in nodes[1:]:
+                    (s.data_dir / name).write_bytes((nodes[0].data_dir / name).read_bytes())
+            # The node that misses everything after the baseline, and catches it up at the end.
+            lagger = next(s for s in nodes if s.node_id != lead.node_id)
+            base, *more = sorted(sizes)
+            _grow(nodes, names, 0, base)
+            rows.append(_measure(root, _follower(nodes, lagger), base))
+            control.call(lagger.prm_socket, "stop", timeout=30.0)
+            out["grow"] = []
+            have = base
+            for size in more:
+                out["grow"].append(_grow(nodes, names, have, size))
+                out["grow"][-1]["mb_per_s"] = round(
+                    (size - have) * tally_bytes / 1e6 / out["grow"][-1]["seconds"], 2
+                )
+                have = size
+                rows.append(_measure(root, _follower(nodes, lagger), have))
+            if largest:
+                out["largest"] = _largest(nodes, largest)
+            # The floor of a catch-up's writes: durable commits of one tally's bytes each.
+            floor = fsync_commits(root, b"x" * tally_bytes, 20)
+            out["commit_floor_mb_per_s"] = round(len(floor) * tally_bytes / 1e6 / sum(floor), 2)
+            out["quiet"] = _quiet(nodes, 5.0)
+            out["catch_up"] = _catch_up(nodes, lagger)
+            out["merge_storm"] = _merge_storm(nodes, merges, 8, have)
         finally:
             local.down(root)
-    base = rows[0]
     for row in rows:
-        grown = row["log_mib"] - base["log_mib"]
+        grown = row["log_mib"] - rows[0]["log_mib"]
         row["prm_mib_per_log_mib"] = (
-            round((row["prm_rss_mib"] - base["prm_rss_mib"]) / grown, 2) if grown > 0 else None
+            round((row["prm_rss_mib"] - rows[0]["prm_rss_mib"]) / grown, 2) if grown > 0 else None
         )
-    return {"tally_bytes": tally_bytes, "word_bytes": word_bytes, "baseline": base, "rows": rows}
+    out["rows"] = rows
+    out["baseline"] = rows[0]
+    return out
+
+
+def render(result: dict[str, Any]) -> str:
+    """The rows as a table, then each phase's figures, one per line."""
+    from paxmr import render as text  # noqa: PLC0415 - the CLI's tables
+
+    table = text.table(
+        ["entries", "log MiB", "PRM RSS MiB", "workers RSS MiB", "ready s", "serving s",
+         "PRM MiB per log MiB"],
+        [[x["entries"], x["log_mib"], x["prm_rss_mib"], x["workers_rss_mib"],
+          x["restart_ready_s"], x["restart_serving_s"], x["prm_mib_per_log_mib"]]
+         for x in result["rows"]],
+    )  # fmt: skip
+    phases = ("grow", "largest", "commit_floor_mb_per_s", "quiet", "catch_up", "merge_storm")
+    return "\n".join([table, *(f"{k:>22}: {result[k]}" for k in phases if k in result)])

@@ -16,6 +16,7 @@ assertions: this is a benchmark.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import statistics
 import tempfile
@@ -50,25 +51,25 @@ def elections(nodes: list[Settings]) -> int:
     return total
 
 
-def _leader(nodes: list[Settings], timeout: float = 30.0) -> Settings:
+def leader(nodes: list[Settings], timeout: float = 60.0) -> Settings:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for s in nodes:
-            try:
+            with contextlib.suppress(control.RemoteError, OSError):
                 if control.call(s.prm_socket, "status", timeout=5.0)["role"] == "leader":
                     return s
-            except (control.RemoteError, OSError):
-                pass
         time.sleep(0.05)
     raise RuntimeError("no leader elected")
 
 
-class _Poller:
-    """Polls ``status`` on every node while a storm runs: its latencies and failures."""
+class Poller:
+    """Polls read-only ops (``status`` by default) on every node while load runs: their
+    latencies by op, and the calls that failed."""
 
-    def __init__(self, nodes: list[Settings]) -> None:
+    def __init__(self, nodes: list[Settings], ops: tuple[str, ...] = ("status",)) -> None:
         self.nodes = nodes
-        self.latencies: list[float] = []
+        self.ops = ops
+        self.latencies: dict[str, list[float]] = {op: [] for op in ops}
         self.failures = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -84,22 +85,23 @@ class _Poller:
     def _run(self) -> None:
         while not self._stop.is_set():
             for s in self.nodes:
-                started = time.perf_counter()
-                try:
-                    control.call(s.prm_socket, "status", timeout=30.0)
-                    self.latencies.append(time.perf_counter() - started)
-                except (control.RemoteError, OSError):
-                    self.failures += 1
+                for op in self.ops:
+                    started = time.perf_counter()
+                    try:
+                        control.call(s.prm_socket, op, timeout=30.0)
+                        self.latencies[op].append(time.perf_counter() - started)
+                    except (control.RemoteError, OSError):
+                        self.failures += 1
             self._stop.wait(0.05)
 
-    def p99_ms(self) -> float | None:
-        if not self.latencies:
+    def p99_ms(self, op: str = "status") -> float | None:
+        if not self.latencies[op]:
             return None
-        ordered = sorted(self.latencies)
+        ordered = sorted(self.latencies[op])
         return round(ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))] * 1000, 1)
 
 
-def _call(settings: Settings, op: str, args: dict[str, Any]) -> tuple[str, str, float]:
+def call(settings: Settings, op: str, args: dict[str, Any]) -> tuple[str, str, float]:
     """(code, message, seconds) of one call on its own connection: "ok" on success."""
     started = time.perf_counter()
     try:
@@ -130,7 +132,7 @@ def _cluster(root: Path, tally_bytes: int) -> tuple[list[Settings], str]:
     name = "storm_reduced"
     for i, s in enumerate(nodes):
         write_tally(s.data_dir / name, tally_bytes, seed=i)
-    _leader(nodes)
+    leader(nodes)
     return nodes, name
 
 
@@ -139,19 +141,19 @@ def merge_storm(tally_bytes: int, entries: int, merges: int) -> dict[str, Any]:
         root = Path(tmp)
         try:
             nodes, name = _cluster(root, tally_bytes)
-            leader = _leader(nodes)
+            lead = leader(nodes)
             for _ in range(entries):
-                code, message, _ = _call(leader, "replicate", {"file": name})
+                code, message, _ = call(lead, "replicate", {"file": name})
                 if code != "ok":
                     raise RuntimeError(f"filling the log: {code}: {message}")
             time.sleep(1.0)  # let followers apply
             before = elections(nodes)
             positions = list(range(entries))
             started = time.perf_counter()
-            with _Poller(nodes) as poller, ThreadPoolExecutor(merges) as pool:
+            with Poller(nodes) as poller, ThreadPoolExecutor(merges) as pool:
                 replies = list(
                     pool.map(
-                        lambda i: _call(nodes[i % 3], "merge", {"positions": positions, "top": 10}),
+                        lambda i: call(nodes[i % 3], "merge", {"positions": positions, "top": 10}),
                         range(merges),
                     )
                 )
@@ -182,10 +184,10 @@ def replicate_storm(tally_bytes: int, replicates: int) -> dict[str, Any]:
             written = _written(root)
             ids = [uuid.uuid4().hex for _ in range(replicates)]
             started = time.perf_counter()
-            with _Poller(nodes) as poller, ThreadPoolExecutor(replicates) as pool:
+            with Poller(nodes) as poller, ThreadPoolExecutor(replicates) as pool:
                 replies = list(
                     pool.map(
-                        lambda i: _call(
+                        lambda i: call(
                             nodes[i % 3], "replicate", {"file": name, "request_id": ids[i]}
                         ),
                         range(replicates),
@@ -197,7 +199,7 @@ def replicate_storm(tally_bytes: int, replicates: int) -> dict[str, Any]:
             total, disk = (now - then for now, then in zip(_written(root), written, strict=True))
             landed = {
                 e.get("request_id")
-                for e in control.call(_leader(nodes).prm_socket, "print", timeout=60.0)["entries"]
+                for e in control.call(leader(nodes).prm_socket, "print", timeout=60.0)["entries"]
             }
         finally:
             local.down(root)
