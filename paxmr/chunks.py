@@ -23,8 +23,8 @@ manifest takes a log position. So:
 Abandoned chunks are reclaimed (their values emptied, their bytes no longer counted against
 the log's quota) by the log itself, so that every replica reclaims the same chunks at the same
 point of the log. A *reclaim* entry (`reclaim_id`, a chunk id of its own: no position) applied at
-slot r empties every chunk in a slot below the previous reclaim entry's that no manifest in a
-slot below r names. Why this is safe:
+slot r empties every chunk in a slot below the previous reclaim entry's that no whole manifest
+(below) in a slot below r names. Why this is safe:
 
 - replicas agree: which chunks go is a function of the log up to r, the same on every replica,
   whenever each applies it (a node catching up from a peer that reclaimed them receives them
@@ -46,8 +46,15 @@ slot below r names. Why this is safe:
 - two reclaim entries for the same period (two leaders) have the same id: only the first one
   in the log counts.
 
-A manifest that failed (a chunk missing) still names its chunks, which are then kept: rare
-(only a reclaimed or forged upload fails), and it keeps the rule simple.
+Only a *whole* manifest keeps its chunks: one whose chunks' first copies before it all hold
+their values (as heavy._parts assembles it). A manifest that failed (it came after a reclaim
+entry emptied one of its chunks) keeps none, so its other chunks, of no use to any object, leave
+the quota like the chunks of an upload cut short, instead of staying for ever. Whether a
+manifest is whole is a function of the log, the same on every replica and at every later
+reclaim entry: a whole one's chunks are kept by it, so it stays whole; a failed one's missing or
+emptied chunk stays so. (A forged manifest whose chunks are all there but do not hash to its
+digest fails too, yet keeps them: telling it apart would mean hashing every object at every
+reclaim entry.)
 
 Why not the other design, the log entry holding a digest while the bytes move beside the log
 (Ratis' DataStream)? It needs a second transfer protocol with its own durability, quorum and
@@ -60,7 +67,7 @@ as several log entries, one commit each.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -128,13 +135,20 @@ def is_reclaim(request_id: str) -> bool:
     return request_id.startswith(_RECLAIM)
 
 
-def named(values: Iterable[bytes]) -> set[str]:
-    """The chunk ids that the manifests among `values` name (other values name none)."""
+def kept(manifests: Iterable[tuple[int, bytes]], first: Mapping[str, tuple[int, bool]]) -> set[str]:
+    """The chunk ids that the whole manifests among `manifests` ((slot, value) pairs; other
+    values name none) name. `first` gives each chunk id in the log the slot of its first copy
+    and whether that copy holds its value: a manifest whose chunk has no such copy before it
+    failed (heavy._parts), and keeps none."""
     ids: set[str] = set()
-    for value in values:
+    for slot, value in manifests:
         found = manifest(value)
-        if found is not None:
-            ids.update(found.chunk_ids())
+        if found is None:
+            continue
+        names = found.chunk_ids()
+        copies = [first.get(cid) for cid in names]
+        if all(c is not None and c[0] < slot and c[1] for c in copies):
+            ids.update(names)
     return ids
 
 

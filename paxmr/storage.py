@@ -451,7 +451,7 @@ class Storage:
             conn.execute("PRAGMA synchronous=FULL")  # every commit of acceptor state fsyncs
 
     def reclaim_chunks(self, below: int, named_before: int) -> int:
-        """Empty the chunks in slots below `below` that no manifest in a slot below
+        """Empty the chunks in slots below `below` that no whole manifest in a slot below
         `named_before` names (paxmr/chunks.py says why this is safe); the value bytes freed.
         Chunks already empty are left as they are, so running it again changes nothing."""
         conn = self._side()
@@ -464,7 +464,7 @@ class Storage:
         return sum(size for _, size in gone)
 
     def loose_chunks(self) -> bool:
-        """Whether a chunk holds its value while no manifest names it."""
+        """Whether a chunk holds its value while no whole manifest names it (chunks.kept)."""
         end = self.length()
         return bool(self._loose(end, end))
 
@@ -482,18 +482,23 @@ class Storage:
         """(slot, bytes) of the chunks below `below` that hold their value and that no
         manifest below `named_before` names."""
         conn = self._side()
-        loose = conn.execute(
+        rows = conn.execute(
             "SELECT slot, request_id, length(value) FROM log"
-            " WHERE substr(request_id, 1, ?) = ? AND slot < ? AND length(value) > 0",
-            (len(CHUNK_PREFIX), CHUNK_PREFIX, below),
+            " WHERE substr(request_id, 1, ?) = ? AND slot < ? ORDER BY slot",
+            (len(CHUNK_PREFIX), CHUNK_PREFIX, max(below, named_before)),
         ).fetchall()
+        loose = [(slot, rid, size) for slot, rid, size in rows if slot < below and size > 0]
         if not loose:
             return []
+        first: dict[str, tuple[int, bool]] = {}
+        for slot, rid, size in rows:
+            first.setdefault(rid, (slot, size > 0))
         manifests = conn.execute(
-            "SELECT value FROM log WHERE position IS NOT NULL AND slot < ? AND length(value) <= ?",
+            "SELECT slot, value FROM log"
+            " WHERE position IS NOT NULL AND slot < ? AND length(value) <= ?",
             (named_before, chunks.MAX_MANIFEST),
         )
-        keep = chunks.named(bytes(value) for (value,) in manifests)
+        keep = chunks.kept(((slot, bytes(value)) for slot, value in manifests), first)
         return [(slot, size) for slot, rid, size in loose if rid not in keep]
 
     def summaries(self) -> dict[int, str]:

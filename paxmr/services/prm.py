@@ -473,8 +473,8 @@ class Prm:
         self.log.info("chunks_reclaimed", slot=entry.slot, below=previous, bytes=freed)
 
     async def reclaim_loop(self) -> None:
-        """As leader, propose a reclaim entry while chunks no manifest names hold their bytes,
-        at most once per timing.chunk_reclaim (chunks.py)."""
+        """As leader, propose a reclaim entry while chunks no whole manifest names hold their
+        bytes, at most once per timing.chunk_reclaim (chunks.py)."""
         period = self.settings.timing.chunk_reclaim
         while True:
             await asyncio.sleep(period / 4)

@@ -87,3 +87,34 @@ def test_a_reclaim_entry_empties_the_chunks_below_the_previous_one_that_no_manif
     assert [bytes(e.value) == b"" for e in storage.load().log] == [
         False, False, False, True, True, False, True, False,
     ]  # fmt: skip
+
+
+def test_the_chunks_of_a_manifest_that_failed_are_reclaimed_too(tmp_path):
+    """A manifest that lands after a reclaim entry emptied one of its chunks shows an error;
+    its other chunks, which no object can use, leave the quota at the next reclaim entry
+    instead of being kept by the name of a manifest that failed."""
+    from paxmr.paxos import LogEntry, Persist  # noqa: PLC0415
+    from paxmr.services import heavy  # noqa: PLC0415
+    from paxmr.storage import Storage  # noqa: PLC0415
+
+    late, parts = chunks.split(VALUE, OBJ.file, OBJ.digest, len(VALUE) // 2 + 1)
+    ids = late.chunk_ids()
+    storage = Storage.open(tmp_path / "log.db", bootstrap=True)
+    storage.commit(Persist(log=[
+        LogEntry(0, ids[0], parts[0], None),
+        LogEntry(1, chunks.reclaim_id(None), b"", None),
+        LogEntry(2, ids[1], parts[1], None),
+        LogEntry(3, chunks.reclaim_id(1), b"", None),
+    ]))  # fmt: skip
+    assert storage.reclaim_chunks(1, 3) == len(parts[0])
+    storage.commit(Persist(log=[LogEntry(4, "r", late.encode(), 0)]))  # too late
+    assert "reclaimed" in heavy.stored_summary(str(tmp_path / "log.db"), 4, 0)["error"]
+    assert storage.loose_chunks()  # slot 2: the leader proposes the next reclaim entry
+    storage.commit(Persist(log=[LogEntry(5, chunks.reclaim_id(3), b"", None)]))
+    assert storage.reclaim_chunks(3, 5) == len(parts[1])
+    assert not storage.loose_chunks()
+    # Whole means as heavy._parts assembles it: each chunk's first copy before the manifest.
+    copies = {ids[0]: (0, True), ids[1]: (2, True)}
+    assert chunks.kept([(4, late.encode())], copies) == set(ids)
+    assert chunks.kept([(1, late.encode())], copies) == set()  # chunk 1 came after it
+    assert chunks.kept([(4, late.encode())], {**copies, ids[0]: (0, False)}) == set()
