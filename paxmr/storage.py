@@ -48,7 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from paxmr import chunks
+from paxmr import chunks, stamps
 from paxmr.paxos import (
     CHUNK_PREFIX,
     GENESIS_DIGEST,
@@ -60,6 +60,7 @@ from paxmr.paxos import (
     StoredLog,
     chain_digest,
 )
+from paxmr.stamps import Sightings, Stamp
 
 if TYPE_CHECKING:
     from paxmr.paxos import Persist
@@ -86,18 +87,6 @@ CREATE TABLE IF NOT EXISTS seen (
 CREATE TABLE IF NOT EXISTS retired (
     peer INTEGER NOT NULL, nonce INTEGER NOT NULL, PRIMARY KEY (peer, nonce)) STRICT;
 """
-
-# The newest nonces a peer replaced that a hello shows it (bounds the hello; each one is a
-# storage that peer lost or had demoted, a rare event).
-RETIRED_SHOWN = 32
-
-
-@dataclass(frozen=True)
-class Stamp:
-    """A storage at one moment: its random nonce and how many commits it had made durable."""
-
-    nonce: int
-    writes: int
 
 
 @dataclass(frozen=True)
@@ -127,8 +116,9 @@ def forget(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM accepted")
 
 
-class Storage:
+class Storage(Sightings):
     def __init__(self, conn: sqlite3.Connection, path: str | Path) -> None:
+        super().__init__()
         self._conn = conn
         self.path = path
         # Why open made this storage forgetful, if it did (the PRM logs it).
@@ -139,13 +129,7 @@ class Storage:
         # thread closes the storage after that commit, not in its middle (whose uncommitted
         # write count the mark would take, and the next start read as a rollback).
         self._writing = threading.Lock()
-        # The highest stamp seen from each peer (see the module's text), and what of it the
-        # database holds.
-        self.seen: dict[int, Stamp] = {}
-        self._seen_stored: dict[int, Stamp] = {}
-        # The nonces each peer replaced, oldest first, and those the database lacks yet.
-        self.retired: dict[int, list[int]] = {}
-        self._retired_new: list[tuple[int, int]] = []
+        self._seen_stored: dict[int, Stamp] = {}  # the stamps seen that the database holds
         self._side_conn: sqlite3.Connection | None = None  # see _side
 
     @classmethod
@@ -212,65 +196,12 @@ class Storage:
         return meta["nonce"], meta.get("writes", 0), bool(meta["voting"])
 
     def behind(self, peer: int, seen: Stamp | None, retired: Sequence[int] = ()) -> str | None:
-        """Why this storage went back in time, if `peer` saw it with more writes than it holds
-        now, or saw this node replace it (`retired`; see the module's text)."""
-        if self.stamp.nonce in retired:
-            return (
-                f"prm.db went back in time: node {peer} saw this node replace it by a newer"
-                " storage (a VM snapshot from before a lost disk or a demotion reverted, or an"
-                " old state directory restored)"
-            )
-        if seen is None or seen.nonce != self.stamp.nonce or seen.writes <= self.stamp.writes:
-            return None
-        return (
-            f"prm.db went back in time: node {peer} saw it hold {seen.writes} writes, it holds"
-            f" {self.stamp.writes} (a VM snapshot reverted, or the state directory restored)"
-        )
-
-    def replaced(self, peer: int, nonce: int) -> bool:
-        """Whether `peer` replaced its storage of `nonce` by another (see the module's text)."""
-        return nonce in self.retired.get(peer, ())
-
-    def shown_retired(self, peer: int) -> tuple[int, ...]:
-        """The newest nonces `peer` replaced, for a hello to it."""
-        return tuple(self.retired.get(peer, ())[-RETIRED_SHOWN:])
+        """Why this storage went back in time, if `peer` saw it further (stamps.behind)."""
+        return stamps.behind(self.stamp, peer, seen, retired)
 
     def pristine(self) -> bool:
         """A founding storage that has written nothing yet (as `paxmr init --found` leaves it)."""
         return self.stamp.writes == 0 and self._counters()[2] and self.length() == 0
-
-    def saw(self, peer: int, stamp: Stamp) -> None:
-        """Note a stamp received from `peer` (it goes to the database with the next commit).
-        A new nonce retires the one before it; a retired one is not noted (it is refused)."""
-        if self.replaced(peer, stamp.nonce):
-            return
-        known = self.seen.get(peer)
-        if known is not None and known.nonce != stamp.nonce:
-            self._retire(peer, known.nonce)
-        if known is None or known.nonce != stamp.nonce or known.writes < stamp.writes:
-            self.seen[peer] = stamp
-
-    def heard(self, peer: int, stamp: Stamp, retired: Sequence[int]) -> None:
-        """Note what another node relayed of `peer` (transport.Relay): the nonces it saw
-        `peer` replace, and its stamp, unless that is of a replaced nonce, or of a nonce other
-        than the one this node knows (which of the two is newer only a node that saw both
-        can tell, and it relays the older one as retired)."""
-        for nonce in retired:
-            if not self.replaced(peer, nonce):
-                self._retire(peer, nonce)
-        if self.replaced(peer, stamp.nonce):
-            return
-        known = self.seen.get(peer)
-        if (
-            known is None
-            or self.replaced(peer, known.nonce)
-            or (known.nonce == stamp.nonce and known.writes < stamp.writes)
-        ):
-            self.seen[peer] = stamp
-
-    def _retire(self, peer: int, nonce: int) -> None:
-        self.retired.setdefault(peer, []).append(nonce)
-        self._retired_new.append((peer, nonce))
 
     def demote(self, why: str) -> None:
         """Make this storage forgetful (the state of a replica that lost its storage, plus the

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import Field
 
-from paxmr import backup, chunks, control, logs, paths, paxos
+from paxmr import backup, chunks, control, logs, paths, paxos, stamps
 from paxmr import replies as r
 from paxmr.catalog import Catalog
 from paxmr.logobject import LogObject
@@ -167,28 +167,13 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
         if why := storage.behind(peer.id, answer.seen, answer.retired):
             storage.demote(why)
             return
-        if storage.pristine() and (why := _founded_again(peer.id, answer)):
+        if storage.pristine() and (
+            why := stamps.founded_again(
+                peer.id, answer.length if answer.cluster else 0, answer.seen
+            )
+        ):
             storage.demote(why)
             return
-
-
-def _founded_again(peer: int, answer: Hello) -> str | None:
-    """Why a founding storage that has written nothing may not vote beside `peer`, if its
-    `answer` shows the cluster ran before it: `paxmr init --found` on a member of a running
-    cluster, which init could not see."""
-    if answer.cluster and answer.length:
-        return (
-            f"a new founding storage (paxmr init --found) beside node {peer}, whose log of this"
-            f" cluster has {answer.length} slots: founded again over a member of a running"
-            " cluster?"
-        )
-    if answer.seen is not None and answer.seen.writes:
-        return (
-            f"a new founding storage (paxmr init --found), but node {peer} saw this node hold"
-            f" another one with {answer.seen.writes} writes: founded again over a member of a"
-            " running cluster?"
-        )
-    return None
 
 
 class StorageWentBack(Exception):

@@ -62,7 +62,8 @@ import msgpack
 from paxmr import logs, paxos, pki
 from paxmr.services import unpack
 from paxmr.settings import NodeAddress, TlsFiles
-from paxmr.storage import Stamp, Storage
+from paxmr.stamps import Stamp
+from paxmr.storage import Storage
 
 _LENGTH = struct.Struct(">I")
 _SEQ = struct.Struct(">Q")
@@ -652,19 +653,8 @@ class Transport:
             self.went_back(why)
             raise WentBack(why)
         if msg.stamp is not None:
-            if self.storage.replaced(peer, msg.stamp.nonce):
-                raise WentBack(
-                    f"node {peer}'s storage went back in time: it is one node {peer} had"
-                    " replaced (a VM snapshot from before a lost disk or a demotion?); it must"
-                    " fence before it votes again"
-                )
-            known = self.storage.seen.get(peer)
-            if known and known.nonce == msg.stamp.nonce and msg.stamp.writes < known.writes:
-                raise WentBack(
-                    f"node {peer}'s storage went back in time: it holds {msg.stamp.writes}"
-                    f" writes, this node saw it hold {known.writes} (a VM snapshot reverted,"
-                    " or its state directory restored?); it must fence before it votes again"
-                )
+            if why := self.storage.refusal(peer, msg.stamp):
+                raise WentBack(why)
             self.storage.saw(peer, msg.stamp)
 
     # --- outbound --------------------------------------------------------------------------

@@ -11,21 +11,31 @@ lose-unsynced). Effects leave around the commit as the driver says (paxos.split 
 early order). It reaches orders of events that clocks make rare. Only
 safety is checked (agreement, validity, no duplicate, acknowledgements, frame sizes): an
 adversarial scheduler can starve any protocol.
+
+Each message carries what the PRM's frames carry to show a storage that went back in time
+(paxmr/stamps.py, shared with the PRM): its sender's write count and what the sender saw of the
+other nodes (its relay). The first message of each connection (after either end restarted)
+comes after a hello: the sender's stamp and what it saw of the receiver, as they are then. A
+node starting asks the peers it reaches, as prm.compare_with_peers does. A storage shown to
+have gone back is demoted (forgetful, a new nonce), at start or, told later, by ending and
+starting again, as the PRM does.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from paxmr.paxos import Committed, DurableState, Node, Ready, Request
+from paxmr.paxos import Committed, Node, Ready, Request
 from paxmr.sim.checker import NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
 from paxmr.sim.members import Changes
 from paxmr.sim.simulation import EARLY, Simulation
 from paxmr.sim.world import SIM_CONFIG, RunResult, by_driver, client_value, frame_violation
+from paxmr.stamps import Sightings, Stamp, behind, founded_again
 
 if TYPE_CHECKING:
     from paxmr.paxos import Message, Persist
@@ -65,7 +75,25 @@ class _Node:
     node: Node | None = None
     log: NodeLog = field(default_factory=NodeLog)
     syncing: tuple[Persist, Ready] | None = None  # the commit in progress, what waits for it
-    snapshots: list[DurableState] = field(default_factory=list)  # earlier states (restore-old)
+    snapshots: list[MemoryStorage] = field(default_factory=list)  # earlier disks (restore-old)
+    sightings: Sightings = field(default_factory=Sightings)  # what the running node saw
+    run: int = 0  # which start of the node's process this is (Explorer.runs)
+
+
+class View(NamedTuple):
+    """What a node saw of the others when it sent a message: its seen stamps and retired
+    nonces (the relay, and for the receiver the hello's view)."""
+
+    seen: dict[int, Stamp]
+    retired: dict[int, tuple[int, ...]]
+
+
+class Sent(NamedTuple):
+    src: int
+    dst: int
+    msg: Message
+    stamp: Stamp  # the sender's storage's as it sent it (a frame's write count, a hello's nonce)
+    view: View
 
 
 class Explorer(Simulation):
@@ -90,8 +118,12 @@ class Explorer(Simulation):
             if a in self.actions
         ]
         self.changes = Changes(self.members, self.checker)
-        self.flight: list[tuple[int, int, Message]] = []
-        self.history: list[tuple[int, int, Message]] = []
+        self.flight: list[Sent] = []
+        self.history: list[Sent] = []
+        self.runs = itertools.count(1)
+        # The processes at each end of the connections that carried a message: a new pair is
+        # a new connection, whose first message is checked as its hello is.
+        self.connected: dict[tuple[int, int], tuple[int, int]] = {}
         self.cut: set[tuple[int, int]] = set()
         self.stalled: dict[int, int] = {}  # node -> the step its timers run again
         # A targeted delay: messages of this kind are seldom delivered, so they arrive late.
@@ -140,6 +172,11 @@ class Explorer(Simulation):
         """Start node i from its disk, with the founding members it is given (the stored ones;
         `members` for a node that has none stored and a configured list that differs)."""
         state = self.nodes[i]
+        state.run = next(self.runs)
+        state.sightings = state.disk.sightings.copy()
+        if why := self._went_back(i):
+            state.disk.demote()
+            self._log(f"node {i} demoted at start: {why}")
         durable = state.disk.load()
         rng = random.Random(self.rng.getrandbits(64))
         founders = members or self.members
@@ -147,6 +184,30 @@ class Explorer(Simulation):
         state.syncing = None
         state.log = self.checker.restored(i, durable.log)
         self._log(f"start node {i} voting={durable.voting} log={len(durable.log)}")
+
+    def _went_back(self, i: int) -> str | None:
+        """Why node i's storage may not vote with what it holds, as the peers it reaches
+        answer it (prm.compare_with_peers)."""
+        disk = self.nodes[i].disk
+        for p, peer in self.nodes.items():
+            if p == i or peer.node is None or (i, p) in self.cut or (p, i) in self.cut:
+                continue
+            seen = peer.sightings.seen.get(i)
+            if why := behind(disk.stamp, p, seen, peer.sightings.shown_retired(i)):
+                return why
+            if disk.pristine() and (why := founded_again(p, peer.node.log.length, seen)):
+                return why
+        return None
+
+    def _demote(self, i: int, why: str) -> None:
+        """Node i was shown its storage went back: the PRM makes it forgetful (after the
+        commit under way) and ends; it starts again."""
+        state = self.nodes[i]
+        if state.syncing is not None:
+            state.disk.commit(state.syncing[0], state.sightings)
+        state.disk.demote()
+        self._log(f"node {i} demoted: {why}")
+        self._start(i)
 
     def _flush(self, i: int) -> None:
         """Take the node's next Ready, as a driver does once its last commit is done."""
@@ -166,12 +227,16 @@ class Explorer(Simulation):
         state = self.nodes[i]
         for entry in ready.applied:
             self.checker.applied(i, state.log, entry)
+        if ready.messages:
+            seen = state.sightings
+            view = View(dict(seen.seen), {p: seen.shown_retired(p) for p in seen.retired})
         for dst, msg in ready.messages:
             if (violation := frame_violation(i, dst, msg)) is not None:
                 self.checker.fail(violation)
                 continue
-            self.flight.append((i, dst, msg))
-            self.history.append((i, dst, msg))
+            sent = Sent(i, dst, msg, state.disk.stamp, view)
+            self.flight.append(sent)
+            self.history.append(sent)
         for reply in ready.replies:
             if isinstance(reply.outcome, Committed):
                 self.checker.committed(i, reply.request_id, reply.outcome)
@@ -187,19 +252,36 @@ class Explorer(Simulation):
         link does, until it heals)."""
         open_ = [
             k
-            for k, (src, dst, msg) in enumerate(self.flight)
-            if (src, dst) not in self.cut
-            and (type(msg).__name__ != self.slow_kind or self.rng.random() < 0.05)
+            for k, sent in enumerate(self.flight)
+            if (sent.src, sent.dst) not in self.cut
+            and (type(sent.msg).__name__ != self.slow_kind or self.rng.random() < 0.05)
         ]
         if not open_:
             return
         self._deliver_one(self.flight.pop(self.rng.choice(open_)))
 
-    def _deliver_one(self, item: tuple[int, int, Message]) -> None:
-        src, dst, msg = item
-        node = self.nodes[dst].node if dst in self.nodes else None
-        if node is None:
+    def _deliver_one(self, item: Sent) -> None:
+        src, dst, msg, stamp, view = item
+        target = self.nodes.get(dst)
+        node = target.node if target is not None else None
+        if target is None or node is None:
             return
+        sender = self.nodes[src]
+        runs = (sender.run, target.run)
+        if self.connected.get((src, dst)) != runs:  # a new connection: its hello first
+            knows = sender.sightings
+            shown = (knows.seen.get(dst), knows.shown_retired(dst))
+            if why := behind(target.disk.stamp, src, *shown):
+                self._demote(dst, why)
+                return
+            if why := target.sightings.refusal(src, sender.disk.stamp):
+                self._log(f"node {dst} refuses node {src}: {why}")
+                return
+            self.connected[src, dst] = runs
+        target.sightings.saw(src, stamp)
+        for other, relayed in view.seen.items():
+            if other != dst:
+                target.sightings.heard(other, relayed, view.retired.get(other, ()))
         if self.tracing:
             self._log(f"deliver {src}->{dst} {msg}")
         node.receive(src, msg, self.now)
@@ -214,7 +296,7 @@ class Explorer(Simulation):
         """Deliver again some earlier message: of the targeted kind, if the walk has one."""
         pool = self.history
         if self.slow_kind is not None:
-            pool = [m for m in self.history if type(m[2]).__name__ == self.slow_kind] or pool
+            pool = [m for m in self.history if type(m.msg).__name__ == self.slow_kind] or pool
         if pool:
             self.flight.append(self.rng.choice(pool))
             self.faults["replay"] += 1
@@ -264,9 +346,9 @@ class Explorer(Simulation):
         assert state.syncing is not None
         persist, later = state.syncing
         state.syncing = None
-        state.disk.commit(persist)
+        state.disk.commit(persist, state.sightings)
         if "restore-old" in self.kinds:
-            state.snapshots = [*state.snapshots[-SNAPSHOTS + 1 :], state.disk.load()]
+            state.snapshots = [*state.snapshots[-SNAPSHOTS + 1 :], state.disk.copy()]
         self._release(i, later)
         self._flush(i)
 
@@ -279,7 +361,7 @@ class Explorer(Simulation):
         i = self.rng.choice(self._ids())
         syncing = self.nodes[i].syncing
         if syncing is not None:
-            self.nodes[i].disk.commit(syncing[0])
+            self.nodes[i].disk.commit(syncing[0], self.nodes[i].sightings)
         self.faults["crash"] += 1
         self._log(f"crash and restart node {i}")
         self._start(i)
@@ -368,7 +450,7 @@ class Explorer(Simulation):
         k = self.rng.randrange(len(state.snapshots) - 1)
         self.faults["restore-old"] += 1
         self._log(f"node {i}'s storage rolled back {len(state.snapshots) - 1 - k} commits")
-        state.disk = MemoryStorage(state=state.snapshots[k])
+        state.disk = state.snapshots[k].copy()
         state.snapshots = state.snapshots[: k + 1]
         self._start(i)
 

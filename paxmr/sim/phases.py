@@ -436,7 +436,7 @@ class PhaseWalk(Explorer):
         )
         for _ in range(steps):
             group = set(self.group)
-            inside = [k for k, (src, dst, _) in enumerate(self.flight) if {src, dst} <= group]
+            inside = [k for k, m in enumerate(self.flight) if {m.src, m.dst} <= group]
             busy = [i for i, s in self.nodes.items() if s.syncing is not None]
             if (not inside and not busy) or (until is not None and until()):
                 return

@@ -10,7 +10,8 @@ import sqlite3
 from pathlib import Path
 
 from paxmr.paxos import Ballot, Entry, LogEntry, Persist
-from paxmr.storage import RETIRED_SHOWN, Identity, Stamp, Storage, mark_path
+from paxmr.stamps import RETIRED_SHOWN, Stamp
+from paxmr.storage import Identity, Storage, mark_path
 
 A = Entry("a", b"alpha")
 

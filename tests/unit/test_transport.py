@@ -22,7 +22,7 @@ from paxmr.services.transport import (
     hello,
     relay,
 )
-from paxmr.storage import Stamp
+from paxmr.stamps import Stamp
 
 MSG = Prepare(Ballot(3, 1), 7)
 MSG_WIRE = to_wire(MSG)
