@@ -37,6 +37,7 @@ receiver went down, or peers that lost their record of them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -44,7 +45,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,8 @@ from paxmr.paxos import (
 from paxmr.stamps import Sightings, Stamp
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from paxmr.paxos import Persist
 
 # Seconds between high-water marks while commits go on: one small file write and two fsyncs
@@ -131,6 +134,7 @@ class Storage(Sightings):
         self._writing = threading.Lock()
         self._seen_stored: dict[int, Stamp] = {}  # the stamps seen that the database holds
         self._side_conn: sqlite3.Connection | None = None  # see _side
+        self._unsynced = False  # a log write since the last fsync of the WAL (commit)
 
     @classmethod
     def open(
@@ -373,13 +377,9 @@ class Storage(Sightings):
         next commit's fsync of the WAL covers them, and a power loss before it loses only
         summaries (synchronous=NORMAL; SIGKILL loses nothing written)."""
         conn = self._conn
-        conn.execute("PRAGMA synchronous=NORMAL")
-        try:
-            with conn:
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
-        finally:
-            conn.execute("PRAGMA synchronous=FULL")  # every commit of acceptor state fsyncs
+        with self._synchronous(full=False), conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", rows)
 
     def reclaim_chunks(self, below: int, named_before: int) -> int:
         """Empty the chunks in slots below `below` that no whole manifest in a slot below
@@ -435,27 +435,56 @@ class Storage(Sightings):
     def summaries(self) -> dict[int, str]:
         return dict(self._conn.execute("SELECT slot, body FROM summary").fetchall())
 
-    def commit(self, persist: Persist, summaries: list[tuple[int, str]] | None = None) -> None:
+    def commit(
+        self,
+        persist: Persist,
+        summaries: list[tuple[int, str]] | None = None,
+        *,
+        durable_log: bool = False,
+    ) -> None:
         """Make one Ready's persist durable in one transaction, with `summaries` (as
         save_summaries stores them) in the same one: they cost no transaction of their own.
-        Without a persist, the summaries alone are saved (save_summaries)."""
-        with self._writing:
-            self._commit(persist, summaries)
+        Without a persist, the summaries alone are saved (save_summaries).
 
-    def _commit(self, persist: Persist, summaries: list[tuple[int, str]] | None) -> None:
-        if not persist:
+        A persist that changes no acceptor state (only applied entries: the leader's decision,
+        a follower's apply of the chosen length an Accept announced) is written without an
+        fsync of its own (synchronous=NORMAL); it counts no write and stores no stamp seen
+        (the module's text): those go with fsynced commits only. Why that is safe: an applied entry is a chosen value, which a quorum
+        holds durably as accepted rows; here its row is deleted in the same transaction. The
+        WAL is a sequence: a power loss keeps a prefix of the transactions, every FULL one
+        included (its fsync covers the frames before it), so it can take back only such
+        trailing log writes, never acceptor state, and what it takes back reappears as the
+        accepted rows they replaced: the node applies them again, or catches up. SIGKILL
+        loses nothing written. The core itself already sends what it applied before any commit
+        (the chosen length in its Accepts, catch-up entries): facts about the log, true whether
+        or not this node keeps them; an Accepted's or a Nack's length only guides catch-up.
+        The one exception is a Promise: a new leader takes every slot below a promise's
+        applied length as chosen and fetches it rather than proposing it (paxos/leader.py), so
+        the driver asks for `durable_log` before it sends one: the log, as far as written, is
+        then fsynced with this commit (a commit of nothing but the write count if need be)."""
+        with self._writing:
+            self._commit(persist, summaries, durable_log=durable_log)
+
+    def _commit(
+        self, persist: Persist, summaries: list[tuple[int, str]] | None, *, durable_log: bool
+    ) -> None:
+        full = bool(replace(persist, log=[])) or (
+            durable_log and (self._unsynced or bool(persist.log))
+        )
+        if not full and not persist.log:
             if summaries:
                 self.save_summaries(summaries)
             return
         conn = self._conn
         meta = _meta(persist)
         retired = self._retired_new[:]
-        with conn:
+        with self._synchronous(full), conn:
             conn.execute("BEGIN IMMEDIATE")
             if summaries:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
-            conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
-            seen = self._store_seen(conn, retired)
+            if full:  # the write count and what was seen of the peers: only with an fsync
+                conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
+                seen = self._store_seen(conn, retired)
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if persist.unfenced:
                 conn.execute("DELETE FROM meta WHERE key = 'recover_until'")
@@ -469,22 +498,44 @@ class Storage(Sightings):
                 ],
             )
             if persist.log:
-                length = self.length()
-                if persist.log[0].slot != length:
-                    raise ValueError(f"log entries must start at slot {length}")
-                digest = self.digest()
-                rows = []
-                for entry in persist.log:
-                    digest = chain_digest(digest, entry)
-                    rows.append((entry.slot, entry.request_id, entry.value, entry.position, digest))
-                conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
-                conn.execute("DELETE FROM accepted WHERE slot < ?", (persist.log[-1].slot + 1,))
+                self._append(conn, persist.log)
+        self._unsynced = not full
+        if not full:
+            return
         self._seen_stored = seen
         del self._retired_new[: len(retired)]  # saw() only appends meanwhile
         # After the transaction: a frame sent from now on may say this write is durable.
         self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
         if time.monotonic() - self._marked_at >= MARK_INTERVAL:
             self.mark()
+
+    def _append(self, conn: sqlite3.Connection, log: list[LogEntry]) -> None:
+        """Add applied entries to the log, each with the chain digest after it, and drop
+        their accepted rows, in the caller's transaction."""
+        length = self.length()
+        if log[0].slot != length:
+            raise ValueError(f"log entries must start at slot {length}")
+        digest = self.digest()
+        rows = []
+        for entry in log:
+            digest = chain_digest(digest, entry)
+            rows.append((entry.slot, entry.request_id, entry.value, entry.position, digest))
+        conn.executemany("INSERT INTO log VALUES (?, ?, ?, ?, ?)", rows)
+        conn.execute("DELETE FROM accepted WHERE slot < ?", (log[-1].slot + 1,))
+
+    @contextlib.contextmanager
+    def _synchronous(self, full: bool) -> Iterator[None]:
+        """Run a transaction with an fsync of the WAL at its commit (synchronous=FULL, what
+        every commit of acceptor state needs) or without (NORMAL: see commit); the connection
+        is left at FULL whatever happens."""
+        if full:
+            yield
+            return
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            yield
+        finally:
+            self._conn.execute("PRAGMA synchronous=FULL")
 
     def _store_seen(
         self, conn: sqlite3.Connection, retired: list[tuple[int, int]]

@@ -97,7 +97,8 @@ class Observer:
             "paxmr_peers_heard", "Peers heard within the last election timeout", registry=r
         )
         self.fsync = prom.Histogram(
-            "paxmr_fsync_duration_seconds", "Duration of one storage commit (one fsync)",
+            "paxmr_fsync_duration_seconds",
+            "Duration of one storage commit (one fsync, or none for applied entries alone)",
             buckets=_LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
         self.commit_latency = prom.Histogram(

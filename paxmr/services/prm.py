@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import importlib.metadata
 import json
 import math
@@ -27,7 +28,7 @@ from paxmr import backup, chunks, control, logs, paths, paxos, stamps
 from paxmr import replies as r
 from paxmr.catalog import Catalog
 from paxmr.logobject import LogObject
-from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
+from paxmr.paxos.messages import Forward, Promise, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Hello, Transport, ask_cluster
 from paxmr.settings import ConfigError, NodeAddress, Settings
@@ -174,6 +175,13 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
         ):
             storage.demote(why)
             return
+
+
+def reports_applied_length(held: paxos.Ready) -> bool:
+    """Whether messages held for a Ready's commit show this node's applied length as one it
+    keeps: a Promise does (a new leader fetches the slots below it instead of proposing them),
+    so the log is made durable before it leaves (Storage.commit)."""
+    return any(isinstance(msg, Promise) for _, msg in held.messages)
 
 
 class StorageWentBack(Exception):
@@ -716,11 +724,17 @@ class Prm:
         early, after_commit = paxos.split(ready)
         self._release(early)
         summaries = self._summaries_to_save(bool(ready.persist))
-        if ready.persist:
+        durable_log = reports_applied_length(after_commit)
+        if ready.persist or durable_log:
             with self.observer.fsync.time():
                 # An executor future, not a task around to_thread: one object less per commit.
                 loop = asyncio.get_running_loop()
-                commit = loop.run_in_executor(None, self.storage.commit, ready.persist, summaries)
+                commit = loop.run_in_executor(
+                    None,
+                    functools.partial(
+                        self.storage.commit, ready.persist, summaries, durable_log=durable_log
+                    ),
+                )
                 await self._beaconing(commit)
             if ready.persist.log:  # their values are read back from storage from now on
                 self.node.log.stored(ready.persist.log[-1].slot + 1)
