@@ -17,6 +17,10 @@ def test_a_promise_needs_the_log_on_disk() -> None:
 
 
 def test_other_held_messages_report_no_length_a_leader_relies_on() -> None:
-    held = [(2, Accepted(B, (4,), 7, 0)), (3, Nack(B, B, 7, 0)), (3, Prepare(B, 7, 0, (1, 2)))]
+    held: list[tuple[int, paxos.Message]] = [
+        (2, Accepted(B, (4,), 7, 0)),
+        (3, Nack(B, B, 7, 0)),
+        (3, Prepare(B, 7, 0, (1, 2))),
+    ]
     assert not reports_applied_length(paxos.Ready(messages=held))
     assert not reports_applied_length(paxos.Ready())
