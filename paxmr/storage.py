@@ -446,22 +446,23 @@ class Storage(Sightings):
         save_summaries stores them) in the same one: they cost no transaction of their own.
         Without a persist, the summaries alone are saved (save_summaries).
 
-        A persist that changes no acceptor state (only applied entries: the leader's decision,
-        a follower's apply of the chosen length an Accept announced) is written without an
-        fsync of its own (synchronous=NORMAL); it counts no write and stores no stamp seen
-        (the module's text): those go with fsynced commits only. Why that is safe: an applied entry is a chosen value, which a quorum
-        holds durably as accepted rows; here its row is deleted in the same transaction. The
-        WAL is a sequence: a power loss keeps a prefix of the transactions, every FULL one
-        included (its fsync covers the frames before it), so it can take back only such
-        trailing log writes, never acceptor state, and what it takes back reappears as the
-        accepted rows they replaced: the node applies them again, or catches up. SIGKILL
-        loses nothing written. The core itself already sends what it applied before any commit
-        (the chosen length in its Accepts, catch-up entries): facts about the log, true whether
-        or not this node keeps them; an Accepted's or a Nack's length only guides catch-up.
-        The one exception is a Promise: a new leader takes every slot below a promise's
-        applied length as chosen and fetches it rather than proposing it (paxos/leader.py), so
-        the driver asks for `durable_log` before it sends one: the log, as far as written, is
-        then fsynced with this commit (a commit of nothing but the write count if need be)."""
+        A persist that changes no acceptor state (only applied entries: the leader's decision, a
+        follower's apply of the chosen length an Accept announced) is written without an fsync
+        of its own (synchronous=NORMAL) and counts no write (the module's text: a peer may hold
+        its stamp as durable; the stamps seen of the peers ride with it as with any commit, kept
+        by a SIGKILL). Why that is safe: an applied entry is a chosen value, which a quorum
+        holds durably as accepted rows; here its row is deleted in the same transaction. The WAL
+        is a sequence: a power loss keeps a prefix of the transactions, every FULL one included
+        (its fsync covers the frames before it), so it can take back only such trailing log
+        writes, never acceptor state, and what it takes back reappears as the accepted rows they
+        replaced: the node applies them again, or catches up. SIGKILL loses nothing written. The
+        core itself already sends what it applied before any commit (the chosen length in its
+        Accepts, catch-up entries): facts about the log, true whether or not this node keeps
+        them; an Accepted's or a Nack's length only guides catch-up. The one exception is a
+        Promise: a new leader takes every slot below a promise's applied length as chosen and
+        fetches it rather than proposing it (paxos/leader.py), so the driver asks for
+        `durable_log` before it sends one: the log, as far as written, is then fsynced with this
+        commit (a commit of nothing but the write count if need be)."""
         with self._writing:
             self._commit(persist, summaries, durable_log=durable_log)
 
@@ -482,9 +483,9 @@ class Storage(Sightings):
             conn.execute("BEGIN IMMEDIATE")
             if summaries:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
-            if full:  # the write count and what was seen of the peers: only with an fsync
+            if full:  # the write count counts fsynced commits only
                 conn.execute("UPDATE meta SET value = value + 1 WHERE key = 'writes'")
-                seen = self._store_seen(conn, retired)
+            seen = self._store_seen(conn, retired)
             conn.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", meta)
             if persist.unfenced:
                 conn.execute("DELETE FROM meta WHERE key = 'recover_until'")
@@ -499,11 +500,11 @@ class Storage(Sightings):
             )
             if persist.log:
                 self._append(conn, persist.log)
+        self._seen_stored = seen
+        del self._retired_new[: len(retired)]  # saw() only appends meanwhile
         self._unsynced = not full
         if not full:
             return
-        self._seen_stored = seen
-        del self._retired_new[: len(retired)]  # saw() only appends meanwhile
         # After the transaction: a frame sent from now on may say this write is durable.
         self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
         if time.monotonic() - self._marked_at >= MARK_INTERVAL:
