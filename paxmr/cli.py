@@ -1010,7 +1010,7 @@ def bench_tls(c: Ctx, sequential: int, rounds: int) -> None:
 @click.option("--largest", "largest", type=Size(), default="20MB", show_default=True,
               help="Size of one more tally of short words, replicated last (0: none).")  # fmt: skip
 @click.option("--merges", type=click.IntRange(1), default=8, show_default=True,
-              help="Concurrent merges of 8 positions each in the merge storm.")  # fmt: skip
+              help="Clients merging 8 positions at a time for 10 s (merge storm).")  # fmt: skip
 @pass_ctx
 def bench_scale(  # noqa: PLR0917 - click passes the options by name
     c: Ctx, sizes: str, tally_bytes: int, word_bytes: int, clients: int, largest: int, merges: int
