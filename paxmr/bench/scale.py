@@ -3,10 +3,11 @@
 One cluster grows through the given sizes (entries of about ``tally_bytes`` each). At each size
 it prints, for a follower: the RSS of its PRM process and of its worker processes, the log's
 value bytes, and the time from SIGKILL to a restarted PRM that serves the whole log (``print``
-answers with every entry). The first size (0 by default) is the same-run baseline, and the
-growth per MiB of log is against it. The issue's goal is memory flat in the log's size (values
-stay in SQLite: paxmr/paxos/log.py) and a restart that does not decode the log (summaries are
-stored with it: paxmr/catalog.py); the figures say how close the PRM is.
+answers with every entry), with the CPU time the new PRM process used until then. The first
+size (0 by default) is the same-run baseline, and the growth per MiB of log is against it. The
+issue's goal is memory flat in the log's size (values stay in SQLite: paxmr/paxos/log.py) and a
+restart that does not decode the log (summaries are stored with it: paxmr/catalog.py); the
+figures say how close the PRM is.
 
 After the baseline, a third node is stopped (``stop``: it misses everything from then on), and
 each phase prints its seconds, the elections during it and the load average at its start and
@@ -70,6 +71,13 @@ def _tally(path: Path, size: int, word_bytes: int, tag: int) -> None:
         b"t%03dw%07d" % (tag % 1000, i) + b"x" * width for i in range(size // (width + 14))
     )
     path.write_bytes(b"paxmr-tally 1\n" + b"".join(w + b"\t1\n" for w in words))
+
+
+def _cpu_s(pid: int) -> float:
+    """CPU seconds a process used so far (user and system): what its start-up cost, less at
+    the mercy of the machine's load than the time it took."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _prm_pid(root: Path, node: int) -> int:
@@ -149,6 +157,7 @@ def _measure(root: Path, follower: Settings, entries: int) -> dict[str, Any]:
     ready = time.perf_counter() - killed
     _serving(follower, entries)
     serving = time.perf_counter() - killed
+    started_cpu = _cpu_s(_prm_pid(root, follower.node_id))
     _settled(follower)
     return {
         "entries": entries,
@@ -157,6 +166,7 @@ def _measure(root: Path, follower: Settings, entries: int) -> dict[str, Any]:
         "workers_rss_mib": round(workers_rss / 1024, 1),
         "restart_ready_s": round(ready, 2),
         "restart_serving_s": round(serving, 2),
+        "restart_cpu_s": round(started_cpu, 2),
     }
 
 
@@ -314,9 +324,10 @@ def render(result: dict[str, Any]) -> str:
 
     table = text.table(
         ["entries", "log MiB", "PRM RSS MiB", "workers RSS MiB", "ready s", "serving s",
-         "PRM MiB per log MiB"],
+         "start CPU s", "PRM MiB per log MiB"],
         [[x["entries"], x["log_mib"], x["prm_rss_mib"], x["workers_rss_mib"],
-          x["restart_ready_s"], x["restart_serving_s"], x["prm_mib_per_log_mib"]]
+          x["restart_ready_s"], x["restart_serving_s"], x["restart_cpu_s"],
+          x["prm_mib_per_log_mib"]]
          for x in result["rows"]],
     )  # fmt: skip
     phases = ("grow", "largest", "commit_floor_mb_per_s", "quiet", "catch_up", "merge_storm")
