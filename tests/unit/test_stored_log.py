@@ -3,6 +3,8 @@ with them, serves catch-up from storage, and lets values leave memory once they 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from paxmr.paxos import CHUNK_PREFIX, MEMBERSHIP_PREFIX, Entry, LogEntry, Persist
 from paxmr.paxos.log import AppliedLog
 from paxmr.storage import Storage
@@ -57,3 +59,27 @@ def test_catch_up_reads_are_bounded_by_bytes_and_span_store_and_memory(tmp_path)
     log.stored(8)
     assert log.held_bytes == 0
     assert log.read(6, 10, 1 << 20) == [ENTRIES[6], *applied]
+
+
+def _bytes_read() -> int:
+    """Bytes this process read through system calls so far (SQLite reads its file so)."""
+    fields = dict(line.split(": ") for line in Path("/proc/self/io").read_text().splitlines())
+    return int(fields["rchar"])
+
+
+def test_a_catch_up_batch_reads_only_the_values_it_sends(tmp_path):
+    """The batch's sizes come from the rows' headers: asking a row for a column stored after
+    its value (its position) made SQLite walk the value's overflow pages, so a batch of one
+    value read every value of the rows it looked at (seconds on a leader's event loop)."""
+    from paxmr.storage import LogReader  # noqa: PLC0415
+
+    value = bytes(range(256)) * 4096  # 1 MiB
+    storage = Storage.open(tmp_path / "log.db", bootstrap=True)
+    storage.commit(Persist(log=[LogEntry(i, f"r{i}", value, i) for i in range(16)]))
+    reader = LogReader(tmp_path / "log.db")  # a connection of its own: nothing cached yet
+    before = _bytes_read()
+    batch = reader.read(0, 16, len(value))
+    read = _bytes_read() - before
+    reader.close()
+    assert [(e.slot, e.position, e.value) for e in batch] == [(0, 0, value)]
+    assert read < 3 * len(value)  # one value and some pages, not sixteen values
