@@ -11,10 +11,6 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-# The newest nonces a peer replaced that a hello shows it (bounds the hello; each one is a
-# storage that peer lost or had demoted, a rare event).
-RETIRED_SHOWN = 32
-
 
 @dataclass(frozen=True)
 class Stamp:
@@ -26,10 +22,12 @@ class Stamp:
 
 class Sightings:
     """The highest stamp a node saw from each peer (`seen`), and the nonces it saw each peer
-    replace, oldest first (`retired`)."""
+    replace, oldest first (`retired`); the peers whose stamp it saw itself since it started,
+    not only heard of (`direct`: what it relays)."""
 
     def __init__(self) -> None:
         self.seen: dict[int, Stamp] = {}
+        self.direct: set[int] = set()
         self.retired: dict[int, list[int]] = {}
         self._retired_new: list[tuple[int, int]] = []  # retired since the storage last saved
 
@@ -50,6 +48,7 @@ class Sightings:
             self._retire(peer, known.nonce)
         if known is None or known.nonce != stamp.nonce or known.writes < stamp.writes:
             self.seen[peer] = stamp
+            self.direct.add(peer)
 
     def heard(self, peer: int, stamp: Stamp, retired: Sequence[int]) -> None:
         """Note what another node relayed of `peer`: the nonces it saw `peer` replace, and its
@@ -68,6 +67,7 @@ class Sightings:
             or (known.nonce == stamp.nonce and known.writes < stamp.writes)
         ):
             self.seen[peer] = stamp
+            self.direct.discard(peer)
 
     def _retire(self, peer: int, nonce: int) -> None:
         self.retired.setdefault(peer, []).append(nonce)
@@ -77,9 +77,12 @@ class Sightings:
         """Whether `peer` replaced its storage of `nonce` by another."""
         return nonce in self.retired.get(peer, ())
 
-    def shown_retired(self, peer: int) -> tuple[int, ...]:
-        """The newest nonces `peer` replaced, for a hello to it."""
-        return tuple(self.retired.get(peer, ())[-RETIRED_SHOWN:])
+    def retired_of(self, peer: int) -> tuple[int, ...]:
+        """The nonces `peer` replaced, for a hello or an answer to it: all of them, since each
+        is refused (`refusal`), and a node refused but not told why would never fence. Each
+        is a storage that peer lost or had demoted, a rare event; the hello's decoder caps
+        them (transport.MAX_ARRAY_LEN)."""
+        return tuple(self.retired.get(peer, ()))
 
     def refusal(self, peer: int, stamp: Stamp) -> str | None:
         """Why a connection from `peer` whose hello shows `stamp` is refused, if it is: its

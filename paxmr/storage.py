@@ -26,11 +26,12 @@ time: it is made forgetful (`demote`). A storage is never named again once a nod
 it (a lost disk, a demotion), so each node also keeps the nonces it saw a peer replace
 (`retired`) and shows them to it: a storage of a retired nonce is a snapshot from before
 the replacement. A node that received a node's votes is often the only one that saw them (the
-leader or candidate that asked), so each node also relays what it saw of every other node to
-its peers with the messages it sends them (`heard`; transport.Relay): a node that went back
-is shown it by any peer it reaches, not only by the one that counted its votes. What this
-cannot see (README, "Members"): a rollback while every peer that knows of the forgotten writes
-is unreachable when the node starts (it votes until one connects): writes whose receiver has
+leader or candidate that asked), so each node also relays what it saw itself of the other
+nodes to its peers with the messages it sends them (`heard`; transport.Relayed), and a node
+starting asks every member its configuration or its log names: a node that went back is shown
+it by any peer it reaches, not only by the one that counted its votes. What this cannot see
+(README, "Members"): a rollback while every peer that knows of the forgotten writes is
+unreachable when the node starts (it votes until one connects): writes whose receiver has
 since sent nothing to the peers the node reaches, so made in the last moment before that
 receiver went down, or peers that lost their record of them.
 """
@@ -357,18 +358,23 @@ class Storage(Sightings):
             "SELECT COALESCE(SUM(length(value)), 0) FROM log"
         ).fetchone()[0]
         where = "FROM log WHERE substr(request_id, 1, ?) = ?"
-        membership = (len(MEMBERSHIP_PREFIX), MEMBERSHIP_PREFIX)
-        stored.changes = [
-            LogEntry(slot, rid, value, None)
-            for slot, rid, value in conn.execute(
-                f"SELECT slot, request_id, value {where} ORDER BY slot", membership
-            )
-        ]
+        stored.changes = self.changes()
         chunk = (len(CHUNK_PREFIX), CHUNK_PREFIX)
         stored.chunks = conn.execute(
             f"SELECT request_id, MIN(slot) {where} GROUP BY request_id", chunk
         ).fetchall()
         return stored
+
+    def changes(self) -> list[LogEntry]:
+        """The applied membership changes, values included (few and small)."""
+        return [
+            LogEntry(slot, rid, value, None)
+            for slot, rid, value in self._conn.execute(
+                "SELECT slot, request_id, value FROM log WHERE substr(request_id, 1, ?) = ?"
+                " ORDER BY slot",
+                (len(MEMBERSHIP_PREFIX), MEMBERSHIP_PREFIX),
+            )
+        ]
 
     def save_summaries(self, rows: list[tuple[int, str]]) -> None:
         """Store the summaries (JSON, by slot) of applied positions, so that a restart shows

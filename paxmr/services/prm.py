@@ -28,6 +28,7 @@ from paxmr import backup, chunks, control, logs, paths, paxos, stamps
 from paxmr import replies as r
 from paxmr.catalog import Catalog
 from paxmr.logobject import LogObject
+from paxmr.paxos.membership import replay
 from paxmr.paxos.messages import Forward, Promise, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Hello, Transport, ask_cluster
@@ -79,12 +80,25 @@ def initialize(settings: Settings, cluster_id: str | None = None) -> tuple[Path,
     return path, identity
 
 
-async def ask_peers(settings: Settings) -> list[tuple[NodeAddress, Hello | None]]:
-    """Each configured peer with its answer to transport.ask_cluster (None: no answer)."""
+async def ask_peers(
+    settings: Settings, storage: Storage | None = None
+) -> list[tuple[NodeAddress, Hello | None]]:
+    """Each configured peer with its answer to transport.ask_cluster (None: no answer), and
+    each member the log in `storage` names with an address of its own."""
     tls = settings.tls_files()
-    peers = [n for n in settings.nodes if n.id != settings.node_id]
+    nodes = settings.nodes if storage is None else _known_nodes(settings, storage)
+    peers = [n for n in nodes if n.id != settings.node_id]
     answers = await asyncio.gather(*(ask_cluster(settings.node_id, p, tls) for p in peers))
     return list(zip(peers, answers, strict=True))
+
+
+def _known_nodes(settings: Settings, storage: Storage) -> list[NodeAddress]:
+    """The configured nodes and the members the stored log names (member_addresses)."""
+    founding = paxos.Membership(0, frozenset(founders(settings, storage.identity())))
+    try:
+        return member_addresses(settings, replay(founding, storage.changes()))
+    except ConfigError:  # a member without an address: Prm() refuses to start, saying so
+        return list(settings.nodes)
 
 
 def peers_in_a_cluster(settings: Settings, cluster_id: str | None) -> list[str]:
@@ -160,7 +174,7 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
     by it: it fences and catches up. A peer that does not answer now shows a rollback in its
     next connection's hello, and the PRM then ends (Prm._demote)."""
     identity = storage.identity()
-    for peer, answer in await ask_peers(settings):
+    for peer, answer in await ask_peers(settings, storage):
         if answer is None:
             continue
         if identity and answer.cluster and answer.cluster != identity.cluster_id:
@@ -403,7 +417,7 @@ class Prm:
             length=self.node.log.length,
             stamp=self.storage.stamp,
             seen=self.storage.seen.get(peer),
-            retired=self.storage.shown_retired(peer),
+            retired=self.storage.retired_of(peer),
             voters=tuple(sorted(self.membership.voters)),
             founders=identity.members if identity and identity.members else None,
         )

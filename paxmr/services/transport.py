@@ -26,10 +26,11 @@ A hello also carries the stamps that show a storage that went back in time (paxm
 the sender's own nonce and write count, the highest stamp it saw from the receiver and the
 receiver's nonces it saw replaced. A listener refuses a peer whose stamp is below what it saw
 of it or of a nonce it saw replaced, and a stamp of its own that it does not reach, or a nonce
-of its own shown replaced, tells it that its own storage went back (`behind`). Before the
-messages it sends on a connection, a node relays what it saw of the other nodes that it has not
-told this peer yet (a ``Relay`` frame: their stamps and replaced nonces), so those who did not
-receive a node's votes know of them too.
+of its own shown replaced, tells it that its own storage went back (`behind`). With the
+messages it sends a peer, a node relays what it saw itself of the other nodes and has not told
+that peer yet since it connected (their stamps and replaced nonces, under the key ``"r"`` of a
+message frame, which a paxmr before relays ignores), so those who did not receive a node's
+votes know of them too.
 msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
 validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
 bytes are decoded in a worker thread so heartbeats keep flowing.
@@ -53,7 +54,7 @@ import random
 import ssl
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -133,11 +134,6 @@ class Relayed(NamedTuple):
     retired: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class Relay:
-    stamps: tuple[Relayed, ...]
-
-
 # --- TLS --------------------------------------------------------------------------------------
 
 
@@ -178,11 +174,14 @@ def peer_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> int | None:
 # --- frames -----------------------------------------------------------------------------------
 
 
-def encode(src: int, dst: int, msg: paxos.Message, writes: int) -> bytes:
+def encode(
+    src: int, dst: int, msg: paxos.Message, writes: int, relay: Sequence[Relayed] = ()
+) -> bytes:
     """The payload of a frame (``frame`` adds length and sequence number)."""
-    payload: bytes = msgpack.packb(
-        {"src": src, "dst": dst, "msg": paxos.to_wire(msg), "w": writes}, use_bin_type=True
-    )
+    obj: dict[str, object] = {"src": src, "dst": dst, "msg": paxos.to_wire(msg), "w": writes}
+    if relay:
+        obj["r"] = [[r.node, r.stamp.nonce, r.stamp.writes, list(r.retired)] for r in relay]
+    payload: bytes = msgpack.packb(obj, use_bin_type=True)
     return payload
 
 
@@ -207,13 +206,6 @@ def hello(src: int, dst: int, msg: Hello) -> bytes:
     return payload
 
 
-def relay(src: int, dst: int, stamps: list[Relayed]) -> bytes:
-    """The payload of a Relay frame."""
-    rows = [[r.node, r.stamp.nonce, r.stamp.writes, list(r.retired)] for r in stamps]
-    payload: bytes = msgpack.packb({"src": src, "dst": dst, "relay": rows}, use_bin_type=True)
-    return payload
-
-
 def frame(seq: int, payload: bytes) -> bytes:
     return _LENGTH.pack(_SEQ.size + len(payload)) + _SEQ.pack(seq) + payload
 
@@ -221,8 +213,9 @@ def frame(seq: int, payload: bytes) -> bytes:
 class Frame(NamedTuple):
     src: int  # as the sender claims
     seq: int
-    msg: paxos.Message | Hello | Relay
+    msg: paxos.Message | Hello
     writes: int | None = None  # the sender's storage's durable writes (a message's frame)
+    relay: tuple[Relayed, ...] = ()  # what the sender saw of other nodes (a message's frame)
 
 
 def _stamp(obj: object) -> Stamp | None:
@@ -306,16 +299,15 @@ def decode(body: bytes, me: int, limit: int) -> Frame:
         raise FrameError("payload is not a frame for this node")
     if "hello" in obj:
         return Frame(obj["src"], seq, _hello(obj))
-    if "relay" in obj:
-        rows = obj["relay"]
-        if not isinstance(rows, list):
-            raise FrameError("a relay without rows")
-        return Frame(obj["src"], seq, Relay(tuple(_relayed(row) for row in rows)))
     writes = obj.get("w")  # None from a paxmr before stamps: nothing to note then
     if writes is not None and (type(writes) is not int or not 0 <= writes < 2**63):
         raise FrameError("a message with a bad write count")
+    rows = obj.get("r", [])
+    if not isinstance(rows, list):
+        raise FrameError("a relay without rows")
+    relay = tuple(_relayed(row) for row in rows)
     try:
-        return Frame(obj["src"], seq, paxos.from_wire(obj.get("msg")), writes)
+        return Frame(obj["src"], seq, paxos.from_wire(obj.get("msg")), writes, relay)
     except paxos.BadMessage as exc:
         raise FrameError(f"bad message: {exc}") from exc
 
@@ -433,6 +425,8 @@ class Transport:
         self.answer = answer
         self.storage = storage
         self.went_back = went_back
+        # What was relayed to each peer since its connection began (_news).
+        self._told: dict[int, dict[int, tuple[Stamp, tuple[int, ...]]]] = {}
         self.tls = tls
         self.frame_limit = frame_limit
         self.deliver = deliver
@@ -489,7 +483,7 @@ class Transport:
         outbox = self.outboxes.get(dst)
         if outbox is None:
             return
-        payload = encode(self.me, dst, msg, self.storage.stamp.writes)
+        payload = encode(self.me, dst, msg, self.storage.stamp.writes, self._news(dst))
         if len(payload) > self.frame_limit:
             self.log.error("frame_too_large", peer=dst, bytes=len(payload), limit=self.frame_limit)
         elif not outbox.put(payload):
@@ -627,15 +621,14 @@ class Transport:
             if isinstance(msg, Hello):
                 self._check_hello(peer, seq, msg)
                 nonce = msg.stamp.nonce if msg.stamp is not None else None
-            elif isinstance(msg, Relay):
-                self._heard(msg)
             else:
+                self._heard(got.relay)
                 if nonce is not None and got.writes is not None:
                     self.storage.saw(peer, Stamp(nonce, got.writes))
                 self.deliver(src, msg)
 
-    def _heard(self, msg: Relay) -> None:
-        for node, stamp, retired in msg.stamps:
+    def _heard(self, relay: tuple[Relayed, ...]) -> None:
+        for node, stamp, retired in relay:
             if node != self.me:  # of this node: its peers' hellos show it that (behind)
                 self.storage.heard(node, stamp, retired)
 
@@ -659,12 +652,14 @@ class Transport:
 
     # --- outbound --------------------------------------------------------------------------
 
-    def _news(self, peer: int, told: dict[int, tuple[Stamp, tuple[int, ...]]]) -> list[Relayed]:
-        """What this node saw of nodes other than `peer` that it has not `told` it yet."""
+    def _news(self, peer: int) -> list[Relayed]:
+        """What this node saw itself of nodes other than `peer` and has not told it since it
+        connected (not what it was told: that would go back where it came from)."""
+        told = self._told.setdefault(peer, {})
         news = []
-        for node, stamp in list(self.storage.seen.items()):
-            retired = self.storage.shown_retired(node)
-            if node != peer and told.get(node) != (stamp, retired):
+        for node in self.storage.direct - {peer}:
+            stamp, retired = self.storage.seen[node], self.storage.retired_of(node)
+            if told.get(node) != (stamp, retired):
                 told[node] = (stamp, retired)
                 news.append(Relayed(node, stamp, retired))
         return news
@@ -696,16 +691,14 @@ class Transport:
                 self.cluster,
                 stamp=self.storage.stamp,
                 seen=self.storage.seen.get(peer),
-                retired=self.storage.shown_retired(peer),
+                retired=self.storage.retired_of(peer),
             )
             writer.write(frame(0, hello(self.me, peer, greeting)))
             seq = 1
-            told: dict[int, tuple[Stamp, tuple[int, ...]]] = {}  # relayed on this connection
+            self._told[peer] = {}  # a new connection: tell it everything again
             try:
                 while True:
                     payloads = await outbox.take(256)
-                    if news := self._news(peer, told):
-                        payloads.insert(0, relay(self.me, peer, news))
                     writer.writelines(frame(seq + i, p) for i, p in enumerate(payloads))
                     seq += len(payloads)
                     await writer.drain()

@@ -13,8 +13,8 @@ safety is checked (agreement, validity, no duplicate, acknowledgements, frame si
 adversarial scheduler can starve any protocol.
 
 Each message carries what the PRM's frames carry to show a storage that went back in time
-(paxmr/stamps.py, shared with the PRM): its sender's write count and what the sender saw of the
-other nodes (its relay). The first message of each connection (after either end restarted)
+(paxmr/stamps.py, shared with the PRM): its sender's write count and what the sender saw itself
+of the other nodes (its relay). The first message of each connection (after either end restarted)
 comes after a hello: the sender's stamp and what it saw of the receiver, as they are then. A
 node starting asks the peers it reaches, as prm.compare_with_peers does. A storage shown to
 have gone back is demoted (forgetful, a new nonce), at start or, told later, by ending and
@@ -193,7 +193,7 @@ class Explorer(Simulation):
             if p == i or peer.node is None or (i, p) in self.cut or (p, i) in self.cut:
                 continue
             seen = peer.sightings.seen.get(i)
-            if why := behind(disk.stamp, p, seen, peer.sightings.shown_retired(i)):
+            if why := behind(disk.stamp, p, seen, peer.sightings.retired_of(i)):
                 return why
             if disk.pristine() and (why := founded_again(p, peer.node.log.length, seen)):
                 return why
@@ -229,7 +229,8 @@ class Explorer(Simulation):
             self.checker.applied(i, state.log, entry)
         if ready.messages:
             seen = state.sightings
-            view = View(dict(seen.seen), {p: seen.shown_retired(p) for p in seen.retired})
+            direct = list(seen.direct)  # what it saw itself: what the PRM relays
+            view = View({p: seen.seen[p] for p in direct}, {p: seen.retired_of(p) for p in direct})
         for dst, msg in ready.messages:
             if (violation := frame_violation(i, dst, msg)) is not None:
                 self.checker.fail(violation)
@@ -270,7 +271,7 @@ class Explorer(Simulation):
         runs = (sender.run, target.run)
         if self.connected.get((src, dst)) != runs:  # a new connection: its hello first
             knows = sender.sightings
-            shown = (knows.seen.get(dst), knows.shown_retired(dst))
+            shown = (knows.seen.get(dst), knows.retired_of(dst))
             if why := behind(target.disk.stamp, src, *shown):
                 self._demote(dst, why)
                 return

@@ -21,14 +21,6 @@ from tests.support.wait import CONVERGE_S, wait_until
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="compare_with_peers asks only the configured peers (settings.nodes), not a member"
-    " whose address only the log holds: node 4 saw node 2's votes and answers, yet node 2"
-    " starts voting with its reverted storage and is told only when node 4's connection comes"
-    " (up to RECONNECT_MAX later), then ends its PRM",
-    raises=AssertionError,
-)
 def test_a_reverted_snapshot_is_caught_at_start_by_a_member_added_through_the_log() -> None:
     """Nodes 1-3 founded; node 4 joined with `member add`, so only its own configuration and
     the log know its address. Node 2 is reverted to a VM snapshot while nodes 1 and 3 are

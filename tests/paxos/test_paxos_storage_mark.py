@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from paxmr.paxos import Ballot, Entry, LogEntry, Persist
-from paxmr.stamps import RETIRED_SHOWN, Stamp
+from paxmr.stamps import Stamp
 from paxmr.storage import Identity, Storage, mark_path
 
 A = Entry("a", b"alpha")
@@ -189,27 +189,18 @@ def test_a_nonce_a_peer_replaced_is_remembered_and_shown_as_went_back(tmp_path: 
     assert storage.replaced(2, 7)
     assert not storage.replaced(2, 8)
     assert not storage.replaced(3, 7)
-    assert storage.shown_retired(2) == (7,)
+    assert storage.retired_of(2) == (7,)
     _write(storage, 1)
     storage._conn.close()  # killed: no close()
     again = Storage.open(db)
     assert again.replaced(2, 7)
-    assert again.shown_retired(2) == (7,)
+    assert again.retired_of(2) == (7,)
     # Node 2's view of this storage: its nonce retired, whatever stamp it shows.
     mine = again.stamp.nonce
     why = again.behind(2, Stamp(mine + 1, 0), (5, mine))
     assert why is not None
     assert "node 2 saw this node replace it" in why
     assert again.behind(2, None, (5, mine + 1)) is None
-
-
-def test_a_hello_shows_at_most_the_newest_retired_nonces(tmp_path: Path) -> None:
-    storage = Storage.open(tmp_path / "prm.db", bootstrap=True, identity=Identity("c", (1, 2)))
-    for nonce in range(RETIRED_SHOWN + 5):
-        storage.saw(2, Stamp(nonce, 1))
-    shown = storage.shown_retired(2)
-    assert shown == tuple(range(4, RETIRED_SHOWN + 4))  # the last seen, 36, is not retired
-    assert storage.replaced(2, 0)  # kept, only not shown
 
 
 def test_what_a_peer_relays_of_another_node_is_noted_where_it_is_sure(tmp_path: Path) -> None:

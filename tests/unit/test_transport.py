@@ -12,15 +12,14 @@ from paxmr.services.transport import (
     DECODE_INLINE,
     MAX_ARRAY_LEN,
     MAX_OBJECTS,
+    Frame,
     FrameError,
     Hello,
-    Relay,
     Relayed,
     decode,
     encode,
     frame,
     hello,
-    relay,
 )
 from paxmr.stamps import Stamp
 
@@ -36,13 +35,13 @@ def body(data: bytes) -> bytes:
 
 
 def test_round_trip_carries_the_sequence_number() -> None:
-    assert decode(body(frame(41, encode(1, 2, MSG, 9))), me=2, limit=LIMIT) == (1, 41, MSG, 9)
+    assert decode(body(frame(41, encode(1, 2, MSG, 9))), me=2, limit=LIMIT) == Frame(1, 41, MSG, 9)
 
 
 def test_a_relay_and_a_hello_round_trip() -> None:
-    news = [Relayed(3, Stamp(5, 9), (4, 2)), Relayed(4, Stamp(6, 0), ())]
-    got = decode(body(frame(7, relay(1, 2, news))), me=2, limit=LIMIT)
-    assert got == (1, 7, Relay(tuple(news)), None)
+    news = (Relayed(3, Stamp(5, 9), (4, 2)), Relayed(4, Stamp(6, 0), ()))
+    got = decode(body(frame(7, encode(1, 2, MSG, 9, news))), me=2, limit=LIMIT)
+    assert got == Frame(1, 7, MSG, 9, news)
     greeting = Hello("c", stamp=Stamp(1, 2), seen=Stamp(3, 4), retired=(8, 9))
     assert decode(body(frame(0, hello(1, 2, greeting))), me=2, limit=LIMIT).msg == greeting
 
@@ -73,11 +72,11 @@ def _raw(payload: bytes) -> bytes:
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "voters": [1, "2"]}), "bad node list"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "founders": [0]}), "bad node list"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "retired": [-1]}), "retired nonces"),
-        (msgpack.packb({"src": 1, "dst": 2, "relay": {"3": 1}}), "relay without rows"),
-        (msgpack.packb({"src": 1, "dst": 2, "relay": [[3, 1, 2]]}), "bad row"),
-        (msgpack.packb({"src": 1, "dst": 2, "relay": [[0, 1, 2, []]]}), "bad node id"),
-        (msgpack.packb({"src": 1, "dst": 2, "relay": [[3, 1, -2, []]]}), "bad stamp"),
-        (msgpack.packb({"src": 1, "dst": 2, "relay": [[3, 1, 2, ["7"]]]}), "retired nonces"),
+        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": {"3": 1}}), "without rows"),
+        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2]]}), "bad row"),
+        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[0, 1, 2, []]]}), "bad node"),
+        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, -2, []]]}), "stamp"),
+        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2, ["7"]]]}), "nonces"),
         # structure limits: longer arrays, maps or strings than any message has, extension types
         (msgpack.packb({"src": 1, "dst": 2, "msg": [0] * (MAX_ARRAY_LEN + 1)}), "undecodable"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": {str(i): i for i in range(17)}}), "undecodable"),
@@ -101,7 +100,7 @@ def test_large_frame_round_trips_through_the_bounded_decoder() -> None:
     msg = Accept(Ballot(2, 1), entries, 3)
     data = body(frame(7, encode(1, 2, msg, 2**62)))
     assert len(data) > DECODE_INLINE
-    assert decode(data, me=2, limit=LIMIT) == (1, 7, msg, 2**62)
+    assert decode(data, me=2, limit=LIMIT) == Frame(1, 7, msg, 2**62)
 
 
 def test_large_frame_with_too_many_objects_is_refused() -> None:
