@@ -199,14 +199,18 @@ def cluster_health(r: dict[str, Any]) -> str:
 
 
 def merged(r: dict[str, Any]) -> str:
-    words = [(printable(w), n) for w, n in r["words"]]
-    head = f"positions {r['positions']}: {r['total']} words, {r['distinct']} distinct"
+    words = [(printable(w), f"{n:,}", n) for w, n in r["words"]]
+    head = f"positions {r['positions']}: {r['total']:,} words, {r['distinct']:,} distinct"
     if not words:
         return head
-    widest = max(len(w) for w, _ in words)
-    peak = words[0][1]
+    wide = max(len(w) for w, _, _ in words)
+    count = max(len(c) for _, c, _ in words)
+    peak = words[0][2]
+    bars = ["#" * max(1, round(BAR * n / peak)) for _, _, n in words]
     lines = [head]
-    lines += [f"  {w:<{widest}} {n:>10} {'#' * max(1, round(BAR * n / peak))}" for w, n in words]
+    lines += [
+        f"  {w:<{wide}} {c:>{count}} {bar}" for (w, c, _), bar in zip(words, bars, strict=True)
+    ]
     return "\n".join(lines)
 
 

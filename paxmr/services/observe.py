@@ -1,9 +1,10 @@
 """What the PRM shows its operator: who it heard and when, role changes, metrics, freshness.
 
 The consensus core stays sans-IO and knows nothing of this: the PRM feeds an ``Observer`` the
-authenticated messages it delivers (``heard``), the core's status after every Ready
+authenticated messages it delivers (``heard``), every Ready with the core's status after it
 (``after_ready``) and the durations of its commits, and the Observer logs every role or leader
-change, keeps the Prometheus metrics and answers "is this replica healthy, and how stale is it".
+change, catch-up, fence and peer going silent or coming back, keeps the Prometheus metrics and
+answers "is this replica healthy, and how stale is it".
 
 Metric names follow etcd's where one exists (``etcd_server_has_leader`` ->
 ``paxmr_has_leader``); the README lists them all.
@@ -22,7 +23,7 @@ import prometheus_client as prom
 from prometheus_client import CollectorRegistry
 
 from paxmr import logs, paxos
-from paxmr.paxos.messages import Accept
+from paxmr.paxos.messages import MAX_SLOT, Accept, CatchupRequest
 from paxmr.paxos.ready import NodeStatus
 from paxmr.replies import Peer
 
@@ -56,8 +57,8 @@ class Observer:
         self.set_members(peers, membership)
         self.started = time.monotonic()
         self._last: tuple[str, int | None, tuple[int, int]] | None = None
-        self._behind_since = 0.0  # when this replica fell behind its leader (0: it is not)
-        self._catching_up = False
+        self._catchup: tuple[float, int] | None = None  # (since, from length) while fetching
+        self._voting: bool | None = None
         self.status: NodeStatus | None = None
         # Why this node does not talk to its peers yet (it is learning the cluster id).
         self.apart: str | None = None
@@ -138,11 +139,12 @@ class Observer:
         if isinstance(msg, Accept):
             h.accept_at, h.accept_length = now, msg.length
 
-    def after_ready(self, s: NodeStatus, applied: int) -> None:
-        """The core's status after a Ready: log and count role, leader and ballot changes."""
+    def after_ready(self, s: NodeStatus, ready: paxos.Ready) -> None:
+        """A Ready carried out and the core's status after it: log and count role, leader and
+        ballot changes, catch-ups and fences."""
         self.status = s
-        if applied:
-            self.applied.inc(applied)
+        if ready.applied:
+            self.applied.inc(len(ready.applied))
         now = time.monotonic()
         leader = self.leader(s, now)
         ballot = (s.promised.round, s.promised.node)
@@ -160,22 +162,44 @@ class Observer:
                     self.leader_changes.inc()
                 self.log.warning("leader_changed", leader=leader,
                                  previous=last and last[1], **fields)  # fmt: skip
-        self._note_catchup(s, now)
+        self._note_catchup(s, ready, now)
+        self._note_fence(s)
         self._note_peers(now)
 
-    def _note_catchup(self, s: NodeStatus, now: float) -> None:
-        """Log a catch-up that lasts: lagging by in-flight slots for a moment is normal."""
-        behind = self.behind_by(s)
-        if not behind:
-            if self._catching_up:
-                self.log.info("catchup_finished", slots=s.length,
-                              seconds=round(now - self._behind_since, 3))  # fmt: skip
-            self._behind_since, self._catching_up = 0.0, False
-        elif not self._behind_since:
-            self._behind_since = now
-        elif not self._catching_up and now - self._behind_since > self.window / 2:
-            self._catching_up = True
-            self.log.info("catchup_started", behind=behind, slots=s.length, leader=s.leader)
+    def _note_catchup(self, s: NodeStatus, ready: paxos.Ready, now: float) -> None:
+        """A catch-up starts when the core asks a peer for chosen entries it lacks (a
+        CatchupRequest from a slot; from MAX_SLOT it is only a probe of the peer's length) and
+        ends once this replica has applied as far as any peer told it the log goes (the core
+        then stops asking)."""
+        known = max((length for _, length in s.peer_lengths), default=0)
+        if self._catchup is None:
+            asked = [
+                (dst, m.from_slot)
+                for dst, m in ready.messages
+                if isinstance(m, CatchupRequest) and m.from_slot != MAX_SLOT
+            ]
+            if asked:
+                self._catchup = (now, s.length)
+                self.log.info("catchup_started", peer=asked[0][0], from_slot=asked[0][1],
+                              behind=max(0, known - s.length))  # fmt: skip
+        elif s.length >= known:
+            since, start = self._catchup
+            self._catchup = None
+            self.log.info("catchup_finished", slots=s.length, fetched=s.length - start,
+                          seconds=round(now - since, 3))  # fmt: skip
+
+    def _note_fence(self, s: NodeStatus) -> None:
+        """A replica that lost its storage (or was demoted) votes only after its fence
+        (paxmr/paxos/acceptor.py): log when it starts without a vote and when it votes again."""
+        if s.voting == self._voting:
+            return
+        if not s.voting:
+            self.log.warning("fence_started", reason="storage lost or demoted: not voting until"
+                             " it has fenced and caught up")  # fmt: skip
+        elif self._voting is not None:
+            ballot = [s.promised.round, s.promised.node]
+            self.log.info("fence_finished", slots=s.length, ballot=ballot)
+        self._voting = s.voting
 
     def _note_peers(self, now: float) -> None:
         up = set(self.heard_recently(now))
@@ -224,11 +248,14 @@ class Observer:
             return None
         return s.leader
 
-    def behind_by(self, s: NodeStatus) -> int:
-        """Chosen slots the leader announced that this replica has not applied yet."""
+    def behind_by(self, s: NodeStatus, applied: int | None = None) -> int:
+        """Chosen slots the leader announced that this replica has not applied yet; with
+        ``applied``, beyond that length (a read answers from what the PRM has stored, which
+        lags the core's own length while a commit runs)."""
         if s.leader is None or s.leader == self.node_id or s.leader not in self.heard:
             return 0
-        return max(0, self.heard[s.leader].accept_length - s.length)
+        have = s.length if applied is None else applied
+        return max(0, self.heard[s.leader].accept_length - have)
 
     def problems(self, s: NodeStatus, now: float) -> list[str]:
         """Why this replica is not healthy; empty when it is."""

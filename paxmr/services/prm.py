@@ -639,7 +639,7 @@ class Prm:
             ready = self.node.ready()
             await self._carry_out(ready)
             status = self.node.status()
-            self.observer.after_ready(status, len(ready.applied))
+            self.observer.after_ready(status, ready)
             if status.membership is not self.membership:
                 self._membership_changed(status.membership)
             if status.role == "leader":
@@ -986,7 +986,7 @@ class Prm:
         if bad:
             s = self.node.status()
             problems = self.observer.problems(s, time.monotonic())
-            behind = self.observer.behind_by(s)
+            behind = self.observer.behind_by(s, self.shown_length)
             if behind:
                 problems.append(f"behind the leader by {behind} slots")
             note = f" (this node may be stale: {'; '.join(problems)})" if problems else ""
@@ -1066,7 +1066,7 @@ class Prm:
                     await asyncio.wait_for(self._progress.wait(), left)
         s = self.node.status()
         now = time.monotonic()
-        behind = obs.behind_by(s)
+        behind = obs.behind_by(s, self.shown_length)  # what this answer shows
         problems = obs.problems(s, now)
         if behind and not consistent:
             problems.append(f"behind the leader by {behind} slots")

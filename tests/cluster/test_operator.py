@@ -6,16 +6,20 @@ Every check goes through the real ``paxmr`` command or the PRM's real sockets an
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import urllib.request
+from typing import Any
 
 import pytest
 
 from paxmr import local
+from paxmr.services.prm import db_path
 from tests.support import metrics
 from tests.support.local import Cluster, Node, service_env, sigkill
 from tests.support.wait import wait_until
@@ -76,6 +80,21 @@ def test_health_with_a_dead_prm_exits_3(healthy: Cluster) -> None:
     assert cluster.returncode == 3, cluster
 
 
+def test_health_with_a_service_that_does_not_answer_exits_1(healthy: Cluster) -> None:
+    """A frozen reducer (SIGSTOP) keeps its socket: the connection is taken, no answer comes."""
+    node = _follower(healthy)
+    [pid] = [
+        s.pid for s in local.load_state(healthy.root) if (s.node, s.name) == (node.id, "reducer")
+    ]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        done = node.cli("health")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert done.returncode == 1, done
+    assert "reducer not answering" in done.stdout
+
+
 def test_health_without_quorum_exits_5_and_names_the_reason(healthy: Cluster) -> None:
     """Two of three PRMs killed: the survivor's services all answer, yet it is not healthy."""
     leader = healthy.leader()
@@ -88,6 +107,11 @@ def test_health_without_quorum_exits_5_and_names_the_reason(healthy: Cluster) ->
     assert report["services"]["prm"] == "up"
     assert any("no leader" in p for p in report["problems"]), report["problems"]
     assert any("no quorum" in p for p in report["problems"]), report["problems"]
+    # Nor can it serve a consistent read: a clear error within the replicate timeout.
+    strict = survivor.cli("total", "0", "--consistent")
+    assert strict.returncode == 5, strict
+    assert "no consistent read within" in strict.stderr
+    assert "no quorum" in strict.stderr
 
 
 # --- the cluster through one node's PRM ---------------------------------------------------------
@@ -117,6 +141,51 @@ def test_status_cluster_asked_of_a_follower_shows_every_member_as_it_sees_itself
     for n in rows:
         assert re.search(rf"^\s*{n}\s+127\.0\.0\.1:\d+\s+voter\s", text, re.MULTILINE), text
     assert node.cli("health", "--cluster").returncode == 0
+
+
+def test_status_cluster_shows_every_column_and_how_far_a_stopped_member_is_behind(
+    healthy: Cluster,
+) -> None:
+    """A stopped member still answers the operator's question (it drops only the protocol's
+    messages): its row says STOPPED and how many slots it lacks."""
+    leader = healthy.node(healthy.leader())
+    stopped = _follower(healthy)
+    asker = next(n for n in healthy.nodes if n not in (leader, stopped))
+    assert stopped.cli("stop").returncode == 0
+    try:
+        for _ in range(2):
+            leader.replicate(FILE)
+        healthy.converged(nodes=[leader, asker])
+        own = {n.id: n.status() for n in healthy.nodes}
+        done = asker.cli("-o", "json", "status", "--cluster")
+        text = asker.cli("status", "--cluster").stdout
+    finally:
+        stopped.cli("resume")
+    assert done.returncode == 5, done  # a stopped member is not healthy
+    rows = {m["node"]: m for m in json.loads(done.stdout)["members"]}
+    longest = own[leader.id]["slots"]
+    for n, row in rows.items():
+        view = row["replica"]
+        assert view["ballot"] == own[n]["ballot"], (n, view)
+        assert row["applied"] == view["slots"] == own[n]["slots"], (n, row)
+        assert row["behind"] == longest - own[n]["slots"], (n, row)
+        assert view["version"] == importlib.metadata.version("paxmr")
+        assert row["heard_s_ago"] is not None
+    assert rows[stopped.id]["behind"] >= 2
+    assert rows[stopped.id]["replica"]["stopped"] is True
+    size = {n: row["replica"]["log_bytes"] for n, row in rows.items()}
+    assert size[asker.id] == size[leader.id] > size[stopped.id]  # two entries more
+    header, *lines = text.splitlines()
+    columns = re.split(r"\s{2,}", header.strip())
+    assert columns == ["node", "address", "member", "role", "leader", "ballot", "applied",
+                       "entries", "log bytes", "behind", "digest", "heard", "version",
+                       "health"]  # fmt: skip
+    table = {int(c[0]): dict(zip(columns, c, strict=True))
+             for c in (re.split(r"\s{2,}", line.strip()) for line in lines[:3])}  # fmt: skip
+    assert table[stopped.id]["role"] == "STOPPED"
+    assert table[stopped.id]["behind"] == f"{rows[stopped.id]['behind']:,}"
+    assert table[leader.id]["log bytes"] == f"{rows[leader.id]['replica']['log_bytes']:,}"
+    assert table[leader.id]["ballot"] == "{}.{}".format(*own[leader.id]["ballot"])
 
 
 def test_status_and_health_cluster_name_a_member_that_does_not_answer(healthy: Cluster) -> None:
@@ -189,6 +258,64 @@ def test_a_leader_change_is_logged_and_counted(healthy: Cluster) -> None:
     assert _metrics(healthy.node(new))["paxmr_is_leader"] == 1
 
 
+def test_a_leader_that_loses_its_quorum_logs_peers_down_a_step_down_and_an_election(
+    healthy: Cluster,
+) -> None:
+    """Both followers' PRMs killed: the leader hears nobody, steps down and campaigns in vain;
+    its peers coming back show as peer_up. Every step is a log line, and the metrics agree."""
+    lone = healthy.node(healthy.leader())
+    peers = sorted(n.id for n in healthy.nodes if n is not lone)
+    start = lone.prm_log.stat().st_size
+    for p in peers:
+        sigkill(healthy.node(p).prm_pid())
+
+    def roles() -> list[dict[str, object]]:
+        return lone.log_events("role_changed", after=start)
+
+    wait_until(lambda: any(e["new_role"] == "candidate" for e in roles()), "an election logged")
+    down = lone.log_events("peer_down", after=start)
+    assert sorted(e["peer"] for e in down) == peers, down
+    assert all(e["level"] == "warning" for e in down)
+    assert roles()[0]["old_role"] == "leader", roles()  # the step-down comes first
+    assert any(e["leader"] is None for e in lone.log_events("leader_changed", after=start))
+    alone = _metrics(lone)
+    assert (alone["paxmr_has_leader"], alone["paxmr_is_leader"]) == (0, 0)
+    assert alone["paxmr_peers_heard"] == 0
+    healthy.heal()
+    wait_until(
+        lambda: sorted(e["peer"] for e in lone.log_events("peer_up", after=start)) == peers,
+        "both peers logged up again",
+    )
+    healthy.leader()
+    assert _metrics(lone)["paxmr_peers_heard"] >= 1
+
+
+def test_a_resumed_node_logs_its_catch_up(healthy: Cluster) -> None:
+    node = _follower(healthy)
+    others = [n for n in healthy.nodes if n is not node]
+    start = node.prm_log.stat().st_size
+    assert node.cli("stop").returncode == 0
+    try:
+        missed_from = node.status()["slots"]
+        for _ in range(2):
+            others[0].replicate(FILE)
+        healthy.converged(nodes=others)
+        target = others[0].status()["slots"]
+    finally:
+        assert node.cli("resume").returncode == 0
+    finished = wait_until(
+        lambda: node.log_events("catchup_finished", after=start), "the catch-up logged as done"
+    )
+    [started] = node.log_events("catchup_started", after=start)
+    assert started["from_slot"] == missed_from, started
+    assert started["peer"] in {n.id for n in others}
+    assert finished[0]["slots"] == target
+    assert finished[0]["fetched"] == target - missed_from
+    operator = [e["event"] for e in node.log_events(
+        "stopped_by_operator", "resumed_by_operator", after=start)]  # fmt: skip
+    assert operator == ["stopped_by_operator", "resumed_by_operator"]
+
+
 def test_metrics_count_commits_and_fsyncs(healthy: Cluster) -> None:
     leader = healthy.node(healthy.leader())
     before = _metrics(leader)
@@ -202,7 +329,15 @@ def test_metrics_count_commits_and_fsyncs(healthy: Cluster) -> None:
     )
     ok = 'paxmr_replicate_requests_total{outcome="ok"}'
     assert after[ok] == before.get(ok, 0) + 3
-    assert after["paxmr_log_entries"] == leader.status()["entries"]
+    latency = "paxmr_replicate_duration_seconds_count"
+    assert after[latency] == before.get(latency, 0) + 3
+    assert leader.cli("replicate", "no_such_file").returncode == 1
+    bad = 'paxmr_replicate_requests_total{outcome="bad_file"}'
+    assert _metrics(leader)[bad] == before.get(bad, 0) + 1
+    status = leader.status()
+    assert after["paxmr_log_entries"] == status["entries"]
+    assert after["paxmr_log_chosen_slots"] == status["slots"]
+    assert after["paxmr_peers_heard"] == 2
     assert after["paxmr_storage_bytes"] > 0
     # The same registry through the control socket, for hosts without the HTTP port.
     text = leader.cli("metrics").stdout
@@ -304,6 +439,35 @@ def _queued_on(node: Node) -> bool:
     )  # fmt: skip
     fields = done.stdout.split()
     return len(fields) > 2 and fields[2].isdigit() and int(fields[2]) > 0
+
+
+def test_a_read_on_a_node_behind_says_by_how_many_slots(healthy: Cluster) -> None:
+    """Another writer holds a follower's database (as an operator's sqlite3 shell can), so its
+    next commit waits (SQLite's busy timeout, 5 s) while the leader commits on with the other
+    follower. A read there answers from what the follower has stored, and must say how far
+    that is behind what the leader announced."""
+    leader = healthy.node(healthy.leader())
+    node = _follower(healthy)
+    db = sqlite3.connect(db_path(node.settings), isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        shown = len(node.call("print")["entries"])
+        for _ in range(2):
+            leader.replicate(FILE)
+
+        def behind() -> dict[str, Any] | None:
+            answer = node.call("print")
+            return answer if answer["freshness"]["behind"] >= 2 else None
+
+        # Polled for 2 s at most: the follower's commit gives up after 5 s.
+        answer = wait_until(behind, "the follower's read says it is behind", timeout=2)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert len(answer["entries"]) == shown  # the stale answer ...
+    warning = answer["freshness"]["warning"]  # ... says so (the CLI prints it on stderr)
+    assert "behind the leader by" in warning, warning
+    healthy.converged()
 
 
 def test_a_healthy_follower_reads_without_a_warning(healthy: Cluster) -> None:

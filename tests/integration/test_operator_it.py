@@ -9,10 +9,13 @@ import contextlib
 import json
 import os
 import pty
+import re
 import select
 import shutil
 import signal
+import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,6 +91,7 @@ def test_a_node_that_lost_its_storage_rejoins_without_a_vote(trio: Cluster) -> N
     sigkill(_pids(trio)[2, "prm"])
     for f in (trio.root / "n2" / "state").glob("prm.db*"):
         f.unlink()
+    start = wiped.prm_log.stat().st_size
     for n in others:
         ok(n.cli("stop"))
     try:
@@ -96,10 +100,12 @@ def test_a_node_that_lost_its_storage_rejoins_without_a_vote(trio: Cluster) -> N
         assert report["prm"]["voting"] is False
         assert any("recovering" in p for p in report["problems"]), report
         assert wiped.cli("health").returncode == 5
+        assert wiped.log_events("fence_started", after=start)
     finally:
         for n in others:
             n.cli("resume")
     wait_until(lambda: wiped.cli("health").returncode == 0, "the wiped node votes again")
+    assert [e["level"] for e in wiped.log_events("fence_finished", after=start)] == ["info"]
 
 
 def test_logs_of_a_local_node_are_json_lines_and_readable(trio: Cluster) -> None:
@@ -124,6 +130,87 @@ def test_logs_of_a_local_node_are_json_lines_and_readable(trio: Cluster) -> None
     assert all("prm@2" in line for line in some.stdout.splitlines())
     missing = paxmr("local", "logs", "--dir", trio.root, "--node", "7")
     assert missing.returncode == 1
+
+
+def test_logs_follow_prints_new_lines_until_ctrl_c(trio: Cluster) -> None:
+    """`local logs -f` and `logs -f` keep printing what the services log next; Ctrl-C ends
+    them with 130, as any interrupted command."""
+    node = trio.nodes[0]
+    followers = [
+        subprocess.Popen(
+            [str(PAXMR), *argv, "-f", "-n", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=clean_env(),
+        )
+        for argv in (
+            ["local", "logs", "--dir", str(trio.root), "--node", "1", "--service", "prm"],
+            ["-c", str(node.config), "logs"],
+        )
+    ]
+    seen: list[list[str]] = [[] for _ in followers]
+    readers = [
+        threading.Thread(target=lambda f=f, s=s: s.extend(f.stdout), daemon=True)
+        for f, s in zip(followers, seen, strict=True)
+    ]
+    for r in readers:
+        r.start()
+    try:
+
+        def logged_and_seen() -> bool:
+            # Again until both show it: one that had not reached the file's end yet skips it.
+            ok(node.cli("stop"))
+            ok(node.cli("resume"))
+            return all(any("resumed_by_operator" in line for line in s) for s in seen)
+
+        wait_until(logged_and_seen, "both followers printed the new lines", interval=0.5)
+    finally:
+        for f in followers:
+            f.send_signal(signal.SIGINT)
+    for f, s in zip(followers, seen, strict=True):
+        assert f.wait(timeout=15) == 130, f.stderr.read() if f.stderr else ""
+        assert any("prm@1 stopped_by_operator" in line for line in s), s
+
+
+def test_tables_fit_long_names_and_separate_thousands(trio: Cluster) -> None:
+    node = trio.nodes[0]
+    long = "a-file-name-far-longer-than-thirty-two-characters-for-the-tables.txt_reduced"
+    (node.data / long).write_bytes(b"paxmr-tally 1\nalpha\t1234567\nbeta\t2000\n")
+    position = ok_json(node.cli("-o", "json", "replicate", long))["position"]
+    header, *rows = ok(node.cli("print")).stdout.splitlines()
+    [row] = [r for r in rows if long in r]
+    assert re.fullmatch(rf"\s*{position:,}\s+{re.escape(long)}\s+1\s+1,236,567\s+2", row), row
+    # Right-aligned under its header however long the name.
+    assert row.index("1,236,567") + len("1,236,567") == header.index("words") + len("words")
+    merged = ok(node.cli("merge", str(position))).stdout.splitlines()
+    assert merged[0] == f"positions [{position}]: 1,236,567 words, 2 distinct", merged
+    assert re.match(r"\s*alpha\s+1,234,567 #", merged[1]), merged
+    assert re.match(r"\s*beta\s+2,000 #", merged[2]), merged
+    assert merged[1].index("#") == merged[2].index("#")
+
+
+def test_a_run_whose_outcome_is_unknown_is_retried_with_its_request_id(trio: Cluster) -> None:
+    """The error of a `run` without quorum names its request id; `run --request-id` with it
+    lands the tally once, whether or not the first attempt's entry landed meanwhile."""
+    node, others = trio.nodes[0], trio.nodes[1:]
+    (node.data / "retried.txt").write_bytes(b"one two two\n")
+    for n in others:
+        ok(n.cli("stop"))
+    try:
+        failed = node.cli("run", "retried.txt")
+    finally:
+        for n in others:
+            ok(n.cli("resume"))
+    assert failed.returncode == 5, failed
+    [rid] = re.findall(r"[Rr]etry with --request-id ([0-9a-f]{32})", failed.stderr)
+    wait_until(lambda: node.cli("health").returncode == 0, "the cluster healthy again")
+    retried = ok_json(node.cli("-o", "json", "run", "retried.txt", "--request-id", rid))
+    assert retried["replicate"]["request_id"] == rid
+    again = ok_json(node.cli("-o", "json", "run", "retried.txt", "--request-id", rid))
+    assert again["position"] == retried["position"]
+    printed = ok_json(node.cli("-o", "json", "print", "--consistent"))
+    assert [e["file"] for e in printed["entries"]].count("retried.txt_reduced") == 1
 
 
 def test_ctrl_c_during_map_stops_the_mappers_and_exits_130(trio: Cluster) -> None:

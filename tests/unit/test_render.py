@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import click
+import pytest
 
 from paxmr import render
 from paxmr.cli import cli
@@ -66,6 +68,20 @@ def test_man_page_lists_every_command_and_the_exit_codes() -> None:
             assert f"\\fB{render.roff(name)}\\fR" in page, name
     assert "\\-\\-consistent" in page
     assert "130 interrupted" in page
+
+
+def test_paxmr_man_prints_a_page_man_renders() -> None:
+    done = subprocess.run([str(PAXMR), "man"], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(".TH PAXMR 1")
+    if shutil.which("man") is None:
+        pytest.skip("no man(1) here to render the page with")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAN")} | {"MANWIDTH": "100"}
+    shown = subprocess.run(["man", "-l", "-"], input=done.stdout, capture_output=True,
+                           text=True, env=env, check=False)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert "status [OPTIONS]" in shown.stdout
+    assert "--consistent" in shown.stdout
 
 
 def test_shell_completion_script_is_generated() -> None:
