@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import unicodedata
 from typing import Any
 
 import click
@@ -12,6 +13,20 @@ from paxmr.control import printable  # words, file names and log values may hold
 BAR = 40
 
 
+def width(text: str) -> int:
+    """Columns a terminal shows ``text`` in: an East Asian wide or full-width character takes
+    two, a combining mark none (words and file names may hold either)."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def _pad(text: str, columns: int, *, right: bool = False) -> str:
+    fill = " " * max(0, columns - width(text))
+    return fill + text if right else text + fill
+
+
 def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = None) -> str:
     """Columns as wide as their widest cell (long names never break the table); integers get
     thousands separators and are right-aligned, as are the columns in ``right``."""
@@ -19,11 +34,11 @@ def table(headers: list[str], rows: list[list[Any]], right: set[int] | None = No
     cells = [[_cell(v) for v in row] for row in rows]
     for row in rows:
         right |= {i for i, v in enumerate(row) if isinstance(v, int) and not isinstance(v, bool)}
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    widths = [max([width(h)] + [width(r[i]) for r in cells]) for i, h in enumerate(headers)]
 
     def line(values: list[str]) -> str:
         return "  ".join(
-            v.rjust(w) if i in right else v.ljust(w)
+            _pad(v, w, right=i in right)
             for i, (v, w) in enumerate(zip(values, widths, strict=True))
         ).rstrip()
 
@@ -203,13 +218,13 @@ def merged(r: dict[str, Any]) -> str:
     head = f"positions {r['positions']}: {r['total']:,} words, {r['distinct']:,} distinct"
     if not words:
         return head
-    wide = max(len(w) for w, _, _ in words)
+    wide = max(width(w) for w, _, _ in words)
     count = max(len(c) for _, c, _ in words)
     peak = words[0][2]
     bars = ["#" * max(1, round(BAR * n / peak)) for _, _, n in words]
     lines = [head]
     lines += [
-        f"  {w:<{wide}} {c:>{count}} {bar}" for (w, c, _), bar in zip(words, bars, strict=True)
+        f"  {_pad(w, wide)} {c:>{count}} {bar}" for (w, c, _), bar in zip(words, bars, strict=True)
     ]
     return "\n".join(lines)
 

@@ -305,10 +305,13 @@ def test_shell_on_a_terminal_survives_ctrl_c_keeps_history_and_completes(
     assert b"healthy" in out
     shell.send(b"print\r")
     shell.expect(prompt)
+    shell.send(b"prnt\x02\x02i\r")  # line editing: Ctrl-B twice, then the missing letter
+    edited = shell.expect(prompt)
+    assert b"log digest" in edited or b"the log is empty" in edited, edited
     shell.send(b"exit\r")
     assert shell.wait() == 0
     history = [line.strip() for line in (tmp_path / ".paxmr_history").read_text().splitlines()]
-    assert history[-3:] == ["health", "print", "exit"]
+    assert history[-3:] == ["health", "print", "exit"]  # the edited line was print: no repeat
 
 
 def test_piped_shell_exits_with_the_failing_code(trio: Cluster) -> None:

@@ -35,6 +35,25 @@ def test_log_table_fits_long_names_and_separates_thousands() -> None:
     assert digest.startswith("log digest ")
 
 
+def test_tables_and_merge_bars_line_up_with_wide_characters() -> None:
+    """A terminal shows an East Asian wide character in two columns and a combining accent in
+    none: columns are padded by what is shown, not by code points."""
+    names = ["日本語のファイル名.txt_reduced", "cafe\u0301.txt_reduced", "plain.txt_reduced"]
+    entries = [
+        {"position": i, "file": name, "node": 1, "words": 1000 * (i + 1), "distinct": 7}
+        for i, name in enumerate(names)
+    ]
+    header, *rows = render.log({"entries": entries, "digest": "ab"}).splitlines()[:4]
+    ends = {render.width(row[: row.index(f"{i + 1},000") + 5]) for i, row in enumerate(rows)}
+    assert ends == {render.width(header[: header.index("words") + 5])}, rows
+    merged = render.merged(
+        {"positions": [0], "total": 5, "distinct": 3,
+         "words": [["日本語の", 3], ["e\u0301", 1], ["plain", 1]]}
+    )  # fmt: skip
+    bars = [render.width(line[: line.index("#")]) for line in merged.splitlines()[1:]]
+    assert len(set(bars)) == 1, merged
+
+
 def test_cluster_table_names_the_members_that_did_not_answer() -> None:
     view = {"role": "leader", "leader": 1, "ballot": [7, 1], "stopped": False, "voting": True,
             "slots": 12345, "entries": 12000, "digest": "cd" * 32, "problems": [],
