@@ -170,7 +170,7 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(trio: Cluster) -> None:
             f.send_signal(signal.SIGINT)
     for f, s in zip(followers, seen, strict=True):
         assert f.wait(timeout=15) == 130, f.stderr.read() if f.stderr else ""
-        assert any("prm@1 stopped_by_operator" in line for line in s), s
+        assert any("prm@1 resumed_by_operator" in line for line in s), s  # rendered
 
 
 def test_tables_fit_long_names_and_separate_thousands(trio: Cluster) -> None:
