@@ -4,6 +4,7 @@ three test hosts (testbed/testbed.py), booted once per session for the testbed a
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Iterator
 
 import pytest
@@ -17,6 +18,13 @@ from testbed.testbed import Testbed
 settings.register_profile("paxmr", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("thorough", parent=settings.get_profile("paxmr"), max_examples=2000)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "paxmr"))
+
+# A shell starts a background job (`cmd &` without job control: nohup, a CI runner's script)
+# with SIGINT ignored, and a child inherits an ignored signal through exec: then the commands
+# the tests interrupt (Ctrl-C tests) would ignore it too. Python's own handler is reset to the
+# default at exec, so the children take Ctrl-C as they would from a terminal.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
