@@ -20,7 +20,6 @@ import click
 from paxmr import control, jobs, local, logs, render, replies
 from paxmr import settings as settings_mod
 from paxmr.settings import ConfigError, Settings
-from paxmr.sim.command import sim
 
 EXIT_ERROR, EXIT_USAGE, EXIT_DOWN, EXIT_DENIED, EXIT_NO_QUORUM = 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
@@ -69,7 +68,23 @@ class Ctx:
 pass_ctx = click.make_pass_decorator(Ctx)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """paxmr's commands, with ``sim`` imported only when it is run or listed: it brings the
+    whole simulator, which every other command (the services' ``serve`` among them) would
+    import for nothing (tests/unit/test_imports.py)."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), "sim"])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name == "sim":
+            from paxmr.sim.command import sim  # noqa: PLC0415 - see the class
+
+            return sim
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "-c", "--config", type=click.Path(path_type=Path, dir_okay=False),
     help="Config file [env PAXMR_CONFIG; default /etc/paxmr/paxmr.toml].",
@@ -332,7 +347,8 @@ def shell_cmd(ctx: click.Context) -> None:
     c: Ctx = ctx.obj
     prefix = (["-c", str(c.config)] if c.config else []) + ["-o", c.output]
     interactive = sys.stdin.isatty()
-    commands = sorted([*(n for n in cli.commands if n not in _NOT_IN_SHELL), "help", "exit"])
+    names = cli.list_commands(ctx)
+    commands = sorted([*(n for n in names if n not in _NOT_IN_SHELL), "help", "exit"])
     save = _readline(commands) if interactive else lambda: None
     failed = 0
     try:
@@ -1110,8 +1126,7 @@ def _accept_output_after_command(group: click.Group) -> None:
             command.params.append(option)
 
 
-_accept_output_after_command(cli)
-cli.add_command(sim)  # it has an -o of its own
+_accept_output_after_command(cli)  # not sim: it has an -o of its own
 
 
 # --- entry point ---------------------------------------------------------------------------------

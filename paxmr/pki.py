@@ -27,11 +27,14 @@ import re
 import stat
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+# cryptography is imported by the functions that make or read keys and certificates: the PRM
+# needs only node_name and node_id_of (its transport), and importing cryptography would add
+# about a tenth of its start-up CPU (tests/unit/test_imports.py).
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 NAME_PREFIX = "paxmr-node-"
 _NAME = re.compile(r"paxmr-node-([1-9][0-9]{0,2})")
@@ -42,7 +45,6 @@ RENEW_DAYS = 30  # a node certificate closer than this to its end is issued agai
 # File names, the same in a local cluster's node directory and in systemd's credentials
 # directory (LoadCredential=peer-ca:..., peer-cert:..., peer-key:...).
 CA_FILE, CERT_FILE, KEY_FILE = "peer-ca", "peer-cert", "peer-key"
-_EKU = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
 
 
 def node_name(node_id: int) -> str:
@@ -60,6 +62,8 @@ def _now() -> dt.datetime:
 
 
 def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the imports
+
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -90,6 +94,9 @@ def repair_key_mode(path: Path) -> bool:
 
 
 def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415 - see the imports
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise TypeError(f"{path}: not an EC private key")
@@ -99,6 +106,11 @@ def _load_key(path: Path) -> ec.EllipticCurvePrivateKey:
 def ensure_ca(directory: Path, stem: str = "ca") -> tuple[Path, Path, bool]:
     """``directory/ca.pem`` and ``ca.key`` (or another ``stem``), created when missing; returns
     (cert, key, created). Each CA has its own name, so certificates say which one issued them."""
+    from cryptography import x509  # noqa: PLC0415 - see the imports
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
     directory.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert_path, key_path = directory / f"{stem}.pem", directory / f"{stem}.key"
     if cert_path.exists() and key_path.exists():
@@ -142,6 +154,8 @@ def ensure_ca(directory: Path, stem: str = "ca") -> tuple[Path, Path, bool]:
 def _needs_issue(
     cert_path: Path, key_path: Path, ca: x509.Certificate, node_id: int, renew_days: int
 ) -> bool:
+    from cryptography import x509  # noqa: PLC0415 - see the imports
+
     if not (cert_path.exists() and key_path.exists()):
         return True
     try:
@@ -167,6 +181,11 @@ def issue(
     """Write ``out/peer-key``, ``out/peer-cert`` and ``out/peer-ca`` for ``node_id``, issuing a
     new certificate only when there is none, it is from another CA, or it ends within
     ``renew_days``. Returns True when something was (re)written."""
+    from cryptography import x509  # noqa: PLC0415 - see the imports
+    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
+    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
+
     ca_cert_path, ca_key_path, _ = ensure_ca(ca_dir)
     ca = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
     ca_pem = bundle_of(ca_dir)
@@ -194,7 +213,12 @@ def issue(
         .not_valid_after(now + dt.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage(_EKU), critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False
         )

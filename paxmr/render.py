@@ -247,6 +247,14 @@ def roff(text: str) -> str:
     return "\n".join("\\&" + line if line.startswith((".", "'")) else line for line in lines)
 
 
+def _command(group: click.Group, ctx: click.Context, name: str) -> click.Command:
+    """A command the group lists (some are imported only when asked for: cli._Commands)."""
+    command = group.get_command(ctx, name)
+    if command is None:
+        raise LookupError(f"{name} is listed but not found")
+    return command
+
+
 def man(group: click.Group, ctx: click.Context) -> str:
     """A paxmr(1) page in roff, from the commands' own help: it cannot drift from the code."""
     out = [
@@ -263,8 +271,8 @@ def man(group: click.Group, ctx: click.Context) -> str:
     def walk(cmd: click.Command, path: str, parent: click.Context) -> None:
         sub = click.Context(cmd, info_name=path.rsplit(" ", 1)[-1], parent=parent)
         if isinstance(cmd, click.Group):
-            for name in sorted(cmd.commands):
-                walk(cmd.commands[name], f"{path} {name}", sub)
+            for name in cmd.list_commands(sub):
+                walk(_command(cmd, sub, name), f"{path} {name}", sub)
             return
         usage = " ".join(cmd.collect_usage_pieces(sub))
         out.extend([".TP", f"\\fB{roff(path)}\\fR {roff(usage)}", roff(cmd.help or "")])
@@ -275,8 +283,8 @@ def man(group: click.Group, ctx: click.Context) -> str:
         if cmd.epilog:
             out.extend([".RS", roff(cmd.epilog), ".RE"])
 
-    for name in sorted(group.commands):
-        walk(group.commands[name], name, ctx)
+    for name in group.list_commands(ctx):
+        walk(_command(group, ctx, name), name, ctx)
     out += [
         ".SH EXIT STATUS",
         "0 ok, 1 error, 2 usage, 3 service not running, 4 permission denied,",
