@@ -46,7 +46,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -475,10 +475,8 @@ class Storage(Sightings):
     def _commit(
         self, persist: Persist, summaries: list[tuple[int, str]] | None, *, durable_log: bool
     ) -> None:
-        full = bool(replace(persist, log=[])) or (
-            durable_log and (self._unsynced or bool(persist.log))
-        )
-        if not full and not persist.log:
+        full = persist.needs_fsync(durable_log=durable_log, unsynced=self._unsynced)
+        if not full and not persist:  # nothing to write
             if summaries:
                 self.save_summaries(summaries)
             return

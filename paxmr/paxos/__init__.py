@@ -18,7 +18,7 @@ from paxmr.paxos.log import (
 from paxmr.paxos.membership import Membership
 from paxmr.paxos.messages import BadMessage, Message, from_wire, to_wire
 from paxmr.paxos.node import Node
-from paxmr.paxos.ready import NodeStatus, Ready, split
+from paxmr.paxos.ready import NodeStatus, Ready, reports_applied_length, split
 
 __all__ = [
     "CHUNK_PREFIX",
@@ -47,6 +47,7 @@ __all__ = [
     "StoredLog",
     "chain_digest",
     "from_wire",
+    "reports_applied_length",
     "split",
     "to_wire",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from paxmr.paxos.ballot import ZERO, Ballot
 from paxmr.paxos.log import Entry, LogEntry, StoredLog
@@ -53,6 +53,13 @@ class Persist:
             or self.voting is not None
             or self.recover_until is not None
         )
+
+    def needs_fsync(self, *, durable_log: bool, unsynced: bool) -> bool:
+        """Whether committing this must fsync (storage.Storage.commit says why the rest need
+        not): any acceptor state does; applied entries alone do only when the driver asks for
+        a durable log (a Promise waits for the commit: ready.reports_applied_length) and some
+        of the log is not fsynced yet (`unsynced`: the last commit did not fsync)."""
+        return bool(replace(self, log=[])) or (durable_log and (unsynced or bool(self.log)))
 
     def apply_to(self, state: DurableState) -> None:
         """What committing this does; storage back-ends and tests share this meaning."""

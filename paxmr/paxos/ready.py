@@ -51,6 +51,13 @@ def split(ready: Ready) -> tuple[Ready, Ready]:
     return early_ready, Ready(messages=held)
 
 
+def reports_applied_length(held: Ready) -> bool:
+    """Whether messages held for a Ready's commit show this node's applied length as one it
+    keeps: a Promise does (a new leader fetches the slots below it instead of proposing them),
+    so the log is made durable before it leaves (Persist.needs_fsync)."""
+    return any(isinstance(msg, Promise) for _, msg in held.messages)
+
+
 @dataclass(frozen=True, slots=True)
 class NodeStatus:
     node: int

@@ -29,7 +29,7 @@ from paxmr import replies as r
 from paxmr.catalog import Catalog
 from paxmr.logobject import LogObject
 from paxmr.paxos.membership import replay
-from paxmr.paxos.messages import Forward, Promise, Refuse, StatusReply, StatusRequest
+from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Hello, Transport, ask_cluster
 from paxmr.settings import ConfigError, NodeAddress, Settings
@@ -189,13 +189,6 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
         ):
             storage.demote(why)
             return
-
-
-def reports_applied_length(held: paxos.Ready) -> bool:
-    """Whether messages held for a Ready's commit show this node's applied length as one it
-    keeps: a Promise does (a new leader fetches the slots below it instead of proposing them),
-    so the log is made durable before it leaves (Storage.commit)."""
-    return any(isinstance(msg, Promise) for _, msg in held.messages)
 
 
 class StorageWentBack(Exception):
@@ -738,7 +731,7 @@ class Prm:
         early, after_commit = paxos.split(ready)
         self._release(early)
         summaries = self._summaries_to_save(bool(ready.persist))
-        durable_log = reports_applied_length(after_commit)
+        durable_log = paxos.reports_applied_length(after_commit)
         if ready.persist or durable_log:
             with self.observer.fsync.time():
                 # An executor future, not a task around to_thread: one object less per commit.

@@ -6,11 +6,13 @@ import itertools
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from paxmr.paxos import DurableState
+from paxmr.paxos import DurableState, reports_applied_length
 from paxmr.stamps import Sightings, Stamp
 
 if TYPE_CHECKING:
-    from paxmr.paxos import Persist
+    import random
+
+    from paxmr.paxos import Persist, Ready
 
 # A new storage's nonce: only equality matters (paxmr/stamps.py), so a count will do.
 _nonces = itertools.count(1)
@@ -18,8 +20,10 @@ _nonces = itertools.count(1)
 
 class MemoryStorage:
     """What a node's disk holds. Only `commit` changes it, so whatever a crash discards is
-    exactly what the driver had not committed yet. Like prm.db it counts its commits under its
-    nonce (`stamp`) and keeps what its node saw of its peers as of its last commit."""
+    exactly what the driver had not committed yet. Like prm.db it counts its fsynced commits
+    under its nonce (`stamp`), keeps what its node saw of its peers as of its last commit, and
+    fsyncs only the commits that need it (Persist.needs_fsync): a power cut takes back any
+    number of the latest commits that were not fsynced (`power_cut`)."""
 
     def __init__(self, *, bootstrap: bool = True, state: DurableState | None = None) -> None:
         """An empty disk (voting if `bootstrap`), or one that holds `state` (a restored copy)."""
@@ -29,6 +33,8 @@ class MemoryStorage:
         self.identity = bootstrap
         self.stamp = Stamp(next(_nonces), 0)
         self.sightings = Sightings()
+        # The disk before each commit since the last fsync: what a power cut may go back to.
+        self._unsynced: list[tuple[DurableState, Sightings]] = []
 
     @property
     def voting(self) -> bool:
@@ -46,11 +52,48 @@ class MemoryStorage:
     def load(self) -> DurableState:
         return replace(self._state, accepted=dict(self._state.accepted), log=list(self._state.log))
 
-    def commit(self, persist: Persist, sightings: Sightings | None = None) -> None:
+    def commit(
+        self, persist: Persist, sightings: Sightings | None = None, *, durable_log: bool = False
+    ) -> None:
+        """As Storage.commit: a commit of applied entries alone is not fsynced and counts no
+        write; one of nothing (no entries, no fsync needed) writes nothing."""
+        full = persist.needs_fsync(durable_log=durable_log, unsynced=bool(self._unsynced))
+        if not full and not persist:  # nothing to write
+            return
+        before = None if full else (self.load(), self.sightings.copy())
         persist.apply_to(self._state)
-        self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
         if sightings is not None:
             self.sightings = sightings.copy()
+        if before is not None:
+            self._unsynced.append(before)
+            return
+        self._unsynced.clear()  # the fsync covers every commit before it
+        self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
+
+    def write(self, syncing: tuple[Persist, Ready], sightings: Sightings | None = None) -> None:
+        """Commit what a driver had under way, a Ready's persist and what waited for it, as the
+        PRM does (services/prm.py, _carry_out): the log is fsynced with it if a message that
+        waited reports the node's applied length."""
+        persist, held = syncing
+        self.commit(persist, sightings, durable_log=reports_applied_length(held))
+
+    @property
+    def unsynced(self) -> bool:
+        """Whether some of its commits are not fsynced yet."""
+        return bool(self._unsynced)
+
+    def power_cut(self, rng: random.Random) -> int:
+        """A power loss takes back the latest commits that were not fsynced, any number of
+        them, each with every later one (SQLite's WAL keeps a prefix of its transactions).
+        Returns how many it took back."""
+        if not self._unsynced:
+            return 0
+        kept = rng.randint(0, len(self._unsynced))
+        lost = len(self._unsynced) - kept
+        if lost:
+            self._state, self.sightings = self._unsynced[kept]
+            del self._unsynced[kept:]
+        return lost
 
     def copy(self) -> MemoryStorage:
         """The disk as it is now (a VM snapshot)."""
@@ -62,3 +105,4 @@ class MemoryStorage:
         """Forget the acceptor state under a new nonce, keeping the log (storage.forget)."""
         self._state = DurableState(voting=False, log=list(self._state.log))
         self.stamp = Stamp(next(_nonces), 0)
+        self._unsynced.clear()

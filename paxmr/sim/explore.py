@@ -34,7 +34,14 @@ from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
 from paxmr.sim.members import Changes
 from paxmr.sim.simulation import EARLY, Simulation
-from paxmr.sim.world import SIM_CONFIG, RunResult, by_driver, client_value, frame_violation
+from paxmr.sim.world import (
+    SIM_CONFIG,
+    RunResult,
+    by_driver,
+    client_value,
+    frame_violation,
+    writes,
+)
 from paxmr.stamps import Sightings, Stamp, behind, founded_again
 
 if TYPE_CHECKING:
@@ -204,7 +211,7 @@ class Explorer(Simulation):
         commit under way) and ends; it starts again."""
         state = self.nodes[i]
         if state.syncing is not None:
-            state.disk.commit(state.syncing[0], state.sightings)
+            state.disk.write(state.syncing, state.sightings)
         state.disk.demote()
         self._log(f"node {i} demoted: {why}")
         self._start(i)
@@ -216,10 +223,10 @@ class Explorer(Simulation):
         if state.syncing is not None:
             return  # inputs batch into the Ready after this commit
         ready = state.node.ready()
-        if not ready.persist:
+        now, later = by_driver(self.driver, ready)
+        if not writes(ready.persist, later, state.disk):
             self._release(i, ready)
             return
-        now, later = by_driver(self.driver, ready)
         self._release(i, now)
         state.syncing = (ready.persist, later)
 
@@ -347,7 +354,7 @@ class Explorer(Simulation):
         assert state.syncing is not None
         persist, later = state.syncing
         state.syncing = None
-        state.disk.commit(persist, state.sightings)
+        state.disk.write((persist, later), state.sightings)
         if "restore-old" in self.kinds:
             state.snapshots = [*state.snapshots[-SNAPSHOTS + 1 :], state.disk.copy()]
         self._release(i, later)
@@ -362,19 +369,22 @@ class Explorer(Simulation):
         i = self.rng.choice(self._ids())
         syncing = self.nodes[i].syncing
         if syncing is not None:
-            self.nodes[i].disk.commit(syncing[0], self.nodes[i].sightings)
+            self.nodes[i].disk.write(syncing, self.nodes[i].sightings)
         self.faults["crash"] += 1
         self._log(f"crash and restart node {i}")
         self._start(i)
 
     def _power(self) -> None:
-        """A power cut: a node loses the write it had under way."""
+        """A power cut on a node with a write under way."""
         busy = [i for i, s in self.nodes.items() if s.syncing is not None]
-        if not busy:
-            return
-        i = self.rng.choice(busy)
+        if busy:
+            self._cut_power(self.rng.choice(busy))
+
+    def _cut_power(self, i: int) -> None:
+        """Node i loses the write under way and some of those not fsynced; it starts again."""
+        lost = self.nodes[i].disk.power_cut(self.rng)
         self.faults["lose-unsynced"] += 1
-        self._log(f"power cut on node {i}")
+        self._log(f"power cut on node {i}" + (f": {lost} commits lost" if lost else ""))
         self._start(i)
 
     def _wipe(self) -> None:

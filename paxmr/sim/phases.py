@@ -451,9 +451,7 @@ class PhaseWalk(Explorer):
                 flaky = dst == self.flaky and self.nodes[dst].syncing is not None
                 if flaky and rng.random() < self.cut_rate and self.cuts:
                     self.cuts -= 1
-                    self.faults["lose-unsynced"] += 1
-                    self._log(f"power cut on node {dst}")
-                    self._start(dst)
+                    self._cut_power(dst)
             if self.checker.violations:
                 return
         self._log("phase ends early")
@@ -501,19 +499,15 @@ class PhaseWalk(Explorer):
         i = self._actor()
         syncing = self.nodes[i].syncing
         if syncing is not None:
-            self.nodes[i].disk.commit(syncing[0])
+            self.nodes[i].disk.write(syncing)
         self.faults["crash"] += 1
         self._log(f"crash and restart node {i}")
         self._start(i)
 
     def _act_power(self) -> None:
         busy = [i for i in self.group if self.nodes[i].syncing is not None]
-        if not busy:
-            return
-        i = self.rng.choice(busy)
-        self.faults["lose-unsynced"] += 1
-        self._log(f"power cut on node {i}")
-        self._start(i)
+        if busy:
+            self._cut_power(self.rng.choice(busy))
 
     def _act_wipe(self) -> None:
         i = self._actor()

@@ -25,6 +25,7 @@ from paxmr.paxos import (
     Ready,
     Reply,
     Request,
+    reports_applied_length,
     split,
     to_wire,
 )
@@ -151,6 +152,12 @@ def by_driver(driver: str, ready: Ready) -> tuple[Ready, Ready]:
     if driver == EARLY:
         return split(ready)
     return ready, Ready()  # UNSAFE: effects go out before the disk has them
+
+
+def writes(persist: Persist, held: Ready, disk: MemoryStorage) -> bool:
+    """Whether a driver commits before it releases `held` (prm._carry_out): a persist, or a
+    Promise while some of the log is not fsynced (Persist.needs_fsync)."""
+    return bool(persist) or (disk.unsynced and reports_applied_length(held))
 
 
 def frame_violation(src: int, dst: int, msg: Message) -> str | None:
@@ -296,8 +303,11 @@ class World(Simulation):
         self._after_input(replica)
 
     def _crash(self, replica: Replica, *, lose_unsynced: bool) -> None:
-        if replica.syncing is not None and not lose_unsynced:
-            replica.disk.commit(replica.syncing[0])  # the write reached the disk; its effects died
+        if lose_unsynced:  # a power cut: the write under way and some not fsynced are lost
+            if lost := replica.disk.power_cut(self.rng):
+                self._log(f"node {replica.id} lost {lost} commits that were not fsynced")
+        elif replica.syncing is not None:
+            replica.disk.write(replica.syncing)  # the write reached the disk; its effects died
         replica.syncing = None
         replica.node = None
         replica.incarnation += 1
@@ -322,10 +332,10 @@ class World(Simulation):
     def _take_ready(self, replica: Replica) -> None:
         assert replica.node is not None
         ready = replica.node.ready()
-        if not ready.persist:
+        now, later = by_driver(self.driver, ready)
+        if not writes(ready.persist, later, replica.disk):
             self._release(replica, ready)
             return
-        now, later = by_driver(self.driver, ready)
         self._release(replica, now)
         replica.syncing = (ready.persist, later)
         self._at(
@@ -343,7 +353,7 @@ class World(Simulation):
             return
         persist, later = replica.syncing
         replica.syncing = None
-        replica.disk.commit(persist)
+        replica.disk.write((persist, later))
         self._release(replica, later)
         if replica.wipe_armed:
             replica.wipe_armed = False

@@ -94,11 +94,13 @@ def test_the_wipe_rule_follows_the_membership_the_log_names():
 # not applied). IgnoresEpochs on 3 members and KeepsOldRows are found by the built schedules
 # below (the random ones did not find them in the seeds tried; see the README). JoinsVoting on
 # 5 members is first found at seed 1,409 since the leader refuses changes that leave too few
-# voters able to vote: too long for CI, run by hand.
+# voters able to vote: too long for CI, run by hand. DecidesPastStopSign on 5 members: the
+# timed schedule finds it at seed 54; the async one found it at seed 115 until its disks
+# modelled commits without an fsync, and in none of 3,000 seeds since.
 NO_WIPE = ALL - {"wipe"}
 MEMBER_CAUGHT = [
     pytest.param(3, 70, "async", ALL, DecidesPastStopSign, id="past-stop-sign-3"),
-    pytest.param(5, 230, "async", ALL, DecidesPastStopSign, id="past-stop-sign-5"),
+    pytest.param(5, 110, "timed", ALL, DecidesPastStopSign, id="past-stop-sign-5"),
     pytest.param(5, 400, "timed", ALL, IgnoresEpochs, id="no-epoch-check-5"),
     pytest.param(3, 640, "timed", NO_WIPE, JoinsVoting, id="joined-votes-3"),
 ]

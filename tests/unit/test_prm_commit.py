@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from paxmr import paxos
+from paxmr.paxos import reports_applied_length
 from paxmr.paxos.messages import Accepted, Nack, Prepare, Promise
-from paxmr.services.prm import reports_applied_length
 
 B = paxos.Ballot(3, 1)
 
