@@ -220,8 +220,13 @@ def _configure(root: Path, nodes: int | None, mappers: int | None) -> list[Path]
     return configs
 
 
+def log_path(root: Path, node: int, name: str) -> Path:
+    """The log a service of the local cluster writes (one JSON object per line)."""
+    return root / f"n{node}" / "logs" / f"{name}.log"
+
+
 def _spawn(root: Path, node: int, name: str, argv: list[str], sock: Path) -> Service:
-    path = root / f"n{node}" / "logs" / f"{name}.log"
+    path = log_path(root, node, name)
     flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC
     with os.fdopen(os.open(path, flags, 0o600), "ab") as log:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments

@@ -10,8 +10,9 @@ restart that does not decode the log (summaries are stored with it: paxmr/catalo
 figures say how close the PRM is.
 
 After the baseline, a third node is stopped (``stop``: it misses everything from then on), and
-each phase prints its seconds, the elections during it and the load average at its start and
-end: the growth (replicate MB/s), one ``largest`` tally of short words (in chunks past the value
+each phase prints its seconds, the elections during it, the load average at its start and end
+and the PRMs' event-loop timers that ran over 0.2 s late, with what held each loop (``_late``):
+the growth (replicate MB/s), one ``largest`` tally of short words (in chunks past the value
 limit), then, with the log complete, 5 s of ``status`` and ``print`` on every node with nothing
 else running (the baseline of the p99s below), the stopped node's catch-up (MB/s, against the
 durable commit rate of the same bytes in the same run: ``commit_floor_mb_per_s``) with the same
@@ -27,6 +28,7 @@ many short words cost much more CPU to decode at start-up than these.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import tempfile
@@ -176,15 +178,18 @@ def _load() -> float:
 
 class _Phase:
     """A phase of the run: its seconds, the elections during it (candidate turns summed over
-    the nodes: storm.elections) and the load average at its start and end."""
+    the nodes: storm.elections), the load average at its start and end, and the PRMs' event
+    loop timers that ran late (``_late``)."""
 
-    def __init__(self, nodes: list[Settings]) -> None:
+    def __init__(self, root: Path, nodes: list[Settings]) -> None:
         self.nodes = nodes
+        self.logs = [local.log_path(root, s.node_id, "prm") for s in nodes]
         self.figures: dict[str, Any] = {}
 
     def __enter__(self) -> dict[str, Any]:
         self._elections = elections(self.nodes)
         self._load = _load()
+        self._sizes = [p.stat().st_size for p in self.logs]
         self._started = time.perf_counter()
         return self.figures
 
@@ -193,6 +198,31 @@ class _Phase:
             self.figures["seconds"] = round(time.perf_counter() - self._started, 2)
             self.figures["elections"] = elections(self.nodes) - self._elections
             self.figures["load_average"] = [self._load, _load()]
+            self.figures["loop_late"] = _late(self.logs, self._sizes)
+
+
+def _late(logs: list[Path], sizes: list[int]) -> dict[str, Any]:
+    """The PRMs' ``loop_late`` lines (observe.Observer.watch_loop) logged after ``sizes``: how
+    many, the latest, and what held each loop: its own work (the loop's thread used the CPU
+    for at least half the delay), the PRM's other threads (its process did, the loop's thread
+    not), or the machine (neither: no core was free for it)."""
+    found: list[dict[str, Any]] = []
+    for path, size in zip(logs, sizes, strict=True):
+        with path.open("rb") as f:
+            f.seek(size)
+            for line in f:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    if event.get("event") == "loop_late":
+                        found.append(event)
+    held = Counter(
+        "loop" if e["loop_cpu"] >= e["seconds"] / 2
+        else "threads" if e["process_cpu"] - e["loop_cpu"] >= e["seconds"] / 2
+        else "machine"
+        for e in found
+    )  # fmt: skip
+    worst = max((e["seconds"] for e in found), default=0.0)
+    return {"timers": len(found), "worst_s": worst, **held}
 
 
 def _p99s(poller: Poller) -> dict[str, Any]:
@@ -200,32 +230,34 @@ def _p99s(poller: Poller) -> dict[str, Any]:
             "read_failures": poller.failures}  # fmt: skip
 
 
-def _grow(nodes: list[Settings], names: list[str], have: int, size: int) -> dict[str, Any]:
+def _grow(
+    root: Path, nodes: list[Settings], names: list[str], have: int, size: int
+) -> dict[str, Any]:
     """Replicate entries ``have`` to ``size`` at the leader from ``len(names)`` clients."""
     lead = leader(nodes)
     jobs = [(lead, names[i % len(names)]) for i in range(have, size)]
-    with _Phase(nodes) as phase, ThreadPoolExecutor(len(names)) as pool:
+    with _Phase(root, nodes) as phase, ThreadPoolExecutor(len(names)) as pool:
         list(pool.map(lambda job: _replicate(*job), jobs))
     return phase
 
 
-def _largest(nodes: list[Settings], size: int) -> dict[str, Any]:
+def _largest(root: Path, nodes: list[Settings], size: int) -> dict[str, Any]:
     """One tally of about ``size`` bytes of short words, replicated at the leader (in chunks
     past the value limit)."""
     lead = leader(nodes)
     tally_bytes = write_tally(lead.data_dir / "largest_reduced", size)
-    with _Phase(nodes) as phase:
+    with _Phase(root, nodes) as phase:
         _replicate(lead, "largest_reduced")
     phase["tally_bytes"] = tally_bytes
     phase["mb_per_s"] = round(tally_bytes / 1e6 / phase["seconds"], 2)
     return phase
 
 
-def _catch_up(nodes: list[Settings], lagger: Settings) -> dict[str, Any]:
+def _catch_up(root: Path, nodes: list[Settings], lagger: Settings) -> dict[str, Any]:
     """Resume the node that missed everything; until it shows the leader's whole log."""
     target = control.call(leader(nodes).prm_socket, "status", timeout=30.0)
     entries = len(control.call(leader(nodes).prm_socket, "print", timeout=60.0)["entries"])
-    with _Phase(nodes) as phase, Poller(nodes, ("status", "print")) as poller:
+    with _Phase(root, nodes) as phase, Poller(nodes, ("status", "print")) as poller:
         control.call(lagger.prm_socket, "resume", timeout=30.0)
         while control.call(lagger.prm_socket, "status", timeout=30.0)["digest"] != target["digest"]:
             time.sleep(0.02)
@@ -237,7 +269,7 @@ def _catch_up(nodes: list[Settings], lagger: Settings) -> dict[str, Any]:
 
 
 def _merge_storm(
-    nodes: list[Settings], merges: int, positions: int, entries: int, seconds: float
+    root: Path, nodes: list[Settings], *, merges: int, positions: int, entries: int, seconds: float
 ) -> dict[str, Any]:
     """``merges`` clients, spread over the nodes, each merging ``positions`` positions spread
     over the log, one merge after another for ``seconds``."""
@@ -251,7 +283,7 @@ def _merge_storm(
             codes.append(call(nodes[i % 3], "merge", {"positions": listed, "top": 10})[0])
         return codes
 
-    with _Phase(nodes) as phase, Poller(nodes, ("status", "print")) as poller, \
+    with _Phase(root, nodes) as phase, Poller(nodes, ("status", "print")) as poller, \
             ThreadPoolExecutor(merges) as pool:  # fmt: skip
         replies = [code for codes in pool.map(client, range(merges)) for code in codes]
     phase.update(_p99s(poller))
@@ -259,9 +291,9 @@ def _merge_storm(
     return phase
 
 
-def _quiet(nodes: list[Settings], seconds: float) -> dict[str, Any]:
+def _quiet(root: Path, nodes: list[Settings], seconds: float) -> dict[str, Any]:
     """The same reads with nothing else running: the baseline of the p99s under load."""
-    with _Phase(nodes) as phase, Poller(nodes, ("status", "print")) as poller:
+    with _Phase(root, nodes) as phase, Poller(nodes, ("status", "print")) as poller:
         time.sleep(seconds)
     phase.update(_p99s(poller))
     return phase
@@ -286,26 +318,28 @@ def run(
             # The node that misses everything after the baseline, and catches it up at the end.
             lagger = next(s for s in nodes if s.node_id != lead.node_id)
             base, *more = sorted(sizes)
-            _grow(nodes, names, 0, base)
+            _grow(root, nodes, names, 0, base)
             rows.append(_measure(root, _follower(nodes, lagger), base))
             control.call(lagger.prm_socket, "stop", timeout=30.0)
             out["grow"] = []
             have = base
             for size in more:
-                out["grow"].append(_grow(nodes, names, have, size))
+                out["grow"].append(_grow(root, nodes, names, have, size))
                 out["grow"][-1]["mb_per_s"] = round(
                     (size - have) * tally_bytes / 1e6 / out["grow"][-1]["seconds"], 2
                 )
                 have = size
                 rows.append(_measure(root, _follower(nodes, lagger), have))
             if largest:
-                out["largest"] = _largest(nodes, largest)
+                out["largest"] = _largest(root, nodes, largest)
             # The floor of a catch-up's writes: durable commits of one tally's bytes each.
             floor = fsync_commits(root, b"x" * tally_bytes, 20)
             out["commit_floor_mb_per_s"] = round(len(floor) * tally_bytes / 1e6 / sum(floor), 2)
-            out["quiet"] = _quiet(nodes, 5.0)
-            out["catch_up"] = _catch_up(nodes, lagger)
-            out["merge_storm"] = _merge_storm(nodes, merges, 8, have, 10.0)
+            out["quiet"] = _quiet(root, nodes, 5.0)
+            out["catch_up"] = _catch_up(root, nodes, lagger)
+            out["merge_storm"] = _merge_storm(
+                root, nodes, merges=merges, positions=8, entries=have, seconds=10.0
+            )
         finally:
             local.down(root)
     for row in rows:

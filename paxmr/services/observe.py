@@ -12,6 +12,7 @@ Metric names follow etcd's where one exists (``etcd_server_has_leader`` ->
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 import time
@@ -30,6 +31,8 @@ from paxmr.replies import Peer
 LEADER, CANDIDATE = "leader", "candidate"
 
 _LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+LOOP_TICK = 0.05  # seconds between the loop watch's timers (Observer.watch_loop)
+LOOP_LATE = 0.2  # a timer later than this is logged: twice the default heartbeat interval
 
 
 @dataclass
@@ -113,12 +116,37 @@ class Observer:
             "paxmr_reads", "Reads (print, total, merge) by consistency", ["consistency"],
             registry=r,
         )  # fmt: skip
+        self.loop_lag = prom.Histogram(
+            "paxmr_loop_lag_seconds",
+            "How late the event loop ran a timer (heartbeats, elections and replies wait on it)",
+            buckets=_LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
         log_bytes = prom.Gauge(
             "paxmr_storage_bytes", "Bytes of the storage files (SQLite database and WAL)",
             registry=r,
         )  # fmt: skip
         log_bytes.set_function(self._storage_bytes)
         self._gauges()
+
+    async def watch_loop(self) -> None:
+        """Time how late the event loop runs a timer, which every heartbeat, election timeout
+        and reply waits on, and log each one later than LOOP_LATE with the CPU time meanwhile
+        of the loop's thread and of the whole process: the loop's own work shows as its
+        thread's, other threads holding the GIL as the process's alone, and a machine with no
+        core free for the PRM as little of either (`paxmr bench scale` sorts its phases' late
+        timers so)."""
+        loop = asyncio.get_running_loop()
+        while True:
+            start, thread, process = loop.time(), time.thread_time(), time.process_time()
+            await asyncio.sleep(LOOP_TICK)
+            late = max(loop.time() - start - LOOP_TICK, 0.0)
+            self.loop_lag.observe(late)
+            if late > LOOP_LATE:
+                self.log.warning(
+                    "loop_late", seconds=round(late, 3),
+                    loop_cpu=round(time.thread_time() - thread, 3),
+                    process_cpu=round(time.process_time() - process, 3),
+                )  # fmt: skip
 
     def set_members(self, peers: list[int], membership: paxos.Membership) -> None:
         """Whom this node hears from, and who votes (the log's membership, paxos.membership)."""

@@ -1378,7 +1378,7 @@ async def main(settings: Settings) -> None:
             settings,
             prm.ops(),
             settings.prm_socket,
-            background=[prm.drive, prm.apply_loop, prm.reclaim_loop],
+            background=[prm.drive, prm.apply_loop, prm.reclaim_loop, prm.observer.watch_loop],
         )
     finally:
         prm.client_pool.close()

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import json
 import re
+import time
 from pathlib import Path
 
-from paxmr import paxos
-from paxmr.services.observe import Observer
+import structlog
+
+from paxmr import logs, paxos
+from paxmr.services.observe import LOOP_LATE, LOOP_TICK, Observer
 
 README = Path(__file__).parents[2] / "README.md"
 
@@ -22,3 +29,40 @@ def test_every_metric_is_in_the_readme_table_and_every_row_is_a_metric(tmp_path:
     section = section[: section.index("\n\n")]
     documented = set(re.findall(r"`(paxmr_[a-z_]+)", section))
     assert exposed == documented
+
+
+def test_a_loop_held_by_its_own_work_is_logged_late_with_its_cpu(tmp_path: Path) -> None:
+    out = io.StringIO()
+    logs.configure("prm", 1, stream=out, journald=False)
+    try:
+        observer = Observer(1, [2], paxos.Membership(0, frozenset({1, 2})), tmp_path / "db", 1.0)
+
+        hold = LOOP_LATE + 2 * LOOP_TICK  # seconds of CPU on the loop's thread
+
+        async def held() -> None:
+            watch = asyncio.create_task(observer.watch_loop())
+            await asyncio.sleep(0)  # the watch's timer is set
+            busy = time.thread_time()
+            while time.thread_time() - busy < hold:
+                pass  # CPU on the loop's own thread: no timer can run meanwhile
+            await asyncio.sleep(2 * LOOP_TICK)  # the late timer runs and is logged
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
+
+        asyncio.run(held())
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+    late = [e for e in map(json.loads, out.getvalue().splitlines()) if e["event"] == "loop_late"]
+    assert len(late) == 1, late
+    # Lower bounds only (less 1 ms: the log rounds to it): on a loaded machine the loop may be
+    # held longer, never shorter.
+    assert late[0]["seconds"] >= hold - LOOP_TICK - 0.001
+    assert late[0]["loop_cpu"] >= hold - 0.001
+    assert late[0]["process_cpu"] >= late[0]["loop_cpu"]
+    lag = observer.registry.get_sample_value("paxmr_loop_lag_seconds_bucket", {"le": "0.2"})
+    count = observer.registry.get_sample_value("paxmr_loop_lag_seconds_count")
+    assert count is not None
+    assert lag is not None
+    assert count - lag == 1  # one tick over 0.2 s
