@@ -1027,9 +1027,18 @@ def bench_tls(c: Ctx, sequential: int, rounds: int) -> None:
               help="Size of one more tally of short words, replicated last (0: none).")  # fmt: skip
 @click.option("--merges", type=click.IntRange(1), default=8, show_default=True,
               help="Clients merging 8 positions at a time for 10 s (merge storm).")  # fmt: skip
+@click.option("--restarts", type=click.IntRange(1), default=1, show_default=True,
+              help="Restarts of the follower's PRM at each size (the median shown).")  # fmt: skip
 @pass_ctx
 def bench_scale(  # noqa: PLR0917 - click passes the options by name
-    c: Ctx, sizes: str, tally_bytes: int, word_bytes: int, clients: int, largest: int, merges: int
+    c: Ctx,
+    sizes: str,
+    tally_bytes: int,
+    word_bytes: int,
+    clients: int,
+    largest: int,
+    merges: int,
+    restarts: int,
 ) -> None:
     """The log at scale on a local 3-node cluster: memory, restart, catch-up, reads under load."""
     from paxmr.bench import scale  # noqa: PLC0415
@@ -1040,7 +1049,9 @@ def bench_scale(  # noqa: PLR0917 - click passes the options by name
         raise click.BadParameter(
             "a comma-separated list of entry counts", param_hint="--entries"
         ) from None
-    result = scale.run(counts, tally_bytes, word_bytes, clients, largest=largest, merges=merges)
+    result = scale.run(
+        counts, tally_bytes, word_bytes, clients, largest=largest, merges=merges, restarts=restarts
+    )
     c.emit(result, scale.render)
 
 
