@@ -85,6 +85,9 @@ class _Node:
     snapshots: list[MemoryStorage] = field(default_factory=list)  # earlier disks (restore-old)
     sightings: Sightings = field(default_factory=Sightings)  # what the running node saw
     run: int = 0  # which start of the node's process this is (Explorer.runs)
+    # A founding storage that has written nothing: the founders yet to answer it before its
+    # core runs (prm.Prm.hear_founders); meanwhile it only answers.
+    waiting: set[int] = field(default_factory=set)
 
 
 class View(NamedTuple):
@@ -153,6 +156,7 @@ class Explorer(Simulation):
             self.step = done
             action = self.rng.choices(self.actions, self.weights)[0]
             try:
+                self._hear_founders()
                 getattr(self, f"_{action}")()
             except Exception as exc:
                 self.checker.fail(f"crash: the core raised {exc!r} at {action}")
@@ -190,19 +194,46 @@ class Explorer(Simulation):
         state.node = self.factory(i, founders, durable, SIM_CONFIG, rng, self.now)
         state.syncing = None
         state.log = self.checker.restored(i, durable.log)
+        state.waiting = set(founders) - {i} if state.disk.pristine() else set()
         self._log(f"start node {i} voting={durable.voting} log={len(durable.log)}")
+
+    def _answers(self, i: int, p: int) -> bool:
+        """Whether node p answers node i's question (transport.ask_cluster): it runs, and
+        the link between them is not cut."""
+        peer = self.nodes.get(p)
+        return (
+            peer is not None
+            and peer.node is not None
+            and (i, p) not in self.cut
+            and (p, i) not in self.cut
+        )
+
+    def _hear_founders(self) -> None:
+        """Each waiting founding storage asks the founders that have not answered it yet
+        (prm.Prm.hear_founders): one that shows the cluster ran before it demotes it."""
+        for i, state in list(self.nodes.items()):
+            for p in sorted(state.waiting):
+                if not self._answers(i, p):
+                    continue
+                peer = self.nodes[p]
+                seen = peer.sightings.seen.get(i)
+                assert peer.node is not None
+                why = behind(state.disk.stamp, p, seen, peer.sightings.retired_of(i))
+                if why := why or founded_again(p, peer.node.log.length, seen):
+                    self._demote(i, why)
+                    break
+                state.waiting.discard(p)
 
     def _went_back(self, i: int) -> str | None:
         """Why node i's storage may not vote with what it holds, as the peers it reaches
-        answer it (prm.compare_with_peers)."""
+        answer it (prm.compare_with_peers); a founding storage that has written nothing
+        asks on until every founder answered (_hear_founders)."""
         disk = self.nodes[i].disk
         for p, peer in self.nodes.items():
-            if p == i or peer.node is None or (i, p) in self.cut or (p, i) in self.cut:
+            if p == i or not self._answers(i, p):
                 continue
             seen = peer.sightings.seen.get(i)
             if why := behind(disk.stamp, p, seen, peer.sightings.retired_of(i)):
-                return why
-            if disk.pristine() and (why := founded_again(p, peer.node.log.length, seen)):
                 return why
         return None
 
@@ -251,7 +282,8 @@ class Explorer(Simulation):
                 self._log(f"node {i}: {reply.request_id} committed {reply.outcome}")
 
     def _live(self) -> list[int]:
-        return [i for i, s in self.nodes.items() if s.node is not None]
+        """The nodes whose core runs."""
+        return [i for i, s in self.nodes.items() if s.node is not None and not s.waiting]
 
     # -- actions -----------------------------------------------------------------------------
 
@@ -269,6 +301,7 @@ class Explorer(Simulation):
         self._deliver_one(self.flight.pop(self.rng.choice(open_)))
 
     def _deliver_one(self, item: Sent) -> None:
+        self._hear_founders()
         src, dst, msg, stamp, view = item
         target = self.nodes.get(dst)
         node = target.node if target is not None else None
@@ -290,6 +323,8 @@ class Explorer(Simulation):
         for other, relayed in view.seen.items():
             if other != dst:
                 target.sightings.heard(other, relayed, view.retired.get(other, ()))
+        if target.waiting:  # its core does not run yet (prm.Prm._deliver)
+            return
         if self.tracing:
             self._log(f"deliver {src}->{dst} {msg}")
         node.receive(src, msg, self.now)
@@ -322,8 +357,9 @@ class Explorer(Simulation):
 
     def _fire(self, i: int) -> None:
         """Node i's next timer fires (the clock moves to it)."""
+        self._hear_founders()
         node = self.nodes[i].node
-        if node is None:
+        if node is None or self.nodes[i].waiting:
             return
         self.now = max(self.now, node.next_deadline())
         self._log(f"timer node {i}")

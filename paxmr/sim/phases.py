@@ -476,7 +476,7 @@ class PhaseWalk(Explorer):
     def _submit_to(self, i: int, *, fresh: bool = False) -> str | None:
         """A request reaches node i (fresh: one that no node applied yet, or a new one)."""
         node = self.nodes[i].node
-        if node is None:
+        if node is None or self.nodes[i].waiting:
             return None
         pool = self.requests
         if fresh:
