@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 DB_NAME = "prm.db"
 LEARN_RETRY = 2.0  # seconds between asking the peers for the cluster id (learn_cluster)
+FOUNDERS_ASKED_EVERY = 1.0  # seconds between asking the founders yet to answer (hear_founders)
 VERSION = importlib.metadata.version("paxmr")
 
 
@@ -173,22 +174,25 @@ async def compare_with_peers(settings: Settings, storage: Storage) -> None:
     no TLS files to ask with, or that peer was down). A founder that is only late loses nothing
     by it: it fences and catches up. A peer that does not answer now shows a rollback in its
     next connection's hello, and the PRM then ends (Prm._demote)."""
-    identity = storage.identity()
     for peer, answer in await ask_peers(settings, storage):
-        if answer is None:
-            continue
-        if identity and answer.cluster and answer.cluster != identity.cluster_id:
-            continue  # another cluster's node: the transport refuses it anyway
-        if why := storage.behind(peer.id, answer.seen, answer.retired):
+        if answer is not None and (why := shows_not_voting(storage, peer.id, answer)):
             storage.demote(why)
             return
-        if storage.pristine() and (
-            why := stamps.founded_again(
-                peer.id, answer.length if answer.cluster else 0, answer.seen
-            )
-        ):
-            storage.demote(why)
-            return
+
+
+def shows_not_voting(storage: Storage, peer: int, answer: Hello) -> str | None:
+    """Why `peer`'s answer (transport.ask_cluster) shows that the storage may not vote with
+    what it holds: it went back in time, or it is a founding storage that has written nothing
+    beside a cluster that ran before it (stamps.founded_again). None for another cluster's
+    node: the transport refuses it anyway."""
+    identity = storage.identity()
+    if identity and answer.cluster and answer.cluster != identity.cluster_id:
+        return None
+    if why := storage.behind(peer, answer.seen, answer.retired):
+        return why
+    if storage.pristine():
+        return stamps.founded_again(peer, answer.length if answer.cluster else 0, answer.seen)
+    return None
 
 
 class StorageWentBack(Exception):
@@ -385,6 +389,7 @@ class Prm:
         self._promoting: asyncio.Future[paxos.Committed | paxos.Refused] | None = None
         self._promote_at = 0.0  # a refused promotion is tried again at most this often
         self._went_back: str | None = None  # why a peer showed this storage went back in time
+        self._waiting: set[int] = set()  # founders yet to answer a new founding storage
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver, cluster=identity.cluster_id if (identity := storage.identity()) else "",
@@ -537,6 +542,8 @@ class Prm:
         if isinstance(msg, StatusRequest | StatusReply):  # the operator's, not the core's
             self._on_status_message(src, msg)
             return
+        if self._waiting:  # its core does not run yet (hear_founders)
+            return
         if isinstance(msg, Forward):
             # Checked before the leader proposes it: a small value at once (a follower may
             # forward all of its clients' requests together), a large one in a worker process.
@@ -613,8 +620,48 @@ class Prm:
         me = self.settings.me
         await self.transport.start(self.settings.peer_bind or me.host, me.port)
 
+    async def hear_founders(self) -> None:
+        """A founding storage that has written nothing (`paxmr init --found`) runs its core
+        only once every other founder has answered it (transport.ask_cluster). Run again on a
+        member whose disk was lost, it would otherwise vote as a founder beside founders that
+        never saw its old storage while the one that did (whose quorum chose with it) is away,
+        and choose again. Every founder's answer is asked for: one that shows the cluster ran
+        before it (entries in its log, this node seen with another storage) demotes it, and
+        a founder whose process saw nothing of it never counted its votes. So a new cluster
+        starts voting once all its founders have started; a founder late beside a running
+        cluster is demoted at the first answer and catches up, as before. Meanwhile it answers
+        its peers and drops what their cores send (_deliver)."""
+        if not self.storage.pristine():
+            return
+        me = self.settings.node_id
+        where = {n.id: n for n in member_addresses(self.settings, self.membership)}
+        self._waiting = set(self.membership.voters) - {me}
+        tls = self.settings.tls_files()
+        logged: list[int] = []
+        while self._waiting:
+            asked = sorted(self._waiting)
+            answers = await asyncio.gather(*(ask_cluster(me, where[p], tls) for p in asked))
+            for peer, answer in zip(asked, answers, strict=True):
+                if answer is None or (answer.cluster and answer.cluster != self.transport.cluster):
+                    continue  # not running, or another cluster's node: no answer
+                if why := shows_not_voting(self.storage, peer, answer):
+                    await self._demote(why)
+                self._waiting.discard(peer)
+            if not self._waiting:
+                break
+            if logged != sorted(self._waiting):
+                logged = sorted(self._waiting)
+                self.log.warning("founders_awaited", waiting=logged)
+            self.observer.apart = (
+                f"a new founding storage: votes once every founder has answered; waiting for"
+                f" node(s) {', '.join(map(str, sorted(self._waiting)))}"
+            )
+            await asyncio.sleep(FOUNDERS_ASKED_EVERY)
+        self.observer.apart = None
+
     async def drive(self) -> None:
         await self.join()
+        await self.hear_founders()
         while True:
             delay = self.node.next_deadline() - time.monotonic()
             # Woken already (input came during the last commit): no timer to arm and cancel.

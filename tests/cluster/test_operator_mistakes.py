@@ -259,3 +259,36 @@ def test_status_says_when_a_node_is_apart_learning_the_id_or_no_member() -> None
         one.cli_json("member", "remove", "3")
         wait_until(lambda: says(three, "not a member of the cluster"), "node 3 says it is out")
         assert not says(one, "not a member")
+
+
+def test_a_new_cluster_votes_only_once_every_founder_answered() -> None:
+    """A founding storage that has written nothing runs its core only once every founder has
+    answered it (prm.Prm.hear_founders). Else `init --found` run again on a member whose disk
+    was lost votes beside founders that never saw its old storage while the one that did is
+    away (the simulator's reinit, seed 844). Here a new cluster is founded on all three nodes
+    and only nodes 1 and 2 start: they say whom they wait for and elect no one until node 3
+    starts, then the cluster serves."""
+    with running_cluster() as cluster:
+        one, two, three = cluster.node(1), cluster.node(2), cluster.node(3)
+        for node in (one, two, three):
+            sigkill(node.prm_pid())
+            _wipe(node, mark=True)
+            prm.initialize(node.settings, "refounded")
+        start = {node.id: node.prm_log.stat().st_size for node in (one, two)}
+        with service_env():
+            local.restart(cluster.root, 1, "prm")
+            local.restart(cluster.root, 2, "prm")
+
+        def waiting(node: Node) -> bool:
+            return any("waiting for node(s) 3" in p for p in node.status_report()["problems"])
+
+        wait_until(lambda: waiting(one) and waiting(two), "nodes 1 and 2 wait for node 3")
+        assert one.log_events("founders_awaited", after=start[1])[-1]["waiting"] == [3]
+        for node in (one, two):  # neither campaigned, so neither took a role
+            assert node.status()["role"] == "follower"
+            assert node.log_events("role_changed", after=start[node.id]) == []
+        with service_env():
+            local.restart(cluster.root, 3, "prm")
+        wait_until(lambda: not waiting(one) and not waiting(two), "nodes 1 and 2 vote")
+        one.replicate(small_tally(one))
+        cluster.converged(timeout=CONVERGE_S)
