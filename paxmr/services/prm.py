@@ -43,7 +43,7 @@ T = TypeVar("T")
 
 DB_NAME = "prm.db"
 LEARN_RETRY = 2.0  # seconds between asking the peers for the cluster id (learn_cluster)
-FOUNDERS_ASKED_EVERY = 1.0  # seconds between asking the founders yet to answer (hear_founders)
+FOUNDERS_ASKED_EVERY = 0.25  # seconds between asking the founders yet to answer (hear_founders)
 VERSION = importlib.metadata.version("paxmr")
 
 
