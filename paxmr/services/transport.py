@@ -230,11 +230,11 @@ def _stamp(obj: object) -> Stamp | None:
     return Stamp(*obj)
 
 
-def _nonces(obj: object) -> tuple[int, ...]:
+def _nonces(obj: object, where: str) -> tuple[int, ...]:
     if obj is None:
         return ()
     if not isinstance(obj, list) or not all(type(n) is int and 0 <= n < 2**63 for n in obj):
-        raise FrameError("a hello with a bad list of retired nonces")
+        raise FrameError(f"{where} with a bad list of retired nonces")
     return tuple(obj)
 
 
@@ -245,7 +245,7 @@ def _relayed(obj: object) -> Relayed:
         raise FrameError("a relay with a bad node id")
     stamp = _stamp(obj[1:3])
     assert stamp is not None
-    return Relayed(obj[0], stamp, _nonces(obj[3]))
+    return Relayed(obj[0], stamp, _nonces(obj[3], "a relay"))
 
 
 def _nodes(obj: object) -> tuple[int, ...] | None:
@@ -264,7 +264,9 @@ def _hello(obj: dict[str, Any]) -> Hello:
         raise FrameError("a hello with a bad log length")
     stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
     voters, founders = _nodes(obj.get("voters")), _nodes(obj.get("founders"))
-    return Hello(cluster, ask, length, stamp, seen, voters, founders, _nonces(obj.get("retired")))
+    return Hello(
+        cluster, ask, length, stamp, seen, voters, founders, _nonces(obj.get("retired"), "a hello")
+    )
 
 
 def decode(body: bytes, me: int, limit: int) -> Frame:

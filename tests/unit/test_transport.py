@@ -71,12 +71,18 @@ def _raw(payload: bytes) -> bytes:
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [True, 2]}), "bad stamp"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "voters": [1, "2"]}), "bad node list"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "founders": [0]}), "bad node list"),
-        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "retired": [-1]}), "retired nonces"),
+        (
+            msgpack.packb({"src": 1, "dst": 2, "hello": "c", "retired": [-1]}),
+            "a hello with a bad list",
+        ),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": {"3": 1}}), "without rows"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2]]}), "bad row"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[0, 1, 2, []]]}), "bad node"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, -2, []]]}), "stamp"),
-        (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2, ["7"]]]}), "nonces"),
+        (
+            msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2, ["7"]]]}),
+            "a relay with a bad list",
+        ),
         # structure limits: longer arrays, maps or strings than any message has, extension types
         (msgpack.packb({"src": 1, "dst": 2, "msg": [0] * (MAX_ARRAY_LEN + 1)}), "undecodable"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": {str(i): i for i in range(17)}}), "undecodable"),
