@@ -112,6 +112,9 @@ class _Leadership:
     proposed_ids: set[str] = field(default_factory=set)
     acked: dict[int, float] = field(default_factory=dict)
     sent_chosen: int = -1  # announce the new ballot in the next Ready even with no slots
+    # When the chosen length past sent_chosen goes out in an empty Accept if no Accept with
+    # entries carried it first (_announce_due); inf: not set yet.
+    announce_at: float = math.inf
     reads: list[_Read] = field(default_factory=list)  # waiting for a quorum (read_index)
     read_seq: int = 0  # the ReadProbe round the waiting reads need
     read_sent: int = 0  # the last round sent
@@ -353,11 +356,7 @@ class Node:
         if self.stopped:
             return
         if self._lead:
-            if now >= self._lead.heartbeat_at:
-                if self._has_quorum(self._lead, now):
-                    self._heartbeat(self._lead, now)
-                else:
-                    self._step_down(now)
+            self._lead_timer(self._lead, now)
         elif now >= self._election_at:
             if self._may_campaign():
                 self._start_campaign(now)
@@ -369,10 +368,24 @@ class Node:
             self._catchup_at = None
             self._catch_up(now, None)
 
+    def _lead_timer(self, lead: _Leadership, now: float) -> None:
+        if now >= lead.heartbeat_at:
+            if not self._has_quorum(lead, now):
+                self._step_down(now)
+                return
+            self._heartbeat(lead, now)
+        if self._announce_due(lead):
+            # Here, not only in ready(): a driver still committing takes no Ready, and a due
+            # deadline left in place would fire again at once.
+            for peer in self.peers:
+                self._send(peer, self._accept_msg(lead, ()))
+            self._announced(lead)
+
     def next_deadline(self) -> float:
         if self.stopped:
             return math.inf
-        deadline = self._lead.heartbeat_at if self._lead else self._election_at
+        lead = self._lead
+        deadline = min(lead.heartbeat_at, lead.announce_at) if lead else self._election_at
         if self._pending:
             deadline = min(deadline, self._retry_at)
         if self._catchup_at is not None:
@@ -399,7 +412,7 @@ class Node:
 
     def ready(self) -> Ready:
         lead = self._lead
-        if lead and (lead.unsent or lead.sent_chosen != self.log.length):
+        if lead and (lead.unsent or self._announce_due(lead)):
             # One accept per peer per Ready: the batch, with the chosen length piggybacked.
             batches = self._batches(
                 [(s, lead.proposals[s].entry) for s in lead.unsent if s in lead.proposals]
@@ -408,7 +421,7 @@ class Node:
                 for batch in batches:
                     self._send(peer, self._accept_msg(lead, batch))
             lead.unsent.clear()
-            lead.sent_chosen = self.log.length
+            self._announced(lead)
         if lead:
             lead.beacon = (tuple(self.peers), self._accept_msg(lead, ()))
         if lead and lead.read_seq > lead.read_sent:  # one round for the reads of this Ready
@@ -416,6 +429,45 @@ class Node:
             self._send_read_probes(lead)
         out, self._out = self._out, Ready()
         return out
+
+    def _announce_due(self, lead: _Leadership) -> bool:
+        """Whether the chosen length past what the peers were told goes out now in an empty
+        Accept; if not, by `lead.announce_at` (next_deadline), unless an Accept with entries or
+        a heartbeat carries it first.
+
+        Why it may wait: the followers apply a slot only once an Accept tells them it is chosen.
+        Announced at once, as this did, every decision cost each follower a second message,
+        driver turn and commit, and the leader two more frames each way, per sequential request
+        (paxmr bench replicate: about a third of the three PRMs' CPU). A client of this
+        leader's is answered on the leader's own apply; its next request's Accept, usually a
+        millisecond later, announces the decision for free. What waits is only the followers'
+        learning, at most `announce_delay` (their local reads are that much staler; a
+        follower's status counts behind from the lengths it was told).
+        Why it is not delayed otherwise: a slot whose request this node does not wait for (a
+        forward: the follower's client waits for the follower's apply; takeover values,
+        no-ops), a read index sent to a follower (it waits to apply up to it) and a new ballot
+        go at once (_announce_now, sent_chosen -1).
+        Safety does not depend on it: this changes only when an empty Accept is sent, a message
+        whose content is the same whenever it leaves, and the core takes any delay or loss of
+        messages."""
+        if lead.sent_chosen == self.log.length:
+            lead.announce_at = math.inf  # nothing to announce: no deadline
+            return False
+        if lead.sent_chosen < 0:
+            return True
+        if lead.announce_at == math.inf:
+            lead.announce_at = self._now + self.config.announce_delay
+        return self._now >= lead.announce_at
+
+    def _announce_now(self, lead: _Leadership) -> None:
+        """Announce the chosen length with the next Ready (not at a time in the past: a
+        simulator's clock would go back to it)."""
+        lead.announce_at = min(lead.announce_at, self._now)
+
+    def _announced(self, lead: _Leadership) -> None:
+        """Every peer was sent the chosen length (an Accept to each of them)."""
+        lead.sent_chosen = self.log.length
+        lead.announce_at = math.inf
 
     def beacon(self) -> list[tuple[int, Accept]]:
         """The heartbeat of a leader whose driver is still committing the last Ready: an empty
@@ -791,7 +843,7 @@ class Node:
             for batch in self._batches(carried):
                 self._send(peer, self._accept_msg(lead, batch))
         lead.unsent.clear()
-        lead.sent_chosen = self.log.length
+        self._announced(lead)
         lead.heartbeat_at = now + self.config.heartbeat_interval
         if lead.reads:  # a probe or its answer may have been lost: the same round again
             self._send_read_probes(lead)
@@ -842,6 +894,7 @@ class Node:
                 self._out.reads.append((read.read_id, read.index))
             else:
                 self._send(read.src, ReadIndexReply(read.read_id, read.index))
+                self._announce_now(lead)  # it waits to apply up to the index
         lead.reads = waiting
 
     def _accept_msg(self, lead: _Leadership, batch: tuple[tuple[int, Entry], ...]) -> Accept:
@@ -968,6 +1021,8 @@ class Node:
                 first = self.log.first(entry.request_id)  # none for membership changes
                 outcome = Committed(*first) if first else Committed(None, entry.slot)
                 self._out.replies.append(Reply(entry.request_id, outcome))
+            elif lead:
+                self._announce_now(lead)  # not this node's request: see _announce_due
         last = applied[-1]
         changed = self.membership.apply(last.slot, Entry(last.request_id, last.value))
         if changed is not None:

@@ -307,6 +307,12 @@ _CAUGHT_UP = 64
 # the hand-off to a worker process. Above it, the work goes to a worker (services/heavy.py).
 _INLINE = 64 * 1024  # bytes
 
+# How long the leader may keep a decision on its own client's request from the followers,
+# waiting for the next Accept to carry it (paxos.Node._announce_due): a sequential client's next
+# request comes about a millisecond after its reply; the followers' local reads are at most
+# this much staler.
+ANNOUNCE_DELAY = 0.005  # seconds
+
 # Value bytes the core puts in one accept or catch-up message (a larger value goes alone). A
 # message is encoded, framed and encrypted on the event loop, where heartbeats and queries wait:
 # a catch-up batch of the frame's 32 MiB held the leader's loop for 0.3-1.6 s, and `status`
@@ -329,6 +335,7 @@ class Prm:
             max_in_flight=settings.limits.in_flight,
             batch_bytes=min(settings.limits.batch_bytes, _BATCH_BYTES),
             request_timeout=t.replicate_timeout,
+            announce_delay=min(ANNOUNCE_DELAY, t.heartbeat),
         )
         self._config = config
         durable = storage.load(values=False)  # the core reads values back on demand
