@@ -72,6 +72,7 @@ if TYPE_CHECKING:
 # Seconds between high-water marks while commits go on: one small file write and two fsyncs
 # (file, directory) a second at most, off the commit's own fsync.
 MARK_INTERVAL = 1.0
+WAL_CHECKPOINT_PAGES = 1000  # SQLite's default: the WAL is checkpointed past this many pages
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -154,6 +155,7 @@ class Storage(Sightings):
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         with conn:
             conn.execute("BEGIN IMMEDIATE")
             for statement in _SCHEMA.split(";"):
@@ -447,6 +449,7 @@ class Storage(Sightings):
         summaries: list[tuple[int, str]] | None = None,
         *,
         durable_log: bool = False,
+        checkpoint: bool = True,
     ) -> None:
         """Make one Ready's persist durable in one transaction, with `summaries` (as
         save_summaries stores them) in the same one: they cost no transaction of their own.
@@ -468,14 +471,27 @@ class Storage(Sightings):
         Promise: a new leader takes every slot below a promise's applied length as chosen and
         fetches it rather than proposing it (paxos/leader.py), so the driver asks for
         `durable_log` before it sends one: the log, as far as written, is then fsynced with this
-        commit (a commit of nothing but the write count if need be)."""
+        commit (a commit of nothing but the write count if need be).
+
+        Without `checkpoint`, a commit without an fsync (syncs() False) never checkpoints the
+        WAL either (a checkpoint fsyncs): the driver runs small such commits on its event loop
+        (prm.Prm._carry_out), and the next commit in a worker thread checkpoints instead."""
         with self._writing:
-            self._commit(persist, summaries, durable_log=durable_log)
+            self._commit(persist, summaries, durable_log=durable_log, checkpoint=checkpoint)
+
+    def syncs(self, persist: Persist, *, durable_log: bool = False) -> bool:
+        """Whether committing `persist` fsyncs (see commit)."""
+        return persist.needs_fsync(durable_log=durable_log, unsynced=self._unsynced)
 
     def _commit(
-        self, persist: Persist, summaries: list[tuple[int, str]] | None, *, durable_log: bool
+        self,
+        persist: Persist,
+        summaries: list[tuple[int, str]] | None,
+        *,
+        durable_log: bool,
+        checkpoint: bool,
     ) -> None:
-        full = persist.needs_fsync(durable_log=durable_log, unsynced=self._unsynced)
+        full = self.syncs(persist, durable_log=durable_log)
         if not full and not persist:  # nothing to write
             if summaries:
                 self.save_summaries(summaries)
@@ -483,7 +499,7 @@ class Storage(Sightings):
         conn = self._conn
         meta = _meta(persist)
         retired = self._retired_new[:]
-        with self._synchronous(full), conn:
+        with self._synchronous(full, checkpoint=checkpoint), conn:
             conn.execute("BEGIN IMMEDIATE")
             if summaries:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
@@ -529,18 +545,23 @@ class Storage(Sightings):
         conn.execute("DELETE FROM accepted WHERE slot < ?", (log[-1].slot + 1,))
 
     @contextlib.contextmanager
-    def _synchronous(self, full: bool) -> Iterator[None]:
+    def _synchronous(self, full: bool, *, checkpoint: bool = True) -> Iterator[None]:
         """Run a transaction with an fsync of the WAL at its commit (synchronous=FULL, what
-        every commit of acceptor state needs) or without (NORMAL: see commit); the connection
-        is left at FULL whatever happens."""
+        every commit of acceptor state needs) or without (NORMAL: see commit), and without one
+        of the WAL's automatic checkpoints unless `checkpoint`; the connection is left at FULL,
+        checkpointing, whatever happens."""
         if full:
             yield
             return
         self._conn.execute("PRAGMA synchronous=NORMAL")
+        if not checkpoint:
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
             yield
         finally:
             self._conn.execute("PRAGMA synchronous=FULL")
+            if not checkpoint:
+                self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
 
     def _store_seen(
         self, conn: sqlite3.Connection, retired: list[tuple[int, int]]

@@ -788,15 +788,20 @@ class Prm:
         durable_log = paxos.reports_applied_length(after_commit)
         if ready.persist or durable_log:
             with self.observer.fsync.time():
-                # An executor future, not a task around to_thread: one object less per commit.
-                loop = asyncio.get_running_loop()
-                commit = loop.run_in_executor(
-                    None,
-                    functools.partial(
-                        self.storage.commit, ready.persist, summaries, durable_log=durable_log
-                    ),
-                )
-                await self._beaconing(commit)
+                if self._commit_here(ready.persist, summaries, durable_log=durable_log):
+                    self.storage.commit(
+                        ready.persist, summaries, durable_log=durable_log, checkpoint=False
+                    )
+                else:
+                    # An executor future, not a task around to_thread: one object less.
+                    loop = asyncio.get_running_loop()
+                    commit = loop.run_in_executor(
+                        None,
+                        functools.partial(
+                            self.storage.commit, ready.persist, summaries, durable_log=durable_log
+                        ),
+                    )
+                    await self._beaconing(commit)
             if ready.persist.log:  # their values are read back from storage from now on
                 self.node.log.stored(ready.persist.log[-1].slot + 1)
         elif summaries:
@@ -804,6 +809,20 @@ class Prm:
         self._release(after_commit)
         if ready.applied:  # committed with this Ready's persist: shown to queries from now on
             self._to_apply.put_nowait(ready.applied)
+
+    def _commit_here(
+        self, persist: paxos.Persist, summaries: list[tuple[int, str]], *, durable_log: bool
+    ) -> bool:
+        """Whether a commit runs on the event loop, not in a worker thread: one without an
+        fsync (applied entries alone: the leader's decision, a follower's apply) of a few
+        kilobytes, which never checkpoints there (Storage.commit). It writes to the page cache
+        in tens of microseconds, where the hand-off to a thread and back cost a sequential
+        replicate 0.2-0.25 ms on the leader's path to its reply, the worker's Python holding
+        the GIL meanwhile (timestamps in the PRMs under paxmr bench replicate)."""
+        if self.storage.syncs(persist, durable_log=durable_log):
+            return False
+        size = sum(len(e.value) for e in persist.log) + sum(len(s) for _, s in summaries)
+        return size <= _INLINE
 
     async def _beaconing(self, commit: asyncio.Future[None]) -> None:
         """Wait for `commit`; meanwhile a leader heartbeats once per interval (Node.beacon):
