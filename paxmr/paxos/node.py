@@ -374,7 +374,7 @@ class Node:
                 self._step_down(now)
                 return
             self._heartbeat(lead, now)
-        if self._announce_due(lead):
+        if now >= lead.announce_at and self._announce_due(lead):
             # Here, not only in ready(): a driver still committing takes no Ready, and a due
             # deadline left in place would fire again at once.
             for peer in self.peers:
@@ -453,7 +453,7 @@ class Node:
         if lead.sent_chosen == self.log.length:
             lead.announce_at = math.inf  # nothing to announce: no deadline
             return False
-        if lead.sent_chosen < 0:
+        if lead.sent_chosen < 0 or not self.config.announce_delay:
             return True
         if lead.announce_at == math.inf:
             lead.announce_at = self._now + self.config.announce_delay
@@ -462,7 +462,8 @@ class Node:
     def _announce_now(self, lead: _Leadership) -> None:
         """Announce the chosen length with the next Ready (not at a time in the past: a
         simulator's clock would go back to it)."""
-        lead.announce_at = min(lead.announce_at, self._now)
+        if self.config.announce_delay:  # else every decision goes at once anyway
+            lead.announce_at = min(lead.announce_at, self._now)
 
     def _announced(self, lead: _Leadership) -> None:
         """Every peer was sent the chosen length (an Accept to each of them)."""

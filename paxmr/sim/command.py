@@ -25,8 +25,13 @@ def _parse_faults(_ctx: click.Context, _param: click.Parameter, value: str) -> f
     return kinds
 
 
-def replay_command(
-    seed: int, nodes: int, kinds: frozenset[str], driver: str, schedule: str = TIMED
+def replay_command(  # noqa: PLR0917 - one run's parameters
+    seed: int,
+    nodes: int,
+    kinds: frozenset[str],
+    driver: str,
+    schedule: str = TIMED,
+    announce_delay: float = 0.0,
 ) -> str:
     faults = ",".join(k for k in KNOWN_KINDS if k in kinds) or "none"
     args = ["--seed", str(seed), "--seeds", "1", "--nodes", str(nodes), "--faults", faults]
@@ -34,6 +39,8 @@ def replay_command(
         args += ["--driver", driver]
     if schedule != TIMED:
         args += ["--schedule", schedule]
+    if announce_delay:
+        args += ["--announce-delay", str(announce_delay)]
     return shlex.join(["paxmr", "sim", *args, "--trace"])
 
 
@@ -95,6 +102,15 @@ def replay_command(
     help="text or json [default: paxmr's own -o, else text].",
 )
 @click.option(
+    "--announce-delay",
+    type=click.FloatRange(min=0, max=0.05),
+    default=0.0,
+    show_default=True,
+    help="The core's CoreConfig.announce_delay in seconds (the PRM runs 0.005): how long a"
+    " leader may keep a decision on its own client's request from its followers. 0 announces"
+    " at once, as the broken-core tests' bounds were measured.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=1),
     default=min(2, os.cpu_count() or 1),
@@ -110,6 +126,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     schedule: str,
     trace: bool,
     output: str | None,
+    announce_delay: float,
     workers: int,
 ) -> None:
     """Run seeded schedules (clients, faults, healing) and check the log's invariants."""
@@ -122,7 +139,7 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
     violations: list[dict[str, object]] = []
     traces: dict[int, list[str]] = {}
     seeds = range(first, first + count)
-    for result in run_seeds(seeds, size, kinds, driver, trace, workers, schedule):
+    for result in run_seeds(seeds, size, kinds, driver, trace, workers, schedule, announce_delay):
         steps += result.steps
         commits += result.commits
         faults += result.faults
@@ -133,7 +150,9 @@ def sim(  # noqa: PLR0917 - click passes options as arguments
             {
                 "seed": result.seed,
                 "violation": text,
-                "replay": replay_command(result.seed, size, kinds, driver, schedule),
+                "replay": replay_command(
+                    result.seed, size, kinds, driver, schedule, announce_delay
+                ),
             }
             for text in result.violations
         )

@@ -57,7 +57,6 @@ SIM_CONFIG = CoreConfig(
     catchup_batch=8,
     batch_bytes=FRAME_BYTES - MAX_VALUE,
     request_timeout=1.0,
-    announce_delay=0.005,  # as the PRM's (prm.ANNOUNCE_DELAY)
 )
 FAULT_PHASE = 3.0  # faults strike in [0, FAULT_PHASE); then everything heals
 LIVENESS_BOUND = 20.0  # after healing, all requests must complete and logs converge by then

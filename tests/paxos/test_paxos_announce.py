@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from paxmr.paxos.messages import Accept, Accepted
+from paxmr.sim.run import run_seed
 
 from .paxos_harness import CONFIG, Harness
 
@@ -136,3 +137,14 @@ def test_an_announcement_falls_due_while_the_driver_commits():
     sent = [msg for _, msg in node.ready().messages if isinstance(msg, Accept)]
     assert sent
     assert all(msg.length == 1 for msg in sent)
+
+
+def test_the_simulator_runs_the_core_with_the_prms_delay():
+    """`paxmr sim --announce-delay` (the campaigns of this rule) runs another core than the
+    default, and keeps the invariants."""
+    kinds = frozenset({"drop", "dup", "reorder", "crash"})
+    at_once = run_seed(11, 3, kinds, trace=True)
+    delayed = run_seed(11, 3, kinds, trace=True, announce_delay=0.005)
+    assert (at_once.violations, delayed.violations) == ([], [])
+    assert at_once.trace != delayed.trace
+    assert delayed.commits == at_once.commits
