@@ -376,7 +376,8 @@ class Node:
             self._heartbeat(lead, now)
         if now >= lead.announce_at and self._announce_due(lead):
             # Here, not only in ready(): a driver still committing takes no Ready, and a due
-            # deadline left in place would fire again at once.
+            # deadline left in place would fire again at once. It leaves with the next Ready,
+            # after that commit, as a heartbeat made here does.
             for peer in self.peers:
                 self._send(peer, self._accept_msg(lead, ()))
             self._announced(lead)
@@ -438,7 +439,7 @@ class Node:
         Why it may wait: the followers apply a slot only once an Accept tells them it is chosen.
         Announced at once, as this did, every decision cost each follower a second message,
         driver turn and commit, and the leader two more frames each way, per sequential request
-        (paxmr bench replicate: about a third of the three PRMs' CPU). A client of this
+        (paxmr bench replicate: a sixth to a fifth of the three PRMs' CPU). A client of this
         leader's is answered on the leader's own apply; its next request's Accept, usually a
         millisecond later, announces the decision for free. What waits is only the followers'
         learning, at most `announce_delay` (their local reads are that much staler; a
