@@ -646,6 +646,8 @@ class Prm:
         tls = self.settings.tls_files()
         logged: list[int] = []
         while self._waiting:
+            if self._went_back:  # a peer's hello showed it meanwhile (_on_went_back)
+                await self._demote(self._went_back)
             asked = sorted(self._waiting)
             answers = await asyncio.gather(*(ask_cluster(me, where[p], tls) for p in asked))
             for peer, answer in zip(asked, answers, strict=True):
