@@ -650,9 +650,13 @@ class Prm:
                 await self._demote(self._went_back)
             asked = sorted(self._waiting)
             answers = await asyncio.gather(*(ask_cluster(me, where[p], tls) for p in asked))
+            strangers = []  # founders that answer as another cluster's node: never counted
             for peer, answer in zip(asked, answers, strict=True):
-                if answer is None or (answer.cluster and answer.cluster != self.transport.cluster):
-                    continue  # not running, or another cluster's node: no answer
+                if answer is None:
+                    continue  # not running, or not reached
+                if answer.cluster and answer.cluster != self.transport.cluster:
+                    strangers.append(f"node {peer} answers as a node of cluster {answer.cluster}")
+                    continue
                 if why := shows_not_voting(self.storage, peer, answer):
                     await self._demote(why)
                 self._waiting.discard(peer)
@@ -660,10 +664,11 @@ class Prm:
                 break
             if logged != sorted(self._waiting):
                 logged = sorted(self._waiting)
-                self.log.warning("founders_awaited", waiting=logged)
+                self.log.warning("founders_awaited", waiting=logged, strangers=strangers)
             self.observer.apart = (
                 f"a new founding storage: votes once every founder has answered; waiting for"
                 f" node(s) {', '.join(map(str, sorted(self._waiting)))}"
+                + "".join(f" ({s})" for s in strangers)
             )
             await asyncio.sleep(FOUNDERS_ASKED_EVERY)
         self.observer.apart = None
@@ -745,6 +750,7 @@ class Prm:
         learners: Iterable[int],
         addresses: dict[int, str] | None = None,
     ) -> asyncio.Future[paxos.Committed | paxos.Refused]:
+        self._refuse_while_waiting()
         future = asyncio.get_running_loop().create_future()
         rid = self.node.change_membership(
             request_id, sorted(voters), sorted(learners), addresses or {}, time.monotonic()
@@ -933,11 +939,20 @@ class Prm:
         full = self._over_quota(len(value))
         if full is not None:
             raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
+        self._refuse_while_waiting()
         future = self.waiting[rid] = asyncio.get_running_loop().create_future()
         self._submitted_bytes[rid] = len(value)
         self.node.submit(paxos.Request(rid, value), time.monotonic())
         self.wake.set()
         return future
+
+    def _refuse_while_waiting(self) -> None:
+        """A new founding storage's core does not run until every founder answered it
+        (hear_founders): a request would get no outcome until then, so none is submitted."""
+        if self._waiting:
+            raise control.ControlError(
+                "no_quorum", f"{self.observer.apart}: nothing was submitted; retry later"
+            )
 
     def _check_chunks_fresh(self, rid: str, manifest: chunks.Manifest) -> None:
         """Refuse a retry whose chunks from an earlier attempt lie below the last reclaim entry:

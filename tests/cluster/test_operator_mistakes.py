@@ -294,13 +294,6 @@ def test_a_new_cluster_votes_only_once_every_founder_answered() -> None:
         cluster.converged(timeout=CONVERGE_S)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (review2): a replicate sent to a node that waits for its founders is"
-    " submitted to a core that does not run; it fails only after twice the replicate timeout,"
-    " as an unknown outcome with no reason (no outcome within the replicate timeout), not at"
-    " once naming the founders awaited",
-)
 def test_a_replicate_on_a_node_waiting_for_its_founders_is_refused_saying_why() -> None:
     """A new cluster is founded on all three nodes and only nodes 1 and 2 start: they wait for
     node 3 (prm.Prm.hear_founders), their cores do not run. A client's replicate on node 1 can
@@ -326,12 +319,6 @@ def test_a_replicate_on_a_node_waiting_for_its_founders_is_refused_saying_why() 
         assert "unknown" not in done.stderr, done.stderr  # nothing was submitted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap (review2): a founding storage waiting for a founder that answers as another"
-    " cluster's node says only `waiting for node(s) 3` in status, as for a founder that is down;"
-    " why is only in the peer_refused log lines",
-)
 def test_a_founder_of_another_cluster_is_named_as_such_by_the_nodes_waiting_for_it() -> None:
     """Nodes 1 and 2 are founded as one cluster and node 3, by mistake, as another (init run
     with another id there, or an old prm.db left on its host). All three run, and nodes 1 and
