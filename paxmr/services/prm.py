@@ -397,6 +397,7 @@ class Prm:
         self._promote_at = 0.0  # a refused promotion is tried again at most this often
         self._went_back: str | None = None  # why a peer showed this storage went back in time
         self._waiting: set[int] = set()  # founders yet to answer a new founding storage
+        self._founders_heard = asyncio.Event()  # set once its core may run (hear_founders)
         self.transport = Transport(
             settings.node_id, peers, settings.tls_files(), settings.limits.frame_bytes,
             self._deliver, cluster=identity.cluster_id if (identity := storage.identity()) else "",
@@ -639,6 +640,7 @@ class Prm:
         cluster is demoted at the first answer and catches up, as before. Meanwhile it answers
         its peers and drops what their cores send (_deliver)."""
         if not self.storage.pristine():
+            self._founders_heard.set()
             return
         me = self.settings.node_id
         where = {n.id: n for n in member_addresses(self.settings, self.membership)}
@@ -672,6 +674,7 @@ class Prm:
             )
             await asyncio.sleep(FOUNDERS_ASKED_EVERY)
         self.observer.apart = None
+        self._founders_heard.set()
 
     async def drive(self) -> None:
         await self.join()
@@ -750,7 +753,6 @@ class Prm:
         learners: Iterable[int],
         addresses: dict[int, str] | None = None,
     ) -> asyncio.Future[paxos.Committed | paxos.Refused]:
-        self._refuse_while_waiting()
         future = asyncio.get_running_loop().create_future()
         rid = self.node.change_membership(
             request_id, sorted(voters), sorted(learners), addresses or {}, time.monotonic()
@@ -768,6 +770,7 @@ class Prm:
     ) -> None:
         """Propose a membership change and wait until it is applied and took effect."""
         voters, learners = sorted(voters), sorted(learners)
+        await self._founders_answered()
         future = self._propose_change(request_id, voters, learners, addresses)
         outcome = await asyncio.wait_for(future, self.settings.timing.replicate_timeout * 2)
         if isinstance(outcome, paxos.Refused):
@@ -870,6 +873,7 @@ class Prm:
         rid = args.request_id
         if rid.startswith(paxos.CHUNK_PREFIX):
             raise control.ControlError("invalid", "this request id prefix is reserved for chunks")
+        await self._founders_answered()
         value, digest, summary = await self._log_object(args)
         part_bytes = self.settings.limits.value_bytes
         if len(value) > part_bytes:
@@ -939,20 +943,29 @@ class Prm:
         full = self._over_quota(len(value))
         if full is not None:
             raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
-        self._refuse_while_waiting()
         future = self.waiting[rid] = asyncio.get_running_loop().create_future()
         self._submitted_bytes[rid] = len(value)
         self.node.submit(paxos.Request(rid, value), time.monotonic())
         self.wake.set()
         return future
 
-    def _refuse_while_waiting(self) -> None:
+    async def _founders_answered(self) -> None:
         """A new founding storage's core does not run until every founder answered it
-        (hear_founders): a request would get no outcome until then, so none is submitted."""
-        if self._waiting:
-            raise control.ControlError(
-                "no_quorum", f"{self.observer.apart}: nothing was submitted; retry later"
+        (hear_founders). A request waits for that as it would for a leader, up to the
+        replicate timeout (a cluster just started); then it is refused, with nothing
+        submitted, saying whom the node waits for."""
+        if self._founders_heard.is_set():
+            return
+        try:
+            await asyncio.wait_for(
+                self._founders_heard.wait(), self.settings.timing.replicate_timeout
             )
+        except TimeoutError:
+            raise control.ControlError(
+                "no_quorum",
+                f"{self.observer.apart or 'a new founding storage waits for its founders'}:"
+                " nothing was submitted; retry later",
+            ) from None
 
     def _check_chunks_fresh(self, rid: str, manifest: chunks.Manifest) -> None:
         """Refuse a retry whose chunks from an earlier attempt lie below the last reclaim entry:

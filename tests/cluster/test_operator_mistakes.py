@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import shutil
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -287,19 +288,26 @@ def test_a_new_cluster_votes_only_once_every_founder_answered() -> None:
         for node in (one, two):  # neither campaigned, so neither took a role
             assert node.status()["role"] == "follower"
             assert node.log_events("role_changed", after=start[node.id]) == []
+        # A request meanwhile waits, as it would for a leader (up to the replicate timeout,
+        # 5 s), and lands once node 3 starts; it is not refused at once.
+        pending = one.popen("replicate", small_tally(one))
+        time.sleep(1.0)  # it reaches node 1 while node 1 still waits
         with service_env():
             local.restart(cluster.root, 3, "prm")
-        wait_until(lambda: not waiting(one) and not waiting(two), "nodes 1 and 2 vote")
-        one.replicate(small_tally(one))
+        _, err = pending.communicate(timeout=30)
+        assert pending.returncode == 0, err
+        assert not waiting(one)
+        assert not waiting(two)
         cluster.converged(timeout=CONVERGE_S)
 
 
 def test_a_replicate_on_a_node_waiting_for_its_founders_is_refused_saying_why() -> None:
     """A new cluster is founded on all three nodes and only nodes 1 and 2 start: they wait for
     node 3 (prm.Prm.hear_founders), their cores do not run. A client's replicate on node 1 can
-    get no outcome until node 3 starts, so it should be refused at once with nothing submitted
-    and say whom the node waits for, as `status` does, rather than be left to time out as an
-    outcome unknown (which sends the operator looking for a lost quorum)."""
+    get no outcome until node 3 starts: it waits as it would for a leader, up to the replicate
+    timeout, and is then refused with nothing submitted, saying whom the node waits for, as
+    `status` does, not left as an outcome unknown (which sends the operator looking for a
+    lost quorum)."""
     with running_cluster() as cluster:
         one, two, three = cluster.node(1), cluster.node(2), cluster.node(3)
         for node in (one, two, three):
