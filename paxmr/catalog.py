@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from paxmr import chunks, paxos
-from paxmr.logobject import BadLogObject, LogObject
+from paxmr import chunks, logobject, paxos
+from paxmr.logobject import BadLogObject
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from paxmr.chunks import Manifest
+    from paxmr.chunks import Manifest, Parts
 
 
 class Catalog:
@@ -27,7 +27,7 @@ class Catalog:
     def apply(
         self,
         entry: paxos.LogEntry,
-        parts: Callable[[Manifest], list[bytes | None]] | None = None,
+        parts: Callable[[Manifest], Parts] | None = None,
     ) -> dict[str, Any] | None:
         """Add an applied entry; return its summary, with an "error" for a value that is not a
         log object (it keeps its position, so positions agree on every replica). `parts` finds
@@ -54,18 +54,17 @@ class Catalog:
 
 
 def summarize(
-    value: bytes, position: int, parts: Callable[[Manifest], list[bytes | None]] | None = None
+    value: bytes, position: int, parts: Callable[[Manifest], Parts] | None = None
 ) -> dict[str, Any]:
     """What a catalog shows of the value applied at `position`; never raises. A manifest
-    (chunks.py) is assembled from the chunks `parts` finds for it in the log before it (none
-    found without `parts`: an error)."""
+    (chunks.py) is read from the chunks `parts` finds for it in the log before it (none found
+    without `parts`: an error), a part at a time."""
     try:
+        pieces, size = logobject.pieces_of(value), len(value)
         manifest = chunks.manifest(value)
         if manifest is not None:
-            found: list[bytes | None] = [None] * manifest.parts
-            if parts is not None:
-                found = parts(manifest)
-            value = manifest.assemble(found)
-        return LogObject.decode(value).summary(position)
+            found = parts(manifest) if parts is not None else [None] * manifest.parts
+            pieces, size = manifest.pieces(found), manifest.size
+        return logobject.read(pieces, size).summary(position)
     except BadLogObject as exc:
         return {"position": position, "file": None, "words": 0, "error": str(exc)}

@@ -47,7 +47,7 @@ slot r empties every chunk in a slot below the previous reclaim entry's that no 
   in the log counts.
 
 Only a *whole* manifest keeps its chunks: one whose chunks' first copies before it all hold
-their values (as heavy._parts assembles it). A manifest that failed (it came after a reclaim
+their values (as heavy._Parts reads them). A manifest that failed (it came after a reclaim
 entry emptied one of its chunks) keeps none, so its other chunks, of no use to any object, leave
 the quota like the chunks of an upload cut short, instead of staying for ever. Whether a
 manifest is whole is a function of the log, the same on every replica and at every later
@@ -66,17 +66,24 @@ as several log entries, one commit each.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
-from paxmr.logobject import BadLogObject
+from paxmr.logobject import BadLogObject, Pieces, feed
 from paxmr.paxos import CHUNK_PREFIX
 
 _KIND = "chunked"
+
+
+class Parts(Protocol):
+    """A manifest's chunks by index, as the log holds them before it (None: not there)."""
+
+    def __getitem__(self, index: int, /) -> bytes | None: ...
 
 
 class BadManifest(BadLogObject):
@@ -103,19 +110,36 @@ class Manifest:
         packed: bytes = msgpack.packb(body, use_bin_type=True)
         return packed
 
-    def assemble(self, parts: Sequence[bytes | None]) -> bytes:
-        """The whole value from its parts in order (None: not in the log before the manifest);
-        raises BadManifest when they are not the value it names."""
-        missing = [i for i, p in enumerate(parts) if p is None]
-        if missing:
-            raise BadManifest(
-                f"chunk {missing[0]} of {self.parts} is not in the log before it (or was"
-                " reclaimed: never committed by a manifest in time)"
-            )
-        value = b"".join(p for p in parts if p is not None)
-        if len(value) != self.size or hashlib.sha256(value).hexdigest() != self.sha256:
+    def pieces(self, parts: Parts) -> Pieces:
+        """The whole value, for logobject.read, from its parts in order (None: not in the log
+        before the manifest), read a part at a time: each pass over the value reads them again,
+        so a lazy `parts` (heavy._Parts) holds one at a time. Raises BadManifest when they are
+        not the value it names."""
+        sha = hashlib.sha256()
+        ends: list[int] = []  # where each part ends in the value
+        for i in range(self.parts):
+            part = parts[i]
+            if part is None:
+                raise BadManifest(
+                    f"chunk {i} of {self.parts} is not in the log before it (or was"
+                    " reclaimed: never committed by a manifest in time)"
+                )
+            sha.update(part)
+            ends.append((ends[-1] if ends else 0) + len(part))
+        if ends[-1] != self.size or sha.hexdigest() != self.sha256:
             raise BadManifest("its chunks do not hash to its digest")
-        return value
+
+        def read(offset: int) -> Iterator[memoryview]:
+            first = bisect.bisect_right(ends, offset)  # the part that holds byte `offset`
+            start = offset - (ends[first - 1] if first else 0)
+            for i in range(first, self.parts):
+                part = parts[i]
+                if part is None or len(part) != ends[i] - (ends[i - 1] if i else 0):
+                    # Not a verdict on the value: its reader must read one snapshot of the log.
+                    raise RuntimeError(f"chunk {i} changed while its manifest was read")
+                yield from feed(part, start if i == first else 0)
+
+        return read
 
 
 def chunk_id(sha256: str, index: int) -> str:
@@ -139,7 +163,7 @@ def kept(manifests: Iterable[tuple[int, bytes]], first: Mapping[str, tuple[int, 
     """The chunk ids that the whole manifests among `manifests` ((slot, value) pairs; other
     values name none) name. `first` gives each chunk id in the log the slot of its first copy
     and whether that copy holds its value: a manifest whose chunk has no such copy before it
-    failed (heavy._parts), and keeps none."""
+    failed (heavy._Parts), and keeps none."""
     ids: set[str] = set()
     for slot, value in manifests:
         found = manifest(value)

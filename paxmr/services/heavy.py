@@ -32,7 +32,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from paxmr import chunks, logs
+from paxmr import chunks, logobject, logs
 from paxmr.logobject import BadLogObject, LogObject, show
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def validate(value: bytes) -> str | None:
     if chunks.manifest(value) is not None:
         return None  # its chunks are checked where it is applied (catalog.summarize)
     try:
-        LogObject.decode(value)
+        logobject.read(logobject.pieces_of(value), len(value)).summary(0)
     except BadLogObject as exc:
         return str(exc)
     return None
@@ -203,54 +203,76 @@ def _reader(db: str) -> sqlite3.Connection:
     return conn
 
 
-def _parts(conn: sqlite3.Connection, manifest: chunks.Manifest, before: int) -> list[bytes | None]:
-    """A manifest's chunks as the log holds them before its slot (the first of each); None
-    for one not there, or emptied by a reclaim entry (chunks.py)."""
-    found: list[bytes | None] = []
-    for rid in manifest.chunk_ids():
-        rows = conn.execute(
-            "SELECT value FROM log WHERE request_id = ? AND slot < ? ORDER BY slot LIMIT 1",
-            (rid, before),
-        ).fetchall()
-        found.append(bytes(rows[0][0]) if rows and rows[0][0] else None)
-    return found
+class _Parts:
+    """A manifest's chunks as the log holds them before its slot (the first copy of each; None
+    for one not there, or emptied by a reclaim entry: chunks.py), each read when asked for, so
+    that a reader holds one at a time. Read inside one transaction (`_snapshot`): a reclaim
+    entry applied meanwhile must not change them between two passes over the value."""
+
+    def __init__(self, conn: sqlite3.Connection, manifest: chunks.Manifest, before: int) -> None:
+        self._conn = conn
+        self._slots: list[int | None] = []
+        for rid in manifest.chunk_ids():
+            rows = conn.execute(
+                "SELECT slot FROM log WHERE request_id = ? AND slot < ? ORDER BY slot LIMIT 1",
+                (rid, before),
+            ).fetchall()
+            self._slots.append(rows[0][0] if rows else None)
+
+    def __getitem__(self, index: int) -> bytes | None:
+        slot = self._slots[index]
+        if slot is None:
+            return None
+        rows = self._conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
+        return bytes(rows[0][0]) if rows and rows[0][0] else None
+
+
+@contextlib.contextmanager
+def _snapshot(db: str) -> Iterator[sqlite3.Connection]:
+    """The reader of ``db`` in one read transaction: every query sees the same log."""
+    conn = _reader(db)
+    conn.execute("BEGIN")
+    try:
+        yield conn
+    finally:
+        conn.rollback()
 
 
 def stored_summary(db: str, slot: int, position: int) -> dict[str, Any]:
-    """The catalog's summary of the value stored at ``slot``, a chunked one assembled."""
+    """The catalog's summary of the value stored at ``slot``, a chunked one read a chunk at a
+    time."""
     from paxmr.catalog import summarize  # noqa: PLC0415 - light in the PRM, needed in workers
 
-    conn = _reader(db)
-    rows = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
-    if not rows:
-        return {"position": position, "file": None, "words": 0, "error": "not in the database"}
-    return summarize(bytes(rows[0][0]), position, lambda m: _parts(conn, m, slot))
+    with _snapshot(db) as conn:
+        rows = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
+        if not rows:
+            return {"position": position, "file": None, "words": 0, "error": "not in the database"}
+        return summarize(bytes(rows[0][0]), position, lambda m: _Parts(conn, m, slot))
 
 
 def merge_slots(db: str, slots: list[tuple[int, int]], top: int) -> dict[str, Any]:
-    """Merge the log objects at ``slots`` ((position, slot) pairs, each read once, one at a
-    time) straight from the database: the distinct words, the total and the ``top`` words
-    (all for 0). A position whose value is not a log object gives {"error": ...}."""
+    """Merge the log objects at ``slots`` ((position, slot) pairs, each read once, a batch of
+    words at a time) straight from the database: the distinct words, the total and the ``top``
+    words (all for 0). A position whose value is not a log object gives {"error": ...}."""
     merged: Counter[bytes] = Counter()
     times = Counter(slot for _, slot in slots)
     where = {slot: position for position, slot in slots}
-    conn = _reader(db)
-    for slot, n in times.items():
-        # fetchall, not fetchone: a statement left unfinished would keep its read snapshot,
-        # and a later merge on this connection would not find newer slots.
-        rows = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
-        row = rows[0] if rows else None
-        if row is None:
-            return {"error": f"log position {where[slot]}: not in the database"}
-        try:
-            value = bytes(row[0])
-            manifest = chunks.manifest(value)
-            if manifest is not None:
-                value = manifest.assemble(_parts(conn, manifest, slot))
-            obj = LogObject.decode(value)
-        except BadLogObject as exc:
-            return {"error": f"log position {where[slot]}: {exc}"}
-        for word, count in zip(obj.words, obj.counts, strict=True):
-            merged[word] += count * n
+    with _snapshot(db) as conn:
+        for slot, n in times.items():
+            rows = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
+            if not rows:
+                return {"error": f"log position {where[slot]}: not in the database"}
+            value = bytes(rows[0][0])
+            try:
+                pieces, size = logobject.pieces_of(value), len(value)
+                manifest = chunks.manifest(value)
+                if manifest is not None:
+                    pieces, size = manifest.pieces(_Parts(conn, manifest, slot)), manifest.size
+                del value  # a manifest's object is read from its chunks, a part at a time
+                for batch in logobject.read(pieces, size).batches():
+                    for word, count in zip(*batch, strict=True):
+                        merged[word] += count * n
+            except BadLogObject as exc:  # the counts merged so far are dropped with `merged`
+                return {"error": f"log position {where[slot]}: {exc}"}
     words = [[show(w), c] for w, c in merged.most_common(top or None)]
     return {"distinct": len(merged), "total": sum(merged.values()), "words": words}

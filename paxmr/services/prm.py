@@ -507,7 +507,7 @@ class Prm:
                 self.wake.set()
 
     async def _summary(self, entry: paxos.LogEntry) -> dict[str, Any]:
-        """The summary of an applied position: a chunked one is assembled from storage (where
+        """The summary of an applied position: a chunked one is read from storage (where
         its chunks and itself are once committed) in a worker."""
         assert entry.position is not None
         encoded = self._encoded.get(entry.request_id)

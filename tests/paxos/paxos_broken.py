@@ -7,9 +7,6 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-import msgpack
-
-from paxmr.logobject import BadLogObject, LogObject, _digest
 from paxmr.paxos import Ballot, CoreConfig, DurableState, Entry, Message, Node
 from paxmr.paxos.acceptor import Acceptor
 from paxmr.paxos.membership import Membership
@@ -128,25 +125,11 @@ class SendsWholePromises(Node):
         return UnpagedAcceptor(durable)
 
 
-def decode_unchecked(value: bytes) -> LogObject:
-    """Defect 4: LogObject.decode as it was, with the digest step outside the checks."""
-    try:
-        body: Any = msgpack.unpackb(value, raw=False)
-        if body["v"] != 1:
-            raise BadLogObject(f"log object version {body['v']} is not 1")
-        obj = LogObject(
-            str(body["file"]),
-            int(body["node"]),
-            str(body["rid"]),
-            tuple(body["words"]),
-            tuple(body["counts"]),
-            str(body["digest"]),
-        )
-    except (ValueError, KeyError, TypeError, msgpack.ExtraData) as exc:
-        raise BadLogObject(f"not a log object: {exc}") from exc
-    if _digest(obj.words, obj.counts) != obj.digest:
-        raise BadLogObject("log object digest does not match its counts")
-    return obj
+def words_unchecked(stream: Any, n: int) -> None:
+    """Defect 4 as the piecewise reader could bring it back: a forged value's words not
+    checked (logobject._check_words), so the digest step raises TypeError on a word that is no
+    bytes instead of refusing the value."""
+    stream.take(n)
 
 
 # -- membership changes (issue 9), planted wrong --------------------------------------------

@@ -10,7 +10,7 @@ import msgpack
 import pytest
 from click.testing import CliRunner
 
-from paxmr.logobject import LogObject
+from paxmr import logobject
 from paxmr.paxos import Message, Persist, to_wire
 from paxmr.paxos.ballot import Ballot
 from paxmr.paxos.log import Entry
@@ -29,8 +29,8 @@ from tests.paxos.paxos_broken import (
     KeepsLeadingAfterConflict,
     SendsWholePromises,
     SkipsPhaseOne,
-    decode_unchecked,
     votes_without_storage,
+    words_unchecked,
 )
 
 ALL = frozenset(FAULT_KINDS)
@@ -152,7 +152,7 @@ def test_acceptor_state_written_without_an_fsync_is_caught(monkeypatch):
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_applying_a_value_that_raises_is_caught(monkeypatch, nodes):
     """Defect 4: a forged value that the old decode let through crashed every replica."""
-    monkeypatch.setattr(LogObject, "decode", staticmethod(decode_unchecked))
+    monkeypatch.setattr(logobject, "_check_words", words_unchecked)
     _, violation = first_violation(nodes, {"forge", "crash", "drop"}, 200)
     assert violation.startswith("crash"), violation
 

@@ -21,7 +21,7 @@ def test_a_split_value_assembles_to_itself_and_summarizes_as_the_object():
     assert manifest.parts == len(parts) == -(-len(VALUE) // 1000)
     assert all(len(p) <= 1000 for p in parts)
     assert chunks.manifest(manifest.encode()) == manifest
-    assert manifest.assemble(list(parts)) == VALUE
+    assert b"".join(manifest.pieces(list(parts))(0)) == VALUE
     assert summarize(manifest.encode(), 4, _parts_of(parts)) == OBJ.summary(4)
     assert len(set(manifest.chunk_ids())) == manifest.parts
 
@@ -30,10 +30,10 @@ def test_missing_or_altered_parts_show_as_an_error_never_as_another_object():
     manifest, parts = chunks.split(VALUE, OBJ.file, OBJ.digest, 1000)
     missing: list[bytes | None] = [*parts[:-1], None]
     with pytest.raises(chunks.BadManifest, match="not in the log"):
-        manifest.assemble(missing)
+        manifest.pieces(missing)
     altered = [parts[0][:-1] + b"\x00", *parts[1:]]
     with pytest.raises(chunks.BadManifest, match="digest"):
-        manifest.assemble(altered)
+        manifest.pieces(altered)
     shown = summarize(manifest.encode(), 0, _parts_of(altered))
     assert "error" in shown
     assert "error" in summarize(manifest.encode(), 0)  # no way to read its parts
@@ -113,7 +113,7 @@ def test_the_chunks_of_a_manifest_that_failed_are_reclaimed_too(tmp_path):
     storage.commit(Persist(log=[LogEntry(5, chunks.reclaim_id(3), b"", None)]))
     assert storage.reclaim_chunks(3, 5) == len(parts[1])
     assert not storage.loose_chunks()
-    # Whole means as heavy._parts assembles it: each chunk's first copy before the manifest.
+    # Whole means as heavy._Parts reads them: each chunk's first copy before the manifest.
     copies = {ids[0]: (0, True), ids[1]: (2, True)}
     assert chunks.kept([(4, late.encode())], copies) == set(ids)
     assert chunks.kept([(1, late.encode())], copies) == set()  # chunk 1 came after it
