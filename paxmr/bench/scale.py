@@ -13,11 +13,12 @@ After the baseline, a third node is stopped (``stop``: it misses everything from
 each phase prints its seconds, the elections during it, the load average at its start and end
 and the PRMs' event-loop timers that ran over 0.2 s late, with what held each loop (``_late``):
 the growth (replicate MB/s), one ``largest`` tally of short words (in chunks past the value
-limit), then, with the log complete, 5 s of ``status`` and ``print`` on every node with nothing
-else running (the baseline of the p99s below), the stopped node's catch-up (MB/s, against the
-durable commit rate of the same bytes in the same run: ``commit_floor_mb_per_s``) with the same
-reads polled meanwhile, and a merge storm (``merges`` clients spread over the nodes, each
-merging 8 positions spread over the log, one merge after another for 10 s) with the same reads.
+limit, with each node's peak memory meanwhile: its PRM's and its largest worker's), then, with
+the log complete, 5 s of ``status`` and ``print`` on every node with nothing else running (the
+baseline of the p99s below), the stopped node's catch-up (MB/s, against the durable commit rate
+of the same bytes in the same run: ``commit_floor_mb_per_s``) with the same reads polled
+meanwhile, and a merge storm (``merges`` clients spread over the nodes, each merging 8
+positions spread over the log, one merge after another for 10 s) with the same reads.
 Elections during the growth, the largest tally and the merge storm are the ones client load
 caused (a restarted node is first left to find the leader: its campaign is not theirs).
 
@@ -48,14 +49,20 @@ from paxmr.settings import Settings, load
 _MIB = 1 << 20
 
 
-def _rss_kib(pid: int) -> int:
+def _rss_kib(pid: int, field: str = "VmRSS") -> int:
+    """A process's resident memory (``VmHWM``: its peak since start or `_reset_peak`)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         return 0
     return 0
+
+
+def _reset_peak(pid: int) -> None:
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/clear_refs").write_text("5")  # VmHWM starts again from VmRSS
 
 
 def _children(pid: int) -> list[int]:
@@ -260,9 +267,22 @@ def _largest(root: Path, nodes: list[Settings], size: int) -> dict[str, Any]:
     past the value limit)."""
     lead = leader(nodes)
     tally_bytes = write_tally(lead.data_dir / "largest_reduced", size)
+    prms = {s.node_id: _prm_pid(root, s.node_id) for s in nodes}
+    for pid in prms.values():
+        for each in [pid, *_children(pid)]:
+            _reset_peak(each)
     with _Phase(root, nodes) as phase:
         _replicate(lead, "largest_reduced")
     phase["tally_bytes"] = tally_bytes
+    # Each node's peak memory meanwhile: its PRM's, and its largest worker's (which parse and
+    # check the tally), in MiB; the leader's first.
+    phase["peak_mib"] = {
+        f"{node}{'L' if node == lead.node_id else ''}": [
+            round(_rss_kib(pid, "VmHWM") / 1024, 1),
+            round(max((_rss_kib(c, "VmHWM") for c in _children(pid)), default=0) / 1024, 1),
+        ]
+        for node, pid in sorted(prms.items(), key=lambda kv: kv[0] != lead.node_id)
+    }
     phase["mb_per_s"] = round(tally_bytes / 1e6 / phase["seconds"], 2)
     return phase
 
