@@ -664,13 +664,13 @@ class Prm:
                 self._waiting.discard(peer)
             if not self._waiting:
                 break
-            if logged != sorted(self._waiting):
-                logged = sorted(self._waiting)
-                self.log.warning("founders_awaited", waiting=logged, strangers=strangers)
+            waiting = sorted(self._waiting)
+            if logged != waiting:
+                logged = waiting
+                self.log.warning("founders_awaited", waiting=waiting, strangers=strangers)
             self.observer.apart = (
                 f"a new founding storage: votes once every founder has answered; waiting for"
-                f" node(s) {', '.join(map(str, sorted(self._waiting)))}"
-                + "".join(f" ({s})" for s in strangers)
+                f" node(s) {', '.join(map(str, waiting))}" + "".join(f" ({s})" for s in strangers)
             )
             await asyncio.sleep(FOUNDERS_ASKED_EVERY)
         self.observer.apart = None
