@@ -13,11 +13,11 @@ After the baseline, a third node is stopped (``stop``: it misses everything from
 each phase prints its seconds, the elections during it, the load average at its start and end
 and the PRMs' event-loop timers that ran over 0.2 s late, with what held each loop (``_late``):
 the growth (replicate MB/s), one ``largest`` tally of short words (in chunks past the value
-limit, with each node's peak memory meanwhile: its PRM's and its largest worker's), then, with
-the log complete, 5 s of ``status`` and ``print`` on every node with nothing else running (the
-baseline of the p99s below), the stopped node's catch-up (MB/s, against the durable commit rate
-of the same bytes in the same run: ``commit_floor_mb_per_s``) with the same reads polled
-meanwhile, and a merge storm (``merges`` clients spread over the nodes, each merging 8
+limit, with the peak memory of each node that applies it: its PRM's and its largest worker's),
+then, with the log complete, 5 s of ``status`` and ``print`` on every node with nothing else
+running (the baseline of the p99s below), the stopped node's catch-up (MB/s, against the durable
+commit rate of the same bytes in the same run: ``commit_floor_mb_per_s``) with the same reads
+polled meanwhile, and a merge storm (``merges`` clients spread over the nodes, each merging 8
 positions spread over the log, one merge after another for 10 s) with the same reads.
 Elections during the growth, the largest tally and the merge storm are the ones client load
 caused (a restarted node is first left to find the leader: its campaign is not theirs).
@@ -262,20 +262,27 @@ def _grow(
     return phase
 
 
-def _largest(root: Path, nodes: list[Settings], size: int) -> dict[str, Any]:
+def _largest(root: Path, nodes: list[Settings], size: int, lagger: Settings) -> dict[str, Any]:
     """One tally of about ``size`` bytes of short words, replicated at the leader (in chunks
-    past the value limit)."""
+    past the value limit), and the peak memory of each node that applies it meanwhile (not
+    ``lagger``, stopped: it gets the tally in the catch-up)."""
     lead = leader(nodes)
     tally_bytes = write_tally(lead.data_dir / "largest_reduced", size)
-    prms = {s.node_id: _prm_pid(root, s.node_id) for s in nodes}
+    prms = {s.node_id: _prm_pid(root, s.node_id) for s in nodes if s is not lagger}
     for pid in prms.values():
         for each in [pid, *_children(pid)]:
             _reset_peak(each)
     with _Phase(root, nodes) as phase:
         _replicate(lead, "largest_reduced")
     phase["tally_bytes"] = tally_bytes
-    # Each node's peak memory meanwhile: its PRM's, and its largest worker's (which parse and
-    # check the tally), in MiB; the leader's first.
+    phase["mb_per_s"] = round(tally_bytes / 1e6 / phase["seconds"], 2)
+    # The leader answers once it applied the tally; a follower may still be checking it.
+    shown = len(control.call(lead.prm_socket, "print", timeout=60.0)["entries"])
+    for settings in nodes:
+        if settings is not lagger:
+            _serving(settings, shown)
+    # Each node's peak memory: its PRM's, and its largest worker's (which parse and check the
+    # tally), in MiB; the leader (L) first.
     phase["peak_mib"] = {
         f"{node}{'L' if node == lead.node_id else ''}": [
             round(_rss_kib(pid, "VmHWM") / 1024, 1),
@@ -283,7 +290,6 @@ def _largest(root: Path, nodes: list[Settings], size: int) -> dict[str, Any]:
         ]
         for node, pid in sorted(prms.items(), key=lambda kv: kv[0] != lead.node_id)
     }
-    phase["mb_per_s"] = round(tally_bytes / 1e6 / phase["seconds"], 2)
     return phase
 
 
@@ -372,7 +378,7 @@ def run(
                 have = size
                 rows.append(_measure(root, _follower(nodes, lagger), have, restarts))
             if largest:
-                out["largest"] = _largest(root, nodes, largest)
+                out["largest"] = _largest(root, nodes, largest, lagger)
             # The floor of a catch-up's writes: durable commits of one tally's bytes each.
             floor = fsync_commits(root, b"x" * tally_bytes, 20)
             out["commit_floor_mb_per_s"] = round(len(floor) * tally_bytes / 1e6 / sum(floor), 2)
