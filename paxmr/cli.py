@@ -1071,9 +1071,11 @@ def bench_large(c: Ctx, sizes: str, rounds: int) -> None:
         raise click.BadParameter("a comma-separated list of sizes", param_hint="--sizes") from None
     result = large.run(counts, rounds)
     c.emit(result, lambda r: render.table(
-        ["tally bytes", "value limit", "median s", "times s", "retries", "log slots"],
+        ["tally bytes", "value limit", "median s", "times s", "retries", "log slots",
+         "leader PRM peak MiB", "its encoder's", "its applier's"],
         [[x["tally_bytes"], x["value_bytes"], x["median_s"], " ".join(map(str, x["times_s"])),
-          x["retries"], x["slots"]] for x in r["chunked"] + r["one_value"]]))  # fmt: skip
+          x["retries"], x["slots"], x["prm_peak_mib"], x["heavy-client_peak_mib"],
+          x["apply_peak_mib"]] for x in r["chunked"] + r["one_value"]]))  # fmt: skip
 
 
 @bench.command("storm")

@@ -6,6 +6,10 @@ baseline, one whose value limit is raised so that the same tally goes as a singl
 tally is replicated ``rounds`` times on the leader (a new request id each time) and the median
 time from the call to its acknowledgement is printed. Tallies have the shape of a real one (short
 words, varied counts: a 38 MB source tree's tally is 8.9 MB of 574,558 words).
+
+Beside each time, the peak memory (VmHWM) of the leader's PRM and of its worker processes by
+pool (heavy.py names them: heavy-client encodes a tally for replicate, apply summarizes what is
+applied). A process keeps its peak, so a row shows the largest of that cluster's sizes so far.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from paxmr import control, local
 from paxmr.bench.storm import leader, write_tally
+from paxmr.services import heavy
 from paxmr.settings import load
 
 if TYPE_CHECKING:
@@ -86,11 +91,31 @@ def _times(sizes: list[int], value_bytes: int, rounds: int) -> list[dict[str, An
                 rows.append({"tally_bytes": tally_bytes, "value_bytes": value_bytes,
                              "median_s": round(statistics.median(took), 2),
                              "times_s": [round(t, 2) for t in took], "retries": retries,
-                             "slots": status["slots"]})  # fmt: skip
+                             "slots": status["slots"], **_peaks(root, lead.node_id)})  # fmt: skip
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # a later one may hang
         finally:
             local.down(root)
     return rows
+
+
+def _peak_mib(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    return 0.0  # gone meanwhile
+
+
+def _peaks(root: Path, node: int) -> dict[str, Any]:
+    """The peak memory of ``node``'s PRM and the largest of each of its worker pools'."""
+    prm = next(s.pid for s in local.load_state(root) if (s.node, s.name) == (node, "prm"))
+    workers: dict[str, float] = {}
+    for pid in heavy.children(prm):
+        with contextlib.suppress(OSError):
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            workers[comm] = max(workers.get(comm, 0.0), _peak_mib(pid))
+    pools = (heavy.comm("heavy client"), heavy.comm("apply"))
+    return {"prm_peak_mib": _peak_mib(prm), **{f"{p}_peak_mib": workers.get(p) for p in pools}}
 
 
 def run(sizes: list[int], rounds: int) -> dict[str, Any]:

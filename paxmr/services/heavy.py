@@ -84,7 +84,7 @@ class Pool:
                 self.workers,
                 mp_context=multiprocessing.get_context("spawn"),
                 initializer=_worker_started,
-                initargs=(os.getpid(),),
+                initargs=(os.getpid(), self.name),
             )
         except OSError as exc:  # no POSIX semaphores here (a sandbox without /dev/shm)
             return self._in_threads(exc)
@@ -134,9 +134,15 @@ class Pool:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
 
-def children() -> list[int]:
-    """The processes this one started (its workers and multiprocessing's resource tracker)."""
-    me = str(os.getpid())
+def comm(pool: str) -> str:
+    """The process name of the pool's workers."""
+    return pool.replace(" ", "-")[:15]
+
+
+def children(pid: int | None = None) -> list[int]:
+    """The processes ``pid`` (this one by default) started: a PRM's workers and
+    multiprocessing's resource tracker."""
+    me = str(os.getpid() if pid is None else pid)
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError):
@@ -148,15 +154,20 @@ def children() -> list[int]:
 # --- what runs in a worker: plain data in, plain data out -------------------------------------
 
 
-def _worker_started(parent: int) -> None:
+def _worker_started(parent: int, pool: str) -> None:
     """Workers yield the CPU to the PRM's own process: on a loaded host the loop that sends
     heartbeats must not wait for a core behind a merge. (A seccomp filter without setpriority,
     as in the systemd unit's @resources exclusion, refuses it: the worker runs unchanged.)
+
+    A worker is named for its pool (``comm``: what ps and top show, at most 15 bytes), so that
+    an operator, and ``paxmr bench large``, can tell whose memory is whose.
 
     And a worker ends when the PRM does, however it ends: a SIGKILLed PRM cannot tell it to
     (its workers hold the call queue's write end too, so they would wait on it for ever)."""
     with contextlib.suppress(OSError):
         os.nice(10)
+    with contextlib.suppress(OSError):
+        Path("/proc/self/comm").write_text(comm(pool))
 
     def orphaned() -> None:
         while os.getppid() == parent:
