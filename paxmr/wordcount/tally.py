@@ -21,7 +21,7 @@ import operator
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
@@ -99,10 +99,12 @@ def _create_temporary(dir_fd: int, name: str) -> tuple[str, int]:
     raise FileExistsError(errno.EEXIST, "no free temporary name", name)
 
 
-def _checked(name: str, items: Iterable[tuple[bytes, int]]) -> Iterator[tuple[bytes, int]]:
-    """Pass ``items`` through, refusing what the format cannot hold (line numbers as in a file)."""
-    previous = b""
-    for number, (word, count) in enumerate(items, start=2):
+def _checked(
+    name: str, items: Iterable[tuple[bytes, int]], start: int = 2, previous: bytes = b""
+) -> Iterator[tuple[bytes, int]]:
+    """Pass ``items`` through, refusing what the format cannot hold (line numbers as in a file:
+    the first item is line ``start``, and must come after ``previous``)."""
+    for number, (word, count) in enumerate(items, start=start):
         if not word or not _NOT_IN_WORD.isdisjoint(word):
             raise TallyError(f"{name}:{number}: a word must be non-empty and without whitespace")
         if count < 1:
@@ -116,7 +118,11 @@ def _checked(name: str, items: Iterable[tuple[bytes, int]]) -> Iterator[tuple[by
 def _parse(name: str, f: IO[bytes]) -> Iterator[tuple[bytes, int]]:
     if f.readline() != HEADER:
         raise TallyError(f"{name}: not a paxmr tally (first line must be {HEADER!r})")
-    for number, line in enumerate(f, start=2):
+    return _parse_lines(name, f)
+
+
+def _parse_lines(name: str, lines: Iterable[bytes], start: int = 2) -> Iterator[tuple[bytes, int]]:
+    for number, line in enumerate(lines, start=start):
         word, tab, rest = line.partition(b"\t")
         digits = rest[:-1]
         if not word or not tab or not rest.endswith(b"\n"):
@@ -163,16 +169,71 @@ _VALID_LINES = re.compile(rb"(?:[^ \t\n\x0b\x0c\r]+\t[1-9][0-9]*\n)*")
 
 def parse(data: bytes, name: str = "tally") -> tuple[list[bytes], list[int]]:
     """A whole tally held in memory: its words and counts, validated as `iterate` validates,
-    several times faster (a replicate parses one). An invalid one goes through `iterate`,
-    whose error names the line."""
-    if data.startswith(HEADER) and _VALID_LINES.fullmatch(data, len(HEADER)):
-        # word, count, word, count, ..., b"": each line is one word, a tab, one count.
-        fields = data[len(HEADER) :].replace(b"\t", b"\n").split(b"\n")
-        words = fields[0:-1:2]
-        if all(map(operator.lt, words, itertools.islice(words, 1, None))):
-            return words, list(map(int, fields[1::2]))
-    pairs = list(iterate(io.BytesIO(data), name))
-    return [word for word, _ in pairs], [count for _, count in pairs]
+    several times faster (`blocks`, in one block)."""
+    words: list[bytes] = []
+    counts: list[int] = []
+    for block_words, digits in blocks(io.BytesIO(data).read, name, max(len(data), 1)):
+        words += block_words
+        counts += map(int, digits)
+    return words, counts
+
+
+BLOCK_BYTES = 1 << 20
+
+
+def blocks(
+    read: Callable[[int], bytes],
+    name: str = "tally",
+    block_bytes: int = BLOCK_BYTES,
+    *,
+    checked: bool = True,
+) -> Iterator[tuple[list[bytes], list[bytes]]]:
+    """A tally's words and counts (as their decimal digits), one block of lines at a time,
+    validated as `iterate` validates (the same errors, naming the same line), several times
+    faster: each block is checked at once in C, and only one that fails is walked line by line
+    for its error. ``read(n)`` returns the file's next bytes (at most n, b"" at its end); about
+    ``block_bytes`` are held at a time, or the longest line if it is longer.
+
+    ``checked=False`` only cuts lines into fields, at half the cost, for bytes already seen
+    valid: its caller must make sure they are those bytes (tallyvalue.py compares hashes)."""
+    if read(len(HEADER)) != HEADER:  # as `iterate`'s first line: HEADER's one newline ends it
+        raise TallyError(f"{name}: not a paxmr tally (first line must be {HEADER!r})")
+    number, previous = 2, b""
+    pending: list[bytes] = []  # a line longer than a block, in pieces: joined once, not grown
+    while data := read(block_bytes):
+        end = data.rfind(b"\n") + 1
+        if not end:
+            pending.append(data)
+            continue
+        block = b"".join([*pending, data[:end]]) if pending else data[:end]
+        pending = [data[end:]] if end < len(data) else []
+        words, digits = _block(name, block, number, previous) if checked else _fields(block)
+        number += len(words)
+        previous = words[-1]
+        yield words, digits
+    if pending and checked:  # a last line without its newline
+        list(_checked(name, _parse_lines(name, [b"".join(pending)], number), number, previous))
+
+
+def _fields(block: bytes) -> tuple[list[bytes], list[bytes]]:
+    """The words and counts of valid lines."""
+    # word, count, word, count, ..., b"": each line is one word, a tab, one count.
+    fields = block.replace(b"\t", b"\n").split(b"\n")
+    return fields[0:-1:2], fields[1::2]
+
+
+def _block(
+    name: str, block: bytes, number: int, previous: bytes
+) -> tuple[list[bytes], list[bytes]]:
+    """The words and counts of ``block``, whole lines from line ``number`` on, that must come
+    after the word ``previous``."""
+    if _VALID_LINES.fullmatch(block):
+        words, digits = _fields(block)
+        if previous < words[0] and all(map(operator.lt, words, itertools.islice(words, 1, None))):
+            return words, digits
+    lines = (line + b"\n" for line in block.split(b"\n")[:-1])
+    pairs = list(_checked(name, _parse_lines(name, lines, number), number, previous))
+    return [w for w, _ in pairs], [b"%d" % c for _, c in pairs]
 
 
 def read(source: Path | BinaryIO, name: str | None = None) -> dict[bytes, int]:

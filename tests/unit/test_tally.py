@@ -214,6 +214,28 @@ def _both(data: bytes) -> tuple[object, object]:
     return _parsed(lambda: tally.parse(data, "f")), pairs
 
 
+@given(
+    lines=st.lists(_lines, max_size=12),
+    header=st.sampled_from([tally.HEADER, b"", b"x\n"]),
+    block=st.integers(1, 40),
+)
+def test_blocks_of_any_size_are_iterate(lines: list[bytes], header: bytes, block: int) -> None:
+    """Lines cut across blocks anywhere (a line longer than a block, the order of words on
+    either side of a cut): the same words and counts, or the same error, as line by line."""
+    data = header + b"".join(lines)
+
+    def in_blocks() -> tuple[list[bytes], list[int]]:
+        words: list[bytes] = []
+        counts: list[int] = []
+        for w, digits in tally.blocks(io.BytesIO(data).read, "f", block):
+            words += w
+            counts += map(int, digits)
+        return words, counts
+
+    _, slow = _both(data)
+    assert _parsed(in_blocks) == slow
+
+
 @given(counts=counts)
 def test_parse_of_a_valid_tally_gives_its_counts(counts: dict[bytes, int]) -> None:
     data = tally.HEADER + b"".join(b"%s\t%d\n" % item for item in sorted(counts.items()))
