@@ -180,7 +180,14 @@ def split(value: bytes, file: str, digest: str, part_bytes: int) -> tuple[Manife
     """A value cut into parts of at most `part_bytes`, and the manifest that commits them."""
     parts = [value[i : i + part_bytes] for i in range(0, len(value), part_bytes)]
     sha = hashlib.sha256(value).hexdigest()
-    return Manifest(file, digest, sha, len(parts), len(value)), parts
+    return manifest_of(file, digest, sha, len(value), part_bytes), parts
+
+
+def manifest_of(file: str, digest: str, sha256: str, size: int, part_bytes: int) -> Manifest:
+    """The manifest of a value of `size` bytes with this SHA-256, cut into parts of at most
+    `part_bytes` (part i is the value's bytes from i * part_bytes on): the PRM reads each part
+    from where it spooled the value, never holding the whole of it."""
+    return Manifest(file, digest, sha256, -(-size // part_bytes), size)
 
 
 # A manifest is small: anything larger is not one (checked before decoding). And it names at

@@ -8,7 +8,7 @@ with ``busy`` instead of waiting in an unbounded queue.
 
 Two pools, so that client work never delays what consensus needs:
 
-- ``Pool("client")``: merge and the parsing of a tally for replicate (admission-limited);
+- ``Pool("client")``: merge and the encoding of a tally for replicate (admission-limited);
 - ``Pool("apply")``: summaries of applied entries and the validation of forwarded values.
 
 The functions that run in a worker take and return plain data (bytes, ints, dicts) and read the
@@ -32,8 +32,9 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from paxmr import chunks, logobject, logs
-from paxmr.logobject import BadLogObject, LogObject, show
+from paxmr import chunks, logobject, logs, paths, tallyvalue
+from paxmr.logobject import BadLogObject, show
+from paxmr.wordcount import tally
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -195,13 +196,23 @@ def validate(value: bytes) -> str | None:
     return None
 
 
-def parse_tally(
-    data: bytes, file: str, node: int, request_id: str
-) -> tuple[bytes, str, dict[str, Any]]:
-    """A tally file's bytes as a log object's value, its digest and its summary (at position
-    0; raises tally.TallyError)."""
-    obj = LogObject.from_tally_bytes(data, file, node, request_id)
-    return obj.encode(), obj.digest, obj.summary(0)
+def encode_tally(
+    data_dir: str, name: str, inode: tuple[int, int, int], spool: str, *, node: int, rid: str
+) -> tallyvalue.Encoded:
+    """Encode the tally file ``name`` as its log object's value into the file ``spool`` (made
+    by the PRM, which reads the value's parts from it and removes it: replicate), in bounded
+    memory (tallyvalue.py). The file is opened again as the PRM opened it (paths.open_input:
+    race-free, inside the data directory) and must be the one the PRM checked: ``inode`` is
+    its (device, inode, size) there. Raises tally.TallyError."""
+    with paths.open_input(Path(data_dir), name) as source:
+        st = os.fstat(source.fileno())
+        if (st.st_dev, st.st_ino, st.st_size) != inode:
+            raise tally.TallyError(f"{name}: replaced while it was read; nothing was replicated")
+        # Not created here: the PRM made it, and a worker that outlived its request must not
+        # make it again once the PRM removed it (Prm._log_object).
+        fd = os.open(spool, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "wb") as out:
+            return tallyvalue.encode(source, name, node, rid, out.write)
 
 
 _connections: dict[str, sqlite3.Connection] = {}

@@ -24,10 +24,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from pydantic import Field
 
-from paxmr import backup, chunks, control, logs, paths, paxos, stamps
+from paxmr import backup, chunks, control, logs, paths, paxos, stamps, tallyvalue
 from paxmr import replies as r
 from paxmr.catalog import Catalog
-from paxmr.logobject import LogObject
 from paxmr.paxos.membership import replay
 from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
@@ -37,7 +36,12 @@ from paxmr.storage import Identity, Storage, mark_path
 from paxmr.wordcount import tally
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+
+    from paxmr.tallyvalue import Encoded
+
+    # A reader of an encoded value's bytes: (offset, length) -> bytes (Prm._log_object).
+    Read = Callable[[int, int], Awaitable[bytes]]
 
 T = TypeVar("T")
 
@@ -53,6 +57,28 @@ def db_path(settings: Settings) -> Path:
 
 def backup_dir(settings: Settings) -> Path:
     return settings.state_dir / "backups"
+
+
+def spool_dir(settings: Settings) -> Path:
+    """Where replicate spools a large tally's value (Prm._log_object)."""
+    return settings.state_dir / "spool"
+
+
+def clear_spool(settings: Settings) -> None:
+    """Make the spool directory empty: what is left there is from a PRM killed in the middle
+    of a replicate, whose request ended with it."""
+    spool = spool_dir(settings)
+    spool.mkdir(mode=0o700, exist_ok=True)
+    for left in spool.iterdir():
+        left.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _bad_tally() -> Iterator[None]:
+    try:
+        yield
+    except tally.TallyError as exc:
+        raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
 
 
 def uninitialized(settings: Settings) -> Path:
@@ -874,30 +900,35 @@ class Prm:
         if rid.startswith(paxos.CHUNK_PREFIX):
             raise control.ControlError("invalid", "this request id prefix is reserved for chunks")
         await self._founders_answered()
-        value, digest, summary = await self._log_object(args)
         part_bytes = self.settings.limits.value_bytes
-        if len(value) > part_bytes:
-            # Larger than one value: its chunks, then the manifest that commits them (chunks.py).
-            manifest, parts = await asyncio.to_thread(
-                chunks.split, value, args.file, digest, part_bytes
-            )
-            value = manifest.encode()
-            if rid not in self.node.log.positions:  # landed before: its chunks are in the log
-                full = self._over_quota(manifest.size)
-                if full is not None:
-                    raise control.ControlError("quota", f"log full: {full}; nothing was submitted")
-                self._check_chunks_fresh(rid, manifest)
-                await self._replicate_chunks(rid, manifest, parts, p)
-            del parts
+        async with self._log_object(args) as (encoded, read):
+            if encoded.size <= part_bytes:
+                value = await read(0, encoded.size)
+            else:
+                # Larger than one value: its chunks, then the manifest that commits them
+                # (chunks.py), each chunk read from the spool when it is submitted.
+                manifest = chunks.manifest_of(
+                    args.file, encoded.digest, encoded.sha256, encoded.size, part_bytes
+                )
+                value = manifest.encode()
+                if rid not in self.node.log.positions:  # landed before: its chunks are in the log
+                    full = self._over_quota(manifest.size)
+                    if full is not None:
+                        raise control.ControlError(
+                            "quota", f"log full: {full}; nothing was submitted"
+                        )
+                    self._check_chunks_fresh(rid, manifest)
+                    await self._replicate_chunks(rid, manifest, read, part_bytes, p)
         future = self.waiting.get(rid)
         if future is None:
             future = self._submit(rid, value)
-            if len(value) <= part_bytes:  # not a manifest: its summary is the object's
-                self._encoded[rid] = (value, summary)
+            # Its summary is the object's, a manifest's too (the object its chunks, just
+            # chosen, make): applying it here needs neither a decode nor an assembly.
+            self._encoded[rid] = (value, encoded.summary)
         # Submitted (here or by a concurrent call with this id): from now on every failure leaves
         # the outcome unknown, and says so with the request id to retry with.
         try:
-            return await self._outcome(args, future, digest)
+            return await self._outcome(args, future, encoded.digest)
         except control.ControlError:
             raise
         except Exception as exc:
@@ -907,29 +938,60 @@ class Prm:
             if self._encoded.get(rid, (None,))[0] is value:
                 del self._encoded[rid]
 
-    async def _log_object(self, args: ReplicateArgs) -> tuple[bytes, str, dict[str, Any]]:
-        """The log object's value for the tally file `args.file`, its digest and its summary
-        (heavy.parse_tally)."""
+    @contextlib.asynccontextmanager
+    async def _log_object(self, args: ReplicateArgs) -> AsyncIterator[tuple[Encoded, Read]]:
+        """The log object's value for the tally file `args.file` (tallyvalue.py): what was
+        encoded, and a reader of its bytes (offset, length), valid in this block.
+
+        A small tally is encoded here (cheaper than the hand-off to a worker), held in memory.
+        A larger one is encoded by a worker process into a spool file in the state directory
+        (heavy.encode_tally), and each part is read from it when it is submitted: neither
+        process holds more than a few blocks or one part of it, whatever the tally's size (a
+        118 MB tally held as Python objects, copies and the packed value took the worker to
+        1,267 MiB and the PRM to 536). The spool file is removed however the request ends, and
+        at start-up (clear_spool) when a PRM was killed in the middle of one."""
         with paths.open_input(self.settings.data_dir, args.file) as source:  # race-free
-            size = os.fstat(source.fileno()).st_size
+            st = os.fstat(source.fileno())
             limit = self.settings.limits.tally_bytes
-            if size > limit:  # refused before it is read at all
+            if st.st_size > limit:  # refused before it is read at all
                 raise control.ControlError(
-                    "too_large", f"{args.file} is {size} bytes: over limits.tally_bytes ({limit})"
+                    "too_large",
+                    f"{args.file} is {st.st_size} bytes: over limits.tally_bytes ({limit})",
                 )
             node, rid = self.settings.node_id, args.request_id
+            if st.st_size <= _INLINE:
+                pieces: list[bytes] = []
+                with _bad_tally():
+                    encoded = tallyvalue.encode(source, args.file, node, rid, pieces.append)
+                whole = b"".join(pieces)
+
+                async def held(offset: int, n: int) -> bytes:
+                    return whole[offset : offset + n]
+
+                yield encoded, held
+                return
+        spool = spool_dir(self.settings) / f"{uuid.uuid4().hex}.value"
+        # Made here, not by the worker, so that removing it below is final: a worker still
+        # running after this request ended (it was cancelled) cannot make it again.
+        os.close(os.open(spool, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+        try:
+            with self._admitted(self.client_pool), _bad_tally():
+                inode = (st.st_dev, st.st_ino, st.st_size)
+                encode = functools.partial(heavy.encode_tally, node=node, rid=rid)
+                encoded = await self.client_pool.run_admitted(
+                    encode, str(self.settings.data_dir), args.file, inode, str(spool)
+                )
+            fd = os.open(spool, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                if size > _INLINE:  # parsed and encoded in a worker process, off the GIL
-                    with self._admitted(self.client_pool):
-                        data = await asyncio.to_thread(source.read)
-                        return await self.client_pool.run_admitted(
-                            heavy.parse_tally, data, args.file, node, rid
-                        )
-                # Cheaper here than the hand-off to a worker.
-                obj = LogObject.from_tally_bytes(source.read(), args.file, node, rid)
-            except tally.TallyError as exc:
-                raise control.ControlError("bad_tally", f"not a reduced tally: {exc}") from exc
-            return obj.encode(), obj.digest, obj.summary(0)
+
+                async def spooled(offset: int, n: int) -> bytes:
+                    return await asyncio.to_thread(os.pread, fd, n, offset)
+
+                yield encoded, spooled
+            finally:
+                os.close(fd)
+        finally:
+            spool.unlink(missing_ok=True)
 
     def _submit(self, rid: str, value: bytes) -> asyncio.Future[paxos.Committed | paxos.Refused]:
         """Submit to the core; or refuse as busy or over quota, with nothing submitted."""
@@ -982,19 +1044,20 @@ class Prm:
                 )
 
     async def _replicate_chunks(
-        self, rid: str, manifest: chunks.Manifest, parts: list[bytes], p: control.Progress
+        self, rid: str, manifest: chunks.Manifest, read: Read, part_bytes: int, p: control.Progress
     ) -> None:
         """Get each chunk chosen, in order, skipping those the log holds already (a retry's),
         and say so to the client after each: its wait for an answer starts again with every
         line (control.Client), so a tally of any size is answered, not timed out half-way.
         A failure here leaves no entry (the manifest was not submitted); it still names the
         request id, whose retry reuses the chunks that landed."""
-        ids = manifest.chunk_ids()
-        for index, (cid, part) in enumerate(zip(ids, parts, strict=True)):
+        for index, cid in enumerate(manifest.chunk_ids()):
             # One already in the log is answered at once by the core (AppliedLog.first).
             where = f"chunk {index + 1} of {manifest.parts}"
             try:
-                future = self.waiting.get(cid) or self._submit(cid, part)
+                future = self.waiting.get(cid) or self._submit(
+                    cid, await read(index * part_bytes, part_bytes)
+                )
             except control.ControlError as exc:
                 raise _unknown(exc.code, f"{where}: {exc.message}", rid) from exc
             try:
@@ -1465,6 +1528,7 @@ class Prm:
 
 
 async def main(settings: Settings) -> None:
+    clear_spool(settings)
     storage = Storage.open(db_path(settings), node=settings.node_id)
     await compare_with_peers(settings, storage)
     if storage.demoted:

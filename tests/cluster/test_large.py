@@ -13,6 +13,7 @@ import pytest
 
 from paxmr import control, local
 from paxmr.paxos import CHUNK_PREFIX
+from paxmr.services.prm import spool_dir
 from tests.support.local import Cluster, Node, running_cluster, service_env, sigkill
 from tests.support.wait import wait_until
 
@@ -96,6 +97,26 @@ def test_a_tally_over_the_value_limit_replicates_as_one_object(cluster: Cluster)
     assert node.replicate("huge_reduced", rid)["position"] == done["position"]
     assert len(node.call("print")["entries"]) == entries
     assert _chunk_rows(node) == chunks
+    assert _spooled(node) == []  # its value was spooled (Prm._log_object) and removed
+
+
+def _spooled(node: Node) -> list[str]:
+    """The spool files of a node's PRM (the values of the replicates it is encoding)."""
+    return sorted(p.name for p in spool_dir(node.settings).iterdir())
+
+
+def test_a_bad_tally_is_refused_naming_its_line_and_leaves_no_spool(cluster: Cluster) -> None:
+    """Read in blocks by a worker (tallyvalue.py), a bad line a megabyte in is named as
+    tally.parse names it, and the spool file its value went to is removed."""
+    node = cluster.node(1)
+    lines = [b"w%09d\t%d\n" % (i, 1 + i % 7) for i in range(200_000)]  # 3.2 MB: past a block
+    lines[123_456] = b"w%09d\t07\n" % 123_456
+    (node.data / "bad_reduced").write_bytes(b"paxmr-tally 1\n" + b"".join(lines))
+    with pytest.raises(control.RemoteError) as refused:
+        node.replicate("bad_reduced")
+    assert refused.value.code == "bad_tally"
+    assert "bad_reduced:123458: count must be a positive integer" in str(refused.value)
+    assert _spooled(node) == []
 
 
 def test_follower_catches_up_entries_that_together_outgrow_a_frame(cluster: Cluster) -> None:
@@ -242,13 +263,16 @@ def test_a_crash_mid_transfer_shows_nothing_and_a_retry_reuses_the_chunks() -> N
         rid = uuid.uuid4().hex
         thread, outcome = _replicating(asked, "multi_reduced", rid)
         _mid_transfer(asked, asked.status()["slots"])
+        assert len(_spooled(asked)) == 1  # the value its chunks are read from
         sigkill(asked.prm_pid())
         thread.join()
         assert not isinstance(outcome[0], dict), outcome
         others = [n for n in cluster.nodes if n.id != asked.id]
         assert cluster.converged(nodes=others) == before  # chunks, but no half object
+        assert len(_spooled(asked)) == 1  # left by the killed PRM
         with service_env(SMALL_VALUES):
             local.restart(cluster.root, asked.id, "prm")
+        assert _spooled(asked) == []  # removed by the new one as it started
         cluster.converged()
         # Caught up the chunks too (converged compares entries, which chunks are not): a
         # restarted node may lead before it has, and a leader that has not applied a chunk

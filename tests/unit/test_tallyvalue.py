@@ -1,0 +1,156 @@
+"""The streaming encoder of a tally into its log object's value (paxmr/tallyvalue.py), and the
+spool a PRM's worker writes it to (heavy.encode_tally): byte for byte the existing encoder's."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from paxmr import chunks, tallyvalue
+from paxmr.logobject import LogObject
+from paxmr.services import heavy
+from paxmr.wordcount import WHITESPACE, tally
+
+words = st.binary(min_size=1, max_size=20).filter(frozenset(WHITESPACE).isdisjoint)
+counts = st.dictionaries(words, st.integers(1, 2**64 - 1), max_size=60)
+names = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=40)
+
+
+def _tally(items: dict[bytes, int]) -> bytes:
+    return tally.HEADER + b"".join(b"%s\t%d\n" % item for item in sorted(items.items()))
+
+
+def _encode(data: bytes, file: str, node: int, rid: str, block: int) -> tuple[bytes, object]:
+    pieces: list[bytes] = []
+    encoded = tallyvalue.encode(io.BytesIO(data), file, node, rid, pieces.append, block_bytes=block)
+    return b"".join(pieces), encoded
+
+
+blocks = st.one_of(st.integers(1, 64), st.just(tally.BLOCK_BYTES))
+
+
+@given(items=counts, file=names, node=st.integers(0, 2**63), rid=names, block=blocks)
+def test_the_value_is_the_log_objects_encoding(
+    items: dict[bytes, int], file: str, node: int, rid: str, block: int
+) -> None:
+    data = _tally(items)
+    reference = LogObject.from_tally_bytes(data, file, node, rid)
+    value, encoded = _encode(data, file, node, rid, block)
+    assert value == reference.encode()
+    assert isinstance(encoded, tallyvalue.Encoded)
+    assert encoded.size == len(value)
+    assert encoded.digest == reference.digest
+    assert encoded.summary == reference.summary(0)
+
+
+_BROKEN = [b"a\t01\n", b"a\t0\n", b"a\t\n", b"a b\t1\n", b"\t1\n", b"a\t1\t1\n", b"a 1\n", b"a\t1"]
+
+
+@given(
+    items=counts,
+    at=st.integers(0, 60),
+    broken=st.sampled_from([*_BROKEN, None]),
+    block=blocks,
+)
+def test_a_bad_tally_is_refused_as_tally_parse_refuses_it(
+    items: dict[bytes, int], at: int, broken: bytes | None, block: int
+) -> None:
+    """One line broken, or (None) one line repeated, in any block: the error names the line."""
+    lines = [b"%s\t%d\n" % item for item in sorted(items.items())]
+    where = min(at, len(lines))
+    lines.insert(where, broken if broken is not None else (lines or [b"a\t1\n"])[where - 1])
+    data = tally.HEADER + b"".join(lines)
+    assert _outcome(lambda: _encode(data, "f", 1, "r", block)) == _outcome(
+        lambda: tally.parse(data, "f")
+    )
+
+
+def _outcome(run: Callable[[], object]) -> str | None:
+    """The error ``run`` raises, or None."""
+    try:
+        run()
+    except tally.TallyError as exc:
+        return str(exc)
+    return None
+
+
+@given(items=counts, part=st.integers(16, 300))
+def test_a_spooled_value_is_read_back_as_split_cuts_it(
+    tmp_path_factory: pytest.TempPathFactory, items: dict[bytes, int], part: int
+) -> None:
+    """The worker's spool holds the value; the parts the PRM reads from it at offsets of
+    ``part`` bytes and their manifest are those of chunks.split (values of several parts)."""
+    root = tmp_path_factory.mktemp("spool")
+    data = _tally(items)
+    (root / "t_reduced").write_bytes(data)
+    st_ = (root / "t_reduced").stat()
+    spool = root / "value"
+    spool.touch()
+    encoded = heavy.encode_tally(str(root), "t_reduced", (st_.st_dev, st_.st_ino, st_.st_size),
+                                 str(spool), node=2, rid="r")  # fmt: skip
+    reference = LogObject.from_tally_bytes(data, "t_reduced", 2, "r")
+    manifest, parts = chunks.split(reference.encode(), "t_reduced", reference.digest, part)
+    got = chunks.manifest_of("t_reduced", encoded.digest, encoded.sha256, encoded.size, part)
+    assert got == manifest
+    fd = os.open(spool, os.O_RDONLY)
+    try:
+        assert [os.pread(fd, part, i * part) for i in range(got.parts)] == parts
+    finally:
+        os.close(fd)
+
+
+class _Changing(io.BytesIO):
+    """A file whose content is ``later`` from its ``after``-th read from the start on."""
+
+    def __init__(self, first: bytes, later: bytes, after: int) -> None:
+        super().__init__(first)
+        self.later, self.after, self.starts = later, after, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.starts += 1
+        if self.starts == self.after:
+            self.getbuffer()[:] = self.later  # same length: the counts differ
+        return super().seek(pos, whence)
+
+
+@pytest.mark.parametrize(
+    ("first", "later", "after"),
+    [
+        # Another number of lines than pass 1 counted, when the words are packed.
+        ({b"a": 11111}, {b"a": 1, b"b": 1}, 2),
+        ({b"a": 1, b"b": 1}, {b"a": 11111}, 2),
+        # The same lines, other counts, when the counts are packed (not validated again).
+        ({b"a": 1, b"b": 2}, {b"a": 3, b"b": 2}, 3),
+        ({b"a": 1, b"b": 2}, b"a\tx\nb\t2\n", 3),
+        ({b"a": 1, b"b": 2}, b"a\t1\nb\t\t\n", 3),
+    ],
+)
+def test_a_tally_that_changes_while_it_is_read_is_refused(
+    first: dict[bytes, int], later: dict[bytes, int] | bytes, after: int
+) -> None:
+    """An array length from one version and items from another, or words from one version
+    and counts from another, would make a value that is neither: refused."""
+    later = tally.HEADER + later if isinstance(later, bytes) else _tally(later)
+    assert len(_tally(first)) == len(later)
+    sink: list[bytes] = []
+    with pytest.raises(tally.TallyError, match="changed while it was read"):
+        tallyvalue.encode(_Changing(_tally(first), later, after), "f", 1, "r", sink.append)
+
+
+def test_the_worker_refuses_a_file_replaced_since_the_prm_opened_it(tmp_path: Path) -> None:
+    path = tmp_path / "t_reduced"
+    path.write_bytes(_tally({b"a": 1}))
+    st_ = path.stat()
+    (tmp_path / "value").touch()
+    with path.open("rb"):  # held, as by the PRM: its inode is not reused
+        (tmp_path / "new").write_bytes(_tally({b"a": 1}))
+        (tmp_path / "new").replace(path)  # the same content under the same name, another file
+        with pytest.raises(tally.TallyError, match="replaced while it was read"):
+            heavy.encode_tally(str(tmp_path), "t_reduced", (st_.st_dev, st_.st_ino, st_.st_size),
+                               str(tmp_path / "value"), node=1, rid="r")  # fmt: skip
