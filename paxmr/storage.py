@@ -73,6 +73,9 @@ if TYPE_CHECKING:
 # (file, directory) a second at most, off the commit's own fsync.
 MARK_INTERVAL = 1.0
 WAL_CHECKPOINT_PAGES = 1000  # SQLite's default: the WAL is checkpointed past this many pages
+# Commits without a checkpoint (commit's `checkpoint`) before upkeep_due asks for one that may:
+# a small commit adds 4-8 pages to the WAL, so it stays under about twice the threshold.
+UNCHECKPOINTED_COMMITS = 128
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) STRICT;
@@ -137,6 +140,7 @@ class Storage(Sightings):
         self._seen_stored: dict[int, Stamp] = {}  # the stamps seen that the database holds
         self._side_conn: sqlite3.Connection | None = None  # see _side
         self._unsynced = False  # a log write since the last fsync of the WAL (commit)
+        self._unchecked = 0  # commits made without `checkpoint` since the last one with it
 
     @classmethod
     def open(
@@ -473,11 +477,21 @@ class Storage(Sightings):
         `durable_log` before it sends one: the log, as far as written, is then fsynced with this
         commit (a commit of nothing but the write count if need be).
 
-        Without `checkpoint`, a commit without an fsync (syncs() False) never checkpoints the
-        WAL either (a checkpoint fsyncs): the driver runs small such commits on its event loop
-        (prm.Prm._carry_out), and the next commit in a worker thread checkpoints instead."""
+        Without `checkpoint`, a commit neither checkpoints the WAL (that copies pages back and
+        fsyncs the database file) nor brings the mark up to date (a file written and fsynced
+        twice): the driver runs small commits on its event loop (prm.Prm._commit_here), and
+        hands one to a worker thread, which does both, once upkeep_due says so."""
         with self._writing:
             self._commit(persist, summaries, durable_log=durable_log, checkpoint=checkpoint)
+            self._unchecked = 0 if checkpoint else self._unchecked + 1
+
+    def upkeep_due(self) -> bool:
+        """Whether the next commit should be one with `checkpoint` (see commit): the mark is
+        due, or UNCHECKPOINTED_COMMITS went without a checkpoint."""
+        return (
+            self._unchecked >= UNCHECKPOINTED_COMMITS
+            or time.monotonic() - self._marked_at >= MARK_INTERVAL
+        )
 
     def syncs(self, persist: Persist, *, durable_log: bool = False) -> bool:
         """Whether committing `persist` fsyncs (see commit)."""
@@ -527,7 +541,7 @@ class Storage(Sightings):
             return
         # After the transaction: a frame sent from now on may say this write is durable.
         self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
-        if time.monotonic() - self._marked_at >= MARK_INTERVAL:
+        if checkpoint and time.monotonic() - self._marked_at >= MARK_INTERVAL:
             self.mark()
 
     def _append(self, conn: sqlite3.Connection, log: list[LogEntry]) -> None:
@@ -550,16 +564,18 @@ class Storage(Sightings):
         every commit of acceptor state needs) or without (NORMAL: see commit), and without one
         of the WAL's automatic checkpoints unless `checkpoint`; the connection is left at FULL,
         checkpointing, whatever happens."""
-        if full:
+        if full and checkpoint:
             yield
             return
-        self._conn.execute("PRAGMA synchronous=NORMAL")
+        if not full:
+            self._conn.execute("PRAGMA synchronous=NORMAL")
         if not checkpoint:
             self._conn.execute("PRAGMA wal_autocheckpoint=0")
         try:
             yield
         finally:
-            self._conn.execute("PRAGMA synchronous=FULL")
+            if not full:
+                self._conn.execute("PRAGMA synchronous=FULL")
             if not checkpoint:
                 self._conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
 

@@ -823,12 +823,15 @@ class Prm:
         self._release(early)
         summaries = self._summaries_to_save(bool(ready.persist))
         durable_log = paxos.reports_applied_length(after_commit)
+        stalled = False
         if ready.persist or durable_log:
             with self.observer.fsync.time():
                 if self._commit_here(ready.persist, summaries, durable_log=durable_log):
+                    started = time.monotonic()
                     self.storage.commit(
                         ready.persist, summaries, durable_log=durable_log, checkpoint=False
                     )
+                    stalled = time.monotonic() - started > self.settings.timing.heartbeat
                 else:
                     # An executor future, not a task around to_thread: one object less.
                     loop = asyncio.get_running_loop()
@@ -846,28 +849,63 @@ class Prm:
         self._release(after_commit)
         if ready.applied:  # committed with this Ready's persist: shown to queries from now on
             self._to_apply.put_nowait(ready.applied)
+        if stalled and self.node.role != "leader":
+            # The loop stood still for longer than a heartbeat interval, the leader's frames of
+            # that time unread in the socket: they are read before the timers judge its silence
+            # (a follower whose disk held its commit for 2.5 s campaigned: test_scale_commit).
+            # A leader goes on at once: its own heartbeats are what is late.
+            await asyncio.sleep(self.settings.timing.heartbeat)
 
     def _commit_here(
         self, persist: paxos.Persist, summaries: list[tuple[int, str]], *, durable_log: bool
     ) -> bool:
-        """Whether a commit runs on the event loop, not in a worker thread: one without an
-        fsync (applied entries alone: the leader's decision, a follower's apply) of a few
-        kilobytes, which never checkpoints there (Storage.commit). It writes to the page cache
-        in tens of microseconds, where the hand-off to a thread and back cost a sequential
-        replicate 0.2-0.25 ms on the leader's path to its reply, the worker's Python holding
-        the GIL meanwhile (timestamps in the PRMs under paxmr bench replicate)."""
-        if self.storage.syncs(persist, durable_log=durable_log):
+        """Whether a commit of a few kilobytes runs on the event loop, not in a worker thread,
+        never checkpointing or marking there (Storage.commit; one in a worker does that once
+        Storage.upkeep_due): one without an fsync (applied entries alone: the leader's
+        decision, a follower's apply) on any node, and one with an fsync on a node that does
+        not lead.
+
+        Without an fsync it writes to the page cache in tens of microseconds, where the hand-off
+        to a thread and back cost a sequential replicate 0.2-0.25 ms on the leader's path to
+        its reply, the worker's Python holding the GIL meanwhile (timestamps in the PRMs under
+        paxmr bench replicate). A follower's fsync (its accept) waits here too: its loop has
+        nothing to do meanwhile but read the leader's next frames, which wait in the socket and
+        come in the next Ready anyway (one commit for them all), and the hand-off, a wake-up of
+        the worker and one of the loop, cost each follower 7-9 of its 12-15 context switches
+        and an eighth to a quarter of its CPU per sequential replicate (PRMs under paxmr bench
+        replicate's phases, pairs at load 7-8). A leader's fsync stays in
+        a worker: its loop meanwhile reads its clients' requests and its followers' replies,
+        and heartbeats through a long commit (_beaconing). A follower's small commit that
+        stalls on a slow disk delays only its own answers, as a commit in a worker would."""
+        if self.storage.upkeep_due():
             return False
         size = sum(len(e.value) for e in persist.log) + sum(len(s) for _, s in summaries)
-        return size <= _INLINE
+        if size > _INLINE:
+            return False
+        return self.node.role != "leader" or not self.storage.syncs(
+            persist, durable_log=durable_log
+        )
 
     async def _beaconing(self, commit: asyncio.Future[None]) -> None:
         """Wait for `commit`; meanwhile a leader heartbeats once per interval (Node.beacon):
-        megabytes of values on a busy disk took longer to commit than the election timeout."""
-        while not (await asyncio.wait({commit}, timeout=self.settings.timing.heartbeat))[0]:
+        megabytes of values on a busy disk took longer to commit than the election timeout.
+        A timer that arms itself again, not asyncio.wait: that made a future, a timer and two
+        callbacks for every commit, almost all of which end well within one interval."""
+        loop = asyncio.get_running_loop()
+        interval = self.settings.timing.heartbeat
+        timer: asyncio.TimerHandle
+
+        def beat() -> None:
+            nonlocal timer
             for dst, msg in self.node.beacon():
                 self.transport.send(dst, msg)
-        commit.result()
+            timer = loop.call_later(interval, beat)
+
+        timer = loop.call_later(interval, beat)
+        try:
+            await commit
+        finally:
+            timer.cancel()
 
     def _summaries_to_save(self, committing: bool) -> list[tuple[int, str]]:
         """The summaries to store now: all of them with a commit (in its transaction, so they

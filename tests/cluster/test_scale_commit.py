@@ -45,3 +45,31 @@ def test_a_leader_whose_commit_waits_on_its_disk_still_heartbeats() -> None:
         # Before Node.beacon: both followers campaigned after at most 1 s of silence.
         assert elections(nodes) == before
         assert cluster.leader() == leader.id
+
+
+def test_a_follower_whose_commit_on_its_loop_waits_on_its_disk_does_not_campaign() -> None:
+    """A follower commits its accepts on its event loop (Prm._commit_here): while one waits on
+    the disk, the leader's heartbeats wait unread in the socket. Its peers' silence is judged
+    only once it has read them."""
+    with running_cluster() as cluster:
+        leader = cluster.node(cluster.leader())
+        follower = next(n for n in cluster.nodes if n.id != leader.id)
+        name = small_tally(leader)
+        nodes = [n.settings for n in cluster.nodes]
+        before = elections(nodes)
+        leader.replicate(name)  # the follower's commit of it in a worker marked: not due again
+        db = sqlite3.connect(db_path(follower.settings), isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        result: dict[str, Any] = {}
+        client = threading.Thread(target=lambda: result.update(leader.replicate(name, "r2")))
+        try:
+            client.start()
+            time.sleep(HOLD_S)
+        finally:
+            db.execute("ROLLBACK")
+            db.close()
+        client.join()
+        assert result["position"] == 1, result
+        time.sleep(1.0)  # the election timeout's longest: a campaign would have started
+        assert elections(nodes) == before
+        assert cluster.leader() == leader.id

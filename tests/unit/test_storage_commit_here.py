@@ -1,13 +1,18 @@
-"""Commits the PRM runs on its event loop (Storage.commit without `checkpoint`): no fsync, and
-no checkpoint of the WAL either (a checkpoint fsyncs); the next commit that may checkpoints."""
+"""Commits the PRM runs on its event loop (Storage.commit without `checkpoint`): no checkpoint
+of the WAL (a checkpoint fsyncs the database file) and no mark, with an fsync of their own or
+not; the next commit that may (in a worker thread, once Storage.upkeep_due) does both."""
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING
 
-from paxmr.paxos import Ballot, Persist
+import pytest
+
+from paxmr import storage as storage_module
+from paxmr.paxos import Ballot, Entry, Persist
 from paxmr.paxos.log import LogEntry
-from paxmr.storage import WAL_CHECKPOINT_PAGES, Storage
+from paxmr.storage import UNCHECKPOINTED_COMMITS, WAL_CHECKPOINT_PAGES, Storage, mark_path
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -41,5 +46,51 @@ def test_a_commit_on_the_loop_neither_syncs_nor_checkpoints(tmp_path: Path) -> N
         for s in range(slot + 1, slot + 1 + 2 * WAL_CHECKPOINT_PAGES // 3):
             storage.commit(Persist(log=[LogEntry(s, f"r{s}", value, s)]))
         assert _db_pages(path) > grown
+    finally:
+        storage.close()
+
+
+def test_a_syncing_commit_on_the_loop_neither_checkpoints_nor_marks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A follower's accept, committed on its loop (prm.Prm._commit_here), is fsynced but leaves
+    the WAL's checkpoint and the mark to the next commit that may do both."""
+    path = tmp_path / "prm.db"
+    storage = Storage.open(path, bootstrap=True)
+    try:
+        monkeypatch.setattr(storage_module, "MARK_INTERVAL", 0.0)  # a mark due at every commit
+        mark = mark_path(path)
+        marked = json.loads(mark.read_text())["writes"]
+        before = _db_pages(path)
+        value = b"v" * (2 * PAGE)
+        for slot in range(2 * WAL_CHECKPOINT_PAGES // 3):
+            accept = Persist(promised=Ballot(1, 1))
+            accept.accepted[slot] = (Ballot(1, 1), Entry(f"r{slot}", value))
+            assert storage.syncs(accept)
+            storage.commit(accept, checkpoint=False)
+        assert storage.stamp.writes > marked  # each one counted as a durable write
+        assert _db_pages(path) == before  # no checkpoint ran
+        assert json.loads(mark.read_text())["writes"] == marked  # nor a mark
+        assert storage.upkeep_due()
+        storage.commit(Persist(promised=Ballot(2, 1)))  # one in a worker does both
+        assert _db_pages(path) > before + WAL_CHECKPOINT_PAGES
+        assert json.loads(mark.read_text())["writes"] == storage.stamp.writes
+    finally:
+        storage.close()
+
+
+def test_upkeep_is_due_after_enough_commits_without_it(tmp_path: Path) -> None:
+    """The driver hands a commit to a worker (which checkpoints and marks) once this many went
+    without: the WAL stays bounded however long a follower commits on its loop."""
+    storage = Storage.open(tmp_path / "prm.db", bootstrap=True)
+    try:
+        storage.commit(Persist(promised=Ballot(1, 1)))  # marks: the mark is not due for a while
+        assert not storage.upkeep_due()
+        for round_ in range(2, 2 + UNCHECKPOINTED_COMMITS):
+            assert not storage.upkeep_due()
+            storage.commit(Persist(promised=Ballot(round_, 1)), checkpoint=False)
+        assert storage.upkeep_due()
+        storage.commit(Persist(promised=Ballot(round_ + 1, 1)))
+        assert not storage.upkeep_due()
     finally:
         storage.close()
