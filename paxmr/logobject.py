@@ -238,6 +238,8 @@ def read(pieces: Pieces, size: int) -> Stored:
     anything that is not one, but for its digest: `Stored.batches` checks that."""
     try:
         return _read(_Stream(pieces, size), pieces, size)
+    except BadLogObject:  # a ValueError too, but a verdict on the fields, not msgpack's
+        raise
     except (ValueError, TypeError) as exc:  # msgpack's FormatError, StackError, bad UTF-8...
         raise BadLogObject(f"not msgpack: {exc}") from exc
 
