@@ -151,15 +151,26 @@ def pieces_of(value: bytes) -> Pieces:
     return lambda offset: feed(value, offset)
 
 
-class _Stream:
-    """The msgpack objects of a value from ``offset`` on, fed a piece at a time. Any one object
-    may be as large as the value (the whole-value decode allowed that much), no larger."""
+# What a stream of scalars refuses: an array, map or ext with anything in it. No log object
+# holds one in a field or a word (the whole-value decode refused them too, by their types), and
+# decoded whole they take up to 64 bytes of memory per byte of value (a [] is one byte), or 8
+# per element for an array's header alone (msgpack allocates the list up front).
+_SCALARS = {"max_array_len": 0, "max_map_len": 0, "max_ext_len": 0}
 
-    def __init__(self, pieces: Pieces, size: int, offset: int = 0) -> None:
+
+class _Stream:
+    """The msgpack objects of a value from ``offset`` on, fed a piece at a time: scalars (see
+    `_SCALARS`), or with ``header`` a map's or array's header. Any one object may be as large
+    as the value (the whole-value decode allowed that much), no larger."""
+
+    def __init__(self, pieces: Pieces, size: int, offset: int = 0, *, header: bool = False) -> None:
         self._pieces = pieces(offset)
         self._offset = offset
         self._size = size
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(size, 1))
+        # A header is read by an unpacker of its own: msgpack's pure-Python one applies the
+        # limits to headers too (its C one does not).
+        limits = {} if header else _SCALARS
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(size, 1), **limits)
 
     def tell(self) -> int:
         return self._offset + int(self._unpacker.tell())
@@ -237,26 +248,43 @@ def read(pieces: Pieces, size: int) -> Stored:
     (in one pass over the value, a batch at a time). Raises BadLogObject, and nothing else, for
     anything that is not one, but for its digest: `Stored.batches` checks that."""
     try:
-        return _read(_Stream(pieces, size), pieces, size)
+        return _read(pieces, size)
     except BadLogObject:  # a ValueError too, but a verdict on the fields, not msgpack's
         raise
     except (ValueError, TypeError) as exc:  # msgpack's FormatError, StackError, bad UTF-8...
         raise BadLogObject(f"not msgpack: {exc}") from exc
 
 
-def _read(stream: _Stream, pieces: Pieces, size: int) -> Stored:
+def _header(
+    pieces: Pieces, size: int, offset: int, how: Callable[[msgpack.Unpacker], int]
+) -> tuple[int, int]:
+    """The length of the map or array (``how`` says which) whose header is at ``offset``, and
+    where its first element starts."""
+    stream = _Stream(pieces, size, offset, header=True)
+    return stream.read(how), stream.tell()
+
+
+def _read(pieces: Pieces, size: int) -> Stored:
     layout = BadLogObject(f"not a version {VERSION} log object (fields {', '.join(_LAYOUT)})")
-    if stream.read(msgpack.Unpacker.read_map_header) != len(_LAYOUT):
+    n, at = _header(pieces, size, 0, msgpack.Unpacker.read_map_header)
+    if n != len(_LAYOUT):
         raise layout
+    stream = _Stream(pieces, size, at)
     fields: dict[str, Any] = {}
     for key in _LAYOUT:
         if stream.read() != key:
             raise layout
         if key == "words":
-            distinct, words_at = stream.read(msgpack.Unpacker.read_array_header), stream.tell()
+            distinct, words_at = _header(
+                pieces, size, stream.tell(), msgpack.Unpacker.read_array_header
+            )
+            stream = _Stream(pieces, size, words_at)
             _check_words(stream, distinct)
         elif key == "counts":
-            counts, counts_at = stream.read(msgpack.Unpacker.read_array_header), stream.tell()
+            counts, counts_at = _header(
+                pieces, size, stream.tell(), msgpack.Unpacker.read_array_header
+            )
+            stream = _Stream(pieces, size, counts_at)
             if counts != distinct:
                 raise _wrong_types()
             total = _check_counts(stream, counts)
