@@ -215,13 +215,17 @@ def encode_tally(
             return tallyvalue.encode(source, name, node, rid, out.write)
 
 
-_connections: dict[str, sqlite3.Connection] = {}
+# Each thread's own (a pool without processes runs the work in threads, and a PRM reads in its
+# own at start-up): sqlite3 refuses a connection made in another thread, and a read transaction
+# (_snapshot) is its connection's.
+_local = threading.local()
 
 
 def _reader(db: str) -> sqlite3.Connection:
-    conn = _connections.get(db)
+    connections: dict[str, sqlite3.Connection] = _local.__dict__.setdefault("connections", {})
+    conn = connections.get(db)
     if conn is None:
-        conn = _connections[db] = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        conn = connections[db] = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     return conn
 
 

@@ -7,12 +7,13 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import pytest
 
-from paxmr import paxos
+from paxmr import catalog, paxos
 from paxmr.logobject import LogObject, merge, show
 from paxmr.services import heavy
 from paxmr.storage import Storage
@@ -124,3 +125,59 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def test_the_database_is_read_from_any_thread(tmp_path: Path) -> None:
+    """Without worker processes the work runs in threads (Pool.threads), and a PRM makes a
+    missing summary in its own thread at start-up (_restore_catalog): each thread reads on a
+    connection of its own (sqlite3 refuses one made in another thread, and two threads in one
+    read transaction would end each other's)."""
+    a = _obj("a", {b"x": 2})
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    storage.commit(paxos.Persist(log=[paxos.LogEntry(0, "a", a.encode(), 0)]))
+    storage.close()
+    assert heavy.stored_summary(str(db), 0, 0) == a.summary(0)
+    with ThreadPoolExecutor(1) as other:
+        got = other.submit(heavy.merge_slots, str(db), [(0, 0)], 0).result()
+    assert got["total"] == 2
+
+
+def test_a_later_read_sees_the_slots_committed_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each read is one snapshot (_snapshot), ended when it is done, even by an error: the
+    next one on the same connection sees newer slots."""
+    a = _obj("a", {b"x": 2})
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    try:
+        storage.commit(paxos.Persist(log=[paxos.LogEntry(0, "a", a.encode(), 0)]))
+        assert heavy.merge_slots(str(db), [(0, 0)], 0)["total"] == 2
+        assert "not in the database" in heavy.merge_slots(str(db), [(1, 1)], 0)["error"]
+        with monkeypatch.context() as m:
+            m.setattr(catalog, "summarize", lambda *_: 1 / 0)
+            with pytest.raises(ZeroDivisionError):
+                heavy.stored_summary(str(db), 0, 0)
+        storage.commit(paxos.Persist(log=[paxos.LogEntry(1, "b", a.encode(), 1)]))
+        assert heavy.merge_slots(str(db), [(0, 0), (1, 1)], 0)["total"] == 4
+        assert heavy.stored_summary(str(db), 1, 1)["words"] == 2
+    finally:
+        storage.close()
+
+
+def test_a_snapshot_does_not_see_what_is_committed_while_it_reads(tmp_path: Path) -> None:
+    """A manifest's value is read in several passes over its chunks (heavy._Parts): a reclaim
+    entry committed between two must not change what they read."""
+    a = _obj("a", {b"x": 2})
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True)
+    try:
+        storage.commit(paxos.Persist(log=[paxos.LogEntry(0, "a", a.encode(), 0)]))
+        with heavy._snapshot(str(db)) as conn:
+            count = "SELECT count(*) FROM log"
+            before = conn.execute(count).fetchall()
+            storage.commit(paxos.Persist(log=[paxos.LogEntry(1, "b", a.encode(), 1)]))
+            assert conn.execute(count).fetchall() == before
+    finally:
+        storage.close()
