@@ -315,6 +315,22 @@ class MergeArgs(PositionsArgs):
 _UNKNOWN_OUTCOME = {"timeout", "no_quorum", "interrupted", "busy"}
 
 
+async def keep_alive(
+    work: Awaitable[T], p: control.Progress, line: dict[str, Any], every: float
+) -> T:
+    """Await ``work``, sending the client ``line`` every ``every`` seconds meanwhile: its wait
+    for an answer starts again with every line (control.Client), so work longer than its
+    timeout is answered, not given up on (a 139 MB tally took 16 s to encode at load 7, past
+    the CLI's 15 s, and its retry encoded it again)."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not (await asyncio.wait({task}, timeout=every))[0]:
+            await p(line)
+        return task.result()
+    finally:
+        task.cancel()  # the client went away: the work's result is not wanted
+
+
 def _unknown(code: str, reason: str, request_id: str) -> control.ControlError:
     return control.ControlError(
         code,
@@ -939,7 +955,7 @@ class Prm:
             raise control.ControlError("invalid", "this request id prefix is reserved for chunks")
         await self._founders_answered()
         part_bytes = self.settings.limits.value_bytes
-        async with self._log_object(args) as (encoded, read):
+        async with self._log_object(args, p) as (encoded, read):
             if encoded.size <= part_bytes:
                 value = await read(0, encoded.size)
             else:
@@ -977,7 +993,9 @@ class Prm:
                 del self._encoded[rid]
 
     @contextlib.asynccontextmanager
-    async def _log_object(self, args: ReplicateArgs) -> AsyncIterator[tuple[Encoded, Read]]:
+    async def _log_object(
+        self, args: ReplicateArgs, p: control.Progress
+    ) -> AsyncIterator[tuple[Encoded, Read]]:
         """The log object's value for the tally file `args.file` (tallyvalue.py): what was
         encoded, and a reader of its bytes (offset, length), valid in this block.
 
@@ -987,7 +1005,8 @@ class Prm:
         process holds more than a few blocks or one part of it, whatever the tally's size (a
         118 MB tally held as Python objects, copies and the packed value took the worker to
         1,267 MiB and the PRM to 536). The spool file is removed however the request ends, and
-        at start-up (clear_spool) when a PRM was killed in the middle of one."""
+        at start-up (clear_spool) when a PRM was killed in the middle of one. Meanwhile the
+        client hears every replicate timeout that the encoding goes on (`keep_alive`)."""
         with paths.open_input(self.settings.data_dir, args.file) as source:  # race-free
             st = os.fstat(source.fileno())
             limit = self.settings.limits.tally_bytes
@@ -1016,8 +1035,13 @@ class Prm:
             with self._admitted(self.client_pool), _bad_tally():
                 inode = (st.st_dev, st.st_ino, st.st_size)
                 encode = functools.partial(heavy.encode_tally, node=node, rid=rid)
-                encoded = await self.client_pool.run_admitted(
-                    encode, str(self.settings.data_dir), args.file, inode, str(spool)
+                encoded = await keep_alive(
+                    self.client_pool.run_admitted(
+                        encode, str(self.settings.data_dir), args.file, inode, str(spool)
+                    ),
+                    p,
+                    {"encoding": args.file},
+                    self.settings.timing.replicate_timeout,
                 )
             fd = os.open(spool, os.O_RDONLY | os.O_CLOEXEC)
             try:
