@@ -363,6 +363,16 @@ ANNOUNCE_DELAY = 0.005  # seconds
 _BATCH_BYTES = 2 << 20
 
 
+def commit_bytes(persist: paxos.Persist, summaries: list[tuple[int, str]]) -> int:
+    """The value and summary bytes a commit writes (Prm._commit_here): a follower's accepts
+    carry values too, up to a batch of megabytes."""
+    return (
+        sum(len(e.value) for e in persist.log)
+        + sum(len(e.value) for _, e in persist.accepted.values())
+        + sum(len(s) for _, s in summaries)
+    )
+
+
 class Prm:
     def __init__(self, settings: Settings, storage: Storage) -> None:
         self.settings = settings
@@ -893,10 +903,7 @@ class Prm:
         a worker: its loop meanwhile reads its clients' requests and its followers' replies,
         and heartbeats through a long commit (_beaconing). A follower's small commit that
         stalls on a slow disk delays only its own answers, as a commit in a worker would."""
-        if self.storage.upkeep_due():
-            return False
-        size = sum(len(e.value) for e in persist.log) + sum(len(s) for _, s in summaries)
-        if size > _INLINE:
+        if self.storage.upkeep_due() or commit_bytes(persist, summaries) > _INLINE:
             return False
         return self.node.role != "leader" or not self.storage.syncs(
             persist, durable_log=durable_log
