@@ -297,7 +297,15 @@ def test_a_new_cluster_votes_only_once_every_founder_answered() -> None:
         _, err = pending.communicate(timeout=30)
         assert pending.returncode == 0, err
         assert not waiting(one)
-        assert not waiting(two)
+        if two.log_events("storage_demoted", after=start[2]):
+            # Node 2 asked node 3 only after nodes 1 and 3 had chosen the replicate (it asks
+            # every 0.25 s): a founding storage beside a log with entries cannot tell itself from
+            # a member founded again, so it is demoted and its PRM ends, to start again not
+            # voting and catch up (systemd restarts it; here the test does).
+            with service_env():
+                local.restart(cluster.root, 2, "prm")
+        else:
+            assert not waiting(two)
         cluster.converged(timeout=CONVERGE_S)
 
 
