@@ -888,26 +888,19 @@ class Prm:
         """Whether a commit of a few kilobytes runs on the event loop, not in a worker thread,
         never checkpointing or marking there (Storage.commit; one in a worker does that once
         Storage.upkeep_due): one without an fsync (applied entries alone: the leader's
-        decision, a follower's apply) on any node, and one with an fsync on a node that does
-        not lead.
+        decision, a follower's apply).
 
-        Without an fsync it writes to the page cache in tens of microseconds, where the hand-off
-        to a thread and back cost a sequential replicate 0.2-0.25 ms on the leader's path to
-        its reply, the worker's Python holding the GIL meanwhile (timestamps in the PRMs under
-        paxmr bench replicate). A follower's fsync (its accept) waits here too: its loop has
-        nothing to do meanwhile but read the leader's next frames, which wait in the socket and
-        come in the next Ready anyway (one commit for them all), and the hand-off, a wake-up of
-        the worker and one of the loop, cost each follower 7-9 of its 12-15 context switches
-        and an eighth to a quarter of its CPU per sequential replicate (PRMs under paxmr bench
-        replicate's phases, pairs at load 7-8). A leader's fsync stays in
-        a worker: its loop meanwhile reads its clients' requests and its followers' replies,
-        and heartbeats through a long commit (_beaconing). A follower's small commit that
-        stalls on a slow disk delays only its own answers, as a commit in a worker would."""
+        It writes to the page cache in tens of microseconds, where the hand-off to a thread and
+        back cost a sequential replicate 0.2-0.25 ms on the leader's path to its reply, the
+        worker's Python holding the GIL meanwhile (timestamps in the PRMs under paxmr bench
+        replicate). A commit with an fsync stays in a worker on every node, a follower's too
+        (2e2a33d ran a follower's here, saving it context switches: but a follower whose commit
+        waits on its disk, or on another writer's lock for SQLite's 5 s busy timeout, must
+        still answer reads saying how far behind it is, and heartbeats' replies:
+        test_a_read_on_a_node_behind_says_by_how_many_slots failed with it)."""
         if self.storage.upkeep_due() or commit_bytes(persist, summaries) > _INLINE:
             return False
-        return self.node.role != "leader" or not self.storage.syncs(
-            persist, durable_log=durable_log
-        )
+        return not self.storage.syncs(persist, durable_log=durable_log)
 
     async def _beaconing(self, commit: asyncio.Future[None]) -> None:
         """Wait for `commit`; meanwhile a leader heartbeats once per interval (Node.beacon):
