@@ -151,52 +151,65 @@ def pieces_of(value: bytes) -> Pieces:
     return lambda offset: feed(value, offset)
 
 
-# What a stream of scalars refuses: an array, map or ext with anything in it. No log object
-# holds one in a field or a word (the whole-value decode refused them too, by their types), and
-# decoded whole they take up to 64 bytes of memory per byte of value (a [] is one byte), or 8
-# per element for an array's header alone (msgpack allocates the list up front).
+# What a stream refuses: an array, map or ext with anything in it. No log object holds one in a
+# field or a word (the whole-value decode refused them too, by their types), and decoded whole
+# they take up to 64 bytes of memory per byte of value (a [] is one byte), or 8 per element for
+# an array's header alone (msgpack allocates the list up front). The value's own map and its two
+# arrays are read by their headers alone (`_Stream.header`).
 _SCALARS = {"max_array_len": 0, "max_map_len": 0, "max_ext_len": 0}
+
+# The first bytes of a map's and an array's header: of one with up to 15 elements (their count
+# in the low four bits), then of one whose count follows in 2 bytes and in 4.
+_MAP = (0x80, 0xDE, 0xDF)
+_ARRAY = (0x90, 0xDC, 0xDD)
 
 
 class _Stream:
     """The msgpack objects of a value from ``offset`` on, fed a piece at a time: scalars (see
-    `_SCALARS`), or with ``header`` a map's or array's header. Any one object may be as large
-    as the value (the whole-value decode allowed that much), no larger."""
+    `_SCALARS`) and headers. Any one object may be as large as the value (the whole-value decode
+    allowed that much), no larger."""
 
-    def __init__(self, pieces: Pieces, size: int, offset: int = 0, *, header: bool = False) -> None:
+    def __init__(self, pieces: Pieces, size: int, offset: int = 0) -> None:
         self._pieces = pieces(offset)
         self._offset = offset
         self._size = size
-        # A header is read by an unpacker of its own: msgpack's pure-Python one applies the
-        # limits to headers too (its C one does not).
-        limits = {} if header else _SCALARS
-        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(size, 1), **limits)
+        self._unpacker = msgpack.Unpacker(raw=False, max_buffer_size=max(size, 1), **_SCALARS)
+        self._feed()  # a small value whole, at once
 
     def tell(self) -> int:
         return self._offset + int(self._unpacker.tell())
 
-    def _feed(self) -> bool:
+    def _feed(self) -> None:
         piece = next(self._pieces, None)
-        if piece is not None:
-            self._unpacker.feed(piece)
-        return piece is not None
-
-    def read(self, how: Callable[[msgpack.Unpacker], Any] = msgpack.Unpacker.unpack) -> Any:
-        """One object (or, with ``how``, a map's or array's header)."""
-        while True:
-            try:
-                return how(self._unpacker)
-            except msgpack.OutOfData:
-                if not self._feed():
-                    raise BadLogObject("not msgpack: the value ends inside an object") from None
+        if piece is None:
+            raise BadLogObject("not msgpack: the value ends inside an object")
+        self._unpacker.feed(piece)
 
     def take(self, n: int) -> list[Any]:
         """The next ``n`` objects, unpacked in C (the unpacker iterates over them)."""
         got = list(itertools.islice(self._unpacker, n))
         while len(got) < n:
-            if not self._feed():
-                raise BadLogObject("not msgpack: the value ends inside an object")
+            self._feed()
             got += itertools.islice(self._unpacker, n - len(got))
+        return got
+
+    def header(self, kind: tuple[int, int, int]) -> int | None:
+        """The element count in the header of a map or an array (``kind``: `_MAP` or `_ARRAY`)
+        that comes next, or None when something else does. Read here, not by msgpack: its C
+        unpacker reads a header with no limit, its pure-Python one applies `_SCALARS` to it."""
+        small, wide, wider = kind
+        first = self._bytes(1)[0]
+        if first & 0xF0 == small:
+            return first & 0x0F
+        if first not in (wide, wider):
+            return None
+        return int.from_bytes(self._bytes(2 if first == wide else 4), "big")
+
+    def _bytes(self, n: int) -> bytes:
+        got = bytes(self._unpacker.read_bytes(n))
+        while len(got) < n:
+            self._feed()
+            got += self._unpacker.read_bytes(n - len(got))
         return got
 
     def ended(self) -> bool:
@@ -219,21 +232,27 @@ class Stored:
     _size: int
     _words_at: int  # where the first word's bytes start
     _counts_at: int
+    # The words and counts of a value that has one batch of them: its first pass held them
+    # already, and reading them again was most of the time a small value took.
+    _held: tuple[list[bytes], list[int]] | None = field(repr=False)
 
     def batches(self) -> Iterator[tuple[list[bytes], list[int]]]:
         """The words and their counts, a batch at a time, in order. Raises BadLogObject after
         the last batch when they do not hash to the digest: what was taken from them must then
         be dropped."""
         sha = hashlib.sha256(tally.HEADER)
-        words = _Stream(self._pieces, self._size, self._words_at)
-        counts = _Stream(self._pieces, self._size, self._counts_at)
-        for done in range(0, self.distinct, _BATCH):
-            n = min(_BATCH, self.distinct - done)
-            batch = words.take(n), counts.take(n)
+        for batch in [self._held] if self._held is not None else self._read_batches():
             _hash_lines(sha, *batch)
             yield batch
         if sha.hexdigest() != self.digest:
             raise BadLogObject("log object digest does not match its counts")
+
+    def _read_batches(self) -> Iterator[tuple[list[bytes], list[int]]]:
+        words = _Stream(self._pieces, self._size, self._words_at)
+        counts = _Stream(self._pieces, self._size, self._counts_at)
+        for done in range(0, self.distinct, _BATCH):
+            n = min(_BATCH, self.distinct - done)
+            yield words.take(n), counts.take(n)
 
     def summary(self, position: int) -> dict[str, Any]:
         """The catalog's summary, once the digest is checked (raises BadLogObject)."""
@@ -255,57 +274,59 @@ def read(pieces: Pieces, size: int) -> Stored:
         raise BadLogObject(f"not msgpack: {exc}") from exc
 
 
-def _header(
-    pieces: Pieces, size: int, offset: int, how: Callable[[msgpack.Unpacker], int]
-) -> tuple[int, int]:
-    """The length of the map or array (``how`` says which) whose header is at ``offset``, and
-    where its first element starts."""
-    stream = _Stream(pieces, size, offset, header=True)
-    return stream.read(how), stream.tell()
-
-
 def _read(pieces: Pieces, size: int) -> Stored:
-    layout = BadLogObject(f"not a version {VERSION} log object (fields {', '.join(_LAYOUT)})")
-    n, at = _header(pieces, size, 0, msgpack.Unpacker.read_map_header)
-    if n != len(_LAYOUT):
-        raise layout
-    stream = _Stream(pieces, size, at)
-    fields: dict[str, Any] = {}
-    for key in _LAYOUT:
-        if stream.read() != key:
-            raise layout
-        if key == "words":
-            distinct, words_at = _header(
-                pieces, size, stream.tell(), msgpack.Unpacker.read_array_header
-            )
-            stream = _Stream(pieces, size, words_at)
-            _check_words(stream, distinct)
-        elif key == "counts":
-            counts, counts_at = _header(
-                pieces, size, stream.tell(), msgpack.Unpacker.read_array_header
-            )
-            stream = _Stream(pieces, size, counts_at)
-            if counts != distinct:
-                raise _wrong_types()
-            total = _check_counts(stream, counts)
-        else:
-            fields[key] = stream.read()
-    if fields["v"] != VERSION:
-        raise BadLogObject(f"not a version {VERSION} log object")
-    file, node, rid, digest = (fields[k] for k in ("file", "node", "rid", "digest"))
-    if not (type(file) is str and type(node) is int and type(rid) is str and type(digest) is str):
+    stream = _Stream(pieces, size)
+    if stream.header(_MAP) != len(_LAYOUT):
+        raise _not_the_layout()
+    # The fields before the words, each after its key, then the words' key (the first key
+    # alone first: a value with its fields in another order is told so, not by what it holds).
+    if stream.take(1) != ["v"]:
+        raise _not_the_layout()
+    head = ["v", *stream.take(8)]
+    if head[0::2] != list(_LAYOUT[:5]):
+        raise _not_the_layout()
+    version, file, node, rid = head[1::2]
+    distinct = stream.header(_ARRAY)
+    if distinct is None:
         raise _wrong_types()
+    words_at = stream.tell()
+    words = _check_words(stream, distinct)
+    if stream.take(1) != ["counts"]:
+        raise _not_the_layout()
+    if stream.header(_ARRAY) != distinct:
+        raise _wrong_types()
+    counts_at = stream.tell()
+    total, counts = _check_counts(stream, distinct)
+    key, digest = stream.take(2)
+    if key != "digest":
+        raise _not_the_layout()
+    _check_fields(version, file, node, rid, digest)
     if not stream.ended():
         raise BadLogObject("not msgpack: data after the log object")
-    return Stored(file, node, rid, digest, distinct, total, pieces, size, words_at, counts_at)
+    held = (words, counts) if distinct <= _BATCH else None
+    return Stored(file, node, rid, digest, distinct, total, pieces, size, words_at, counts_at,
+                  held)  # fmt: skip
+
+
+def _not_the_layout() -> BadLogObject:
+    return BadLogObject(f"not a version {VERSION} log object (fields {', '.join(_LAYOUT)})")
 
 
 def _wrong_types() -> BadLogObject:
     return BadLogObject("log object fields have the wrong types")
 
 
-def _check_words(stream: _Stream, n: int) -> None:
+def _check_fields(version: Any, file: Any, node: Any, rid: Any, digest: Any) -> None:
+    if version != VERSION:
+        raise BadLogObject(f"not a version {VERSION} log object")
+    if not (type(file) is str and type(node) is int and type(rid) is str and type(digest) is str):
+        raise _wrong_types()
+
+
+def _check_words(stream: _Stream, n: int) -> list[bytes]:
+    """The last batch of words."""
     previous: list[bytes] = []
+    words: list[bytes] = []
     for done in range(0, n, _BATCH):
         words = stream.take(min(_BATCH, n - done))
         # Checked by C-level maps, not a Python loop per word: a tally has millions of them.
@@ -315,17 +336,19 @@ def _check_words(stream: _Stream, n: int) -> None:
         if not all(map(operator.lt, ordered, itertools.islice(ordered, 1, None))):
             raise BadLogObject("log object words are not strictly increasing")
         previous = words[-1:]
+    return words
 
 
-def _check_counts(stream: _Stream, n: int) -> int:
-    """The counts' sum."""
+def _check_counts(stream: _Stream, n: int) -> tuple[int, list[int]]:
+    """The counts' sum, and their last batch."""
     total = 0
+    counts: list[int] = []
     for done in range(0, n, _BATCH):
         counts = stream.take(min(_BATCH, n - done))
         if not set(map(type, counts)) <= {int} or min(counts) < 1:  # exactly int: True is no count
             raise _wrong_types()
         total += sum(counts)
-    return total
+    return total, counts
 
 
 def merge(objects: Iterable[LogObject]) -> Counter[bytes]:

@@ -98,11 +98,40 @@ def bodies(draw: st.DrawFn) -> bytes:
 
 
 @settings(max_examples=600)
-@given(value=bodies(), cuts=st.lists(st.integers(0, 10**6), max_size=6))
+@given(
+    value=bodies(),
+    cuts=st.lists(st.integers(0, 10**6), max_size=6),
+    batch=st.sampled_from([logobject._BATCH, 1, 3]),  # words in one batch (held), or in several
+)
 def test_a_value_read_in_any_pieces_gets_the_whole_value_decodes_verdict(
-    value: bytes, cuts: list[int]
+    value: bytes, cuts: list[int], batch: int
 ) -> None:
-    assert _read(value, cuts) == _whole(value)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(logobject, "_BATCH", batch)
+        assert _read(value, cuts) == _whole(value)
+
+
+def _packed(*objects: Any) -> bytes:
+    return b"".join(msgpack.packb(o, use_bin_type=True) for o in objects)
+
+
+@pytest.mark.parametrize(
+    ("map_header", "array_header"),
+    [
+        (b"\x87", lambda n: bytes([0x90 | n])),
+        (b"\xde\x00\x07", lambda n: b"\xdc" + n.to_bytes(2, "big")),
+        (b"\xdf\x00\x00\x00\x07", lambda n: b"\xdd" + n.to_bytes(4, "big")),
+    ],
+    ids=["fix", "16-bit", "32-bit"],
+)
+def test_a_map_or_array_header_of_any_width_is_read(map_header: bytes, array_header: Any) -> None:
+    """msgpack writes the shortest header; a value may hold a wider one (the reader reads them
+    itself, `_Stream.header`), and the whole-value decode took any."""
+    obj = LogObject.from_counts("f", 1, "r", [(b"a", 1), (b"b", 2)])
+    value = b"".join([map_header, _packed("v", 1, "file", "f", "node", 1, "rid", "r", "words"),
+                      array_header(2), _packed(b"a", b"b", "counts"), array_header(2),
+                      _packed(1, 2, "digest", obj.digest)])  # fmt: skip
+    assert _read(value, [1, 2, 3]) == _whole(value) == _read(obj.encode(), [])
 
 
 def _fields(**changes: Any) -> bytes:
@@ -154,6 +183,15 @@ def test_a_value_with_its_fields_in_another_order_is_not_a_log_object() -> None:
     assert _whole(reordered) != ("bad",)  # the whole-value decode took it
     with pytest.raises(BadLogObject, match="fields v, file"):
         logobject.read(logobject.pieces_of(reordered), len(reordered))
+
+
+@pytest.mark.parametrize("key", logobject._LAYOUT)
+def test_a_value_with_a_field_named_otherwise_is_not_a_log_object(key: str) -> None:
+    body = msgpack.unpackb(LogObject.from_counts("f", 1, "r", [(b"a", 1)]).encode())
+    renamed = msgpack.packb({(k + "_" if k == key else k): v for k, v in body.items()})
+    assert _whole(renamed) == ("bad",)
+    with pytest.raises(BadLogObject, match="fields v, file"):
+        logobject.read(logobject.pieces_of(renamed), len(renamed))
 
 
 def test_words_out_of_order_across_a_batch_boundary_are_refused(monkeypatch) -> None:
