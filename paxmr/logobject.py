@@ -138,7 +138,8 @@ Pieces = Callable[[int], Iterator[bytes | memoryview]]
 
 _LAYOUT = ("v", "file", "node", "rid", "words", "counts", "digest")
 _FEED = 1 << 20  # bytes given to msgpack at a time
-_BATCH = 1 << 16  # words (and counts) checked at a time: a few MiB of objects at most
+# Words (and counts) read at a time: a summary peaks at 9 / 19 MiB for words of 6 / 20 bytes.
+_BATCH = 1 << 16
 
 
 def feed(buffer: bytes, start: int = 0) -> Iterator[memoryview]:
