@@ -57,14 +57,9 @@ def summarize(
     value: bytes, position: int, parts: Callable[[Manifest], Parts] | None = None
 ) -> dict[str, Any]:
     """What a catalog shows of the value applied at `position`; never raises. A manifest
-    (chunks.py) is read from the chunks `parts` finds for it in the log before it (none found
-    without `parts`: an error), a part at a time."""
+    (chunks.py) is read from the chunks `parts` finds for it (chunks.object_pieces), a part
+    at a time."""
     try:
-        pieces, size = logobject.pieces_of(value), len(value)
-        manifest = chunks.manifest(value)
-        if manifest is not None:
-            found = parts(manifest) if parts is not None else [None] * manifest.parts
-            pieces, size = manifest.pieces(found), manifest.size
-        return logobject.read(pieces, size).summary(position)
+        return logobject.read(*chunks.object_pieces(value, parts)).summary(position)
     except BadLogObject as exc:
         return {"position": position, "file": None, "words": 0, "error": str(exc)}

@@ -68,13 +68,13 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import msgpack
 
-from paxmr.logobject import BadLogObject, Pieces, feed
+from paxmr.logobject import BadLogObject, Pieces, feed, pieces_of
 from paxmr.paxos import CHUNK_PREFIX
 
 _KIND = "chunked"
@@ -140,6 +140,19 @@ class Manifest:
                 yield from feed(part, start if i == first else 0)
 
         return read
+
+
+def object_pieces(
+    value: bytes, parts: Callable[[Manifest], Parts] | None = None
+) -> tuple[Pieces, int]:
+    """The log object a log entry's value holds, as logobject.read takes it (pieces, size):
+    the value itself, or for a manifest the value its chunks make, which `parts` finds in the
+    log before it (none found without `parts`). Raises BadManifest (a BadLogObject) for a
+    manifest whose chunks are missing or are not its value."""
+    found = manifest(value)
+    if found is None:
+        return pieces_of(value), len(value)
+    return found.pieces(parts(found) if parts is not None else [None] * found.parts), found.size
 
 
 def chunk_id(sha256: str, index: int) -> str:

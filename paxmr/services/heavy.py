@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import sqlite3
@@ -293,10 +294,8 @@ def merge_slots(db: str, slots: list[tuple[int, int]], top: int) -> dict[str, An
                 return {"error": f"log position {where[slot]}: not in the database"}
             value = bytes(rows[0][0])
             try:
-                pieces, size = logobject.pieces_of(value), len(value)
-                manifest = chunks.manifest(value)
-                if manifest is not None:
-                    pieces, size = manifest.pieces(_Parts(conn, manifest, slot)), manifest.size
+                parts = functools.partial(_Parts, conn, before=slot)
+                pieces, size = chunks.object_pieces(value, parts)
                 del value  # a manifest's object is read from its chunks, a part at a time
                 for batch in logobject.read(pieces, size).batches():
                     for word, count in zip(*batch, strict=True):
