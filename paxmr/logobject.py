@@ -89,17 +89,11 @@ class LogObject:
         return cls(file, node, request_id, words, counts, _digest(words, counts))
 
     def encode(self) -> bytes:
-        body = {
-            "v": VERSION,
-            "file": self.file,
-            "node": self.node,
-            "rid": self.request_id,
-            "words": list(self.words),
-            "counts": list(self.counts),
-            "digest": self.digest,
-        }
-        packed: bytes = msgpack.packb(body, use_bin_type=True)
-        return packed
+        """Its value, packed by the one encoder (tallyvalue.py)."""
+        from paxmr import tallyvalue  # noqa: PLC0415 - it imports VERSION from here
+
+        return tallyvalue.encode_fields(self.file, self.node, self.request_id, self.words,
+                                        self.counts, self.digest)  # fmt: skip
 
     @classmethod
     def decode(cls, value: bytes) -> LogObject:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from paxmr import chunks
-from paxmr.logobject import LogObject
+from paxmr import chunks, tallyvalue
 from paxmr.paxos import (
     CHUNK_PREFIX,
     Committed,
@@ -99,10 +98,11 @@ class RunResult:
 
 
 def client_value(rng: random.Random, rid: str, large: bool) -> bytes:
-    """A real log object of a size up to MAX_VALUE, unique to its request."""
+    """A real log object of a size up to MAX_VALUE, unique to its request, encoded as the PRM
+    encodes a tally file (tallyvalue.py)."""
     target = rng.randint(MAX_VALUE // 2, MAX_VALUE) if large else rng.randint(60, 400)
     word = rid.encode() + b"-" + b"w" * max(1, target - 160)
-    return LogObject.from_counts(f"{rid}_reduced", 1, rid, [(word, 1)]).encode()
+    return tallyvalue.encode_counts(f"{rid}_reduced", 1, rid, [(word, 1)])[0]
 
 
 CHUNKED = 2  # chunked clients per run with the chunks workload
@@ -113,10 +113,11 @@ def chunked_requests(rng: random.Random, rid: str) -> tuple[list[Request], dict[
     (paxmr/chunks.py); and the summary it shows once applied."""
     words = [(b"%s-%05d-" % (rid.encode(), i) + b"c" * 40, 1 + i % 5) for i in range(120)]
     rng.shuffle(words)
-    obj = LogObject.from_counts(f"{rid}_reduced", 1, rid, sorted(words[: rng.randint(60, 120)]))
-    manifest, parts = chunks.split(obj.encode(), obj.file, obj.digest, MAX_VALUE)
+    file = f"{rid}_reduced"
+    value, encoded = tallyvalue.encode_counts(file, 1, rid, sorted(words[: rng.randint(60, 120)]))
+    manifest, parts = chunks.split(value, file, encoded.digest, MAX_VALUE)
     requests = [Request(c, p) for c, p in zip(manifest.chunk_ids(), parts, strict=True)]
-    return [*requests, Request(rid, manifest.encode())], obj.summary(0)
+    return [*requests, Request(rid, manifest.encode())], encoded.summary
 
 
 def forged_value(rng: random.Random) -> bytes:

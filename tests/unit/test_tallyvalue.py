@@ -1,5 +1,6 @@
 """The streaming encoder of a tally into its log object's value (paxmr/tallyvalue.py), and the
-spool a PRM's worker writes it to (heavy.encode_tally): byte for byte the existing encoder's."""
+spool a PRM's worker writes it to (heavy.encode_tally): byte for byte msgpack's packing of the
+whole log object (the encoder paxmr had before), which the reader's layout is."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import msgpack
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -42,11 +44,21 @@ def test_the_value_is_the_log_objects_encoding(
     data = _tally(items)
     reference = LogObject.from_tally_bytes(data, file, node, rid)
     value, encoded = _encode(data, file, node, rid, block)
-    assert value == reference.encode()
+    assert value == _packed(reference)
+    assert reference.encode() == value  # LogObject's is this encoder (tallyvalue.encode_counts)
     assert isinstance(encoded, tallyvalue.Encoded)
     assert encoded.size == len(value)
     assert encoded.digest == reference.digest
     assert encoded.summary == reference.summary(0)
+
+
+def _packed(obj: LogObject) -> bytes:
+    """The log object's fields packed whole by msgpack, in the layout's order (logobject._LAYOUT):
+    what the streamed value must equal, byte for byte."""
+    body = {"v": 1, "file": obj.file, "node": obj.node, "rid": obj.request_id,
+            "words": list(obj.words), "counts": list(obj.counts), "digest": obj.digest}  # fmt: skip
+    packed: bytes = msgpack.packb(body, use_bin_type=True)
+    return packed
 
 
 _BROKEN = [b"a\t01\n", b"a\t0\n", b"a\t\n", b"a b\t1\n", b"\t1\n", b"a\t1\t1\n", b"a 1\n", b"a\t1"]
@@ -95,7 +107,7 @@ def test_a_spooled_value_is_read_back_as_split_cuts_it(
     encoded = heavy.encode_tally(str(root), "t_reduced", (st_.st_dev, st_.st_ino, st_.st_size),
                                  str(spool), node=2, rid="r")  # fmt: skip
     reference = LogObject.from_tally_bytes(data, "t_reduced", 2, "r")
-    manifest, parts = chunks.split(reference.encode(), "t_reduced", reference.digest, part)
+    manifest, parts = chunks.split(_packed(reference), "t_reduced", reference.digest, part)
     got = chunks.manifest_of("t_reduced", encoded.digest, encoded.sha256, encoded.size, part)
     assert got == manifest
     fd = os.open(spool, os.O_RDONLY)
