@@ -71,13 +71,16 @@ def encode(
 
     def counts() -> Iterator[list[int]]:
         nonlocal total
+        line = 2  # of the block's first count (the header is line 1)
         for _words, digits in _pass(f, file, block_bytes, lines, counts_sha, checked=False):
             try:
                 numbers = list(map(int, digits))
             except ValueError:  # not the lines the words' pass validated
                 raise _changed(file) from None
             if max(numbers, default=0) > _MAX_COUNT:  # msgpack's integers end there, not a tally's
-                raise tally.TallyError(f"{file}: a count over 2**64 - 1 cannot be replicated")
+                at = line + next(i for i, n in enumerate(numbers) if n > _MAX_COUNT)
+                raise tally.TallyError(f"{file}:{at}: a count over 2**64 - 1 cannot be replicated")
+            line += len(numbers)
             total += sum(numbers)
             yield numbers
         if counts_sha.digest() != words_sha.digest():

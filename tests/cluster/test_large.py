@@ -105,18 +105,32 @@ def _spooled(node: Node) -> list[str]:
     return sorted(p.name for p in spool_dir(node.settings).iterdir())
 
 
-def test_a_bad_tally_is_refused_naming_its_line_and_leaves_no_spool(cluster: Cluster) -> None:
+@pytest.mark.parametrize(
+    ("count", "error"),
+    [
+        (b"07", "count must be a positive integer"),
+        # Valid in a tally (a reduce adds counts up), over msgpack's integers: refused in the
+        # counts' pass, after the words were spooled.
+        (b"%d" % 2**64, "a count over 2**64 - 1 cannot be replicated"),
+    ],
+)
+def test_a_bad_tally_is_refused_naming_its_line_and_leaves_no_spool(
+    cluster: Cluster, count: bytes, error: str
+) -> None:
     """Read in blocks by a worker (tallyvalue.py), a bad line a megabyte in is named as
-    tally.parse names it, and the spool file its value went to is removed."""
+    tally.parse names it, the spool file its value went to is removed, and nothing reaches
+    the log."""
     node = cluster.node(1)
     lines = [b"w%09d\t%d\n" % (i, 1 + i % 7) for i in range(200_000)]  # 3.2 MB: past a block
-    lines[123_456] = b"w%09d\t07\n" % 123_456
+    lines[123_456] = b"w%09d\t%s\n" % (123_456, count)
     (node.data / "bad_reduced").write_bytes(b"paxmr-tally 1\n" + b"".join(lines))
+    before = node.call("print")["entries"]
     with pytest.raises(control.RemoteError) as refused:
         node.replicate("bad_reduced")
     assert refused.value.code == "bad_tally"
-    assert "bad_reduced:123458: count must be a positive integer" in str(refused.value)
+    assert f"bad_reduced:123458: {error}" in str(refused.value)
     assert _spooled(node) == []
+    assert node.call("print")["entries"] == before
 
 
 def test_follower_catches_up_entries_that_together_outgrow_a_frame(cluster: Cluster) -> None:

@@ -83,6 +83,21 @@ def test_a_bad_tally_is_refused_as_tally_parse_refuses_it(
     )
 
 
+@given(
+    items=counts.filter(bool), pick=st.integers(0, 59), big=st.integers(2**64, 2**80), block=blocks
+)
+def test_a_count_over_2_64_is_refused_naming_its_line(
+    items: dict[bytes, int], pick: int, big: int, block: int
+) -> None:
+    """msgpack's integers end at 2**64 - 1, a tally's do not (a reduce adds counts up): such a
+    count is refused as a bad tally, at its line, in any block; never wrapped or cut."""
+    words = sorted(items)
+    word = words[pick % len(words)]
+    line = 2 + words.index(word)  # the header is line 1
+    with pytest.raises(tally.TallyError, match=rf"^f:{line}: a count over 2\*\*64 - 1 cannot"):
+        _encode(_tally({**items, word: big}), "f", 1, "r", block)
+
+
 def _outcome(run: Callable[[], object]) -> str | None:
     """The error ``run`` raises, or None."""
     try:
