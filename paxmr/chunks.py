@@ -81,7 +81,10 @@ _KIND = "chunked"
 
 
 class Parts(Protocol):
-    """A manifest's chunks by index, as the log holds them before it (None: not there)."""
+    """A manifest's chunks by index, as the log holds them before it: the first copy of each
+    (None: not there). An empty copy is one a reclaim entry emptied (or a forged one): not
+    there either, as Manifest.pieces reads it, for the PRM (heavy._Parts) and the simulator
+    (sim/checker.NodeLog) alike."""
 
     def __getitem__(self, index: int, /) -> bytes | None: ...
 
@@ -111,15 +114,15 @@ class Manifest:
         return packed
 
     def pieces(self, parts: Parts) -> Pieces:
-        """The whole value, for logobject.read, from its parts in order (None: not in the log
-        before the manifest), read a part at a time: each pass over the value reads them again,
-        so a lazy `parts` (heavy._Parts) holds one at a time. Raises BadManifest when they are
-        not the value it names."""
+        """The whole value, for logobject.read, from its parts in order (None or empty: not in
+        the log before the manifest, Parts), read a part at a time: each pass over the value
+        reads them again, so a lazy `parts` (heavy._Parts) holds one at a time. Raises
+        BadManifest when they are not the value it names."""
         sha = hashlib.sha256()
         ends: list[int] = []  # where each part ends in the value
         for i in range(self.parts):
             part = parts[i]
-            if part is None:
+            if not part:  # None or empty (Parts)
                 raise BadManifest(
                     f"chunk {i} of {self.parts} is not in the log before it (or was"
                     " reclaimed: never committed by a manifest in time)"

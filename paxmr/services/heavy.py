@@ -231,10 +231,11 @@ def _reader(db: str) -> sqlite3.Connection:
 
 
 class _Parts:
-    """A manifest's chunks as the log holds them before its slot (the first copy of each; None
-    for one not there, or emptied by a reclaim entry: chunks.py), each read when asked for, so
-    that a reader holds one at a time. Read inside one transaction (`_snapshot`): a reclaim
-    entry applied meanwhile must not change them between two passes over the value."""
+    """A manifest's chunks as the log holds them before its slot (chunks.Parts: the first copy
+    of each, None for one not there, empty if a reclaim entry emptied it), each read when
+    asked for, so that a reader holds one at a time. Read inside one transaction
+    (`_snapshot`): a reclaim entry applied meanwhile must not change them between two passes
+    over the value."""
 
     def __init__(self, conn: sqlite3.Connection, manifest: chunks.Manifest, before: int) -> None:
         self._conn = conn
@@ -251,7 +252,7 @@ class _Parts:
         if slot is None:
             return None
         rows = self._conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
-        return bytes(rows[0][0]) if rows and rows[0][0] else None
+        return bytes(rows[0][0]) if rows else None  # empty if reclaimed: chunks.Parts says
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ class NodeLog:
         self.digest = GENESIS_DIGEST
         self.count = 0
         self.catalog = Catalog()
-        self.chunks: dict[str, bytes] = {}  # chunk id -> its first value (heavy._Parts)
+        self.chunks: dict[str, bytes] = {}  # chunk id -> its first copy (chunks.Parts)
 
     def append(self, entry: LogEntry) -> None:
         self.entries.append(entry)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 
 from paxmr import chunks
@@ -118,3 +120,33 @@ def test_the_chunks_of_a_manifest_that_failed_are_reclaimed_too(tmp_path):
     assert chunks.kept([(4, late.encode())], copies) == set(ids)
     assert chunks.kept([(1, late.encode())], copies) == set()  # chunk 1 came after it
     assert chunks.kept([(4, late.encode())], {**copies, ids[0]: (0, False)}) == set()
+
+
+def test_an_empty_chunk_is_missing_in_the_simulator_as_on_a_prm(tmp_path):
+    """A chunk whose value is empty (emptied by a reclaim entry, or forged so) is not there:
+    a forged manifest whose two parts are the whole value and an empty chunk (they hash to
+    its digest) shows the same error in the simulator's catalog (sim/checker.NodeLog) as in
+    a PRM's (heavy.stored_summary, which reads its chunks with heavy._Parts), never the
+    object on one of them."""
+    from paxmr.paxos import LogEntry, Persist  # noqa: PLC0415
+    from paxmr.services import heavy  # noqa: PLC0415
+    from paxmr.sim.checker import NodeLog  # noqa: PLC0415
+    from paxmr.storage import Storage  # noqa: PLC0415
+
+    forged = chunks.Manifest(OBJ.file, OBJ.digest, hashlib.sha256(VALUE).hexdigest(), 2, len(VALUE))
+    ids = forged.chunk_ids()
+    log = [
+        LogEntry(0, ids[0], VALUE, None),
+        LogEntry(1, ids[1], b"", None),
+        LogEntry(2, "r", forged.encode(), 0),
+    ]
+    storage = Storage.open(tmp_path / "log.db", bootstrap=True)
+    storage.commit(Persist(log=log))
+    on_a_prm = heavy.stored_summary(str(tmp_path / "log.db"), 2, 0)
+    simulated = NodeLog()
+    for entry in log:
+        simulated.append(entry)
+    in_the_simulator = dict(simulated.catalog.summaries[0])
+    in_the_simulator.pop("slot")
+    assert in_the_simulator == on_a_prm
+    assert "chunk 1 of 2 is not in the log" in on_a_prm["error"]
