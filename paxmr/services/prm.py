@@ -876,10 +876,14 @@ class Prm:
         if ready.applied:  # committed with this Ready's persist: shown to queries from now on
             self._to_apply.put_nowait(ready.applied)
         if stalled and self.node.role != "leader":
-            # The loop stood still for longer than a heartbeat interval, the leader's frames of
-            # that time unread in the socket: they are read before the timers judge its silence
-            # (a follower whose disk held its commit for 2.5 s campaigned: test_scale_commit).
-            # A leader goes on at once: its own heartbeats are what is late.
+            # A commit on the loop (one without an fsync: _commit_here) stood still for longer
+            # than a heartbeat interval: it waited on another writer's lock (SQLite's busy
+            # timeout: an operator's sqlite3 shell, Storage's reclaim connection) or on a disk
+            # that throttles writes to the page cache. The leader's frames of that time wait
+            # unread in the socket: they are read before the timers judge its silence. (When
+            # a follower committed its fsync'd accepts here too, 2e2a33d to 396c3cb, one whose
+            # disk held such a commit for 2.5 s campaigned without this.) A leader goes on at
+            # once: its own heartbeats are what is late.
             await asyncio.sleep(self.settings.timing.heartbeat)
 
     def _commit_here(

@@ -47,17 +47,20 @@ def test_a_leader_whose_commit_waits_on_its_disk_still_heartbeats() -> None:
         assert cluster.leader() == leader.id
 
 
-def test_a_follower_whose_commit_on_its_loop_waits_on_its_disk_does_not_campaign() -> None:
-    """A follower commits its accepts on its event loop (Prm._commit_here): while one waits on
-    the disk, the leader's heartbeats wait unread in the socket. Its peers' silence is judged
-    only once it has read them."""
+def test_a_follower_whose_commit_waits_on_its_disk_does_not_campaign() -> None:
+    """A follower whose accept's commit waits on its disk (another writer holds its database)
+    goes on reading the leader's heartbeats: the commit runs in a worker thread
+    (Prm._commit_here). From 2e2a33d to 396c3cb it ran on the event loop, and this test saw
+    the follower campaign unless it read its socket before its timers after such a stall (the
+    sleep in Prm._carry_out, which now guards commits without an fsync only: not reached
+    here)."""
     with running_cluster() as cluster:
         leader = cluster.node(cluster.leader())
         follower = next(n for n in cluster.nodes if n.id != leader.id)
         name = small_tally(leader)
         nodes = [n.settings for n in cluster.nodes]
         before = elections(nodes)
-        leader.replicate(name)  # the follower's commit of it in a worker marked: not due again
+        leader.replicate(name)
         db = sqlite3.connect(db_path(follower.settings), isolation_level=None)
         db.execute("BEGIN IMMEDIATE")
         result: dict[str, Any] = {}
