@@ -5,12 +5,14 @@ oldest: any), drop one, deliver again a message sent earlier (a replay), fire on
 (the clock moves only then), submit a request, crash and restart a node, lose a node's disk,
 cut links (holding their messages: a leader with a minority, or any links) and heal them, or
 stall a node's timers for a while (a paused process, a slow clock: safety must not depend on
-timing); commits finish in any order (a power cut loses the one under way). Fault actions run
-only for the fault kinds asked for (stall counts as delay, cut as partition, power as
-lose-unsynced). Effects leave around the commit as the driver says (paxos.split for the PRM's
-early order). It reaches orders of events that clocks make rare. Only
-safety is checked (agreement, validity, no duplicate, acknowledgements, frame sizes): an
-adversarial scheduler can starve any protocol.
+timing), or forward a forged value from a peer that holds the cluster key; commits finish in any
+order (a power cut loses the one under way). Fault actions run only for the fault kinds asked
+for (stall counts as delay, cut as partition, power as lose-unsynced). With the chunks workload
+a few requests are tallies over the value limit: their chunks, and their manifest once every
+chunk is chosen (the PRM's order, world.chunked_requests). Effects leave around the commit
+as the driver says (paxos.split for the PRM's early order). It reaches orders of events that
+clocks make rare. Only safety is checked (agreement, validity, no duplicate, acknowledgements,
+frame sizes): an adversarial scheduler can starve any protocol.
 
 Each message carries what the PRM's frames carry to show a storage that went back in time
 (paxmr/stamps.py, shared with the PRM): its sender's write count and what the sender saw itself
@@ -23,22 +25,28 @@ starting again, as the PRM does.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, NamedTuple
 
+from paxmr import chunks
 from paxmr.paxos import Committed, Node, Ready, Request
+from paxmr.paxos.messages import Forward
 from paxmr.sim.checker import NodeLog
 from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
 from paxmr.sim.members import Changes
 from paxmr.sim.simulation import EARLY, Simulation
 from paxmr.sim.world import (
+    CHUNKED,
     SIM_CONFIG,
     RunResult,
     by_driver,
+    chunked_requests,
     client_value,
+    forged_value,
     frame_violation,
     writes,
 )
@@ -50,7 +58,7 @@ if TYPE_CHECKING:
 
 STEPS = 500
 REQUESTS = 16
-ACTIONS = (
+ACTIONS = (  # and "forge" (FORGE_WEIGHT)
     *("deliver", "sync", "drop", "replay", "timer", "submit"),
     *("crash", "power", "wipe", "cut", "stall", "member"),
     *("stale", "reinit", "rollback"),
@@ -58,8 +66,13 @@ ACTIONS = (
 # Typical weights; each walk scales each by a random factor (swarm testing: a walk that hardly
 # syncs or hardly delivers explores what an even mix does not).
 WEIGHTS = (70, 40, 5, 3, 7, 6, 1, 2, 1, 4, 2, 4, 1, 1, 1)
+# Drawn apart (`_forge_rng`), so that adding it moved no other walk's draws: the small and
+# forget schedules' walks (phases.py, which build on this class) stay as their bounds were
+# measured.
+FORGE_WEIGHT = 1
 # The fault kind that enables each fault action (the others always run).
 ACTION_KINDS = {
+    "forge": "forge",
     "drop": "drop",
     "replay": "replay",
     "crash": "crash",
@@ -127,6 +140,10 @@ class Explorer(Simulation):
             for a, w in zip(ACTIONS, WEIGHTS, strict=True)
             if a in self.actions
         ]
+        self._forge_rng = random.Random(seed * 7919 + 29)
+        if "forge" in kinds:
+            self.actions.append("forge")
+            self.weights.append(FORGE_WEIGHT * self._forge_rng.uniform(0.1, 3))
         self.changes = Changes(self.members, self.checker)
         self.flight: list[Sent] = []
         self.history: list[Sent] = []
@@ -145,10 +162,25 @@ class Explorer(Simulation):
             Request(f"r{k}", client_value(self.rng, f"r{k}", self.rng.random() < 0.5))
             for k in range(requests)
         ]
-        for request in self.requests:
+        # The chunks workload's requests, drawn apart (so the others stay as they were), and
+        # each chunked object's request ids (its chunks', then its manifest's) by each of them.
+        self.chunked: list[Request] = []
+        self.parts: dict[str, list[str]] = {}
+        self._chunks_rng = random.Random(seed * 7919 + 17)
+        if "chunks" in kinds:
+            self._chunked_clients(self._chunks_rng)
+        for request in self.requests + self.chunked:
             self.checker.submit(request.request_id, request.value)
         for i in self.members:
             self._start(i)
+
+    def _chunked_clients(self, rng: random.Random) -> None:
+        """Requests of tallies over the value limit (world.chunked_requests)."""
+        for k in range(CHUNKED):
+            requests = chunked_requests(rng, f"c{k}")[0]
+            self.chunked += requests
+            ids = [r.request_id for r in requests]
+            self.parts |= dict.fromkeys(ids, ids)
 
     def run(self) -> RunResult:
         done = 0
@@ -278,6 +310,9 @@ class Explorer(Simulation):
             self.history.append(sent)
         for reply in ready.replies:
             if isinstance(reply.outcome, Committed):
+                rid = reply.request_id
+                if self.parts.get(rid, [""])[-1] == rid and rid not in self.checker.acked:
+                    self.faults["chunks"] += 1  # a chunked object committed
                 self.checker.committed(i, reply.request_id, reply.outcome)
                 self._log(f"node {i}: {reply.request_id} committed {reply.outcome}")
 
@@ -371,12 +406,52 @@ class Explorer(Simulation):
         if not live:
             return
         i = self.rng.choice(live)
-        request = self.rng.choice(self.requests)
+        pool = self.requests
+        if self.chunked and self._chunks_rng.random() < 0.5:  # its PRM submits them back to back
+            pool = [r for r in self.chunked if self._may_submit(r.request_id)] or pool
+        request = self.rng.choice(pool)
         node = self.nodes[i].node
         assert node is not None
         self._log(f"submit {request.request_id} to node {i}")
         node.submit(request, self.now)
         self._flush(i)
+
+    def _may_submit(self, rid: str) -> bool:
+        """A chunked object's requests go one at a time, as the PRM submits them: a chunk once
+        those before it are chosen, its manifest once they all are (prm.Prm.replicate; the PRM
+        retries each until it hears it was chosen)."""
+        parts = self.parts[rid]
+        chosen = {r for r, _ in self.checker.chosen.values()}
+        return set(parts[: parts.index(rid)]) <= chosen and (rid == parts[-1] or rid not in chosen)
+
+    def _forge(self) -> None:
+        """A peer that holds the cluster key forwards to a leader what no client would
+        (world._forge): a value that is not a log object or, now and then, the chunks and
+        manifest of an object whose second chunk is empty (they hash to its digest: a reader
+        must find that chunk missing, chunks.Parts). Its frames go in flight like any."""
+        leaders = [i for i, s in self.nodes.items() if s.node and s.node.role == "leader"]
+        if not leaders:
+            return
+        rng = self._forge_rng
+        victim = rng.choice(leaders)
+        forger = rng.choice([i for i in self.nodes if i != victim])
+        rid = f"forged{self.faults['forge']}"
+        self.faults["forge"] += 1
+        forged = [(rid, forged_value(rng))]
+        if rng.random() < 0.3:
+            value = client_value(rng, rid, large=False)
+            sha = hashlib.sha256(value).hexdigest()
+            manifest = chunks.Manifest(f"{rid}_reduced", sha, sha, 2, len(value))
+            first, empty = manifest.chunk_ids()
+            forged = [(first, value), (empty, b""), (rid, manifest.encode())]
+        state = self.nodes[forger]
+        view = View({}, {})  # it relays nothing: a hello and its stamp are all it shows
+        for request_id, value in forged:
+            self.checker.submit(request_id, value)  # valid for the log's purposes: proposed
+            msg = Forward(request_id, value)
+            self.flight.append(sent := Sent(forger, victim, msg, state.disk.stamp, view))
+            self.history.append(sent)
+        self._log(f"forge: node {forger} forwards {[r for r, _ in forged]} to node {victim}")
 
     def _sync(self) -> None:
         """A commit in progress reaches the disk; what waited for it leaves."""

@@ -25,8 +25,8 @@ NODE_FAULTS = ("partition", "clog", "crash", "stop", "lose-unsynced", "wipe", "f
 # Membership changes at random moments (members.py): add, promote, remove, replace, rejoin.
 MEMBER_FAULTS = ("member",)
 FAULT_KINDS = NETWORK_FAULTS + NODE_FAULTS + MEMBER_FAULTS
-# Workloads beside the faults (timed schedule only; they draw nothing from a seed's fault plan):
-# chunks: a few clients replicate a tally over the value limit as its chunks and then its
+# Workloads beside the faults (timed and async schedules; they draw nothing from a seed's fault
+# plan): chunks: a few clients replicate a tally over the value limit as its chunks and then its
 # manifest, as the PRM does (paxmr/chunks.py), so campaigns check chunked tallies and their
 # catch-up. On by default in `paxmr sim`; the tests' fixed schedules run without it.
 WORKLOAD_KINDS = ("chunks",)

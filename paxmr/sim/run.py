@@ -57,7 +57,7 @@ def run_seed(  # noqa: PLR0917 - one run's parameters
     schedule: str = TIMED,
     announce_delay: float = 0.0,
 ) -> RunResult:
-    if schedule != TIMED:  # workloads (faults.py) are the timed schedule's
+    if schedule not in {TIMED, ASYNC}:  # workloads (faults.py) are theirs
         kinds -= set(WORKLOAD_KINDS)
     core: NodeFactory = _Announcing(announce_delay) if announce_delay else Node
     if schedule == ASYNC:

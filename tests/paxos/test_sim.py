@@ -38,6 +38,10 @@ ALL = frozenset(FAULT_KINDS)
 # (with `member` too, the seeds move: e.g. the unsafe driver on 3 members is first caught at
 # seed 893; the membership rules' own table is in test_sim_members.py).
 CLASSIC = ALL - {"member"}
+# The async walks' seeds and bounds were measured before the async schedule forged values: a
+# forge action moves every later draw of a walk. Without `forge` an async walk is the walk it
+# was then (forge did nothing there), so seed-pinned async tests name their kinds without it.
+UNFORGED = frozenset({"forge"})
 
 
 @pytest.mark.parametrize("nodes", [3, 5])
@@ -73,6 +77,8 @@ def first_violation(
 ) -> tuple[int, str]:
     """The first seed whose run reports a safety violation, searching at most `limit` seeds."""
     schedules = {"timed": World, "async": Explorer, "small": PhaseWalk, "forget": ForgetWalk}
+    if schedule == "async":
+        kinds -= UNFORGED
     for seed in range(limit):
         result = schedules[schedule](seed, nodes, frozenset(kinds), **world).run()
         found = [v for v in result.violations if v.startswith(SAFETY)]
