@@ -76,3 +76,41 @@ def test_a_follower_whose_commit_waits_on_its_disk_does_not_campaign() -> None:
         time.sleep(1.0)  # the election timeout's longest: a campaign would have started
         assert elections(nodes) == before
         assert cluster.leader() == leader.id
+
+
+def test_a_follower_whose_commit_on_its_loop_waits_on_a_lock_does_not_campaign() -> None:
+    """A follower commits applied entries without an fsync on its event loop (Prm._commit_here):
+    one that catches up while another writer holds its database waits there, the leader's
+    heartbeats unread in the socket. Its peers' silence is judged only once it has read them
+    (the sleep after a stalled commit, Prm._carry_out)."""
+    with running_cluster() as cluster:
+        leader = cluster.node(cluster.leader())
+        follower = next(n for n in cluster.nodes if n.id != leader.id)
+        name = small_tally(leader)
+        nodes = [n.settings for n in cluster.nodes]
+        before = elections(nodes)
+        for attempt in range(5):
+            log_end = follower.prm_log.stat().st_size
+            # Its accept commits in a worker, which marks: for a second its next small
+            # commit without an fsync runs on its loop (Storage.upkeep_due), if the steps
+            # below are quick enough on this machine (else it goes to a worker: try again).
+            leader.replicate(name, f"a{attempt}")
+            follower.call("stop")
+            leader.replicate(name, f"b{attempt}")  # chosen without it
+            db = sqlite3.connect(db_path(follower.settings), isolation_level=None)
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                follower.call("resume")  # it catches up: a commit of applied entries
+                time.sleep(HOLD_S)
+            finally:
+                db.execute("ROLLBACK")
+                db.close()
+            cluster.converged()
+            late = follower.log_events("loop_late", after=log_end)
+            if any(e["seconds"] > HOLD_S / 2 for e in late):
+                break  # its loop stood still in that commit
+        else:
+            pytest.fail("the follower's catch-up never committed on its loop")
+        time.sleep(1.0)  # the election timeout's longest: a campaign would have started
+        assert elections(nodes) == before
+        assert cluster.leader() == leader.id
