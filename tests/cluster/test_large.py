@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import sqlite3
 import threading
@@ -11,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from paxmr import control, local
+from paxmr import chunks, control, local, tallyvalue
 from paxmr.paxos import CHUNK_PREFIX
 from paxmr.services.prm import spool_dir
+from tests.support import peerwire as wire
 from tests.support.local import Cluster, Node, running_cluster, service_env, sigkill
 from tests.support.wait import wait_until
 
@@ -332,3 +334,41 @@ def test_a_tally_in_chunks_reports_each_chunk_to_the_client(cluster: Cluster) ->
     assert parts > 1, lines
     assert lines == [{"chunk": i, "of": parts} for i in range(1, parts + 1)]
     assert result["position"] >= 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=AssertionError,
+    reason="Prm._summary shows the origin's own encoding of a manifest (Prm._encoded) without"
+    " reading the chunks the log holds before it (and replicate answers success): reported in"
+    " session 9's review, not fixed",
+)
+def test_a_manifest_whose_chunk_a_peer_forged_first_shows_alike_on_every_replica() -> None:
+    """A peer holding the cluster key forwards a chunk under the content address of an upload
+    (chunk ids are public: each chunk's carries the value's SHA-256) before its origin submits
+    it. The origin then skips that chunk (the log holds its id) and its manifest lands over
+    chunks that are not its value: every replica must show it alike (chunks.py: an error),
+    the origin included, never the object on one and an error on the others."""
+    with running_cluster(env=SMALL_VALUES) as cluster:
+        leader = cluster.node(cluster.leader())
+        forger = next(n for n in cluster.nodes if n.id != leader.id)
+        name = _tally(leader, "forged_reduced", MULTI)
+        rid = uuid.uuid4().hex
+        pieces: list[bytes] = []
+        with (leader.data / name).open("rb") as f:
+            encoded = tallyvalue.encode(f, name, leader.id, rid, pieces.append)
+        limit = int(SMALL_VALUES["PAXMR_LIMITS__VALUE_BYTES"])  # the PRMs' (their env)
+        ids = chunks.manifest_of(name, encoded.digest, encoded.sha256, encoded.size, limit)
+        forged = ids.chunk_ids()[1]
+        msg = {"k": "forward", "id": forged, "v": b"not this chunk"}
+        with wire.as_node(leader, wire.tls_dir(cluster.root, forger.id)) as sock:
+            sock.sendall(wire.frame(0, wire.payload(msg, forger.id, leader.id)))
+            wait_until(lambda: forged in dict(_chunk_rows(leader)), "the forged chunk chosen")
+        position = len(leader.call("print")["entries"])
+        # Its answer: an error once fixed (its entry is not its value), success on main.
+        with contextlib.suppress(control.RemoteError):
+            leader.replicate(name, rid)
+        cluster.converged()
+        shown = [n.call("print")["entries"][position] for n in cluster.nodes]
+        assert all(s == shown[0] for s in shown), shown
+        assert "do not hash to its digest" in shown[0]["error"]
