@@ -278,6 +278,21 @@ def stored_summary(db: str, slot: int, position: int) -> dict[str, Any]:
         return summarize(bytes(rows[0][0]), position, lambda m: _Parts(conn, m, slot))
 
 
+def chunks_intact(db: str, slot: int) -> bool:
+    """Whether the chunks the log holds before the manifest at ``slot`` are the value it names
+    (Manifest.pieces hashes them, a chunk at a time)."""
+    with _snapshot(db) as conn:
+        rows = conn.execute("SELECT value FROM log WHERE slot = ?", (slot,)).fetchall()
+        manifest = chunks.manifest(bytes(rows[0][0])) if rows else None
+        if manifest is None:
+            return False
+        try:
+            manifest.pieces(_Parts(conn, manifest, slot))
+        except BadLogObject:  # BadManifest
+            return False
+        return True
+
+
 def merge_slots(db: str, slots: list[tuple[int, int]], top: int) -> dict[str, Any]:
     """Merge the log objects at ``slots`` ((position, slot) pairs, each read once, a batch of
     words at a time) straight from the database: the distinct words, the total and the ``top``

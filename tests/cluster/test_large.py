@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import sqlite3
 import threading
@@ -336,13 +335,6 @@ def test_a_tally_in_chunks_reports_each_chunk_to_the_client(cluster: Cluster) ->
     assert result["position"] >= 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Prm._summary shows the origin's own encoding of a manifest (Prm._encoded) without"
-    " reading the chunks the log holds before it (and replicate answers success): reported in"
-    " session 9's review, not fixed",
-)
 def test_a_manifest_whose_chunk_a_peer_forged_first_shows_alike_on_every_replica() -> None:
     """A peer holding the cluster key forwards a chunk under the content address of an upload
     (chunk ids are public: each chunk's carries the value's SHA-256) before its origin submits
@@ -365,8 +357,8 @@ def test_a_manifest_whose_chunk_a_peer_forged_first_shows_alike_on_every_replica
             sock.sendall(wire.frame(0, wire.payload(msg, forger.id, leader.id)))
             wait_until(lambda: forged in dict(_chunk_rows(leader)), "the forged chunk chosen")
         position = len(leader.call("print")["entries"])
-        # Its answer: an error once fixed (its entry is not its value), success on main.
-        with contextlib.suppress(control.RemoteError):
+        # Its answer: the entry that landed is not its value (catalog: the error).
+        with pytest.raises(control.RemoteError, match="with other content"):
             leader.replicate(name, rid)
         cluster.converged()
         shown = [n.call("print")["entries"][position] for n in cluster.nodes]
