@@ -22,9 +22,23 @@ lint: venv
 	cd ansible && ../$(BIN)/ansible-lint --profile production
 
 ## Every tier: unit, simulator, integration (local processes) and deploy (systemd hosts, needs root).
+## The tiers on the test hosts (tests/deploy, tests/testbed) spend most of their time waiting on
+## the hosts (ssh, systemd, Ansible's retries): the unit and simulator tiers run beside them, their
+## output kept in build/ and shown after. The cluster and integration tiers, which time real
+## processes on loopback, run alone afterwards. Together the three runs are every test once.
+HOST_TIERS  := tests/deploy tests/testbed
+LOCAL_TIERS := tests/cluster tests/integration
 test: venv
-	@$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; \
-	  if [ $$rc = 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+	@mkdir -p build; \
+	  pytest_run() { $(BIN)/pytest "$$@" $(PYTEST_ARGS); rc=$$?; \
+	    if [ $$rc = 5 ]; then echo "make test: pytest $$* collected no tests" >&2; fi; return $$rc; }; \
+	  pytest_run $(HOST_TIERS) >build/test-hosts.log 2>&1 & hosts=$$!; \
+	  pytest_run tests $(foreach t,$(HOST_TIERS) $(LOCAL_TIERS),--ignore=$(t)); rest=$$?; \
+	  wait $$hosts; hosts=$$?; echo "==== $(HOST_TIERS) (ran beside the above) ===="; \
+	  cat build/test-hosts.log; \
+	  pytest_run $(LOCAL_TIERS); loc=$$?; \
+	  echo "make test: exit $$rest (unit, simulator), $$hosts ($(HOST_TIERS)), $$loc ($(LOCAL_TIERS))"; \
+	  [ $$rest = 0 ] && [ $$hosts = 0 ] && [ $$loc = 0 ]
 
 ## Unit and integration tiers only: no root needed.
 test-fast: venv

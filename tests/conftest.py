@@ -27,6 +27,18 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+# `make test` runs these directories beside the unit and simulator tiers, and the cluster and
+# integration tiers after: a test elsewhere that used the hosts would share them with a
+# concurrent run.
+HOST_TIERS = ("tests/deploy/", "tests/testbed/")
+
+
+@pytest.fixture(autouse=True)
+def _hosts_only_in_host_tiers(request: pytest.FixtureRequest) -> None:
+    if "testbed" in request.fixturenames and not request.node.nodeid.startswith(HOST_TIERS):
+        pytest.fail(f"tests that use the test hosts live in {' or '.join(HOST_TIERS)} (Makefile)")
+
+
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[Testbed]:
     reason = Testbed.unavailable_reason()
