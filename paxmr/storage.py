@@ -124,6 +124,33 @@ def forget(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM accepted")
 
 
+class StorageRefused(RuntimeError):
+    """A database the PRM may not run on; the message tells the operator what to do."""
+
+
+def _wal(conn: sqlite3.Connection, path: str | Path) -> None:
+    """Put the database in WAL mode, or refuse it. Where WAL cannot run (a SQLite built
+    without it, a VFS without shared memory, a temporary or in-memory database) SQLite keeps
+    the mode it had and says so only in its answer; where another connection holds a
+    database in another mode, or the shared memory cannot be made, it fails. In rollback mode
+    `commit`'s durability is not the WAL's fsync, and every read of the workers and of the
+    catch-up reader (heavy.py, LogReader) would block the driver's commits or be blocked."""
+    try:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    except sqlite3.OperationalError as exc:
+        answer = f"SQLite answered: {exc}"
+    else:
+        if mode == "wal":
+            return
+        answer = f"SQLite kept it in journal mode {mode!r}"
+    raise StorageRefused(
+        f"{path} cannot be put in WAL mode ({answer}), which the PRM's storage needs; nothing"
+        " was written to it. Stop any other process that holds it open (a sqlite3 shell, a"
+        " backup tool), keep the state directory on a local filesystem (ext4, xfs, btrfs,"
+        " tmpfs; not NFS or SMB), then start again."
+    )
+
+
 class Storage(Sightings):
     def __init__(self, conn: sqlite3.Connection, path: str | Path) -> None:
         super().__init__()
@@ -157,7 +184,11 @@ class Storage(Sightings):
         they record the cluster's `identity`. The PRM opens its storage as `node`: a voting
         storage another node wrote is made forgetful."""
         conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
+        try:
+            _wal(conn, path)
+        except StorageRefused:
+            conn.close()
+            raise
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
         with conn:

@@ -364,3 +364,38 @@ def test_a_founder_of_another_cluster_is_named_as_such_by_the_nodes_waiting_for_
             lambda: f"node 1's status names node 3's cluster: {problems()}",
             timeout=5.0,  # node 1 asks every 0.25 s
         )
+
+
+def test_a_database_left_in_rollback_mode_and_held_open_stops_the_prm_saying_why() -> None:
+    """An operator inspects a stopped node's prm.db with a tool that switches it to rollback
+    mode (a backup's DELETE mode, a sqlite3 shell's `PRAGMA journal_mode`) and leaves it open
+    in a read. The PRM cannot put the database back in WAL mode: it refuses to start as it
+    refuses a member without an address (exit 1, one line on stderr that names the file, what
+    SQLite said and what to do), writes nothing, and starts with its whole log once the file
+    is released."""
+    with running_cluster() as cluster:
+        one, three = cluster.node(1), cluster.node(3)
+        one.replicate(small_tally(one))
+        digest = cluster.converged(timeout=CONVERGE_S)
+        entries = three.status()["entries"]
+        sigkill(three.prm_pid())
+        db = three.settings.state_dir / "prm.db"
+        with contextlib.closing(sqlite3.connect(db, isolation_level=None)) as holder:
+            assert holder.execute("PRAGMA journal_mode=DELETE").fetchone() == ("delete",)
+            holder.execute("BEGIN")
+            before = holder.execute("SELECT slot, value FROM log ORDER BY slot").fetchall()
+            result = three.cli("serve", "prm", timeout=30)
+            assert result.returncode == 1, result
+            assert result.stderr.startswith(
+                f"paxmr: {db} cannot be put in WAL mode (SQLite answered: database is locked)"
+            ), result.stderr
+            assert "Stop any other process that holds it open" in result.stderr
+            assert holder.execute("SELECT slot, value FROM log ORDER BY slot").fetchall() == before
+            holder.execute("COMMIT")
+            assert holder.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        with service_env():
+            local.restart(cluster.root, three.id, "prm")
+        assert cluster.converged(timeout=CONVERGE_S) == digest
+        assert three.status()["entries"] == entries
+        with contextlib.closing(sqlite3.connect(db)) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -9,7 +9,7 @@ import pytest
 from paxmr.paxos import Ballot, DurableState, Entry, LogEntry, Persist
 from paxmr.paxos.log import AppliedLog
 from paxmr.sim.disk import MemoryStorage
-from paxmr.storage import Storage
+from paxmr.storage import Storage, StorageRefused
 
 A, B = Entry("a", b"alpha"), Entry("b", b"beta")
 
@@ -85,6 +85,19 @@ def test_wal_and_full_sync_are_on(tmp_path):
     conn = storage._conn
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+
+
+@pytest.mark.parametrize(("path", "mode"), [(":memory:", "memory"), ("", "delete")])
+def test_a_database_sqlite_keeps_out_of_wal_is_refused(path, mode):
+    """Where WAL cannot run, SQLite answers the mode it kept (here really: an in-memory and a
+    temporary database; a VFS without shared memory takes the same branch) and raises
+    nothing: open refuses, naming the file, the mode and what to do."""
+    with pytest.raises(StorageRefused) as refused:
+        Storage.open(path, bootstrap=True)
+    message = str(refused.value)
+    assert message.startswith(f"{path} cannot be put in WAL mode")
+    assert f"SQLite kept it in journal mode {mode!r}" in message
+    assert "local filesystem" in message
 
 
 def test_an_empty_database_loads_a_fresh_state(tmp_path):
