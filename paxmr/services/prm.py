@@ -562,26 +562,27 @@ class Prm:
         """The summary of an applied position: a chunked one is read from storage (where
         its chunks and itself are once committed) in a worker."""
         assert entry.position is not None
-        db = str(db_path(self.settings))
-        manifest = chunks.manifest(entry.value)
         encoded = self._encoded.get(entry.request_id)
+        if encoded is not None and encoded[0] != entry.value:
+            encoded = None  # another value chosen under its request id: shown as anyone shows it
+        manifest = chunks.manifest(entry.value)  # None at a glance for a value over 1 KiB
+        if manifest is None:
+            if encoded is not None:
+                return {**encoded[1], "position": entry.position}
+            return await self._off_loop(
+                len(entry.value), heavy.summary, entry.value, entry.position
+            )
+        db = str(db_path(self.settings))
         # A manifest this node encoded names its value, but the chunks the log holds before it
         # may be others: _replicate_chunks skips a chunk id the log holds already, whatever that
         # copy is (a peer may forward a chunk under an upload's public id first). Its own
         # summary is shown only when they hash to its value; else what every replica shows.
-        if (
-            encoded is not None
-            and encoded[0] == entry.value
-            and (
-                manifest is None or await self._off_loop(None, heavy.chunks_intact, db, entry.slot)
-            )
-        ):
-            return {**encoded[1], "position": entry.position}
-        if manifest is not None:
-            # Always in a worker: its cost grows with its parts too, each read several times (a
-            # forged manifest of 54 KB in 54,115 one-byte chunks took 1.4-1.7 s of CPU).
-            return await self._off_loop(None, heavy.stored_summary, db, entry.slot, entry.position)
-        return await self._off_loop(len(entry.value), heavy.summary, entry.value, entry.position)
+        if encoded is not None:  # noqa: SIM102 - a test, then the worker's hashing it may need
+            if await self._off_loop(None, heavy.chunks_intact, db, entry.slot):
+                return {**encoded[1], "position": entry.position}
+        # Always in a worker: its cost grows with its parts too, each read several times (a
+        # forged manifest of 54 KB in 54,115 one-byte chunks took 1.4-1.7 s of CPU).
+        return await self._off_loop(None, heavy.stored_summary, db, entry.slot, entry.position)
 
     async def _off_loop(self, size: int | None, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` in the apply pool's worker when ``size`` bytes (None: any) are worth
