@@ -293,6 +293,19 @@ def chunks_intact(db: str, slot: int) -> bool:
         return True
 
 
+def chunk_sizes(db: str, ids: list[str]) -> list[int | None]:
+    """The size of the first copy of each chunk id in the log (None: not there; 0: emptied by
+    a reclaim entry). length() reads a row's header, not its value."""
+    with _snapshot(db) as conn:
+        sizes: list[int | None] = []
+        for cid in ids:
+            rows = conn.execute(
+                "SELECT length(value) FROM log WHERE request_id = ? ORDER BY slot LIMIT 1", (cid,)
+            ).fetchall()
+            sizes.append(rows[0][0] if rows else None)
+        return sizes
+
+
 def merge_slots(db: str, slots: list[tuple[int, int]], top: int) -> dict[str, Any]:
     """Merge the log objects at ``slots`` ((position, slot) pairs, each read once, a batch of
     words at a time) straight from the database: the distinct words, the total and the ``top``

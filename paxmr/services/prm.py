@@ -987,7 +987,8 @@ class Prm:
                             "quota", f"log full: {full}; nothing was submitted"
                         )
                     self._check_chunks_fresh(rid, manifest)
-                    await self._replicate_chunks(rid, manifest, read, part_bytes, p)
+                    last = await self._replicate_chunks(rid, manifest, read, part_bytes, p)
+                    await self._check_chunks_cut(rid, manifest, part_bytes, last)
         future = self.waiting.get(rid)
         if future is None:
             future = self._submit(rid, value)
@@ -1120,14 +1121,42 @@ class Prm:
                     " request id",
                 )
 
+    async def _check_chunks_cut(
+        self, rid: str, manifest: chunks.Manifest, part_bytes: int, last: int
+    ) -> None:
+        """Refuse, before its manifest is submitted, a value whose chunks the log holds cut at
+        other sizes: a retry's whose earlier attempt ran under another `limits.value_bytes`
+        (a chunk's id is the value's digest and its index, whatever bytes the index covers),
+        or a chunk another node had chosen first under its id. Its manifest would land as an
+        error on every replica and use up the request id (a chunk of the right size and other
+        bytes still does: _summary). The first copies of its chunks are all at `last` or
+        before (the highest slot a chunk's outcome named)."""
+        await self._shown(last)  # stored: the thread reads them from the database
+        db = str(db_path(self.settings))
+        # In a thread, not the apply pool's process: a few indexed reads of row headers, and
+        # the manifest waits for them (a reclaim entry may empty chunks whose manifest is late).
+        sizes = await asyncio.to_thread(heavy.chunk_sizes, db, manifest.chunk_ids())
+        for index, size in enumerate(sizes):
+            cut = min(part_bytes, manifest.size - index * part_bytes)
+            if size and size != cut:  # an empty one was reclaimed: _check_chunks_fresh's case
+                raise control.ControlError(
+                    "conflict",
+                    f"the log holds chunk {index + 1} of request {rid} with {size} bytes, not"
+                    f" {cut} (an earlier attempt under another limits.value_bytes, or another"
+                    " node's chunk under its id): its manifest was not submitted, nothing is"
+                    " shown; replicate it with a new request id",
+                )
+
     async def _replicate_chunks(
         self, rid: str, manifest: chunks.Manifest, read: Read, part_bytes: int, p: control.Progress
-    ) -> None:
+    ) -> int:
         """Get each chunk chosen, in order, skipping those the log holds already (a retry's),
         and say so to the client after each: its wait for an answer starts again with every
         line (control.Client), so a tally of any size is answered, not timed out half-way.
         A failure here leaves no entry (the manifest was not submitted); it still names the
-        request id, whose retry reuses the chunks that landed."""
+        request id, whose retry reuses the chunks that landed. Returns the highest slot
+        that a chunk's outcome named."""
+        last = -1
         for index, cid in enumerate(manifest.chunk_ids()):
             # One already in the log is answered at once by the core (AppliedLog.first).
             where = f"chunk {index + 1} of {manifest.parts}"
@@ -1146,9 +1175,11 @@ class Prm:
             if isinstance(outcome, paxos.Refused):
                 code = "no_quorum" if outcome.code == "timeout" else outcome.code
                 raise _unknown(code, f"{where}: {outcome.reason}", rid)
+            last = max(last, outcome.slot)
             await p({"chunk": index + 1, "of": manifest.parts})
         self.log.info("chunks_replicated", request_id=rid, parts=manifest.parts,
                       bytes=manifest.size)  # fmt: skip
+        return last
 
     async def _outcome(
         self,

@@ -338,9 +338,10 @@ def test_a_tally_in_chunks_reports_each_chunk_to_the_client(cluster: Cluster) ->
 def test_a_manifest_whose_chunk_a_peer_forged_first_shows_alike_on_every_replica() -> None:
     """A peer holding the cluster key forwards a chunk under the content address of an upload
     (chunk ids are public: each chunk's carries the value's SHA-256) before its origin submits
-    it. The origin then skips that chunk (the log holds its id) and its manifest lands over
-    chunks that are not its value: every replica must show it alike (chunks.py: an error),
-    the origin included, never the object on one and an error on the others."""
+    it, with as many bytes as the real one. The origin then skips that chunk (the log holds
+    its id) and its manifest lands over chunks that are not its value: every replica must show
+    it alike (chunks.py: an error), the origin included, never the object on one and an error
+    on the others."""
     with running_cluster(env=SMALL_VALUES) as cluster:
         leader = cluster.node(cluster.leader())
         forger = next(n for n in cluster.nodes if n.id != leader.id)
@@ -352,7 +353,8 @@ def test_a_manifest_whose_chunk_a_peer_forged_first_shows_alike_on_every_replica
         limit = int(SMALL_VALUES["PAXMR_LIMITS__VALUE_BYTES"])  # the PRMs' (their env)
         ids = chunks.manifest_of(name, encoded.digest, encoded.sha256, encoded.size, limit)
         forged = ids.chunk_ids()[1]
-        msg = {"k": "forward", "id": forged, "v": b"not this chunk"}
+        # Of the right size: one of another size is refused before the manifest is submitted.
+        msg = {"k": "forward", "id": forged, "v": b"x" * limit}
         with wire.as_node(leader, wire.tls_dir(cluster.root, forger.id)) as sock:
             sock.sendall(wire.frame(0, wire.payload(msg, forger.id, leader.id)))
             wait_until(lambda: forged in dict(_chunk_rows(leader)), "the forged chunk chosen")
@@ -364,3 +366,37 @@ def test_a_manifest_whose_chunk_a_peer_forged_first_shows_alike_on_every_replica
         shown = [n.call("print")["entries"][position] for n in cluster.nodes]
         assert all(s == shown[0] for s in shown), shown
         assert "do not hash to its digest" in shown[0]["error"]
+
+
+def test_a_retry_after_the_value_limit_changed_is_refused_with_nothing_shown() -> None:
+    """A crash mid-transfer leaves chunks cut at one `limits.value_bytes`; the node restarts
+    with half of it and the client retries under the same request id. A chunk's id is the
+    value's SHA-256 and its index, so chunk i of the new cut has the id of chunk i of the old
+    one while covering other bytes: the retry skips the old ones and its manifest would land
+    as an error on every replica ("its chunks do not hash to its digest"), using up a position
+    and the request id. It is refused before its manifest is submitted, saying why, and a new
+    request id lands the object."""
+    with running_cluster(env=SMALL_VALUES) as cluster:
+        leader = cluster.node(cluster.leader())
+        asked = cluster.node(leader.id % 3 + 1)
+        _tally(asked, "multi_reduced", MULTI)
+        before = cluster.converged()
+        rid = uuid.uuid4().hex
+        thread, outcome = _replicating(asked, "multi_reduced", rid)
+        _mid_transfer(asked, asked.status()["slots"])
+        sigkill(asked.prm_pid())
+        thread.join()
+        assert not isinstance(outcome[0], dict), outcome
+        others = [n for n in cluster.nodes if n.id != asked.id]
+        assert cluster.converged(nodes=others) == before
+        half = {**SMALL_VALUES, "PAXMR_LIMITS__VALUE_BYTES": str(128 << 10)}
+        with service_env(half):
+            local.restart(cluster.root, asked.id, "prm")
+        wrong = rf"chunk 1 of request {rid} with 262144 bytes, not 131072"
+        with pytest.raises(control.RemoteError, match=wrong) as refused:
+            asked.replicate("multi_reduced", rid)
+        assert refused.value.code == "conflict"
+        assert "replicate it with a new request id" in str(refused.value)
+        assert cluster.converged() == before  # nothing shown anywhere
+        done = asked.replicate("multi_reduced", uuid.uuid4().hex)
+        _same_everywhere(cluster, done["position"])
