@@ -17,7 +17,16 @@ import pytest
 from paxmr import local
 from paxmr.services import prm
 from paxmr.storage import MARK_INTERVAL, mark_path
-from tests.support.local import Node, alive, running_cluster, service_env, sigkill, small_tally
+from tests.support.local import (
+    UNREACHABLE,
+    Cluster,
+    Node,
+    alive,
+    running_cluster,
+    service_env,
+    sigkill,
+    small_tally,
+)
 from tests.support.wait import CONVERGE_S, wait_until
 
 pytestmark = pytest.mark.integration
@@ -316,28 +325,61 @@ def test_a_reverted_vm_snapshot_is_caught_by_the_peers_and_rejoins_fenced() -> N
         assert alive(pid)
 
 
+def _writes(node: Node) -> int:
+    """The write count of `node`'s storage (read beside its PRM)."""
+    db = node.settings.state_dir / "prm.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        (writes,) = conn.execute("SELECT value FROM meta WHERE key = 'writes'").fetchone()
+    return int(writes)
+
+
+def _seen(node: Node, peer: int) -> int:
+    """How many writes `node` (its PRM down) last saw `peer`'s storage hold."""
+    db = node.settings.state_dir / "prm.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        (writes,) = conn.execute("SELECT writes FROM seen WHERE peer = ?", (peer,)).fetchone()
+    return int(writes)
+
+
+# A node with these timers does not campaign alone for a minute: no write of its own meanwhile.
+QUIET = {"PAXMR_TIMING__ELECTION_MIN": "60", "PAXMR_TIMING__ELECTION_MAX": "60"}
+
+
+def _reverted_alone(cluster: Cluster, env: dict[str, str] | None = None) -> tuple[int, int]:
+    """Node 2 reverted to a snapshot from before it voted on three entries, then started while
+    nodes 1 and 3 are down (with `env`): returns its PRM's pid and the write count node 1 saw
+    it hold."""
+    one, two, three = cluster.node(1), cluster.node(2), cluster.node(3)
+    one.replicate(small_tally(one, "t0_reduced"))
+    cluster.converged(timeout=CONVERGE_S)
+    snapshot = two.settings.state_dir.parent / "snapshot"
+    _snapshot(two, snapshot)
+    one.replicate(small_tally(one, "t1_reduced"))
+    one.replicate(small_tally(one, "t2_reduced"))
+    cluster.converged(timeout=CONVERGE_S)
+    sigkill(three.prm_pid())
+    one.replicate(small_tally(one, "t3_reduced"))  # node 2's vote is needed: it saw it
+    sigkill(one.prm_pid())
+    _revert(two, snapshot)
+    seen = _seen(one, 2)
+    assert _writes(two) < seen
+    with service_env(env):
+        local.restart(cluster.root, 2, "prm")
+    assert not two.log_events("storage_demoted")  # nobody could tell it yet
+    return two.prm_pid(), seen  # restart returns once it serves
+
+
 def test_a_reverted_vm_snapshot_is_caught_when_its_peers_come_back() -> None:
     """As above, but nodes 1 and 3 are down when node 2 starts, so no one can tell it. When
     node 1 comes back, its hello shows node 2 the stamp it saw: node 2 makes its storage
     forgetful and its PRM ends (systemd starts it again), and node 1 refuses node 2's
-    connection meanwhile. Started again, node 2 fences, votes, and the logs agree."""
+    connection meanwhile. Started again, node 2 fences, votes, and the logs agree. Node 2
+    does not campaign while it is alone (QUIET), so it writes nothing meanwhile: the next
+    test is what happens when it does."""
     with running_cluster() as cluster:
-        one, two, three = cluster.node(1), cluster.node(2), cluster.node(3)
-        one.replicate(small_tally(one, "t0_reduced"))
-        cluster.converged(timeout=CONVERGE_S)
-        snapshot = two.settings.state_dir.parent / "snapshot"
-        _snapshot(two, snapshot)
-        one.replicate(small_tally(one, "t1_reduced"))
-        one.replicate(small_tally(one, "t2_reduced"))
-        cluster.converged(timeout=CONVERGE_S)
-        sigkill(three.prm_pid())
-        one.replicate(small_tally(one, "t3_reduced"))  # node 2's vote is needed: it saw it
-        sigkill(one.prm_pid())
-        _revert(two, snapshot)
-        with service_env():
-            local.restart(cluster.root, 2, "prm")
-        pid = two.prm_pid()  # restart returns once it serves
-        assert not two.log_events("storage_demoted")  # nobody could tell it yet
+        one, two = cluster.node(1), cluster.node(2)
+        pid, seen = _reverted_alone(cluster, QUIET)
+        assert _writes(two) < seen  # the condition this test is about
         with service_env():
             local.restart(cluster.root, 1, "prm")
         (event,) = wait_until(
@@ -353,6 +395,36 @@ def test_a_reverted_vm_snapshot_is_caught_when_its_peers_come_back() -> None:
         wait_until(lambda: two.status()["voting"], "node 2 votes again", timeout=CONVERGE_S)
         one.replicate(small_tally(one, "t4_reduced"))
         cluster.converged(timeout=CONVERGE_S)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a reverted storage that campaigned alone until its write count reached what a"
+    " peer saw (same nonce) is not behind by stamps.behind's count: it votes on",
+)
+def test_a_reverted_vm_snapshot_that_campaigned_alone_is_caught_when_its_peers_come_back() -> None:
+    """As above, with node 2 campaigning while alone (the default timers): each campaign is a
+    write (its used round), so its count climbs back past what it forgot, and node 1's hello
+    (a stamp of the same nonce, no more writes than node 2 now holds) shows nothing. Seen
+    failing 4 times in 6 at load 13-19 as the test above, before QUIET: whether node 1 came
+    back before node 2 made three campaigns."""
+    with running_cluster() as cluster:
+        one, two = cluster.node(1), cluster.node(2)
+        _, seen = _reverted_alone(cluster)
+        wait_until(lambda: _writes(two) >= seen, "node 2 writes as many as it forgot")
+        with service_env():
+            local.restart(cluster.root, 1, "prm")
+
+        def settled() -> bool:
+            if two.log_events("storage_demoted"):
+                return True
+            with contextlib.suppress(*UNREACHABLE):
+                leader = one.status()["leader"]
+                return leader is not None and two.status()["leader"] == leader
+            return False
+
+        wait_until(settled, "node 2 demoted, or nodes 1 and 2 agree on a leader")
+        assert two.log_events("storage_demoted"), "node 2 votes with a reverted storage"
 
 
 def test_a_reverted_vm_snapshot_is_caught_by_a_peer_that_did_not_count_its_votes() -> None:
