@@ -4,6 +4,7 @@
 - ``cli``: the real ``paxmr`` executable as a subprocess (``paxmr``, ``clean_env``, ``ok``).
 - ``local``: a real local cluster on loopback (``Node``, ``Cluster``), started in-process or
   through ``paxmr local up``, and process faults (``sigkill``, ``alive``).
+- ``peerlink``: real peer transports on loopback, and a cut of their link (``cut_and_heal``).
 - ``peerwire``: a hand-made peer client (raw TLS, frames built here) for hostile-peer tests.
 - ``metrics``: the PRM's Prometheus text read into numbers.
 - ``hosts``: the deployed cluster on the systemd test hosts (``Cluster``, ``playbook``).

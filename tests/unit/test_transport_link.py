@@ -5,47 +5,15 @@ the sender task: large ones, and those behind them)."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import TYPE_CHECKING
 
-from paxmr import pki
 from paxmr.paxos.messages import Forward, Message
 from paxmr.services import transport
-from paxmr.services.transport import Hello, Transport
-from paxmr.settings import NodeAddress, TlsFiles
-from paxmr.storage import Identity, Storage
+from tests.support.peerlink import free_port, peer_transport
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
-
-FRAME_LIMIT = 4 << 20
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _transport(tmp: Path, me: int, ports: dict[int, int], got: list[str]) -> Transport:
-    pki.issue(tmp / "ca", me, tmp / f"n{me}")
-    d = tmp / f"n{me}"
-    tls = TlsFiles(d / pki.CA_FILE, d / pki.CERT_FILE, d / pki.KEY_FILE)
-    storage = Storage.open(
-        tmp / f"{me}.db", bootstrap=True, identity=Identity("c", (1, 2)), node=me
-    )
-    peers = [NodeAddress(id=n, host="127.0.0.1", port=p) for n, p in ports.items() if n != me]
-
-    def deliver(_src: int, msg: Message) -> None:
-        assert isinstance(msg, Forward)
-        got.append(msg.request_id)
-
-    return Transport(
-        me, peers, tls, FRAME_LIMIT, deliver, cluster="c",
-        answer=lambda _peer: Hello("c"), storage=storage, went_back=lambda _why: None,
-    )  # fmt: skip
 
 
 async def _until(done: Callable[[], bool]) -> None:
@@ -56,9 +24,15 @@ async def _until(done: Callable[[], bool]) -> None:
 
 
 async def _exchange(tmp: Path) -> None:
-    ports = {1: _port(), 2: _port()}
+    ports = {1: free_port(), 2: free_port()}
     got: list[str] = []
-    one, two = _transport(tmp, 1, ports, []), _transport(tmp, 2, ports, got)
+
+    def deliver(_src: int, msg: Message) -> None:
+        assert isinstance(msg, Forward)
+        got.append(msg.request_id)
+
+    one = peer_transport(tmp, 1, ports, lambda _src, _msg: None)
+    two = peer_transport(tmp, 2, ports, deliver)
     await one.start("127.0.0.1", ports[1])
     await two.start("127.0.0.1", ports[2])
     try:
