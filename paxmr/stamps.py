@@ -14,10 +14,60 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Stamp:
-    """A storage at one moment: its random nonce and how many commits it had made durable."""
+    """A storage at one moment: its random nonce, how many commits it had made durable, and
+    the open of it that made them (its random `session`: 0 where not known, from a paxmr
+    before sessions)."""
 
     nonce: int
     writes: int
+    session: int = 0
+
+
+# A storage's latest opens, oldest first, the current one last: each one's session and the
+# write count it opened at (which is where the one before it ended).
+Sessions = tuple[tuple[int, int], ...]
+# How many opens a storage keeps and shows: a peer that saw it in an older one cannot tell it
+# from another storage's (went_back).
+SESSIONS_KEPT = 32
+
+
+def went_back(sessions: Sessions, now: Stamp, seen: Stamp) -> str | None:
+    """How a storage of `seen`'s nonce, at `now` with its latest opens `sessions`, shows that
+    it went back from `seen` (the end of a sentence "... saw it hold"), if it does.
+
+    A write count alone cannot show it: a snapshot reverted whose node then campaigned alone
+    (each campaign's round is a write) climbs back to the count a peer saw, with other writes.
+    So each open of the storage is a new session, kept durably with the count it opened at
+    (storage.py), and a peer notes the session it saw each count in. A storage went back if
+    the peer saw it in a session with more writes than that session ended at (the next one's
+    start, or its count now), or in a session it does not record with more writes than its
+    oldest recorded one started at: a snapshot reverted records the opens up to the one it
+    was taken in, that one ending where the snapshot was, and never the ones after it. A
+    storage that went on records every session a peer saw it in (its latest SESSIONS_KEPT),
+    each with the writes seen in it, or the session is older than those it records, so the
+    writes seen in it are at most where the oldest recorded one started. So a reverted node
+    cannot launder its revert by campaigning, nor by starting again fewer than SESSIONS_KEPT
+    times before a peer that saw the lost writes reaches it. Without sessions (from a paxmr
+    before them) the count alone is compared, as before. What no stamp shows: a VM's memory
+    reverted with its disk (its process goes on in the same session)."""
+    if seen.session and sessions:
+        for k, (session, _) in enumerate(sessions):
+            if session == seen.session:
+                end = sessions[k + 1][1] if k + 1 < len(sessions) else now.writes
+                if seen.writes <= end:
+                    return None
+                if k + 1 < len(sessions):
+                    return f"{seen.writes} writes before a restart, it ended that run at {end}"
+                return f"{seen.writes} writes, it holds {end}"
+        if seen.writes > sessions[0][1]:
+            return (
+                f"{seen.writes} writes in a run of it that it does not record (it holds"
+                f" {now.writes}, in runs since {sessions[0][1]})"
+            )
+        return None
+    if seen.writes > now.writes:
+        return f"{seen.writes} writes, it holds {now.writes}"
+    return None
 
 
 class Sightings:
@@ -46,7 +96,7 @@ class Sightings:
         known = self.seen.get(peer)
         if known is not None and known.nonce != stamp.nonce:
             self._retire(peer, known.nonce)
-        if known is None or known.nonce != stamp.nonce or known.writes < stamp.writes:
+        if known is None or known.nonce != stamp.nonce or _further(stamp, known):
             self.seen[peer] = stamp
             self.direct.add(peer)
 
@@ -54,7 +104,9 @@ class Sightings:
         """Note what another node relayed of `peer`: the nonces it saw `peer` replace, and its
         stamp, unless that is of a replaced nonce, or of a nonce other than the one this node
         knows (which of the two is newer only a node that saw both can tell, and it relays the
-        older one as retired)."""
+        older one as retired), or of another run than the one this node knows (whether that
+        run went on from this node's sight, went_back, only this node can tell: a relaying
+        node that never saw the writes this node saw would vouch for a reverted run)."""
         for nonce in retired:
             if not self.replaced(peer, nonce):
                 self._retire(peer, nonce)
@@ -64,7 +116,11 @@ class Sightings:
         if (
             known is None
             or self.replaced(peer, known.nonce)
-            or (known.nonce == stamp.nonce and known.writes < stamp.writes)
+            or (
+                known.nonce == stamp.nonce
+                and known.session in {0, stamp.session}
+                and _further(stamp, known)
+            )
         ):
             self.seen[peer] = stamp
             self.direct.discard(peer)
@@ -84,9 +140,9 @@ class Sightings:
         them (transport.MAX_ARRAY_LEN)."""
         return tuple(self.retired.get(peer, ()))
 
-    def refusal(self, peer: int, stamp: Stamp) -> str | None:
-        """Why a connection from `peer` whose hello shows `stamp` is refused, if it is: its
-        storage went back in time."""
+    def refusal(self, peer: int, stamp: Stamp, sessions: Sessions = ()) -> str | None:
+        """Why a connection from `peer` whose hello shows `stamp` and its storage's latest
+        opens (`sessions`) is refused, if it is: its storage went back in time (went_back)."""
         if self.replaced(peer, stamp.nonce):
             return (
                 f"node {peer}'s storage went back in time: it is one node {peer} had replaced"
@@ -94,29 +150,43 @@ class Sightings:
                 " it votes again"
             )
         known = self.seen.get(peer)
-        if known and known.nonce == stamp.nonce and stamp.writes < known.writes:
+        if known and known.nonce == stamp.nonce and (why := went_back(sessions, stamp, known)):
             return (
-                f"node {peer}'s storage went back in time: it holds {stamp.writes} writes, this"
-                f" node saw it hold {known.writes} (a VM snapshot reverted, or its state"
-                " directory restored?); it must fence before it votes again"
+                f"node {peer}'s storage went back in time: this node saw it hold {why} (a VM"
+                " snapshot reverted, or its state directory restored?); it must fence before"
+                " it votes again"
             )
         return None
 
 
-def behind(mine: Stamp, peer: int, seen: Stamp | None, retired: Sequence[int]) -> str | None:
-    """Why the storage at `mine` went back in time, if `peer` saw it with more writes (`seen`)
-    or saw this node replace it (`retired`)."""
+def _further(stamp: Stamp, known: Stamp) -> bool:
+    """Whether `stamp` is a later sight of the storage than `known` (of the same nonce): more
+    writes, or as many in a newer run (its first stamps)."""
+    return known.writes < stamp.writes or (
+        known.writes == stamp.writes and stamp.session not in {0, known.session}
+    )
+
+
+def behind(
+    mine: Stamp,
+    peer: int,
+    seen: Stamp | None,
+    retired: Sequence[int],
+    sessions: Sessions = (),
+) -> str | None:
+    """Why the storage at `mine`, with its latest opens `sessions`, went back in time, if
+    `peer` saw it further (`seen`, went_back) or saw this node replace it (`retired`)."""
     if mine.nonce in retired:
         return (
             f"prm.db went back in time: node {peer} saw this node replace it by a newer"
             " storage (a VM snapshot from before a lost disk or a demotion reverted, or an"
             " old state directory restored)"
         )
-    if seen is None or seen.nonce != mine.nonce or seen.writes <= mine.writes:
+    if seen is None or seen.nonce != mine.nonce or not (why := went_back(sessions, mine, seen)):
         return None
     return (
-        f"prm.db went back in time: node {peer} saw it hold {seen.writes} writes, it holds"
-        f" {mine.writes} (a VM snapshot reverted, or the state directory restored)"
+        f"prm.db went back in time: node {peer} saw it hold {why} (a VM snapshot reverted, or"
+        " the state directory restored)"
     )
 
 

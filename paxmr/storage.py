@@ -22,9 +22,14 @@ write that made it durable. Each node keeps the highest stamp it saw from every 
 written with its next commit) and shows it to that peer: when the node starts
 (prm.compare_with_peers asks every peer before it builds the core) and in the hello of every
 connection to it. A storage of the same nonce with fewer writes than a peer saw went back in
-time: it is made forgetful (`demote`). A storage is never named again once a node replaced
-it (a lost disk, a demotion), so each node also keeps the nonces it saw a peer replace
-(`retired`) and shows them to it: a storage of a retired nonce is a snapshot from before
+time: it is made forgetful (`demote`). A count alone is not enough: a storage reverted whose
+node then writes alone (each campaign is a write) climbs back to the count a peer saw with
+other writes. So each open of the storage is a new session (`sessions`, its latest
+stamps.SESSIONS_KEPT kept with the count each opened at), a stamp names the session it was
+made in, and a peer that saw a session end later than the storage records, or saw one it
+does not record, shows it went back (stamps.went_back). A storage is never named again once
+a node replaced it (a lost disk, a demotion), so each node also keeps the nonces it saw a peer
+replace (`retired`) and shows them to it: a storage of a retired nonce is a snapshot from before
 the replacement. A node that received a node's votes is often the only one that saw them (the
 leader or candidate that asked), so each node also relays what it saw itself of the other
 nodes to its peers with the messages it sends them (`heard`; transport.Relayed), and a node
@@ -46,7 +51,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -94,6 +99,10 @@ CREATE TABLE IF NOT EXISTS seen (
     peer INTEGER PRIMARY KEY, nonce INTEGER NOT NULL, writes INTEGER NOT NULL) STRICT;
 CREATE TABLE IF NOT EXISTS retired (
     peer INTEGER NOT NULL, nonce INTEGER NOT NULL, PRIMARY KEY (peer, nonce)) STRICT;
+CREATE TABLE IF NOT EXISTS sessions (session INTEGER NOT NULL, start INTEGER NOT NULL) STRICT;
+CREATE TABLE IF NOT EXISTS seen_session (
+    peer INTEGER PRIMARY KEY, nonce INTEGER NOT NULL, writes INTEGER NOT NULL,
+    session INTEGER NOT NULL) STRICT;
 """
 
 
@@ -160,6 +169,7 @@ class Storage(Sightings):
         self.demoted: str | None = None
         self._marked_at = -float("inf")
         self.stamp = Stamp(0, 0)  # this storage's, kept up to date by commit
+        self.sessions: stamps.Sessions = ()  # its latest opens (stamps.went_back), as stored
         # Held by commit, demote and close: a PRM stopped while a commit runs in its worker
         # thread closes the storage after that commit, not in its middle (whose uncommitted
         # write count the mark would take, and the next start read as a rollback).
@@ -210,10 +220,17 @@ class Storage(Sightings):
             named = conn.execute("SELECT 1 FROM meta WHERE key = 'nonce'").fetchone() is not None
             owner = conn.execute("SELECT value FROM meta WHERE key = 'node'").fetchone()
             _new_nonce(conn)
+            _new_session(conn)
         storage = cls(conn, path)
+        storage._load_sessions()
+        # The session each stamp was seen in, where seen_session holds that very stamp (a
+        # paxmr before sessions, run on this database meanwhile, left others without one).
         storage.seen = {
-            peer: Stamp(nonce, writes)
-            for peer, nonce, writes in conn.execute("SELECT peer, nonce, writes FROM seen")
+            peer: Stamp(nonce, writes, session or 0)
+            for peer, nonce, writes, session in conn.execute(
+                "SELECT peer, seen.nonce, seen.writes, seen_session.session FROM seen"
+                " LEFT JOIN seen_session USING (peer, nonce, writes)"
+            )
         }
         storage._seen_stored = dict(storage.seen)
         for peer, nonce in conn.execute("SELECT peer, nonce FROM retired ORDER BY rowid"):
@@ -233,13 +250,17 @@ class Storage(Sightings):
         storage.mark()
         return storage
 
+    def _load_sessions(self) -> None:
+        rows = self._conn.execute("SELECT session, start FROM sessions ORDER BY rowid")
+        self.sessions = tuple(rows.fetchall())
+
     def _counters(self) -> tuple[int, int, bool]:
         meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
         return meta["nonce"], meta.get("writes", 0), bool(meta["voting"])
 
     def behind(self, peer: int, seen: Stamp | None, retired: Sequence[int] = ()) -> str | None:
         """Why this storage went back in time, if `peer` saw it further (stamps.behind)."""
-        return stamps.behind(self.stamp, peer, seen, retired)
+        return stamps.behind(self.stamp, peer, seen, retired, self.sessions)
 
     def pristine(self) -> bool:
         """A founding storage that has written nothing yet (as `paxmr init --found` leaves it)."""
@@ -253,6 +274,8 @@ class Storage(Sightings):
             with self._conn as conn:
                 conn.execute("BEGIN IMMEDIATE")
                 _new_nonce(conn)
+                _new_session(conn)
+            self._load_sessions()
             self.demoted = why
             self.mark()
 
@@ -295,7 +318,7 @@ class Storage(Sightings):
     def mark(self) -> None:
         """Bring the high-water mark up to date (atomically: a new file renamed over it)."""
         nonce, writes, _ = self._counters()
-        self.stamp = Stamp(nonce, writes)
+        self.stamp = Stamp(nonce, writes, self.sessions[-1][0])
         path = mark_path(Path(self.path))
         part = path.with_name(f".{path.name}.part")
         with part.open("w") as out:
@@ -571,7 +594,7 @@ class Storage(Sightings):
         if not full:
             return
         # After the transaction: a frame sent from now on may say this write is durable.
-        self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
+        self.stamp = replace(self.stamp, writes=self.stamp.writes + 1)
         if checkpoint and time.monotonic() - self._marked_at >= MARK_INTERVAL:
             self.mark()
 
@@ -621,6 +644,10 @@ class Storage(Sightings):
                 "INSERT OR REPLACE INTO seen VALUES (?, ?, ?)",
                 [(peer, s.nonce, s.writes) for peer, s in seen.items()],
             )
+            conn.executemany(
+                "INSERT OR REPLACE INTO seen_session VALUES (?, ?, ?, ?)",
+                [(peer, s.nonce, s.writes, s.session) for peer, s in seen.items()],
+            )
         conn.executemany("INSERT OR IGNORE INTO retired VALUES (?, ?)", retired)
         return seen
 
@@ -636,10 +663,24 @@ class Storage(Sightings):
 
 
 def _new_nonce(conn: sqlite3.Connection) -> None:
-    """Name the storage (if it has no name yet: a new or a forgotten one), with no writes."""
+    """Name the storage (if it has no name yet: a new or a forgotten one), with no writes and
+    no sessions."""
     if conn.execute("SELECT 1 FROM meta WHERE key = 'nonce'").fetchone() is None:
         conn.execute("INSERT INTO meta VALUES ('nonce', ?)", (secrets.randbits(62),))
         conn.execute("INSERT OR REPLACE INTO meta VALUES ('writes', 0)")
+        conn.execute("DELETE FROM sessions")
+
+
+def _new_session(conn: sqlite3.Connection) -> None:
+    """Open a new session of the storage at its write count (stamps.went_back), keeping the
+    latest SESSIONS_KEPT. In open's transaction, fsynced before any stamp of it is sent."""
+    (writes,) = conn.execute("SELECT value FROM meta WHERE key = 'writes'").fetchone()
+    conn.execute("INSERT INTO sessions VALUES (?, ?)", (1 + secrets.randbits(62), writes))
+    conn.execute(
+        "DELETE FROM sessions WHERE rowid NOT IN"
+        " (SELECT rowid FROM sessions ORDER BY rowid DESC LIMIT ?)",
+        (stamps.SESSIONS_KEPT,),
+    )
 
 
 def _meta(persist: Persist) -> list[tuple[str, int]]:

@@ -476,6 +476,7 @@ class Prm:
             stamp=self.storage.stamp,
             seen=self.storage.seen.get(peer),
             retired=self.storage.retired_of(peer),
+            sessions=self.storage.sessions,
             voters=tuple(sorted(self.membership.voters)),
             founders=identity.members if identity and identity.members else None,
         )

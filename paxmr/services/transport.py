@@ -24,13 +24,19 @@ from ``ask_cluster``, which ``paxmr init --found`` runs first) gets the listener
 with its log's length, then the connection ends.
 A hello also carries the stamps that show a storage that went back in time (paxmr/storage.py):
 the sender's own nonce and write count, the highest stamp it saw from the receiver and the
-receiver's nonces it saw replaced. A listener refuses a peer whose stamp is below what it saw
-of it or of a nonce it saw replaced, and a stamp of its own that it does not reach, or a nonce
-of its own shown replaced, tells it that its own storage went back (`behind`). With the
+receiver's nonces it saw replaced. Stamps name the open of the storage they were made in
+(its session): a hello carries the sender's storage's latest sessions, each with the write
+count it opened at (``"opens"``, the last one the stamp's), and the session of the stamp it
+saw of the receiver (``"ss"``); a paxmr before sessions ignores both keys, and one that
+sends neither is compared by its write count alone (stamps.went_back). A listener refuses a
+peer whose stamp shows it went back from what it saw of it, or is of a nonce it saw replaced,
+and a stamp of its own that it does not reach, or a nonce of its own shown replaced, tells it
+that its own storage went back (`behind`). With the
 messages it sends a peer, a node relays what it saw itself of the other nodes and has not told
 that peer yet since it connected (their stamps and replaced nonces, under the key ``"r"`` of a
-message frame, which a paxmr before relays ignores), so those who did not receive a node's
-votes know of them too.
+message frame, which a paxmr before relays ignores, and their stamps' sessions under ``"rs"``,
+which a paxmr before sessions ignores), so those who did not receive a node's votes know of
+them too.
 msgpack decodes to plain data only, with size and structure limits, and ``paxos.from_wire``
 validates it, so nothing received is unpickled or evaluated. Frames over ``DECODE_INLINE``
 bytes are decoded in a worker thread so heartbeats keep flowing.
@@ -56,7 +62,7 @@ import ssl
 import struct
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple
 
 import msgpack
@@ -64,7 +70,7 @@ import msgpack
 from paxmr import logs, paxos, pki
 from paxmr.services import unpack
 from paxmr.settings import NodeAddress, TlsFiles
-from paxmr.stamps import Stamp
+from paxmr.stamps import SESSIONS_KEPT, Sessions, Stamp
 from paxmr.storage import Storage
 
 _LENGTH = struct.Struct(">I")
@@ -124,10 +130,11 @@ class WentBack(AuthError):
 @dataclass(frozen=True, slots=True)
 class Hello:
     """The first frame of a connection: the sender's cluster id ("" if it has none), its
-    storage's `stamp`, the highest stamp it has `seen` from the receiver and the receiver's
-    nonces it saw `retired` (see the module's text). `ask` asks the listener for its own
-    hello and hangs up; that answer also tells the listener's log's `length`, the `voters` of
-    its newest epoch and the cluster's `founders` (if its storage records them)."""
+    storage's `stamp` and latest opens (`sessions`), the highest stamp it has `seen` from the
+    receiver and the receiver's nonces it saw `retired` (see the module's text). `ask` asks
+    the listener for its own hello and hangs up; that answer also tells the listener's log's
+    `length`, the `voters` of its newest epoch and the cluster's `founders` (if its storage
+    records them)."""
 
     cluster: str
     ask: bool = False
@@ -137,6 +144,7 @@ class Hello:
     voters: tuple[int, ...] | None = None
     founders: tuple[int, ...] | None = None
     retired: tuple[int, ...] = ()
+    sessions: Sessions = ()  # the sender's storage's latest opens (stamps.went_back)
 
 
 class Relayed(NamedTuple):
@@ -195,6 +203,8 @@ def encode(
     obj: dict[str, object] = {"src": src, "dst": dst, "msg": paxos.to_wire(msg), "w": writes}
     if relay:
         obj["r"] = [[r.node, r.stamp.nonce, r.stamp.writes, list(r.retired)] for r in relay]
+        # Apart from the rows, whose length a paxmr before sessions checks (it drops the frame).
+        obj["rs"] = [r.stamp.session for r in relay]
     payload: bytes = msgpack.packb(obj, use_bin_type=True)
     return payload
 
@@ -208,8 +218,12 @@ def hello(src: int, dst: int, msg: Hello) -> bytes:
         obj["length"] = msg.length
     if msg.stamp is not None:
         obj["stamp"] = [msg.stamp.nonce, msg.stamp.writes]
+    if msg.sessions:  # the last one is the stamp's
+        obj["opens"] = [list(pair) for pair in msg.sessions]
     if msg.seen is not None:
         obj["seen"] = [msg.seen.nonce, msg.seen.writes]
+        if msg.seen.session:
+            obj["ss"] = msg.seen.session
     if msg.voters is not None:
         obj["voters"] = list(msg.voters)
     if msg.founders is not None:
@@ -244,6 +258,24 @@ def _stamp(obj: object) -> Stamp | None:
     return Stamp(*obj)
 
 
+def _sessions(obj: object) -> Sessions:
+    if obj is None:
+        return ()
+    if (
+        not isinstance(obj, list)
+        or not 0 < len(obj) <= SESSIONS_KEPT
+        or not all(
+            isinstance(pair, list)
+            and len(pair) == 2  # a session and the count it opened at
+            and all(type(n) is int and 0 <= n < 2**63 for n in pair)
+            and pair[0]
+            for pair in obj
+        )
+    ):
+        raise FrameError("a hello with a bad list of sessions")
+    return tuple((session, start) for session, start in obj)
+
+
 def _nonces(obj: object, where: str) -> tuple[int, ...]:
     if obj is None:
         return ()
@@ -262,6 +294,23 @@ def _relayed(obj: object) -> Relayed:
     return Relayed(obj[0], stamp, _nonces(obj[3], "a relay"))
 
 
+def _relay(rows: object, sessions: object) -> tuple[Relayed, ...]:
+    """A message frame's relay: its rows, and their stamps' sessions (none from a paxmr
+    before sessions)."""
+    if not isinstance(rows, list):
+        raise FrameError("a relay without rows")
+    relay = tuple(_relayed(row) for row in rows)
+    if sessions is None:
+        return relay
+    if not isinstance(sessions, list) or len(sessions) != len(relay):
+        raise FrameError("a relay with a bad list of sessions")
+    if not all(type(n) is int and 0 <= n < 2**63 for n in sessions):
+        raise FrameError("a relay with a bad session")
+    return tuple(
+        r._replace(stamp=replace(r.stamp, session=n)) for r, n in zip(relay, sessions, strict=True)
+    )
+
+
 def _nodes(obj: object) -> tuple[int, ...] | None:
     if obj is None:
         return None
@@ -277,10 +326,16 @@ def _hello(obj: dict[str, Any]) -> Hello:
     if length is not None and (type(length) is not int or length < 0):
         raise FrameError("a hello with a bad log length")
     stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
+    sessions, seen_session = _sessions(obj.get("opens")), obj.get("ss", 0)
+    if type(seen_session) is not int or not 0 <= seen_session < 2**63:
+        raise FrameError("a hello with a bad session")
+    if stamp is not None and sessions:
+        stamp = replace(stamp, session=sessions[-1][0])
+    if seen is not None:
+        seen = replace(seen, session=seen_session)
     voters, founders = _nodes(obj.get("voters")), _nodes(obj.get("founders"))
-    return Hello(
-        cluster, ask, length, stamp, seen, voters, founders, _nonces(obj.get("retired"), "a hello")
-    )
+    retired = _nonces(obj.get("retired"), "a hello")
+    return Hello(cluster, ask, length, stamp, seen, voters, founders, retired, sessions)
 
 
 def decode(body: bytes, me: int, limit: int) -> Frame:
@@ -318,10 +373,7 @@ def decode(body: bytes, me: int, limit: int) -> Frame:
     writes = obj.get("w")  # None from a paxmr before stamps: nothing to note then
     if writes is not None and (type(writes) is not int or not 0 <= writes < 2**63):
         raise FrameError("a message with a bad write count")
-    rows = obj.get("r", [])
-    if not isinstance(rows, list):
-        raise FrameError("a relay without rows")
-    relay = tuple(_relayed(row) for row in rows)
+    relay = _relay(obj.get("r", []), obj.get("rs"))
     try:
         return Frame(obj["src"], seq, paxos.from_wire(obj.get("msg")), writes, relay)
     except paxos.BadMessage as exc:
@@ -647,7 +699,7 @@ class Transport:
 
     async def _receive(self, reader: asyncio.StreamReader, peer: int, label: str) -> None:
         expected = 0
-        nonce = None  # the sender's storage's, from its hello
+        hello = None  # the sender's storage's stamp, from its hello
         while True:
             body = await read_frame(reader, self.frame_limit)
             try:
@@ -669,11 +721,11 @@ class Transport:
             expected += 1
             if isinstance(msg, Hello):
                 self._check_hello(peer, seq, msg)
-                nonce = msg.stamp.nonce if msg.stamp is not None else None
+                hello = msg.stamp
             else:
                 self._heard(got.relay)
-                if nonce is not None and got.writes is not None:
-                    self.storage.saw(peer, Stamp(nonce, got.writes))
+                if hello is not None and got.writes is not None:
+                    self.storage.saw(peer, replace(hello, writes=got.writes))
                 self.deliver(src, msg)
 
     def _heard(self, relay: tuple[Relayed, ...]) -> None:
@@ -695,7 +747,7 @@ class Transport:
             self.went_back(why)
             raise WentBack(why)
         if msg.stamp is not None:
-            if why := self.storage.refusal(peer, msg.stamp):
+            if why := self.storage.refusal(peer, msg.stamp, msg.sessions):
                 raise WentBack(why)
             self.storage.saw(peer, msg.stamp)
 
@@ -744,6 +796,7 @@ class Transport:
                 stamp=self.storage.stamp,
                 seen=self.storage.seen.get(peer),
                 retired=self.storage.retired_of(peer),
+                sessions=self.storage.sessions,
             )
             writer.write(frame(0, hello(self.me, peer, greeting)))
             link = _Link(writer, DIRECT_BYTES)

@@ -6,22 +6,27 @@ import itertools
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
+from paxmr import stamps
 from paxmr.paxos import DurableState, reports_applied_length
-from paxmr.stamps import Sightings, Stamp
+from paxmr.stamps import SESSIONS_KEPT, Sessions, Sightings, Stamp
 
 if TYPE_CHECKING:
     import random
+    from collections.abc import Sequence
 
     from paxmr.paxos import Persist, Ready
 
-# A new storage's nonce: only equality matters (paxmr/stamps.py), so a count will do.
+# A new storage's nonce and an open's session: only equality matters (paxmr/stamps.py), so a
+# count will do (a session's from 1: 0 is none).
 _nonces = itertools.count(1)
+_sessions = itertools.count(1)
 
 
 class MemoryStorage:
     """What a node's disk holds. Only `commit` changes it, so whatever a crash discards is
     exactly what the driver had not committed yet. Like prm.db it counts its fsynced commits
-    under its nonce (`stamp`), keeps what its node saw of its peers as of its last commit, and
+    under its nonce (`stamp`) and its opens (`sessions`, each made durable as its node starts:
+    `open`), keeps what its node saw of its peers as of its last commit, and
     fsyncs only the commits that need it (Persist.needs_fsync): a power cut takes back any
     number of the latest commits that were not fsynced (`power_cut`)."""
 
@@ -32,9 +37,20 @@ class MemoryStorage:
         # a node that lost its disk or joined has none.
         self.identity = bootstrap
         self.stamp = Stamp(next(_nonces), 0)
+        self.sessions: Sessions = ()
         self.sightings = Sightings()
         # The disk before each commit since the last fsync: what a power cut may go back to.
         self._unsynced: list[tuple[DurableState, Sightings]] = []
+
+    def open(self) -> None:
+        """Its node starts on it: a new session at its write count (storage._new_session)."""
+        session = next(_sessions)
+        self.sessions = (*self.sessions[-SESSIONS_KEPT + 1 :], (session, self.stamp.writes))
+        self.stamp = replace(self.stamp, session=session)
+
+    def behind(self, peer: int, seen: Stamp | None, retired: Sequence[int] = ()) -> str | None:
+        """Why it went back in time, if `peer` saw it further (storage.Storage.behind)."""
+        return stamps.behind(self.stamp, peer, seen, retired, self.sessions)
 
     @property
     def voting(self) -> bool:
@@ -68,7 +84,7 @@ class MemoryStorage:
             self._unsynced.append(before)
             return
         self._unsynced.clear()  # the fsync covers every commit before it
-        self.stamp = Stamp(self.stamp.nonce, self.stamp.writes + 1)
+        self.stamp = replace(self.stamp, writes=self.stamp.writes + 1)
 
     def write(self, syncing: tuple[Persist, Ready], sightings: Sightings | None = None) -> None:
         """Commit what a driver had under way, a Ready's persist and what waited for it, as the
@@ -99,10 +115,14 @@ class MemoryStorage:
         """The disk as it is now (a VM snapshot)."""
         twin = MemoryStorage(state=self.load())
         twin.identity, twin.stamp, twin.sightings = self.identity, self.stamp, self.sightings.copy()
+        twin.sessions = self.sessions
         return twin
 
     def demote(self) -> None:
-        """Forget the acceptor state under a new nonce, keeping the log (storage.forget)."""
+        """Forget the acceptor state under a new nonce and session, keeping the log
+        (storage.forget, Storage.demote)."""
         self._state = DurableState(voting=False, log=list(self._state.log))
         self.stamp = Stamp(next(_nonces), 0)
+        self.sessions = ()
+        self.open()
         self._unsynced.clear()

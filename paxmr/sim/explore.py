@@ -17,8 +17,9 @@ frame sizes): an adversarial scheduler can starve any protocol.
 Each message carries what the PRM's frames carry to show a storage that went back in time
 (paxmr/stamps.py, shared with the PRM): its sender's write count and what the sender saw itself
 of the other nodes (its relay). The first message of each connection (after either end restarted)
-comes after a hello: the sender's stamp and what it saw of the receiver, as they are then. A
-node starting asks the peers it reaches, as prm.compare_with_peers does. A storage shown to
+comes after a hello: the sender's stamp and latest sessions and what it saw of the receiver,
+as they are then. A node starting opens a new session of its storage and asks the peers it
+reaches, as prm.compare_with_peers does. A storage shown to
 have gone back is demoted (forgetful, a new nonce), at start or, told later, by ending and
 starting again, as the PRM does.
 """
@@ -50,7 +51,7 @@ from paxmr.sim.world import (
     frame_violation,
     writes,
 )
-from paxmr.stamps import Sightings, Stamp, behind, founded_again
+from paxmr.stamps import Sightings, Stamp, founded_again
 
 if TYPE_CHECKING:
     from paxmr.paxos import Message, Persist
@@ -216,6 +217,7 @@ class Explorer(Simulation):
         `members` for a node that has none stored and a configured list that differs)."""
         state = self.nodes[i]
         state.run = next(self.runs)
+        state.disk.open()
         state.sightings = state.disk.sightings.copy()
         if why := self._went_back(i):
             state.disk.demote()
@@ -250,7 +252,7 @@ class Explorer(Simulation):
                 peer = self.nodes[p]
                 seen = peer.sightings.seen.get(i)
                 assert peer.node is not None
-                why = behind(state.disk.stamp, p, seen, peer.sightings.retired_of(i))
+                why = state.disk.behind(p, seen, peer.sightings.retired_of(i))
                 if why := why or founded_again(p, peer.node.log.length, seen):
                     self._demote(i, why)
                     break
@@ -265,7 +267,7 @@ class Explorer(Simulation):
             if p == i or not self._answers(i, p):
                 continue
             seen = peer.sightings.seen.get(i)
-            if why := behind(disk.stamp, p, seen, peer.sightings.retired_of(i)):
+            if why := disk.behind(p, seen, peer.sightings.retired_of(i)):
                 return why
         return None
 
@@ -347,10 +349,10 @@ class Explorer(Simulation):
         if self.connected.get((src, dst)) != runs:  # a new connection: its hello first
             knows = sender.sightings
             shown = (knows.seen.get(dst), knows.retired_of(dst))
-            if why := behind(target.disk.stamp, src, *shown):
+            if why := target.disk.behind(src, *shown):
                 self._demote(dst, why)
                 return
-            if why := target.sightings.refusal(src, sender.disk.stamp):
+            if why := target.sightings.refusal(src, sender.disk.stamp, sender.disk.sessions):
                 self._log(f"node {dst} refuses node {src}: {why}")
                 return
             self.connected[src, dst] = runs

@@ -10,7 +10,7 @@ import sqlite3
 from pathlib import Path
 
 from paxmr.paxos import Ballot, Entry, LogEntry, Persist
-from paxmr.stamps import Stamp
+from paxmr.stamps import SESSIONS_KEPT, Stamp
 from paxmr.storage import Identity, Storage, mark_path
 
 A = Entry("a", b"alpha")
@@ -141,7 +141,7 @@ def test_stamps_count_durable_writes_and_what_peers_saw_survives_a_restart(
     start = storage.stamp
     _write(storage, 1)
     _write(storage, 2)
-    assert storage.stamp == Stamp(start.nonce, start.writes + 2)
+    assert storage.stamp == Stamp(start.nonce, start.writes + 2, start.session)
     storage.saw(2, Stamp(7, 10))
     storage.saw(2, Stamp(7, 4))  # an older frame: the highest stays
     storage.saw(3, Stamp(8, 5))
@@ -152,7 +152,8 @@ def test_stamps_count_durable_writes_and_what_peers_saw_survives_a_restart(
     storage._conn.close()  # killed: no close()
     again = Storage.open(db)
     assert again.seen == {2: Stamp(7, 10), 3: Stamp(9, 1)}
-    assert again.stamp == Stamp(start.nonce, start.writes + 3)
+    assert again.stamp.nonce == start.nonce  # a new session (stamps.went_back), same storage
+    assert again.stamp.writes == start.writes + 3
     assert again.behind(2, Stamp(start.nonce, start.writes + 3)) is None
     assert again.behind(2, Stamp(start.nonce + 1, start.writes + 9)) is None  # another storage
     why = again.behind(2, Stamp(start.nonce, start.writes + 4))
@@ -227,3 +228,37 @@ def test_what_a_peer_relays_of_another_node_is_noted_where_it_is_sure(tmp_path: 
     again = Storage.open(tmp_path / "prm.db")
     assert again.seen[3] == Stamp(8, 1)
     assert again.replaced(3, 7)
+
+
+def test_each_open_is_a_session_and_the_sessions_seen_survive_a_restart(tmp_path: Path) -> None:
+    """stamps.went_back: each open of the storage starts a session at its write count, kept
+    durably (the latest SESSIONS_KEPT); the session of each stamp seen of a peer is kept with
+    it; a demotion starts over. A database of a paxmr before sessions opens with its seen
+    stamps sessionless (compared by their counts)."""
+    db = tmp_path / "prm.db"
+    storage = Storage.open(db, bootstrap=True, identity=Identity("c", (1, 2, 3)))
+    _write(storage, 1)
+    storage.saw(2, Stamp(7, 10, 3))
+    _write(storage, 2)
+    first = storage.sessions
+    storage.close()
+    again = Storage.open(db)
+    assert again.sessions[:-1] == first
+    assert again.sessions[-1] == (again.stamp.session, 2)
+    assert again.seen == {2: Stamp(7, 10, 3)}
+    assert again.behind(2, Stamp(again.stamp.nonce, 2, first[-1][0])) is None
+    assert again.behind(2, Stamp(again.stamp.nonce, 3, first[-1][0])) is not None
+    again.close()
+    for _ in range(SESSIONS_KEPT + 3):
+        Storage.open(db).close()
+    latest = Storage.open(db)
+    assert len(latest.sessions) == SESSIONS_KEPT
+    latest.demote("a peer saw it further")
+    assert latest.sessions == ((latest.stamp.session, 0),)
+    latest.close()
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # as a paxmr before sessions left it
+        conn.execute("DROP TABLE sessions")
+        conn.execute("DROP TABLE seen_session")
+    old = Storage.open(db)
+    assert old.seen == {2: Stamp(7, 10)}
+    assert len(old.sessions) == 1

@@ -39,10 +39,16 @@ def test_round_trip_carries_the_sequence_number() -> None:
 
 
 def test_a_relay_and_a_hello_round_trip() -> None:
-    news = (Relayed(3, Stamp(5, 9), (4, 2)), Relayed(4, Stamp(6, 0), ()))
-    got = decode(body(frame(7, encode(1, 2, MSG, 9, news))), me=2, limit=LIMIT)
+    news = (Relayed(3, Stamp(5, 9, 11), (4, 2)), Relayed(4, Stamp(6, 0), ()))
+    payload = encode(1, 2, MSG, 9, news)
+    got = decode(body(frame(7, payload)), me=2, limit=LIMIT)
     assert got == Frame(1, 7, MSG, 9, news)
+    # The sessions apart from the rows, whose length a paxmr before sessions checks.
+    assert [len(row) for row in msgpack.unpackb(payload)["r"]] == [4, 4]
     greeting = Hello("c", stamp=Stamp(1, 2), seen=Stamp(3, 4), retired=(8, 9))
+    assert decode(body(frame(0, hello(1, 2, greeting))), me=2, limit=LIMIT).msg == greeting
+    # With sessions (stamps.went_back): the stamp's is the last of its storage's.
+    greeting = Hello("c", stamp=Stamp(1, 2, 6), seen=Stamp(3, 4, 5), sessions=((4, 0), (6, 1)))
     assert decode(body(frame(0, hello(1, 2, greeting))), me=2, limit=LIMIT).msg == greeting
 
 
@@ -69,6 +75,10 @@ def _raw(payload: bytes) -> bytes:
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "stamp": [1]}), "bad stamp"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [1, -2]}), "bad stamp"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "seen": [True, 2]}), "bad stamp"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "opens": []}), "bad list of sessions"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "opens": [[0, 1]]}), "of sessions"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "opens": [[1, -1]]}), "of sessions"),
+        (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "ss": "1"}), "bad session"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "voters": [1, "2"]}), "bad node list"),
         (msgpack.packb({"src": 1, "dst": 2, "hello": "c", "founders": [0]}), "bad node list"),
         (
@@ -76,6 +86,14 @@ def _raw(payload: bytes) -> bytes:
             "a hello with a bad list",
         ),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": {"3": 1}}), "without rows"),
+        (
+            msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2, []]], "rs": []}),
+            "bad list of sessions",
+        ),
+        (
+            msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2, []]], "rs": [-1]}),
+            "bad session",
+        ),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, 2]]}), "bad row"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[0, 1, 2, []]]}), "bad node"),
         (msgpack.packb({"src": 1, "dst": 2, "msg": MSG_WIRE, "r": [[3, 1, -2, []]]}), "stamp"),
