@@ -21,26 +21,21 @@ lint: venv
 	$(BIN)/mypy --strict ansible/roles/paxmr/files/wheelhouse.py
 	cd ansible && ../$(BIN)/ansible-lint --profile production
 
-## Every tier: unit, simulator, integration (local processes) and deploy (systemd hosts, needs root).
-## The tiers on the test hosts (tests/deploy, tests/testbed) spend most of their time waiting on
-## the hosts (ssh, systemd, Ansible's retries): the unit, simulator and integration tiers run
-## beside them (the integration tier mostly waits on its processes too: 2 min of CPU in 14 min at
-## load 15), their output kept in build/ and shown after. The cluster tier, whose tests time
-## elections and failovers of real processes on loopback, runs alone afterwards. Together the
-## three runs are every test once.
+## Every tier: unit, simulator, integration, cluster (local processes) and deploy (systemd hosts,
+## needs root). The tiers on the test hosts (tests/deploy, tests/testbed) spend most of their time
+## waiting on the hosts (ssh, systemd, Ansible's retries), so every other tier runs beside them in
+## one pytest run, their output kept in build/ and shown after. The two runs are every test once.
 HOST_TIERS  := tests/deploy tests/testbed
-ALONE_TIERS := tests/cluster
 test: venv
 	@mkdir -p build; \
 	  pytest_run() { $(BIN)/pytest "$$@" $(PYTEST_ARGS); rc=$$?; \
 	    if [ $$rc = 5 ]; then echo "make test: pytest $$* collected no tests" >&2; fi; return $$rc; }; \
 	  pytest_run $(HOST_TIERS) >build/test-hosts.log 2>&1 & hosts=$$!; \
-	  pytest_run tests $(foreach t,$(HOST_TIERS) $(ALONE_TIERS),--ignore=$(t)); rest=$$?; \
+	  pytest_run tests $(foreach t,$(HOST_TIERS),--ignore=$(t)); rest=$$?; \
 	  wait $$hosts; hosts=$$?; echo "==== $(HOST_TIERS) (ran beside the above) ===="; \
 	  cat build/test-hosts.log; \
-	  pytest_run $(ALONE_TIERS); alone=$$?; \
-	  echo "make test: exit $$rest (unit, simulator, integration), $$hosts ($(HOST_TIERS)), $$alone ($(ALONE_TIERS))"; \
-	  [ $$rest = 0 ] && [ $$hosts = 0 ] && [ $$alone = 0 ]
+	  echo "make test: exit $$rest (unit, simulator, integration, cluster), $$hosts ($(HOST_TIERS))"; \
+	  [ $$rest = 0 ] && [ $$hosts = 0 ]
 
 ## Unit and integration tiers only: no root needed.
 test-fast: venv

@@ -27,8 +27,8 @@ if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-# `make test` runs these directories beside the unit, simulator and integration tiers, and the
-# cluster tier after: a test elsewhere that used the hosts would share them with a concurrent run.
+# `make test` runs these directories beside every other tier: a test elsewhere that used the
+# hosts would share them with a concurrent run.
 HOST_TIERS = ("tests/deploy/", "tests/testbed/")
 
 
