@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import time
 
@@ -54,7 +55,18 @@ def test_prm_killed_mid_job(cluster: Cluster, faults: Testbed) -> None:
     faults.run(host, "sudo systemctl kill -s KILL paxmr-prm")
     out, err = job.communicate(timeout=180)
     # The socket stays open across the restart: the job's replicate waits for the new PRM.
-    assert job.returncode == 0, err
+    if job.returncode == EXIT_NO_QUORUM:
+        # Its answer may be the replicate deadline (5 s) at load 10 or more: the outcome is
+        # unknown, and the user retries with the request id the message names, as here. What
+        # the test checks holds either way: the tally is in the log exactly once.
+        rid = re.search(r"--request-id (\w+)", err)
+        assert rid, err
+        args = ("-o", "json", "run", "kill-mid-job.txt", "--request-id", rid[1])
+        retry = cluster.cli(host, *args, timeout=180)
+        out, err = retry.stdout, retry.stderr
+        assert retry.returncode == 0, err
+    else:
+        assert job.returncode == 0, err
     result = json.loads(out)
     assert int(faults.run(host, "systemctl show -P NRestarts paxmr-prm").stdout) > restarts
     after = files(cluster.wait_converged())
