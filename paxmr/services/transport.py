@@ -246,14 +246,15 @@ class Frame(NamedTuple):
     relay: tuple[Relayed, ...] = ()  # what the sender saw of other nodes (a message's frame)
 
 
+def _u63(n: object) -> bool:
+    """An integer SQLite stores as it is: a nonce, a session or a write count."""
+    return type(n) is int and 0 <= n < 2**63
+
+
 def _stamp(obj: object) -> Stamp | None:
     if obj is None:
         return None
-    if (
-        not isinstance(obj, list)
-        or len(obj) != 2
-        or not all(type(n) is int and 0 <= n < 2**63 for n in obj)
-    ):
+    if not isinstance(obj, list) or len(obj) != 2 or not all(map(_u63, obj)):
         raise FrameError("a hello with a bad stamp")
     return Stamp(*obj)
 
@@ -267,7 +268,7 @@ def _sessions(obj: object) -> Sessions:
         or not all(
             isinstance(pair, list)
             and len(pair) == 2  # a session and the count it opened at
-            and all(type(n) is int and 0 <= n < 2**63 for n in pair)
+            and all(map(_u63, pair))
             and pair[0]
             for pair in obj
         )
@@ -279,7 +280,7 @@ def _sessions(obj: object) -> Sessions:
 def _nonces(obj: object, where: str) -> tuple[int, ...]:
     if obj is None:
         return ()
-    if not isinstance(obj, list) or not all(type(n) is int and 0 <= n < 2**63 for n in obj):
+    if not isinstance(obj, list) or not all(map(_u63, obj)):
         raise FrameError(f"{where} with a bad list of retired nonces")
     return tuple(obj)
 
@@ -304,7 +305,7 @@ def _relay(rows: object, sessions: object) -> tuple[Relayed, ...]:
         return relay
     if not isinstance(sessions, list) or len(sessions) != len(relay):
         raise FrameError("a relay with a bad list of sessions")
-    if not all(type(n) is int and 0 <= n < 2**63 for n in sessions):
+    if not all(map(_u63, sessions)):
         raise FrameError("a relay with a bad session")
     return tuple(
         r._replace(stamp=replace(r.stamp, session=n)) for r, n in zip(relay, sessions, strict=True)
@@ -327,7 +328,7 @@ def _hello(obj: dict[str, Any]) -> Hello:
         raise FrameError("a hello with a bad log length")
     stamp, seen = _stamp(obj.get("stamp")), _stamp(obj.get("seen"))
     sessions, seen_session = _sessions(obj.get("opens")), obj.get("ss", 0)
-    if type(seen_session) is not int or not 0 <= seen_session < 2**63:
+    if not _u63(seen_session):
         raise FrameError("a hello with a bad session")
     if stamp is not None and sessions:
         stamp = replace(stamp, session=sessions[-1][0])
@@ -371,7 +372,7 @@ def decode(body: bytes, me: int, limit: int) -> Frame:
     if "hello" in obj:
         return Frame(obj["src"], seq, _hello(obj))
     writes = obj.get("w")  # None from a paxmr before stamps: nothing to note then
-    if writes is not None and (type(writes) is not int or not 0 <= writes < 2**63):
+    if writes is not None and not _u63(writes):
         raise FrameError("a message with a bad write count")
     relay = _relay(obj.get("r", []), obj.get("rs"))
     try:
