@@ -16,7 +16,9 @@ core, whatever a sender does).
 The first frame of a connection may be a hello, ``{"src": id, "dst": id, "hello": cluster id}``,
 which the dialling side always sends: a node whose storage records another cluster's id than the
 listener's (a member re-founded by mistake with ``paxmr init --found``, another cluster under
-the same CA) is refused, once per connection, with a log line naming both ids. A node without an
+the same CA) is refused, once per connection, with a log line naming both ids. A first frame
+that cannot be decoded ends the connection (it would be the hello: what follows it would skip
+its checks); a later one is dropped, the connection kept. A node without an
 identity (it joined, or lost its disk) sends an empty id and is let in: it votes only after it
 has fenced. So the hello keeps honest but wrong nodes apart; it is no defence against a holder of
 a valid certificate, which could send the right id or none. A hello that asks (``"ask": true``,
@@ -710,6 +712,10 @@ class Transport:
                     got = decode(body, self.me, self.frame_limit)
                 src, seq, msg = got.src, got.seq, got.msg
             except FrameError as exc:
+                if expected == 0:
+                    # The hello, which the dialling side always sends first: the messages after
+                    # it must not skip its checks (cluster, storage went back in time).
+                    raise FrameError(f"a first frame that cannot be read: {exc}") from None
                 # From an authenticated peer: a bug or a version skew, not an attack. Drop the
                 # frame, keep the connection; the sequence moves on.
                 self.log.warning("frame_dropped", peer=label, peer_node=peer, reason=str(exc))

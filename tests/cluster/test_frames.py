@@ -50,8 +50,8 @@ def _p(msg: object, src: object = SENDER, dst: object = TARGET) -> bytes:
     return wire.payload(msg, src, dst)
 
 
-# Authenticated as node 2, malformed content: the frame is dropped and logged, the connection
-# stays (each frame still takes its sequence number).
+# Authenticated as node 2, malformed content after the connection's hello: the frame is
+# dropped and logged, the connection stays (each frame still takes its sequence number).
 DROPPED: dict[str, bytes] = {
     "not_msgpack": b"\xc1\xc1\xc1 not msgpack",
     "not_a_map": msgpack.packb([1, 2, 3]),
@@ -76,7 +76,10 @@ CLOSED: dict[str, bytes] = {
     "zero_length": b"\x00\x00\x00\x00",
     "claims_another_node": wire.frame(0, _p(HOSTILE_PREPARE, src=3)),
     "sequence_skips": wire.frame(5, _p({"k": "catchup", "from": 0})),
+    # The first frame is the hello, whose checks the frames after it must not skip.
+    "unreadable_first_frame": wire.frame(0, DROPPED["not_msgpack"]),
 }
+HELLO = msgpack.packb({"src": SENDER, "dst": TARGET, "hello": ""})
 
 
 @pytest.mark.parametrize("case", sorted(DROPPED))
@@ -85,9 +88,9 @@ def test_malformed_frame_from_a_peer_is_dropped_and_logged(cluster: Cluster, cas
     offset = wire.log_offset(node)
     with wire.as_node(node, wire.tls_dir(cluster.root, SENDER)) as sock:
         port = sock.getsockname()[1]
-        sock.sendall(wire.frame(0, DROPPED[case]))
+        sock.sendall(wire.frame(0, HELLO) + wire.frame(1, DROPPED[case]))
         # The connection is still read: the next frame (also bad) is logged too.
-        sock.sendall(wire.frame(1, _p({"k": "bogus"})))
+        sock.sendall(wire.frame(2, _p({"k": "bogus"})))
 
         def two() -> bool:
             found = node.log_events("frame_dropped", after=offset)

@@ -7,13 +7,21 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+import msgpack
+import pytest
+
+from paxmr import pki
 from paxmr.paxos.messages import Forward, Message
 from paxmr.services import transport
+from paxmr.settings import TlsFiles
+from paxmr.stamps import SESSIONS_KEPT, Stamp
 from tests.support.peerlink import free_port, peer_transport
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from pathlib import Path
+
+NONCE = 7
 
 
 async def _until(done: Callable[[], bool]) -> None:
@@ -60,3 +68,58 @@ async def _exchange(tmp: Path) -> None:
 
 def test_frames_go_straight_or_queued_in_the_order_sent(tmp_path: Path) -> None:
     asyncio.run(_exchange(tmp_path))
+
+
+async def _hello_then_message(tmp: Path, opens: object) -> tuple[list[object], bool]:
+    """Node 1's transport saw node 2's storage at 5 writes; a connection with node 2's real
+    certificate sends a hello of that storage at 0 writes (it went back) whose ``opens`` is
+    `opens`, then a message. What node 1 delivered, and whether it ended the connection."""
+    ports = {1: free_port(), 2: free_port()}
+    got: list[object] = []
+    one = peer_transport(tmp, 1, ports, lambda _src, msg: got.append(msg))
+    pki.issue(tmp / "ca", 2, tmp / "n2")
+    d = tmp / "n2"
+    tls = TlsFiles(d / pki.CA_FILE, d / pki.CERT_FILE, d / pki.KEY_FILE)
+    one.storage.saw(2, Stamp(NONCE, 5, 77))
+    await one.start("127.0.0.1", ports[1])
+    try:
+        async with asyncio.timeout(10):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1",
+                ports[1],
+                ssl=transport.client_context(tls),
+                server_hostname=pki.node_name(1),
+            )
+            hello = {"src": 2, "dst": 1, "hello": "c", "stamp": [NONCE, 0], "opens": opens}
+            writer.write(transport.frame(0, msgpack.packb(hello)))
+            writer.write(transport.frame(1, transport.encode(2, 1, Forward("behind", b""), 0)))
+            try:
+                async with asyncio.timeout(3):
+                    closed = await reader.read() == b""
+            except TimeoutError:
+                closed = False
+            writer.close()
+    finally:
+        await one.close()
+        one.storage.close()
+    return got, closed
+
+
+@pytest.mark.parametrize(
+    "opens",
+    [
+        [[77, 0], [78, 0]],  # well formed: refused as it always was
+        [[0, 0]],  # a session 0
+        [[n + 1, 0] for n in range(SESSIONS_KEPT + 1)],  # more sessions than this paxmr keeps
+        "not a list",
+    ],
+)
+def test_a_hello_that_cannot_be_read_lets_nothing_of_its_connection_in(
+    tmp_path: Path, opens: object
+) -> None:
+    """The hello carries the checks (cluster, storage went back): a first frame that cannot be
+    decoded ends the connection, so what follows is never delivered unchecked (it was: the
+    hello was dropped like any bad frame and the messages after it delivered)."""
+    got, closed = asyncio.run(_hello_then_message(tmp_path, opens))
+    assert got == []
+    assert closed
