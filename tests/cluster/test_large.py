@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -400,3 +403,36 @@ def test_a_retry_after_the_value_limit_changed_is_refused_with_nothing_shown() -
         assert cluster.converged() == before  # nothing shown anywhere
         done = asked.replicate("multi_reduced", uuid.uuid4().hex)
         _same_everywhere(cluster, done["position"])
+
+
+def test_a_follower_frozen_with_a_large_entry_unread_is_dialled_again_and_catches_up(
+    cluster: Cluster,
+) -> None:
+    """A follower stopped by SIGSTOP for 10 s while a 6 MB Accept is on its way: its kernel
+    takes what fits its socket buffer, then the window is zero and the leader's unsent data
+    waits past transport.UNACKED_TIMEOUT, so the leader's kernel ends the connection. After
+    SIGCONT the leader dials it again and it catches up the entry it never read."""
+    leader = cluster.node(cluster.leader())
+    frozen = cluster.node(leader.id % 3 + 1)
+    others = [n for n in cluster.nodes if n.id != frozen.id]
+    for n in cluster.nodes:
+        _tally(n, "frozen_reduced", 6 << 20)
+    log_at = leader.prm_log.stat().st_size
+    pid = frozen.prm_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        leader.replicate("frozen_reduced")  # chosen by the leader and the other follower
+        target = cluster.converged(nodes=others)
+        time.sleep(10)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    resumed = time.monotonic()
+    assert cluster.converged(timeout=60) == target
+    caught_up = time.monotonic() - resumed
+    assert leader.log_events("peer_disconnected", after=log_at), "the link outlived the freeze"
+
+    def dialled() -> bool:
+        return bool(leader.status()["peers"][str(frozen.id)]["connected"])
+
+    wait_until(dialled, "the leader's link to the resumed follower", timeout=10)
+    print(f"caught up {caught_up:.1f} s after SIGCONT, {time.monotonic() - resumed:.1f} s linked")
