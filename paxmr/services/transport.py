@@ -84,8 +84,11 @@ CONNECT_TIMEOUT = 2.0  # TCP connect plus TLS handshake, dialling out
 # until TCP gave up (tcp_retries2: about 15 minutes), and after the heal carried data again only
 # at TCP's next retransmission, whose back-off doubles up to 120 s: 97 s of deafness after a
 # 2-minute cut in CI, 94 s after one on loopback (tests/support/peerlink.py; now 0.1 s). The peer's
-# kernel acknowledges even while its process is stalled, so load on the machine does not trip it;
-# 5 s is 25 of TCP's shortest retransmission timeouts, far above any delay of a working network.
+# kernel acknowledges even while its process is stalled, but only what fits its receive buffer:
+# past it the window is zero, and data left unsent that long ends the connection too (tcp(7)). So
+# a process stopped 5 s with megabytes unread (SIGSTOP, a long stall) loses its leader's link; it
+# is dialled again and catches up (test_large's frozen follower: 1.7 s after SIGCONT). 5 s is 25
+# of TCP's shortest retransmission timeouts, far above any delay of a working network.
 # An idle link is not timed (nothing is unacknowledged): a message sent after the heal goes at
 # once. A dropped connection costs a redial and the messages in flight, which Paxos resends.
 UNACKED_TIMEOUT = 5.0
