@@ -735,7 +735,7 @@ class Transport:
             else:
                 self._heard(got.relay)
                 if hello is not None and got.writes is not None:
-                    self.storage.saw(peer, replace(hello, writes=got.writes))
+                    self.storage.saw(peer, Stamp(hello.nonce, got.writes, hello.session))
                 self.deliver(src, msg)
 
     def _heard(self, relay: tuple[Relayed, ...]) -> None:

@@ -70,10 +70,13 @@ def test_frames_go_straight_or_queued_in_the_order_sent(tmp_path: Path) -> None:
     asyncio.run(_exchange(tmp_path))
 
 
-async def _hello_then_message(tmp: Path, opens: object) -> tuple[list[object], bool]:
+async def _hello_then_message(
+    tmp: Path, opens: object, stamp: tuple[int, int] = (NONCE, 0)
+) -> tuple[list[object], bool, Stamp]:
     """Node 1's transport saw node 2's storage at 5 writes; a connection with node 2's real
-    certificate sends a hello of that storage at 0 writes (it went back) whose ``opens`` is
-    `opens`, then a message. What node 1 delivered, and whether it ended the connection."""
+    certificate sends a hello of that storage at `stamp` (0 writes: it went back) whose
+    ``opens`` is `opens`, then a message at 9 writes. What node 1 delivered, whether it ended
+    the connection, and its sighting of node 2 then."""
     ports = {1: free_port(), 2: free_port()}
     got: list[object] = []
     one = peer_transport(tmp, 1, ports, lambda _src, msg: got.append(msg))
@@ -90,9 +93,9 @@ async def _hello_then_message(tmp: Path, opens: object) -> tuple[list[object], b
                 ssl=transport.client_context(tls),
                 server_hostname=pki.node_name(1),
             )
-            hello = {"src": 2, "dst": 1, "hello": "c", "stamp": [NONCE, 0], "opens": opens}
+            hello = {"src": 2, "dst": 1, "hello": "c", "stamp": list(stamp), "opens": opens}
             writer.write(transport.frame(0, msgpack.packb(hello)))
-            writer.write(transport.frame(1, transport.encode(2, 1, Forward("behind", b""), 0)))
+            writer.write(transport.frame(1, transport.encode(2, 1, Forward("behind", b""), 9)))
             try:
                 async with asyncio.timeout(3):
                     closed = await reader.read() == b""
@@ -102,7 +105,7 @@ async def _hello_then_message(tmp: Path, opens: object) -> tuple[list[object], b
     finally:
         await one.close()
         one.storage.close()
-    return got, closed
+    return got, closed, one.storage.seen[2]
 
 
 @pytest.mark.parametrize(
@@ -120,6 +123,14 @@ def test_a_hello_that_cannot_be_read_lets_nothing_of_its_connection_in(
     """The hello carries the checks (cluster, storage went back): a first frame that cannot be
     decoded ends the connection, so what follows is never delivered unchecked (it was: the
     hello was dropped like any bad frame and the messages after it delivered)."""
-    got, closed = asyncio.run(_hello_then_message(tmp_path, opens))
+    got, closed, _ = asyncio.run(_hello_then_message(tmp_path, opens))
     assert got == []
     assert closed
+
+
+def test_a_message_after_the_hello_is_a_sighting_in_the_hellos_session(tmp_path: Path) -> None:
+    """The hello names the storage and its session; each message after it, its write count."""
+    got, closed, seen = asyncio.run(_hello_then_message(tmp_path, [[76, 0], [77, 5]], (NONCE, 5)))
+    assert got == [Forward("behind", b"")]
+    assert not closed
+    assert seen == Stamp(NONCE, 9, 77)
