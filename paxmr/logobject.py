@@ -40,12 +40,38 @@ class BadLogObject(ValueError):
     pass
 
 
+class _Tails(dict[int, bytes]):
+    """The end of a tally line, b"\t<count>\n", by its count: made once for the counts most
+    words have, formatted for the others."""
+
+    def __missing__(self, count: int) -> bytes:
+        return b"\t%d\n" % count
+
+
+_TAILS = _Tails((n, b"\t%d\n" % n) for n in range(1, 1 << 12))
+
+
 def _hash_lines(sha: hashlib._Hash, words: Sequence[bytes], counts: Sequence[int]) -> None:
-    """Add the tally file's lines of these words and counts to ``sha``. One format operation
-    over a batch's lines, in C, rather than one per line (about 5 instead of 7 ms for a 337 KB
-    tally of 40,041 words)."""
-    items = itertools.chain.from_iterable(zip(words, counts, strict=True))
-    sha.update((b"%s\t%d\n" * len(words)) % tuple(items))
+    """Add the tally file's lines of these words and counts to ``sha``: the words and their
+    lines' ends interleaved and joined in C, `_JOINED` lines at a time: a table lookup per
+    count, not a format operation (for a 337 KB tally of 40,041 words, 3.0-3.1 ms of CPU
+    against 6.2-6.3 ms for one format operation over all its lines, a third of a follower's
+    summary). A ValueError if their lengths differ."""
+    if len(words) != len(counts):
+        raise ValueError("as many words as counts")
+    lines: list[bytes] = [b""] * (2 * _JOINED)
+    for i in range(0, len(words), _JOINED):
+        some = words[i : i + _JOINED]
+        if len(some) < _JOINED:
+            del lines[2 * len(some) :]
+        lines[0::2] = some
+        lines[1::2] = map(_TAILS.__getitem__, counts[i : i + _JOINED])
+        sha.update(b"".join(lines))
+
+
+# Lines joined at a time: bytes.join holds an 80-byte buffer record per piece it joins, so all
+# of a batch's at once took 10 MiB more than its words.
+_JOINED = 1 << 10
 
 
 def _digest(words: Sequence[bytes], counts: Sequence[int]) -> str:

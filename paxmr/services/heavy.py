@@ -213,7 +213,9 @@ def encode_tally(
         # make it again once the PRM removed it (Prm._log_object).
         fd = os.open(spool, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "wb") as out:
-            return tallyvalue.encode(source, name, node, rid, out.write)
+            # Its counts wait beside it, in an unnamed file, past a block's size.
+            spill = str(Path(spool).parent)
+            return tallyvalue.encode(source, name, node, rid, out.write, spill=spill)
 
 
 # Each thread's own (a pool without processes runs the work in threads, and a PRM reads in its

@@ -19,7 +19,6 @@ import io
 import itertools
 import operator
 import os
-import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -162,9 +161,9 @@ class _Unclosed(io.RawIOBase):
         return len(data)
 
 
-# Every line of a valid tally, matched at once in C: a word without whitespace (WHITESPACE),
-# a tab, a count without a leading zero, a newline.
-_VALID_LINES = re.compile(rb"(?:[^ \t\n\x0b\x0c\r]+\t[1-9][0-9]*\n)*")
+# What separates a valid tally's fields: each line is a word, a tab, a count, a newline, so
+# its bytes with all but tabs and newlines deleted are b"\t\n" once per line.
+_NOT_SEPARATORS = bytes(range(256)).translate(None, b"\t\n")
 
 
 def parse(data: bytes, name: str = "tally") -> tuple[list[bytes], list[int]]:
@@ -185,17 +184,12 @@ def blocks(
     read: Callable[[int], bytes],
     name: str = "tally",
     block_bytes: int = BLOCK_BYTES,
-    *,
-    checked: bool = True,
 ) -> Iterator[tuple[list[bytes], list[bytes]]]:
     """A tally's words and counts (as their decimal digits), one block of lines at a time,
     validated as `iterate` validates (the same errors, naming the same line), several times
     faster: each block is checked at once in C, and only one that fails is walked line by line
     for its error. ``read(n)`` returns the file's next bytes (at most n, b"" at its end); about
-    ``block_bytes`` are held at a time, or the longest line if it is longer.
-
-    ``checked=False`` only cuts lines into fields, at half the cost, for bytes already seen
-    valid: its caller must make sure they are those bytes (tallyvalue.py compares hashes)."""
+    ``block_bytes`` are held at a time, or the longest line if it is longer."""
     if read(len(HEADER)) != HEADER:  # as `iterate`'s first line: HEADER's one newline ends it
         raise TallyError(f"{name}: not a paxmr tally (first line must be {HEADER!r})")
     number, previous = 2, b""
@@ -207,19 +201,32 @@ def blocks(
             continue
         block = b"".join([*pending, data[:end]]) if pending else data[:end]
         pending = [data[end:]] if end < len(data) else []
-        words, digits = _block(name, block, number, previous) if checked else _fields(block)
+        words, digits = _block(name, block, number, previous)
         number += len(words)
         previous = words[-1]
         yield words, digits
-    if pending and checked:  # a last line without its newline
+    if pending:  # a last line without its newline
         list(_checked(name, _parse_lines(name, [b"".join(pending)], number), number, previous))
 
 
-def _fields(block: bytes) -> tuple[list[bytes], list[bytes]]:
-    """The words and counts of valid lines."""
+def _fields(block: bytes) -> tuple[list[bytes], list[bytes]] | None:
+    """The words and counts of ``block`` (whole lines), if every line is a word of bytes that
+    are not WHITESPACE, a tab, a count of digits without a leading zero and a newline; None
+    if not. (An empty word passes here, and is refused with the words' order: b"" comes after
+    no word, nor after the b"" a tally's first word must come after.) Checked by a few scans of the block in C: a regular
+    expression over its lines took 6.7 of the 24 ms of CPU that encoding a 337 KB tally took."""
+    separators = block.translate(None, _NOT_SEPARATORS)
+    if (
+        separators != b"\t\n" * (len(separators) // 2)  # a tab, then a newline, on each line
+        or any(space in block for space in b" \v\f\r")  # the other WHITESPACE
+        or b"\t\n" in block  # an empty count
+        or b"\t0" in block  # a count with a leading zero
+    ):
+        return None
     # word, count, word, count, ..., b"": each line is one word, a tab, one count.
     fields = block.replace(b"\t", b"\n").split(b"\n")
-    return fields[0:-1:2], fields[1::2]
+    words, digits = fields[0:-1:2], fields[1::2]
+    return (words, digits) if b"".join(digits).isdigit() else None
 
 
 def _block(
@@ -227,8 +234,9 @@ def _block(
 ) -> tuple[list[bytes], list[bytes]]:
     """The words and counts of ``block``, whole lines from line ``number`` on, that must come
     after the word ``previous``."""
-    if _VALID_LINES.fullmatch(block):
-        words, digits = _fields(block)
+    fields = _fields(block)
+    if fields is not None:
+        words, digits = fields
         if previous < words[0] and all(map(operator.lt, words, itertools.islice(words, 1, None))):
             return words, digits
     lines = (line + b"\n" for line in block.split(b"\n")[:-1])

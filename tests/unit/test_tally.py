@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -234,6 +235,36 @@ def test_blocks_of_any_size_are_iterate(lines: list[bytes], header: bytes, block
 
     _, slow = _both(data)
     assert _parsed(in_blocks) == slow
+
+
+# What tally._fields checks in a block of whole lines, as one regular expression over them (how
+# it was checked before: several times slower). A word may be empty there: the words' order
+# refuses it.
+_LINES_OF_FIELDS = re.compile(rb"(?:[^ \t\n\x0b\x0c\r]*\t[1-9][0-9]*\n)*")
+
+
+_valid_lines = st.lists(st.builds(lambda w, n: b"%s\t%d\n" % (w, n), words, st.integers(1, 10**20)))
+_one_broken = st.sampled_from([b"a\t01\n", b"a\t0\n", b"a\t\n", b"a b\t1\n", b"a\x0bb\t1\n",
+                               b"a\x0cb\t1\n", b"a\rb\t1\n", b"a\t1\t1\n", b"a\t1 \n", b"a\t\xd9\xa3\n",
+                               b"a 1\n", b"a\n", b"\n", b"a\t\t1\n", b"\t1\n", b"a\t1\t2\n3\n"])  # fmt: skip
+
+
+@given(
+    lines=st.one_of(
+        st.lists(_lines, min_size=1, max_size=12),
+        st.tuples(_valid_lines, _one_broken, _valid_lines).map(lambda t: [*t[0], t[1], *t[2]]),
+    )
+)
+def test_a_blocks_lines_are_checked_at_once_as_each_line_would_be(lines: list[bytes]) -> None:
+    """Any lines, or valid ones but one broken in any way: what the block check accepts, and
+    the fields it cuts them into, are those of its rule as a regular expression."""
+    block = b"".join(lines).rstrip(b"\n") + b"\n"  # whole lines, as tally.blocks cuts them
+    fields = tally._fields(block)
+    if _LINES_OF_FIELDS.fullmatch(block) is None:
+        assert fields is None
+    else:
+        pairs = [line.split(b"\t") for line in block.split(b"\n")[:-1]]
+        assert fields == ([w for w, _ in pairs], [n for _, n in pairs])
 
 
 @given(counts=counts)
