@@ -390,7 +390,46 @@ class Truncated(FrameError):
     """The connection ended in the middle of a frame."""
 
 
-async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
+class BodyWatch:
+    """Ends a connection whose frame body does not follow its length prefix within
+    BODY_TIMEOUT (read_frame): one timer per connection, moved on only when it fires. A timer
+    armed and cancelled around every body (asyncio.timeout) cost 15-25 us per peer message."""
+
+    def __init__(self, end: Callable[[], None]) -> None:
+        self._end = end  # aborts the connection: its read ends
+        self.since: float | None = None  # a body is awaited since then (loop time)
+        self.expired = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self.since + BODY_TIMEOUT, self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        if self.since is None:
+            return  # between frames: the next body arms it again (start)
+        due = self.since + BODY_TIMEOUT
+        loop = asyncio.get_running_loop()
+        if loop.time() < due:
+            self._timer = loop.call_at(due, self._due)
+        else:
+            self.expired = True
+            self._end()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+async def read_frame(
+    reader: asyncio.StreamReader, limit: int, watch: BodyWatch | None = None
+) -> bytes:
+    """The next frame's body. Its length prefix may wait forever; the body must follow it
+    within BODY_TIMEOUT, timed by `watch` (the connection's) or else here."""
     try:
         header = await reader.readexactly(_LENGTH.size)
     except asyncio.IncompleteReadError as exc:
@@ -400,12 +439,21 @@ async def read_frame(reader: asyncio.StreamReader, limit: int) -> bytes:
     (length,) = _LENGTH.unpack(header)
     if length > limit + _SEQ.size or length <= _SEQ.size:
         raise FrameError(f"frame length {length} outside ({_SEQ.size}, {limit + _SEQ.size}]")
+    late = f"frame body not received within {BODY_TIMEOUT} s"
     try:
-        async with asyncio.timeout(BODY_TIMEOUT):
+        if watch is None:
+            async with asyncio.timeout(BODY_TIMEOUT):
+                return await reader.readexactly(length)
+        watch.start()
+        try:
             return await reader.readexactly(length)
+        finally:
+            watch.since = None
     except TimeoutError:
-        raise FrameError(f"frame body not received within {BODY_TIMEOUT} s") from None
+        raise FrameError(late) from None
     except (asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
+        if watch is not None and watch.expired:
+            raise FrameError(late) from None
         raise Truncated("truncated frame") from None
 
 
@@ -678,7 +726,11 @@ class Transport:
             if peer is None:
                 return
             self._admit_peer(conn, peer)
-            await self._receive(reader, peer, label)
+            watch = BodyWatch(conn.drop)
+            try:
+                await self._receive(reader, peer, label, watch)
+            finally:
+                watch.close()
         except Truncated as exc:  # closed in the middle of a frame, not between two
             self.log.warning("frame_dropped", peer=label, reason=str(exc))
         except OtherCluster as exc:
@@ -703,11 +755,13 @@ class Transport:
                 self._authenticated[conn.peer].remove(conn)
             conn.drop()
 
-    async def _receive(self, reader: asyncio.StreamReader, peer: int, label: str) -> None:
+    async def _receive(
+        self, reader: asyncio.StreamReader, peer: int, label: str, watch: BodyWatch
+    ) -> None:
         expected = 0
         hello = None  # the sender's storage's stamp, from its hello
         while True:
-            body = await read_frame(reader, self.frame_limit)
+            body = await read_frame(reader, self.frame_limit, watch)
             try:
                 if len(body) > DECODE_INLINE:
                     got = await asyncio.to_thread(decode, body, self.me, self.frame_limit)
