@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from paxmr import stamps
@@ -20,6 +20,26 @@ if TYPE_CHECKING:
 # count will do (a session's from 1: 0 is none).
 _nonces = itertools.count(1)
 _sessions = itertools.count(1)
+_writes = itertools.count(1)
+
+
+@dataclass(frozen=True, eq=False)
+class Write:
+    """A durable write of a storage, after the one before it: what the storage went through,
+    as the stamps cannot know it (the simulator checks with it that no node hears a storage
+    that went back from what it heard of it, explore.Explorer._check_heard)."""
+
+    number: int  # in the order writes were made, across storages
+    before: Write | None
+
+
+def made(last: Write | None, other: Write | None) -> bool:
+    """Whether a storage whose latest durable write is `last` made `other` (None: nothing)."""
+    if other is None:
+        return True
+    while last is not None and last.number > other.number:
+        last = last.before
+    return last is other
 
 
 class MemoryStorage:
@@ -38,6 +58,7 @@ class MemoryStorage:
         self.identity = bootstrap
         self.stamp = Stamp(next(_nonces), 0)
         self.sessions: Sessions = ()
+        self.last: Write | None = None  # its latest durable write
         self.sightings = Sightings()
         # The disk before each commit since the last fsync: what a power cut may go back to.
         self._unsynced: list[tuple[DurableState, Sightings]] = []
@@ -85,6 +106,7 @@ class MemoryStorage:
             return
         self._unsynced.clear()  # the fsync covers every commit before it
         self.stamp = replace(self.stamp, writes=self.stamp.writes + 1)
+        self.last = Write(next(_writes), self.last)
 
     def write(self, syncing: tuple[Persist, Ready], sightings: Sightings | None = None) -> None:
         """Commit what a driver had under way, a Ready's persist and what waited for it, as the
@@ -115,7 +137,7 @@ class MemoryStorage:
         """The disk as it is now (a VM snapshot)."""
         twin = MemoryStorage(state=self.load())
         twin.identity, twin.stamp, twin.sightings = self.identity, self.stamp, self.sightings.copy()
-        twin.sessions = self.sessions
+        twin.sessions, twin.last = self.sessions, self.last
         return twin
 
     def demote(self) -> None:
@@ -123,6 +145,6 @@ class MemoryStorage:
         (storage.forget, Storage.demote)."""
         self._state = DurableState(voting=False, log=list(self._state.log))
         self.stamp = Stamp(next(_nonces), 0)
-        self.sessions = ()
+        self.sessions, self.last = (), None
         self.open()
         self._unsynced.clear()

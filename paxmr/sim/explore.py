@@ -16,12 +16,22 @@ frame sizes): an adversarial scheduler can starve any protocol.
 
 Each message carries what the PRM's frames carry to show a storage that went back in time
 (paxmr/stamps.py, shared with the PRM): its sender's write count and what the sender saw itself
-of the other nodes (its relay). The first message of each connection (after either end restarted)
-comes after a hello: the sender's stamp and latest sessions and what it saw of the receiver,
-as they are then. A node starting opens a new session of its storage and asks the peers it
-reaches, as prm.compare_with_peers does. A storage shown to
-have gone back is demoted (forgetful, a new nonce), at start or, told later, by ending and
-starting again, as the PRM does.
+of the other nodes (its relay). Connections are as the transport makes them: one per sending
+process and receiving process, which the sender dials as both run, with a hello (its stamp and
+latest sessions and what it saw of the receiver, checked as the first message of the
+connection arrives), kept by the receiver until its process ends (INBOUND_PER_PEER of them per
+peer). So a late message of a process since ended arrives on the connection it had to the
+receiver's process, its hello as that process had it, if the two ran at the same time, and is
+lost otherwise; a replay is sent again by its sender's process as it is now (TLS refuses
+recorded frames replayed). A node starting opens a new session of its storage and asks
+the peers it reaches, as prm.compare_with_peers does. A storage shown to have gone back is
+demoted (forgetful, a new nonce), at start or, told later, by ending and starting again, as the
+PRM does. A rolled-back storage restarts, half the time cut off from every node, so that it
+campaigns alone before any peer can tell it; a rollback loses writes as a lost disk does, so
+it strikes only while a majority of voters keep disks that vote and are not rolled back
+unshown (_voting). What the stamps are for is checked apart from them (_check_heard): each
+storage chains its durable writes (disk.Write), and no running node may hear a storage of a
+nonce it heard without writes it heard it make.
 """
 
 from __future__ import annotations
@@ -35,8 +45,9 @@ from typing import TYPE_CHECKING, NamedTuple
 from paxmr import chunks
 from paxmr.paxos import Committed, Node, Ready, Request
 from paxmr.paxos.messages import Forward
+from paxmr.services.transport import INBOUND_PER_PEER
 from paxmr.sim.checker import NodeLog
-from paxmr.sim.disk import MemoryStorage
+from paxmr.sim.disk import MemoryStorage, Write, made
 from paxmr.sim.faults import MESSAGE_KINDS, cut_links
 from paxmr.sim.members import Changes
 from paxmr.sim.simulation import EARLY, Simulation
@@ -51,7 +62,7 @@ from paxmr.sim.world import (
     frame_violation,
     writes,
 )
-from paxmr.stamps import Sightings, Stamp, founded_again
+from paxmr.stamps import Sessions, Sightings, Stamp, founded_again
 
 if TYPE_CHECKING:
     from paxmr.paxos import Message, Persist
@@ -118,6 +129,10 @@ class Sent(NamedTuple):
     msg: Message
     stamp: Stamp  # the sender's storage's as it sent it (a frame's write count, a hello's nonce)
     view: View
+    number: int  # in the order messages were sent
+    last: Write | None  # the sender's storage's latest durable write as it sent it
+    run: int  # the sender's process (_Node.run): a connection is one process's
+    sessions: Sessions  # the sender's storage's latest opens as it sent it (its process's)
 
 
 class Explorer(Simulation):
@@ -149,11 +164,18 @@ class Explorer(Simulation):
         self.flight: list[Sent] = []
         self.history: list[Sent] = []
         self.runs = itertools.count(1)
-        # The processes at each end of the connections that carried a message: a new pair is
-        # a new connection, whose first message is checked as its hello is.
-        self.connected: dict[tuple[int, int], tuple[int, int]] = {}
+        self.ended: dict[int, int] = {}  # a node's process -> the one that replaced it
+        # The connections each node's process accepted from each peer, by (sender, receiver):
+        # the receiver's process and the sender's processes that dialled it, oldest first (as
+        # transport.Transport keeps them: INBOUND_PER_PEER, a newer one replacing the oldest).
+        self.accepted: dict[tuple[int, int], tuple[int, list[int]]] = {}
+        self.sent = itertools.count()
+        # The latest message (by when it was sent) each running node heard from each other
+        # node, by (receiver, sender): _check_heard.
+        self.heard: dict[tuple[int, int], Sent] = {}
         self.cut: set[tuple[int, int]] = set()
         self.stalled: dict[int, int] = {}  # node -> the step its timers run again
+        self.reverted: dict[int, int] = {}  # node -> the nonce of the storage rolled back
         # A targeted delay: messages of this kind are seldom delivered, so they arrive late.
         slow = "delay" in kinds and self.rng.random() < 0.5
         self.slow_kind = self.rng.choice(MESSAGE_KINDS) if slow else None
@@ -216,8 +238,13 @@ class Explorer(Simulation):
         """Start node i from its disk, with the founding members it is given (the stored ones;
         `members` for a node that has none stored and a configured list that differs)."""
         state = self.nodes[i]
-        state.run = next(self.runs)
+        run = next(self.runs)
+        if state.run:
+            self.ended[state.run] = run
+        state.run = run
         state.disk.open()
+        # What it heard as it ran: its storage keeps some of it, its stamps' own rules say what.
+        self.heard = {k: v for k, v in self.heard.items() if k[0] != i}
         state.sightings = state.disk.sightings.copy()
         if why := self._went_back(i):
             state.disk.demote()
@@ -299,15 +326,12 @@ class Explorer(Simulation):
         state = self.nodes[i]
         for entry in ready.applied:
             self.checker.applied(i, state.log, entry)
-        if ready.messages:
-            seen = state.sightings
-            direct = list(seen.direct)  # what it saw itself: what the PRM relays
-            view = View({p: seen.seen[p] for p in direct}, {p: seen.retired_of(p) for p in direct})
+        view = self._view(i)
         for dst, msg in ready.messages:
             if (violation := frame_violation(i, dst, msg)) is not None:
                 self.checker.fail(violation)
                 continue
-            sent = Sent(i, dst, msg, state.disk.stamp, view)
+            sent = self._sent(i, dst, msg, view)
             self.flight.append(sent)
             self.history.append(sent)
         for reply in ready.replies:
@@ -339,27 +363,18 @@ class Explorer(Simulation):
 
     def _deliver_one(self, item: Sent) -> None:
         self._hear_founders()
-        src, dst, msg, stamp, view = item
+        src, dst, msg, stamp, view, *_ = item
         target = self.nodes.get(dst)
         node = target.node if target is not None else None
         if target is None or node is None:
             return
-        sender = self.nodes[src]
-        runs = (sender.run, target.run)
-        if self.connected.get((src, dst)) != runs:  # a new connection: its hello first
-            knows = sender.sightings
-            shown = (knows.seen.get(dst), knows.retired_of(dst))
-            if why := target.disk.behind(src, *shown):
-                self._demote(dst, why)
-                return
-            if why := target.sightings.refusal(src, sender.disk.stamp, sender.disk.sessions):
-                self._log(f"node {dst} refuses node {src}: {why}")
-                return
-            self.connected[src, dst] = runs
+        if not self._connected(item, target):
+            return
         target.sightings.saw(src, stamp)
         for other, relayed in view.seen.items():
             if other != dst:
                 target.sightings.heard(other, relayed, view.retired.get(other, ()))
+        self._check_heard(item)
         if target.waiting:  # its core does not run yet (prm.Prm._deliver)
             return
         if self.tracing:
@@ -367,18 +382,89 @@ class Explorer(Simulation):
         node.receive(src, msg, self.now)
         self._flush(dst)
 
+    def _connected(self, item: Sent, target: _Node) -> bool:
+        """Whether `item` reaches its receiver's process: on a connection it accepted from the
+        sender's process, or on a new one whose hello it accepts (which may show the receiver
+        that its own storage went back: it is demoted, and hears nothing)."""
+        src, dst, _, stamp, view, *_ = item
+        sender = self.nodes[src]
+        runs, dialled = self.accepted.get((src, dst), (0, []))
+        if runs != target.run:  # its connections ended with its process
+            dialled = []
+            self.accepted[src, dst] = (target.run, dialled)
+        if item.run in dialled:
+            return True
+        # The sender's process dialled every peer's process as they ran (transport._sender):
+        # this one's, if they ran at the same time. Its hello showed its storage as the process
+        # had it (its own stamp and sessions, and what it saw of the receiver as it sent this
+        # at the latest) or, from a process that runs, as it is now.
+        hello = (sender.disk.stamp, sender.disk.sessions)
+        knows = sender.sightings
+        shown = (knows.seen.get(dst), knows.retired_of(dst))
+        if item.run != sender.run:
+            if self.ended.get(item.run, 0) < target.run:
+                return False  # it ended before the receiver's process started (or its machine)
+            hello = (stamp, item.sessions)
+            shown = (view.seen.get(dst), view.retired.get(dst, ()))
+        if why := target.disk.behind(src, *shown):
+            self._demote(dst, why)
+            return False
+        if why := target.sightings.refusal(src, *hello):
+            self._log(f"node {dst} refuses node {src}: {why}")
+            return False
+        dialled.append(item.run)
+        del dialled[:-INBOUND_PER_PEER]
+        return True
+
+    def _view(self, i: int) -> View:
+        """What node i relays with a message: what it saw itself since it started."""
+        seen = self.nodes[i].sightings
+        direct = list(seen.direct)
+        return View({p: seen.seen[p] for p in direct}, {p: seen.retired_of(p) for p in direct})
+
+    def _sent(self, src: int, dst: int, msg: Message, view: View) -> Sent:
+        disk, run = self.nodes[src].disk, self.nodes[src].run
+        return Sent(src, dst, msg, disk.stamp, view, next(self.sent), disk.last, run, disk.sessions)
+
+    def _check_heard(self, item: Sent) -> None:
+        """A node that heard a storage make some writes never hears it again without them:
+        a node's messages rely on what its storage wrote before it sent them, and the stamps
+        (paxmr/stamps.py) are to show a storage that went back to every node that heard it
+        since its process started. A storage of another nonce is another storage (a lost
+        disk, a demotion: it fences before it votes); a message sent earlier than one heard
+        (a late one, a replay) shows nothing."""
+        known = self.heard.get((item.dst, item.src))
+        if known is not None and known.number > item.number:
+            return
+        self.heard[item.dst, item.src] = item
+        if (
+            known is not None
+            and known.stamp.nonce == item.stamp.nonce
+            and not made(item.last, known.last)
+        ):
+            self.checker.fail(
+                f"node {item.dst} heard node {item.src}'s storage at {item.stamp} without"
+                f" writes it heard it make (at {known.stamp}): it went back, and no stamp"
+                " showed it"
+            )
+
     def _drop(self) -> None:
         if self.flight:
             self.flight.pop(self.rng.randrange(len(self.flight)))
             self.faults["drop"] += 1
 
     def _replay(self) -> None:
-        """Deliver again some earlier message: of the targeted kind, if the walk has one."""
+        """Deliver again some earlier message: of the targeted kind, if the walk has one. Its
+        sender's process as it is now sends it again (TLS refuses recorded frames replayed on
+        a new connection, and a connection's frames in or out of order: only a process can
+        send a frame again), so the core hears any old message at any time, as the transport
+        could carry it."""
         pool = self.history
         if self.slow_kind is not None:
             pool = [m for m in self.history if type(m.msg).__name__ == self.slow_kind] or pool
         if pool:
-            self.flight.append(self.rng.choice(pool))
+            old = self.rng.choice(pool)
+            self.flight.append(self._sent(old.src, old.dst, old.msg, self._view(old.src)))
             self.faults["replay"] += 1
 
     def _timer(self) -> None:
@@ -446,12 +532,12 @@ class Explorer(Simulation):
             manifest = chunks.Manifest(f"{rid}_reduced", sha, sha, 2, len(value))
             first, empty = manifest.chunk_ids()
             forged = [(first, value), (empty, b""), (rid, manifest.encode())]
-        state = self.nodes[forger]
         view = View({}, {})  # it relays nothing: a hello and its stamp are all it shows
         for request_id, value in forged:
             self.checker.submit(request_id, value)  # valid for the log's purposes: proposed
             msg = Forward(request_id, value)
-            self.flight.append(sent := Sent(forger, victim, msg, state.disk.stamp, view))
+            sent = self._sent(forger, victim, msg, view)
+            self.flight.append(sent)
             self.history.append(sent)
         self._log(f"forge: node {forger} forwards {[r for r, _ in forged]} to node {victim}")
 
@@ -566,20 +652,37 @@ class Explorer(Simulation):
 
     def _rollback(self) -> None:
         """A node's storage is rolled back to an earlier durable state (an old prm.db copied
-        back, a VM snapshot reverted) and it restarts."""
+        back, a VM snapshot reverted) and it restarts. Half the time it restarts cut off from
+        every other node: none can tell it as it starts, and it campaigns alone (each
+        campaign a write) until the links heal (_cut), its write count climbing back."""
         i = self.rng.choice(self._ids())
         state = self.nodes[i]
-        if len(state.snapshots) < 2:
+        # A rollback loses writes as a lost disk does: survivable while a majority of voters
+        # keep disks that vote (_wipe), and the peers' stamps show it only then.
+        if len(state.snapshots) < 2 or not self.changes.survives_wipe(
+            i, self._voting(), self._durable()
+        ):
             return
         k = self.rng.randrange(len(state.snapshots) - 1)
         self.faults["restore-old"] += 1
         self._log(f"node {i}'s storage rolled back {len(state.snapshots) - 1 - k} commits")
         state.disk = state.snapshots[k].copy()
         state.snapshots = state.snapshots[: k + 1]
+        self.reverted[i] = state.disk.stamp.nonce
+        if self.rng.random() < 0.5:
+            self.cut = {(i, p) for p in self._ids() if p != i}
+            self.cut |= {(p, i) for i, p in self.cut}
+            self._log(f"cut {sorted(self.cut)}: node {i} starts alone")
         self._start(i)
 
     def _voting(self) -> dict[int, bool]:
-        return {i: s.disk.voting for i, s in self.nodes.items()}
+        """Which nodes' disks vote, for what a majority must keep (members.survives_wipe): a
+        storage rolled back that no peer has shown it yet (it still has the snapshot's nonce)
+        counts as lost, since it may vote with what it forgot."""
+        reverted = {
+            i for i, nonce in self.reverted.items() if self.nodes[i].disk.stamp.nonce == nonce
+        }
+        return {i: s.disk.voting and i not in reverted for i, s in self.nodes.items()}
 
     def _durable(self) -> int:
         return max(s.disk.length for s in self.nodes.values())

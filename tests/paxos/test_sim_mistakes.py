@@ -31,7 +31,10 @@ CLASSIC = frozenset(FAULT_KINDS) - {"member"}
 STALE_SEEDS = 150
 # Async seeds within which a rolled-back storage voting unseen would break agreement: the
 # first was seed 77 on 3 members before the simulator ran the peers' stamps (and is caught
-# with them planted out of it).
+# with them planted out of it). With the write counts alone (sessions planted out of
+# stamps.went_back), a storage rolled back that campaigned alone is heard by a node that
+# heard the writes it forgot (explore.Explorer._check_heard) in 4 of these seeds on 3
+# members (first 18) and 12 on 5 (first 1).
 ROLLBACK_SEEDS = 200
 
 
@@ -80,11 +83,15 @@ def test_members_founded_again_at_random_moments_are_harmless(nodes):
 @pytest.mark.parametrize("nodes", [3, 5])
 def test_a_restored_old_storage_is_harmless(nodes):
     """Storages rolled back up to 32 commits (with their mark: a VM snapshot) at random moments
-    of the async walks; the peers' stamps demote each before it votes with what it forgot."""
+    of the async walks, half of them restarted alone to campaign before a peer can tell them;
+    the peers' stamps demote each before it votes with what it forgot, and no node that heard
+    the forgotten writes hears the storage without them."""
     kinds = CLASSIC | {"restore-old"}
     results = list(run_seeds(range(ROLLBACK_SEEDS), nodes, kinds, EARLY, False, 1, "async"))
     assert [(r.seed, r.violations) for r in results if r.violations] == []
-    assert sum(r.faults["restore-old"] for r in results) > ROLLBACK_SEEDS
+    # A rollback strikes only while a majority of voters keep disks that vote and were not
+    # rolled back unshown (explore.Explorer._voting): 172 in these seeds on 3 members, 208 on 5.
+    assert sum(r.faults["restore-old"] for r in results) > ROLLBACK_SEEDS / 2
 
 
 def test_a_stale_member_list_after_a_lost_disk_is_harmless_in_the_forget_walk():
