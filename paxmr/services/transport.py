@@ -72,7 +72,7 @@ import msgpack
 from paxmr import logs, paxos, pki
 from paxmr.services import unpack
 from paxmr.settings import NodeAddress, TlsFiles
-from paxmr.stamps import SESSIONS_KEPT, Sessions, Stamp
+from paxmr.stamps import SESSIONS_KEPT, Sessions, Stamp, went_back
 from paxmr.storage import Storage
 
 _LENGTH = struct.Struct(">I")
@@ -603,6 +603,7 @@ class Transport:
         self._authenticated: dict[int, collections.deque[_Conn]] = collections.defaultdict(
             collections.deque
         )
+        self._latest: dict[int, Hello] = {}  # each peer's hello accepted last (_from_ended_run)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -785,12 +786,35 @@ class Transport:
             expected += 1
             if isinstance(msg, Hello):
                 self._check_hello(peer, seq, msg)
+                self._latest[peer] = msg
                 hello = msg.stamp
             else:
-                self._heard(got.relay)
                 if hello is not None and got.writes is not None:
-                    self.storage.saw(peer, Stamp(hello.nonce, got.writes, hello.session))
+                    sighting = Stamp(hello.nonce, got.writes, hello.session)
+                    if why := self._from_ended_run(peer, sighting):
+                        raise WentBack(why)
+                    self.storage.saw(peer, sighting)
+                self._heard(got.relay)
                 self.deliver(src, msg)
+
+    def _from_ended_run(self, peer: int, sighting: Stamp) -> str | None:
+        """Why a frame showing `sighting` is dropped with its connection, if it is: it comes
+        from an ended run of `peer` (a connection's frames can outlive its sender's process,
+        say while this node was stalled) and shows writes the storage of the run whose hello
+        came since no longer holds. That hello passed went_back without them: counted, they
+        would be a promise or a vote the storage forgot. Lost in the network instead, they
+        are harmless, and the live run dials again."""
+        latest = self._latest.get(peer)
+        if latest is None or latest.stamp is None or latest.stamp.session == sighting.session:
+            return None
+        if latest.stamp.nonce != sighting.nonce:
+            why: str | None = "a storage it has since replaced"
+        else:
+            why = went_back(latest.sessions, latest.stamp, sighting)
+        return why and (
+            f"a frame from an ended run of node {peer} shows it holding {why}: its storage went"
+            " back since that frame was sent; dropped, with its connection"
+        )
 
     def _heard(self, relay: tuple[Relayed, ...]) -> None:
         for node, stamp, retired in relay:

@@ -134,3 +134,68 @@ def test_a_message_after_the_hello_is_a_sighting_in_the_hellos_session(tmp_path:
     assert got == [Forward("behind", b"")]
     assert not closed
     assert seen == Stamp(NONCE, 9, 77)
+
+
+async def _late_frame_of_an_ended_run(tmp: Path, writes: int) -> tuple[list[object], bool]:
+    """Node 2's run 77 connects to node 1 (hello at 5 writes); its storage is reverted to 6
+    writes and run 78 connects (hello: run 77 ended at 6); then a frame of run 77 at `writes`
+    arrives late on the first connection. What node 1 delivered, and whether it ended that
+    connection."""
+    ports = {1: free_port(), 2: free_port()}
+    got: list[object] = []
+    one = peer_transport(tmp, 1, ports, lambda _src, msg: got.append(msg))
+    pki.issue(tmp / "ca", 2, tmp / "n2")
+    d = tmp / "n2"
+    tls = TlsFiles(d / pki.CA_FILE, d / pki.CERT_FILE, d / pki.KEY_FILE)
+    await one.start("127.0.0.1", ports[1])
+
+    async def dial(  # stamp: nonce, writes, session (the last of opens, on the wire)
+        stamp: list[int], opens: list[list[int]]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1",
+            ports[1],
+            ssl=transport.client_context(tls),
+            server_hostname=pki.node_name(1),
+        )
+        hello = {"src": 2, "dst": 1, "hello": "c", "stamp": stamp[:2], "opens": opens}
+        writer.write(transport.frame(0, msgpack.packb(hello)))
+        await _until(lambda: one.storage.seen.get(2) == Stamp(*stamp))  # the hello passed
+        return reader, writer
+
+    try:
+        async with asyncio.timeout(10):
+            old, old_writer = await dial([NONCE, 5, 77], [[77, 0]])
+            _, new_writer = await dial([NONCE, 6, 78], [[77, 0], [78, 6]])
+            late = transport.encode(2, 1, Forward("late", b""), writes)
+            old_writer.write(transport.frame(1, late))
+            try:
+                async with asyncio.timeout(3):
+                    closed = await old.read() == b""
+            except TimeoutError:
+                closed = False
+            old_writer.close()
+            new_writer.close()
+    finally:
+        await one.close()
+        one.storage.close()
+    return got, closed
+
+
+def test_a_late_frame_of_an_ended_run_showing_writes_its_storage_lost_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """A frame that outlived its process and shows writes the storage no longer holds (its
+    next run's hello, already accepted, says so) is not delivered: a promise the storage forgot
+    would count. It was delivered, and its sighting noted, after the hello had passed."""
+    got, closed = asyncio.run(_late_frame_of_an_ended_run(tmp_path, 9))
+    assert got == []
+    assert closed
+
+
+def test_a_late_frame_of_an_ended_run_within_what_its_storage_holds_is_delivered(
+    tmp_path: Path,
+) -> None:
+    got, closed = asyncio.run(_late_frame_of_an_ended_run(tmp_path, 6))
+    assert got == [Forward("late", b"")]
+    assert not closed
