@@ -603,7 +603,7 @@ class Transport:
         self._authenticated: dict[int, collections.deque[_Conn]] = collections.defaultdict(
             collections.deque
         )
-        self._latest: dict[int, Hello] = {}  # each peer's hello accepted last (_from_ended_run)
+        self._latest: dict[int, Hello] = {}  # each peer's latest run's hello (_note_latest)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -786,7 +786,7 @@ class Transport:
             expected += 1
             if isinstance(msg, Hello):
                 self._check_hello(peer, seq, msg)
-                self._latest[peer] = msg
+                self._note_latest(peer, msg)
                 hello = msg.stamp
             else:
                 if hello is not None and got.writes is not None:
@@ -796,6 +796,21 @@ class Transport:
                     self.storage.saw(peer, sighting)
                 self._heard(got.relay)
                 self.deliver(src, msg)
+
+    def _note_latest(self, peer: int, msg: Hello) -> None:
+        """Keep `msg` as `peer`'s latest hello unless it is of a run that the latest one
+        records as ended: hellos of two runs can be read in either order (both waiting in
+        this node's buffers). Taken as the latest, the ended run's hello would let its own
+        frames in unchecked (a vote its storage forgot) and refuse the live run's."""
+        latest = self._latest.get(peer)
+        if (
+            latest is None
+            or latest.stamp is None
+            or msg.stamp is None
+            or latest.stamp.nonce != msg.stamp.nonce
+            or msg.stamp.session not in {session for session, _ in latest.sessions[:-1]}
+        ):
+            self._latest[peer] = msg
 
     def _from_ended_run(self, peer: int, sighting: Stamp) -> str | None:
         """Why a frame showing `sighting` is dropped with its connection, if it is: it comes

@@ -199,3 +199,72 @@ def test_a_late_frame_of_an_ended_run_within_what_its_storage_holds_is_delivered
     got, closed = asyncio.run(_late_frame_of_an_ended_run(tmp_path, 6))
     assert got == [Forward("late", b"")]
     assert not closed
+
+
+async def _hellos_read_out_of_order(tmp: Path, run: int, writes: int) -> tuple[list[object], bool]:
+    """Node 2's storage has 0 writes (new, or a snapshot of it then); run 77 dialled node 1
+    (hello at 0 writes) and ended, and run 78 opened at 0 writes and dialled too. Node 1 reads
+    run 78's hello first, run 77's after it (say node 1 was stalled: both wait in its
+    buffers), then a frame of `run` at `writes` on that run's connection. What node 1
+    delivered, and whether it ended that connection."""
+    ports = {1: free_port(), 2: free_port()}
+    got: list[object] = []
+    one = peer_transport(tmp, 1, ports, lambda _src, msg: got.append(msg))
+    pki.issue(tmp / "ca", 2, tmp / "n2")
+    d = tmp / "n2"
+    tls = TlsFiles(d / pki.CA_FILE, d / pki.CERT_FILE, d / pki.KEY_FILE)
+    await one.start("127.0.0.1", ports[1])
+
+    async def dial(
+        session: int, opens: list[list[int]]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        reader, writer = await asyncio.open_connection(
+            "127.0.0.1",
+            ports[1],
+            ssl=transport.client_context(tls),
+            server_hostname=pki.node_name(1),
+        )
+        hello = {"src": 2, "dst": 1, "hello": "c", "stamp": [NONCE, 0], "opens": opens}
+        writer.write(transport.frame(0, msgpack.packb(hello)))
+        await _until(lambda: one.storage.seen.get(2) == Stamp(NONCE, 0, session))  # passed
+        return reader, writer
+
+    try:
+        async with asyncio.timeout(10):
+            conns = {78: await dial(78, [[77, 0], [78, 0]]), 77: await dial(77, [[77, 0]])}
+            reader, writer = conns[run]
+            writer.write(transport.frame(1, transport.encode(2, 1, Forward("m", b""), writes)))
+            try:
+                async with asyncio.timeout(3):
+                    closed = await reader.read() == b""
+            except TimeoutError:
+                closed = False
+            for _, w in conns.values():
+                w.close()
+    finally:
+        await one.close()
+        one.storage.close()
+    return got, closed
+
+
+def test_a_hello_of_an_ended_run_read_late_lets_no_vote_its_storage_lost_in(
+    tmp_path: Path,
+) -> None:
+    """Run 77 made 9 writes (a vote) after its hello; its storage went back to 0 writes and run
+    78 opened there. Node 1 reads run 78's hello, then run 77's (it passes: 0 writes shows no
+    revert), then run 77's vote: it must not count, as when the hellos came in order. It did:
+    the frame was checked against the hello read last (run 77's own), not the newest run's."""
+    got, closed = asyncio.run(_hellos_read_out_of_order(tmp_path, 77, 9))
+    assert got == []
+    assert closed
+
+
+def test_a_hello_of_an_ended_run_read_late_leaves_the_live_run_connected(
+    tmp_path: Path,
+) -> None:
+    """Run 78, live and healthy, makes its first write and sends a message: delivered, its
+    connection kept. It was refused (dropped with its connection, "a run it does not record")
+    because run 77's hello, read after run 78's, was taken as the newest."""
+    got, closed = asyncio.run(_hellos_read_out_of_order(tmp_path, 78, 1))
+    assert got == [Forward("m", b"")]
+    assert not closed
