@@ -33,15 +33,17 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
     """A follower's side: each frame in is answered by a small frame (an Accepted)."""
     reply = b"a" * 60
     seq = 0
+    watch = transport.BodyWatch(writer.transport.abort)  # as the PRM reads a peer's frames
     try:
         while True:
-            await transport.read_frame(reader, FRAME_LIMIT)
+            await transport.read_frame(reader, FRAME_LIMIT, watch)
             writer.write(transport.frame(seq, reply))
             seq += 1
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError, transport.FrameError):
         pass
     finally:
+        watch.close()
         writer.close()
 
 
@@ -62,12 +64,14 @@ async def _round(
     protocol = ssl_object.version() if ssl_object is not None else "plain TCP"
     payload = b"p" * size
     rtts = []
+    watch = transport.BodyWatch(writer.transport.abort)  # the leader reads the Accepted so
     for seq in range(count):
         sent = time.perf_counter()
         writer.write(transport.frame(seq, payload))
         await writer.drain()
-        await transport.read_frame(reader, FRAME_LIMIT)
+        await transport.read_frame(reader, FRAME_LIMIT, watch)
         rtts.append(time.perf_counter() - sent)
+    watch.close()
     writer.close()
     await writer.wait_closed()  # the follower's side sees the end and returns
     return connect, rtts, protocol

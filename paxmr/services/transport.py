@@ -425,11 +425,10 @@ class BodyWatch:
             self._timer = None
 
 
-async def read_frame(
-    reader: asyncio.StreamReader, limit: int, watch: BodyWatch | None = None
-) -> bytes:
+async def read_frame(reader: asyncio.StreamReader, limit: int, watch: BodyWatch | None) -> bytes:
     """The next frame's body. Its length prefix may wait forever; the body must follow it
-    within BODY_TIMEOUT, timed by `watch` (the connection's) or else here."""
+    within BODY_TIMEOUT, timed by `watch` (the connection's). None: the caller bounds the
+    whole read itself (ask_cluster's answer, within CONNECT_TIMEOUT)."""
     try:
         header = await reader.readexactly(_LENGTH.size)
     except asyncio.IncompleteReadError as exc:
@@ -439,22 +438,17 @@ async def read_frame(
     (length,) = _LENGTH.unpack(header)
     if length > limit + _SEQ.size or length <= _SEQ.size:
         raise FrameError(f"frame length {length} outside ({_SEQ.size}, {limit + _SEQ.size}]")
-    late = f"frame body not received within {BODY_TIMEOUT} s"
-    try:
-        if watch is None:
-            async with asyncio.timeout(BODY_TIMEOUT):
-                return await reader.readexactly(length)
+    if watch is not None:
         watch.start()
-        try:
-            return await reader.readexactly(length)
-        finally:
-            watch.since = None
-    except TimeoutError:
-        raise FrameError(late) from None
+    try:
+        return await reader.readexactly(length)
     except (asyncio.IncompleteReadError, ssl.SSLError, ConnectionError):
         if watch is not None and watch.expired:
-            raise FrameError(late) from None
+            raise FrameError(f"frame body not received within {BODY_TIMEOUT} s") from None
         raise Truncated("truncated frame") from None
+    finally:
+        if watch is not None:
+            watch.since = None
 
 
 class Outbox:
@@ -939,7 +933,7 @@ async def ask_cluster(me: int, peer: NodeAddress, tls: TlsFiles) -> Hello | None
     try:
         writer.write(frame(0, hello(me, peer.id, Hello("", ask=True))))
         async with asyncio.timeout(CONNECT_TIMEOUT):
-            body = await read_frame(reader, MAX_STR_LEN)
+            body = await read_frame(reader, MAX_STR_LEN, None)
         msg = decode(body, me, MAX_STR_LEN).msg
     except (FrameError, OSError, TimeoutError, asyncio.IncompleteReadError, ssl.SSLError):
         return None
