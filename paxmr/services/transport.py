@@ -597,7 +597,7 @@ class Transport:
         self._authenticated: dict[int, collections.deque[_Conn]] = collections.defaultdict(
             collections.deque
         )
-        self._latest: dict[int, Hello] = {}  # each peer's latest run's hello (_note_latest)
+        self._latest: dict[int, Hello] = {}  # each peer's hello accepted last (_from_ended_run)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -780,7 +780,7 @@ class Transport:
             expected += 1
             if isinstance(msg, Hello):
                 self._check_hello(peer, seq, msg)
-                self._note_latest(peer, msg)
+                self._latest[peer] = msg
                 hello = msg.stamp
             else:
                 if hello is not None and got.writes is not None:
@@ -790,21 +790,6 @@ class Transport:
                     self.storage.saw(peer, sighting)
                 self._heard(got.relay)
                 self.deliver(src, msg)
-
-    def _note_latest(self, peer: int, msg: Hello) -> None:
-        """Keep `msg` as `peer`'s latest hello unless it is of a run that the latest one
-        records as ended: hellos of two runs can be read in either order (both waiting in
-        this node's buffers). Taken as the latest, the ended run's hello would let its own
-        frames in unchecked (a vote its storage forgot) and refuse the live run's."""
-        latest = self._latest.get(peer)
-        if (
-            latest is None
-            or latest.stamp is None
-            or msg.stamp is None
-            or latest.stamp.nonce != msg.stamp.nonce
-            or msg.stamp.session not in {session for session, _ in latest.sessions[:-1]}
-        ):
-            self._latest[peer] = msg
 
     def _from_ended_run(self, peer: int, sighting: Stamp) -> str | None:
         """Why a frame showing `sighting` is dropped with its connection, if it is: it comes
@@ -823,6 +808,17 @@ class Transport:
         return why and (
             f"a frame from an ended run of node {peer} shows it holding {why}: its storage went"
             " back since that frame was sent; dropped, with its connection"
+        )
+
+    def _ended(self, peer: int, stamp: Stamp) -> bool:
+        """Whether `stamp` is of a run of `peer`'s storage that the hello accepted last
+        records as ended (a session in its opens before its own)."""
+        latest = self._latest.get(peer)
+        return (
+            latest is not None
+            and latest.stamp is not None
+            and latest.stamp.nonce == stamp.nonce
+            and stamp.session in {session for session, _ in latest.sessions[:-1]}
         )
 
     def _heard(self, relay: tuple[Relayed, ...]) -> None:
@@ -844,6 +840,14 @@ class Transport:
             self.went_back(why)
             raise WentBack(why)
         if msg.stamp is not None:
+            if self._ended(peer, msg.stamp):
+                # Read after its next run's (delayed in the network, say): what it sent is
+                # stale, and its frames checked against its own hello would skip the check of
+                # _from_ended_run. Not a storage that went back (refusal would say so).
+                raise FrameError(
+                    f"a hello of an ended run of node {peer}, read after its next run's;"
+                    " dropped, with its connection"
+                )
             if why := self.storage.refusal(peer, msg.stamp, msg.sessions):
                 raise WentBack(why)
             self.storage.saw(peer, msg.stamp)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import msgpack
 import pytest
+from structlog.testing import capture_logs
 
 from paxmr import pki
 from paxmr.paxos.messages import Forward, Message
@@ -201,12 +202,22 @@ def test_a_late_frame_of_an_ended_run_within_what_its_storage_holds_is_delivered
     assert not closed
 
 
-async def _hellos_read_out_of_order(tmp: Path, run: int, writes: int) -> tuple[list[object], bool]:
-    """Node 2's storage has 0 writes (new, or a snapshot of it then); run 77 dialled node 1
-    (hello at 0 writes) and ended, and run 78 opened at 0 writes and dialled too. Node 1 reads
-    run 78's hello first, run 77's after it (say node 1 was stalled: both wait in its
-    buffers), then a frame of `run` at `writes` on that run's connection. What node 1
-    delivered, and whether it ended that connection."""
+async def _closed(reader: asyncio.StreamReader, wait: float = 3) -> bool:
+    try:
+        async with asyncio.timeout(wait):
+            return await reader.read() == b""
+    except TimeoutError:
+        return False
+
+
+async def _hellos_read_out_of_order(
+    tmp: Path, run: int, writes: int, hellos: tuple[int, int] = (0, 0)
+) -> tuple[list[object], bool]:
+    """Node 2's run 77 dialled node 1 (its hello at `hellos`[0] writes) and ended; run 78
+    opened at `hellos`[1] writes and dialled too. Node 1 reads run 78's hello first, run 77's
+    after it (delayed in the network: its segment lost and sent again), then a frame of `run`
+    at `writes` on that run's connection. What node 1 delivered, and whether it ended that
+    connection."""
     ports = {1: free_port(), 2: free_port()}
     got: list[object] = []
     one = peer_transport(tmp, 1, ports, lambda _src, msg: got.append(msg))
@@ -216,7 +227,7 @@ async def _hellos_read_out_of_order(tmp: Path, run: int, writes: int) -> tuple[l
     await one.start("127.0.0.1", ports[1])
 
     async def dial(
-        session: int, opens: list[list[int]]
+        writes: int, opens: list[list[int]]
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1",
@@ -224,23 +235,28 @@ async def _hellos_read_out_of_order(tmp: Path, run: int, writes: int) -> tuple[l
             ssl=transport.client_context(tls),
             server_hostname=pki.node_name(1),
         )
-        hello = {"src": 2, "dst": 1, "hello": "c", "stamp": [NONCE, 0], "opens": opens}
+        hello = {"src": 2, "dst": 1, "hello": "c", "stamp": [NONCE, writes], "opens": opens}
         writer.write(transport.frame(0, msgpack.packb(hello)))
-        await _until(lambda: one.storage.seen.get(2) == Stamp(NONCE, 0, session))  # passed
         return reader, writer
 
+    def message() -> bytes:
+        return transport.frame(1, transport.encode(2, 1, Forward("m", b""), writes))
+
     try:
-        async with asyncio.timeout(10):
-            conns = {78: await dial(78, [[77, 0], [78, 0]]), 77: await dial(77, [[77, 0]])}
-            reader, writer = conns[run]
-            writer.write(transport.frame(1, transport.encode(2, 1, Forward("m", b""), writes)))
-            try:
-                async with asyncio.timeout(3):
-                    closed = await reader.read() == b""
-            except TimeoutError:
-                closed = False
-            for _, w in conns.values():
-                w.close()
+        async with asyncio.timeout(20):
+            new, new_writer = await dial(hellos[1], [[77, 0], [78, hellos[1]]])
+            await _until(lambda: one.storage.seen.get(2) == Stamp(NONCE, hellos[1], 78))
+            old, old_writer = await dial(hellos[0], [[77, 0]])
+            if run == 77:
+                old_writer.write(message())
+                closed = await _closed(old)
+            else:
+                # Run 77's hello was read (its connection ended, or not within 3 s).
+                await _closed(old)
+                new_writer.write(message())
+                closed = await _closed(new)
+            old_writer.close()
+            new_writer.close()
     finally:
         await one.close()
         one.storage.close()
@@ -251,9 +267,9 @@ def test_a_hello_of_an_ended_run_read_late_lets_no_vote_its_storage_lost_in(
     tmp_path: Path,
 ) -> None:
     """Run 77 made 9 writes (a vote) after its hello; its storage went back to 0 writes and run
-    78 opened there. Node 1 reads run 78's hello, then run 77's (it passes: 0 writes shows no
-    revert), then run 77's vote: it must not count, as when the hellos came in order. It did:
-    the frame was checked against the hello read last (run 77's own), not the newest run's."""
+    78 opened there. Node 1 reads run 78's hello, then run 77's (0 writes: no revert shows in
+    it), then run 77's vote: it must not count, as when the hellos came in order. It did: the
+    frame was checked against the hello read last (run 77's own), not the newest run's."""
     got, closed = asyncio.run(_hellos_read_out_of_order(tmp_path, 77, 9))
     assert got == []
     assert closed
@@ -268,3 +284,17 @@ def test_a_hello_of_an_ended_run_read_late_leaves_the_live_run_connected(
     got, closed = asyncio.run(_hellos_read_out_of_order(tmp_path, 78, 1))
     assert got == [Forward("m", b"")]
     assert not closed
+
+
+def test_a_hello_of_an_ended_run_read_late_is_no_alarm(tmp_path: Path) -> None:
+    """A healthy restart (run 77's hello at 5 writes, run 78 opened at 6) whose old hello is
+    read late: its connection ends (the run ended: what it sent is stale), but the log does not
+    say the node went back in time and must fence, an alarm an operator acts on. It did (run
+    78's 6 writes, in a run run 77's hello does not record)."""
+    with capture_logs() as logged:
+        got, closed = asyncio.run(_hellos_read_out_of_order(tmp_path, 77, 5, (5, 6)))
+    assert got == []
+    assert closed
+    reasons = [str(e.get("reason")) for e in logged if e["log_level"] == "warning"]
+    assert reasons
+    assert not [r for r in reasons if "went back" in r or "fence" in r], reasons
