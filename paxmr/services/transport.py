@@ -799,8 +799,10 @@ class Transport:
         would be a promise or a vote the storage forgot. Lost in the network instead, they
         are harmless, and the live run dials again."""
         latest = self._latest.get(peer)
-        if latest is None or latest.stamp is None or latest.stamp.session == sighting.session:
+        if latest is None or latest.stamp is None:
             return None
+        if (latest.stamp.nonce, latest.stamp.session) == (sighting.nonce, sighting.session):
+            return None  # the same run (or, from a paxmr before sessions, the same storage)
         if latest.stamp.nonce != sighting.nonce:
             why: str | None = "a storage it has since replaced"
         else:

@@ -137,11 +137,19 @@ def test_a_message_after_the_hello_is_a_sighting_in_the_hellos_session(tmp_path:
     assert seen == Stamp(NONCE, 9, 77)
 
 
-async def _late_frame_of_an_ended_run(tmp: Path, writes: int) -> tuple[list[object], bool]:
+Dial = tuple[list[int], list[list[int]] | None]  # a hello's stamp (nonce, writes, session), opens
+
+
+async def _late_frame_of_an_ended_run(
+    tmp: Path,
+    writes: int,
+    old_hello: Dial = ([NONCE, 5, 77], [[77, 0]]),
+    new_hello: Dial = ([NONCE, 6, 78], [[77, 0], [78, 6]]),
+) -> tuple[list[object], bool]:
     """Node 2's run 77 connects to node 1 (hello at 5 writes); its storage is reverted to 6
     writes and run 78 connects (hello: run 77 ended at 6); then a frame of run 77 at `writes`
-    arrives late on the first connection. What node 1 delivered, and whether it ended that
-    connection."""
+    arrives late on the first connection (or: hellos `old_hello` and `new_hello`). What node 1
+    delivered, and whether it ended that connection."""
     ports = {1: free_port(), 2: free_port()}
     got: list[object] = []
     one = peer_transport(tmp, 1, ports, lambda _src, msg: got.append(msg))
@@ -151,7 +159,7 @@ async def _late_frame_of_an_ended_run(tmp: Path, writes: int) -> tuple[list[obje
     await one.start("127.0.0.1", ports[1])
 
     async def dial(  # stamp: nonce, writes, session (the last of opens, on the wire)
-        stamp: list[int], opens: list[list[int]]
+        stamp: list[int], opens: list[list[int]] | None
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         reader, writer = await asyncio.open_connection(
             "127.0.0.1",
@@ -166,8 +174,8 @@ async def _late_frame_of_an_ended_run(tmp: Path, writes: int) -> tuple[list[obje
 
     try:
         async with asyncio.timeout(10):
-            old, old_writer = await dial([NONCE, 5, 77], [[77, 0]])
-            _, new_writer = await dial([NONCE, 6, 78], [[77, 0], [78, 6]])
+            old, old_writer = await dial(*old_hello)
+            _, new_writer = await dial(*new_hello)
             late = transport.encode(2, 1, Forward("late", b""), writes)
             old_writer.write(transport.frame(1, late))
             try:
@@ -200,6 +208,20 @@ def test_a_late_frame_of_an_ended_run_within_what_its_storage_holds_is_delivered
     got, closed = asyncio.run(_late_frame_of_an_ended_run(tmp_path, 6))
     assert got == [Forward("late", b"")]
     assert not closed
+
+
+def test_a_late_frame_of_a_replaced_storage_of_a_peer_before_sessions_is_dropped(
+    tmp_path: Path,
+) -> None:
+    """A paxmr before sessions (hellos without opens: session 0) whose storage was replaced
+    (another nonce): a late frame of the old storage is not delivered, as from a paxmr with
+    sessions. It was: both hellos' session 0 passed for "the same run"."""
+    old: Dial = ([NONCE, 5, 0], None)
+    got, closed = asyncio.run(
+        _late_frame_of_an_ended_run(tmp_path, 5, old, ([NONCE + 1, 0, 0], None))
+    )
+    assert got == []
+    assert closed
 
 
 async def _closed(reader: asyncio.StreamReader, wait: float = 3) -> bool:
