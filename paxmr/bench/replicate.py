@@ -143,6 +143,14 @@ def _leader(nodes: list[Settings], timeout: float = 10.0) -> int:
     raise RuntimeError("no leader elected")
 
 
+def _applied_everywhere(nodes: list[Settings], leader: Settings) -> None:
+    """Wait until every node shows what the leader shows (its catalog's digest)."""
+    target = _status(leader)["digest"]
+    for s in nodes:
+        while _status(s)["digest"] != target:
+            time.sleep(0.005)
+
+
 def _ms(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 3)
@@ -215,8 +223,10 @@ def run(sequential: int, concurrent: int, catchup: int) -> dict[str, Any]:
         cpu.append(_cpu_seconds(root))
         # Untimed: the first tallies start the worker processes that encode and summarize
         # them (small entries need none), 0.3-0.5 s of CPU each, which would be counted as
-        # some 40 ms of every timed tally's CPU.
+        # some 40 ms of every timed tally's CPU. The followers' workers start once they apply
+        # one, after the leader answered: every node shows them before the timed ones start.
         _one_client(leader, big, 3)
+        _applied_everywhere(nodes, leader)
         cpu.append(_cpu_seconds(root))
         big_lat = _one_client(leader, big, 30)
         cpu.append(_cpu_seconds(root))
