@@ -77,14 +77,16 @@ def encode(
             line = 2  # of the block's first count (the header is line 1)
             for block, digits in _pass(f, file, block_bytes, lines, sha):
                 numbers = list(map(_NUMBERS.__getitem__, digits))
-                if max(numbers, default=0) > _MAX_COUNT:  # msgpack's integers end there
+                try:
+                    packed = _packed_items(numbers)
+                except OverflowError:  # msgpack's integers end at 2**64 - 1
                     at = line + next(i for i, n in enumerate(numbers) if n > _MAX_COUNT)
                     raise tally.TallyError(
                         f"{file}:{at}: a count over 2**64 - 1 cannot be replicated"
-                    )
+                    ) from None
                 line += len(numbers)
                 total += sum(numbers)
-                packed_counts.write(_packed_items(numbers))
+                packed_counts.write(packed)
                 yield block
 
         def counts() -> Iterator[bytes]:
