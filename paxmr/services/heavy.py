@@ -52,7 +52,8 @@ class Busy(Exception):
 class Pool:
     """A process pool that admits at most ``limit`` calls at a time (running or queued).
 
-    Its processes start on first use (a replica that only ever sees small values has none)."""
+    Its processes start on first use (a replica that only ever sees small values has none),
+    or when ``start`` is called."""
 
     def __init__(self, name: str, workers: int, limit: int | None = None) -> None:
         self.name = name
@@ -97,6 +98,13 @@ class Pool:
         logs.get().warning("worker_processes_unavailable", pool=self.name, error=repr(exc))
         self.threads = True
         return ThreadPoolExecutor(self.workers, thread_name_prefix=self.name)
+
+    def start(self) -> None:
+        """Start a worker now, not with the first call: the executor starts one per call
+        submitted, up to ``workers``, and this call does nothing. (Starting one failed: the
+        first real call finds out, as without this.)"""
+        with contextlib.suppress(OSError):
+            self._executor.submit(int)
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:

@@ -746,6 +746,14 @@ class Prm:
     async def drive(self) -> None:
         await self.join()
         await self.hear_founders()
+        # The apply worker starts now, not on first use: its start is a new interpreter that
+        # imports paxmr.services.heavy (0.37 s of CPU), and a new pool's first answer took 7.9
+        # and 11.4 s at load average 16. On first use that wait fell inside a request's
+        # replicate timeout (5 s, 3 s in the tests): the leader checks a forwarded large value
+        # there, so a follower's first replicate after a start was refused (test_assignment's
+        # three concurrent runs at load 15-19: the leader proposed the two forwarded tallies
+        # 3.4 s after they came).
+        self.apply_pool.start()
         loop = asyncio.get_running_loop()
         while True:
             if not self.wake.is_set():

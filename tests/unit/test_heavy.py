@@ -50,6 +50,32 @@ def test_a_pool_whose_worker_died_works_again() -> None:
     asyncio.run(scenario())
 
 
+def _named(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def test_a_started_pool_has_its_worker_before_its_first_call() -> None:
+    """Pool.start: the worker starts now (the PRM's apply pool, once the node serves), not
+    with the first call, whose caller would wait for a new interpreter's imports."""
+
+    async def scenario() -> None:
+        pool = heavy.Pool("started early", 1)
+        try:
+            pool.start()
+            deadline = time.monotonic() + 60  # an interpreter's start on a loaded host
+            while heavy.comm(pool.name) not in {_named(c) for c in heavy.children()}:
+                assert time.monotonic() < deadline, "no worker before the first call"
+                await asyncio.sleep(0.05)
+            assert await pool.run(int, "4") == 4
+        finally:
+            pool.close()
+
+    asyncio.run(scenario())
+
+
 def _obj(name: str, words: dict[bytes, int]) -> LogObject:
     return LogObject.from_counts(name, 1, name, sorted(words.items()))
 
