@@ -79,7 +79,6 @@ CLOSED: dict[str, bytes] = {
     # The first frame is the hello, whose checks the frames after it must not skip.
     "unreadable_first_frame": wire.frame(0, DROPPED["not_msgpack"]),
 }
-HELLO = msgpack.packb({"src": SENDER, "dst": TARGET, "hello": ""})
 
 
 @pytest.mark.parametrize("case", sorted(DROPPED))
@@ -88,7 +87,7 @@ def test_malformed_frame_from_a_peer_is_dropped_and_logged(cluster: Cluster, cas
     offset = wire.log_offset(node)
     with wire.as_node(node, wire.tls_dir(cluster.root, SENDER)) as sock:
         port = sock.getsockname()[1]
-        sock.sendall(wire.frame(0, HELLO) + wire.frame(1, DROPPED[case]))
+        sock.sendall(wire.frame(0, wire.hello(SENDER, TARGET)) + wire.frame(1, DROPPED[case]))
         # The connection is still read: the next frame (also bad) is logged too.
         sock.sendall(wire.frame(2, _p({"k": "bogus"})))
 
@@ -279,10 +278,10 @@ def test_a_peer_whose_storage_went_back_is_refused(cluster: Cluster) -> None:
     with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
         (nonce,) = conn.execute("SELECT value FROM meta WHERE key = 'nonce'").fetchone()
     offset = wire.log_offset(leader)
-    hello = {"src": sender.id, "dst": leader.id, "hello": "", "stamp": [nonce, 0]}
+    hello = wire.hello(sender.id, leader.id, stamp=[nonce, 0])
     prepare = wire.payload(HOSTILE_PREPARE, sender.id, leader.id)
     with wire.as_node(leader, wire.tls_dir(cluster.root, sender.id)) as sock:
-        sock.sendall(wire.frame(0, msgpack.packb(hello)) + wire.frame(1, prepare))
+        sock.sendall(wire.frame(0, hello) + wire.frame(1, prepare))
         assert wire.closed_by_peer(sock)
     reasons = [str(e["reason"]) for e in leader.log_events("peer_refused", after=offset)]
     assert any("storage went back in time" in r for r in reasons), reasons
@@ -303,14 +302,14 @@ def test_a_peer_showing_a_storage_it_replaced_is_refused() -> None:
         with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
             (nonce,) = conn.execute("SELECT value FROM meta WHERE key = 'nonce'").fetchone()
         tls = wire.tls_dir(cluster.root, sender.id)
-        newer = {"src": sender.id, "dst": leader.id, "hello": "", "stamp": [nonce ^ 1, 0]}
+        newer = wire.hello(sender.id, leader.id, stamp=[nonce ^ 1, 0])
         with wire.as_node(leader, tls) as sock:  # the follower's storage replaced
-            sock.sendall(wire.frame(0, msgpack.packb(newer)))
+            sock.sendall(wire.frame(0, newer))
         offset = wire.log_offset(leader)
-        older = {"src": sender.id, "dst": leader.id, "hello": "", "stamp": [nonce, 10**6]}
+        older = wire.hello(sender.id, leader.id, stamp=[nonce, 10**6])
         prepare = wire.payload(HOSTILE_PREPARE, sender.id, leader.id)
         with wire.as_node(leader, tls) as sock:
-            sock.sendall(wire.frame(0, msgpack.packb(older)) + wire.frame(1, prepare))
+            sock.sendall(wire.frame(0, older) + wire.frame(1, prepare))
             assert wire.closed_by_peer(sock)
         reasons = [str(e["reason"]) for e in leader.log_events("peer_refused", after=offset)]
         assert any(f"is one node {sender.id} had replaced" in r for r in reasons), reasons

@@ -136,7 +136,7 @@ def _record_heartbeat(cluster: Cluster, leader: int, follower: Node) -> bytes:
     with ctx.wrap_socket(raw, server_hostname=pki.node_name(follower.id)) as sock:
         # The hello first, as every dialler sends it (an unreadable first frame ends the
         # connection before the session is recorded).
-        sock.sendall(wire.frame(0, msgpack.packb({"src": leader, "dst": follower.id, "hello": ""})))
+        sock.sendall(wire.frame(0, wire.hello(leader, follower.id)))
         for seq in range(1, 6):
             sock.sendall(wire.frame(seq, wire.payload(heartbeat, leader, follower.id)))
             time.sleep(0.05)
@@ -205,8 +205,7 @@ def _huge_frame(src: int, dst: int) -> bytes:
     head = msgpack.packb({"src": src, "dst": dst}, use_bin_type=True)
     body = b"\x83" + head[1:] + msgpack.packb("msg") + b"\xdd" + struct.pack(">I", count)
     body += inner * count
-    hello = msgpack.packb({"src": src, "dst": dst, "hello": ""})
-    return wire.frame(0, hello) + wire.frame(1, body)
+    return wire.frame(0, wire.hello(src, dst)) + wire.frame(1, body)
 
 
 def test_huge_frame_to_the_leader_does_not_stall_its_heartbeats(healthy: Cluster) -> None:

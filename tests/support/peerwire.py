@@ -26,6 +26,13 @@ def payload(msg: object, src: object = 2, dst: object = 1) -> bytes:
     return packed
 
 
+def hello(src: object, dst: object, **fields: object) -> bytes:
+    """The payload of a connection's first frame, which every dialler sends, naming no cluster
+    (the listener then skips that check), with ``fields`` (a ``stamp``, say) added."""
+    packed: bytes = msgpack.packb({"src": src, "dst": dst, "hello": "", **fields})
+    return packed
+
+
 def frame(seq: int, body: bytes) -> bytes:
     return struct.pack(">IQ", 8 + len(body), seq) + body
 
