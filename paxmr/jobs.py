@@ -98,5 +98,6 @@ def replicate(settings: Settings, file: str, request_id: str | None = None) -> R
             "unknown_outcome",
             f"no answer from the PRM ({exc}); the entry may still land: retry with"
             f" --request-id {args['request_id']}",
+            request_id=args["request_id"],
         ) from exc
     return result

@@ -33,6 +33,7 @@ from tests.support.wait import wait_until
 pytestmark = pytest.mark.integration
 
 FILE = "small_reduced"
+CLI_START = 30.0  # a loaded machine's `paxmr` start, before its request reaches the PRM
 
 
 def _others(cluster: Cluster, node_id: int) -> list[Node]:
@@ -180,6 +181,45 @@ def test_no_quorum_outcome_is_unknown_and_a_retry_with_its_request_id_lands_once
     assert ids.count(rid) == 1
     assert len(ids) == count + 1
     assert ids.index(rid) == position
+
+
+def test_a_prm_killed_while_a_replicate_waits_exits_5_naming_the_request_id(
+    healthy: Cluster,
+) -> None:
+    """The PRM dies before it answers: the CLI cannot know whether the entry lands, so it says
+    so with the no-quorum exit code (5) and the request id, like the PRM's own unknown outcomes,
+    and a retry with that id lands the tally once."""
+    cluster = healthy
+    lonely = cluster.node(cluster.leader())
+    stopped = _others(cluster, lonely.id)
+    cluster.converged()
+    for n in stopped:
+        assert n.cli("stop").returncode == 0
+    try:
+        waiting = lonely.popen("replicate", FILE)
+
+        # Pending at the PRM (no quorum: it waits up to the replicate timeout), then killed.
+        def pending() -> bool:
+            assert waiting.poll() is None, "the CLI ended before its replicate was seen pending"
+            status = lonely.status()
+            return int(status["in_flight"]) + int(status["pending"]) > 0
+
+        wait_until(pending, "the replicate pending at the PRM", timeout=CLI_START, interval=0.02)
+        sigkill(lonely.prm_pid())
+        _, err = waiting.communicate(timeout=REPLICATE_TIMEOUT * 3)
+    finally:
+        for n in stopped:
+            n.cli("resume")
+    assert waiting.returncode == 5, err
+    assert "may still land" in err, err
+    [rid] = re.findall(r"--request-id ([0-9a-f]{32})", err)
+    with service_env():
+        local.restart(cluster.root, lonely.id, "prm")
+    retry = lonely.cli("-o", "json", "replicate", FILE, "--request-id", rid)
+    assert retry.returncode == 0, retry.stderr
+    cluster.converged()
+    ids = [e["request_id"] for e in lonely.call("print")["entries"]]
+    assert ids.count(rid) == 1
 
 
 def test_a_replicate_reported_as_refused_never_lands(healthy: Cluster) -> None:

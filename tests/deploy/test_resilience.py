@@ -34,18 +34,19 @@ def same_request(stderr: str) -> tuple[str, ...]:
 
 
 def run_job(cluster: Cluster, host: str, name: str, timeout: float = 90) -> dict[str, object]:
-    """`paxmr run`, retried while there is no quorum yet (an election in progress), with the
-    request id the last answer named."""
+    """`paxmr run`, retried while there is no quorum yet (an election in progress) or the
+    outcome is unknown (exit 5 for both), with the request id the first such answer named."""
     stderr = [""]
+    retry: list[tuple[str, ...]] = [()]
 
     def attempt() -> dict[str, object] | None:
-        retry = same_request(stderr[0])
-        proc = cluster.cli(host, "-o", "json", "run", name, *retry, timeout=timeout)
+        proc = cluster.cli(host, "-o", "json", "run", name, *retry[0], timeout=timeout)
         if proc.returncode == 0:
             result: dict[str, object] = json.loads(proc.stdout)
             return result
         assert proc.returncode == EXIT_NO_QUORUM, proc.stderr
         stderr[0] = proc.stderr
+        retry[0] = retry[0] or same_request(proc.stderr)
         return None
 
     return wait_until(attempt, lambda: f"a quorum ({stderr[0]})", timeout=timeout, interval=1)
