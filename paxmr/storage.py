@@ -673,8 +673,15 @@ def _new_nonce(conn: sqlite3.Connection) -> None:
 
 def _new_session(conn: sqlite3.Connection) -> None:
     """Open a new session of the storage at its write count (stamps.went_back), keeping the
-    latest SESSIONS_KEPT. In open's transaction, fsynced before any stamp of it is sent."""
+    latest SESSIONS_KEPT. In open's transaction, fsynced before any stamp of it is sent.
+    A session that opened at more writes than the storage holds is another storage's: a paxmr
+    before sessions that named a new one (a demotion) left the old one's rows. Kept, the
+    oldest of them could open above a write count a peer saw in a run that a reverted
+    snapshot does not record, and hide the revert (went_back needs every recorded session to
+    have opened at or below the storage's count). Those that opened lower only make it
+    stricter, and being older than every run of this storage they are trimmed first."""
     (writes,) = conn.execute("SELECT value FROM meta WHERE key = 'writes'").fetchone()
+    conn.execute("DELETE FROM sessions WHERE start > ?", (writes,))
     conn.execute("INSERT INTO sessions VALUES (?, ?)", (1 + secrets.randbits(62), writes))
     conn.execute(
         "DELETE FROM sessions WHERE rowid NOT IN"

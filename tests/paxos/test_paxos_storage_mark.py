@@ -10,8 +10,8 @@ import sqlite3
 from pathlib import Path
 
 from paxmr.paxos import Ballot, Entry, LogEntry, Persist
-from paxmr.stamps import SESSIONS_KEPT, Stamp
-from paxmr.storage import Identity, Storage, mark_path
+from paxmr.stamps import SESSIONS_KEPT, Sightings, Stamp
+from paxmr.storage import Identity, Storage, forget, mark_path
 
 A = Entry("a", b"alpha")
 
@@ -262,3 +262,55 @@ def test_each_open_is_a_session_and_the_sessions_seen_survive_a_restart(tmp_path
     old = Storage.open(db)
     assert old.seen == {2: Stamp(7, 10)}
     assert len(old.sessions) == 1
+
+
+def test_a_revert_after_a_downgrade_and_an_upgrade_is_caught(tmp_path: Path) -> None:
+    """A paxmr before sessions that demotes a storage names a new nonce but leaves the old
+    one's session rows (it knows no sessions table). After the upgrade they stood first in
+    the new storage's sessions: where the old storage had started more than SESSIONS_KEPT
+    times, the oldest of them opened at more writes than the new storage holds, and a
+    snapshot reverted that does not record a run a peer saw at fewer writes than that passed
+    (stamps.went_back: the oldest recorded session's start)."""
+    db = tmp_path / "prm.db"
+    Storage.open(db, bootstrap=True, identity=Identity("c", (1, 2, 3)), node=2).close()
+    for k in range(SESSIONS_KEPT + 1):  # the old nonce's runs, 5 writes each
+        old = Storage.open(db, node=2)
+        for n in range(5):
+            _write(old, 5 * k + n + 1)
+        old.close()
+    assert old.sessions[0][1] == 5
+    # The demotion as a paxmr before sessions made it: storage.forget (unchanged since), its
+    # _new_nonce (a new name at 0 writes, the sessions table untouched) and its mark; then it
+    # wrote once, without sessions.
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        forget(conn)
+        conn.execute("INSERT INTO meta VALUES ('nonce', 12345)")
+        conn.execute("INSERT OR REPLACE INTO meta VALUES ('writes', 1)")
+        conn.commit()
+    mark_path(db).write_text('{"nonce": 12345, "writes": 1}')
+    # The upgrade: a run to 2 writes, a snapshot of the directory (database and mark), a run
+    # the snapshot does not record, in which a peer sees 4 writes.
+    new = Storage.open(db, node=2)
+    assert new.demoted is None
+    _write(new, 1000)
+    new.close()
+    snapshot = tmp_path / "snapshot.db"
+    _copy(db, snapshot)
+    marked = mark_path(db).read_text()
+    new = Storage.open(db, node=2)
+    _write(new, 1001)
+    _write(new, 1002)
+    seen = new.stamp
+    assert seen.writes == 4
+    new.close()
+    _put_back(snapshot, db)
+    mark_path(db).write_text(marked)
+    reverted = Storage.open(db, node=2)
+    assert reverted.demoted is None  # its mark agrees with it: only the peer can tell
+    assert reverted.stamp.writes == 2
+    why = reverted.behind(1, seen)
+    assert why is not None
+    assert "in a run of it that it does not record" in why
+    peer = Sightings()
+    peer.saw(2, seen)
+    assert peer.refusal(2, reverted.stamp, reverted.sessions) is not None
