@@ -142,7 +142,12 @@ class Sightings:
 
     def refusal(self, peer: int, stamp: Stamp, sessions: Sessions = ()) -> str | None:
         """Why a connection from `peer` whose hello shows `stamp` and its storage's latest
-        opens (`sessions`) is refused, if it is: its storage went back in time (went_back)."""
+        opens (`sessions`) is refused, if it is: its storage went back in time (went_back).
+        Not from a sighting in the run the hello comes from: a run's writes only grow (a
+        storage put back opens another run), and a hello may be older than what another node
+        relays of its run (sent before the writes the relay shows, read after the relay).
+        A VM whose memory is reverted with its disk goes on in its run too; that no stamp
+        shows, but what its peers saw of it is still shown to it (behind)."""
         if self.replaced(peer, stamp.nonce):
             return (
                 f"node {peer}'s storage went back in time: it is one node {peer} had replaced"
@@ -150,7 +155,12 @@ class Sightings:
                 " it votes again"
             )
         known = self.seen.get(peer)
-        if known and known.nonce == stamp.nonce and (why := went_back(sessions, stamp, known)):
+        if (
+            known
+            and known.nonce == stamp.nonce
+            and (not known.session or known.session != stamp.session)
+            and (why := went_back(sessions, stamp, known))
+        ):
             return (
                 f"node {peer}'s storage went back in time: this node saw it hold {why} (a VM"
                 " snapshot reverted, or its state directory restored?); it must fence before"

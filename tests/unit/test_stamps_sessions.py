@@ -100,3 +100,21 @@ def test_a_relay_of_another_run_does_not_replace_what_a_node_saw() -> None:
     assert one.seen[2] == Stamp(NONCE, 5, 1)
     one.heard(2, Stamp(NONCE, 7, 1), ())
     assert one.seen[2] == Stamp(NONCE, 7, 1)
+
+
+def test_a_hello_older_than_a_relay_of_its_own_run_is_let_in() -> None:
+    """Node 2 dialled node 1 with its hello at 10 writes in session 1, then wrote an 11th; a
+    node that heard it relays the 11 to node 1 before node 1 reads the hello. The run's writes
+    only grow (a storage put back opens another run), so the hello is an earlier moment of it,
+    not a revert: let in (it was refused, and node 2 dialled again). A revert is still caught
+    from any other run, and a hello without sessions is still compared by counts."""
+    one = _seen(Stamp(NONCE, 10, 1))
+    one.heard(2, Stamp(NONCE, 11, 1), ())
+    assert one.seen[2] == Stamp(NONCE, 11, 1)
+    assert one.refusal(2, Stamp(NONCE, 10, 1), ((1, 0),)) is None
+    assert one.refusal(2, Stamp(NONCE, 12, 2), ((1, 0), (2, 10))) is not None  # put back at 10
+    assert one.refusal(2, Stamp(NONCE, 12, 2), ((2, 10),)) is not None  # before session 1
+    assert one.refusal(2, Stamp(NONCE, 10)) is not None
+    # What node 2's own storage is shown is exact, so this node's hello still shows a storage
+    # that went back within a run (a VM's memory and disk reverted together) to that node.
+    assert behind(Stamp(NONCE, 10, 1), 1, one.seen[2], (), ((1, 0),)) is not None
