@@ -217,13 +217,26 @@ class _BrokenWorld(World):
         return result
 
 
+# The campaign's seeds by size and schedule. Where CAUGHT finds a broken core on that size and
+# schedule, the healthy core runs as many seeds as before (at least the bound, timed on 3
+# excepted: 600); where none does, or another test runs the healthy core over the bound
+# (test_small_scenarios_keep_the_invariants: small on 5; the forgotten-promise story: forget,
+# FORGET_BOUND), 100. The CPU goes to the schedules that catch (CI: 132-143 s for 3 and 5
+# members with 300 of each).
+CAMPAIGN = {
+    3: {"timed": 300, "async": 300, "small": 100, "forget": 100},
+    5: {"timed": 300, "async": 100, "small": 100, "forget": 100},
+    7: {"timed": 200, "async": 200, "small": 200, "forget": 200},
+}
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("nodes", [3, 5, 7])
 def test_campaign_per_cluster_size(nodes):
-    """What `make test` runs in CI: a few hundred seeds of each schedule (the campaigns of
+    """What `make test` runs in CI: 100 to 300 seeds of each schedule (CAMPAIGN; the campaigns of
     10,000 seeds per size are run by hand: paxmr sim --seeds 10000 --nodes N)."""
-    for schedule in ("timed", "async", "small", "forget"):
-        seeds = range(200 if nodes == 7 else 300)
+    for schedule, count in CAMPAIGN[nodes].items():
+        seeds = range(count)
         results = run_seeds(seeds, nodes, ALL, EARLY, trace=False, workers=2, schedule=schedule)
         bad = [(r.seed, r.violations) for r in results if r.violations]
         assert bad == [], f"{schedule}: {bad}"
