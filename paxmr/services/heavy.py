@@ -223,7 +223,9 @@ def encode_tally(
         with os.fdopen(fd, "wb") as out:
             # Its counts wait beside it, in an unnamed file, past a block's size.
             spill = str(Path(spool).parent)
-            return tallyvalue.encode(source, name, node, rid, out.write, spill=spill)
+            return tallyvalue.encode(
+                source, name, node, rid, out.write, size=st.st_size, spill=spill
+            )
 
 
 # Each thread's own (a pool without processes runs the work in threads, and a PRM reads in its

@@ -1069,7 +1069,9 @@ class Prm:
             if st.st_size <= _INLINE:
                 pieces: list[bytes] = []
                 with _bad_tally():
-                    encoded = tallyvalue.encode(source, args.file, node, rid, pieces.append)
+                    encoded = tallyvalue.encode(
+                        source, args.file, node, rid, pieces.append, size=st.st_size
+                    )
                 whole = b"".join(pieces)
 
                 async def held(offset: int, n: int) -> bytes:

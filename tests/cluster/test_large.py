@@ -352,7 +352,8 @@ def test_a_manifest_whose_chunk_a_peer_forged_first_shows_alike_on_every_replica
         rid = uuid.uuid4().hex
         pieces: list[bytes] = []
         with (leader.data / name).open("rb") as f:
-            encoded = tallyvalue.encode(f, name, leader.id, rid, pieces.append)
+            size = os.fstat(f.fileno()).st_size
+            encoded = tallyvalue.encode(f, name, leader.id, rid, pieces.append, size=size)
         limit = int(SMALL_VALUES["PAXMR_LIMITS__VALUE_BYTES"])  # the PRMs' (their env)
         ids = chunks.manifest_of(name, encoded.digest, encoded.sha256, encoded.size, limit)
         forged = ids.chunk_ids()[1]

@@ -32,7 +32,8 @@ def _tally(items: dict[bytes, int]) -> bytes:
 
 def _encode(data: bytes, file: str, node: int, rid: str, block: int) -> tuple[bytes, object]:
     pieces: list[bytes] = []
-    encoded = tallyvalue.encode(io.BytesIO(data), file, node, rid, pieces.append, block_bytes=block)
+    encoded = tallyvalue.encode(io.BytesIO(data), file, node, rid, pieces.append,
+                                size=len(data), block_bytes=block)  # fmt: skip
     return b"".join(pieces), encoded
 
 
@@ -162,8 +163,9 @@ def test_a_tally_that_changes_while_it_is_read_is_refused(
     array length from one version and items from another would make a value that is neither."""
     assert len(_tally(first)) == len(_tally(later))
     sink: list[bytes] = []
+    changing = _Changing(_tally(first), _tally(later), 2)
     with pytest.raises(tally.TallyError, match="changed while it was read"):
-        tallyvalue.encode(_Changing(_tally(first), _tally(later), 2), "f", 1, "r", sink.append)
+        tallyvalue.encode(changing, "f", 1, "r", sink.append, size=len(_tally(first)))
 
 
 def test_a_tally_changed_to_as_many_lines_is_the_value_of_the_lines_read() -> None:
@@ -171,10 +173,58 @@ def test_a_tally_changed_to_as_many_lines_is_the_value_of_the_lines_read() -> No
     digest all come from that one pass, so the value is the new version's, never a mix."""
     first, later = _tally({b"a": 1, b"b": 2}), _tally({b"a": 3, b"b": 2})
     sink: list[bytes] = []
-    got = tallyvalue.encode(_Changing(first, later, 2), "f", 1, "r", sink.append)
+    got = tallyvalue.encode(_Changing(first, later, 2), "f", 1, "r", sink.append, size=len(first))
     reference = LogObject.from_tally_bytes(later, "f", 1, "r")
     assert b"".join(sink) == _packed(reference)
     assert (got.digest, got.summary) == (reference.digest, reference.summary(0))
+
+
+class _Resized(io.BytesIO):
+    """A file that grows or shrinks to ``later`` at its ``after``-th read from the start."""
+
+    def __init__(self, first: bytes, later: bytes, after: int) -> None:
+        super().__init__(first)
+        self.later, self.after, self.starts, self.furthest = later, after, 0, 0
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        self.starts += 1
+        if self.starts == self.after:
+            super().seek(0)
+            super().truncate()
+            super().write(self.later)
+        return super().seek(pos, whence)
+
+    def read(self, n: int | None = -1) -> bytes:
+        data = super().read(n)
+        self.furthest = max(self.furthest, self.tell())
+        return data
+
+
+_GROWN = b"".join(b"b%08d\t1\n" % i for i in range(100_000))  # 1.2 MB, sorted after "a"
+
+
+@pytest.mark.parametrize("after", [1, 2], ids=["before-the-count", "between-the-passes"])
+@pytest.mark.parametrize(
+    ("later", "why"),
+    [
+        (_tally({b"a": 1}) + _GROWN, "appended to"),
+        (_tally({b"a": 1}), "cut short"),  # to a valid tally of fewer lines
+    ],
+    ids=["grown", "shrunk"],
+)
+def test_a_tally_resized_since_its_size_was_checked_is_refused_unread(
+    after: int, later: bytes, why: str
+) -> None:
+    """The PRM checks a tally's size (limits.tally_bytes; 64 KB or less is encoded on its event
+    loop) and passes it: a file appended to after the check was encoded whole (24 MB from one
+    checked at 60 KB), one cut short encoded as the fewer lines. Neither pass reads more than
+    ``size`` + 1 bytes, and a file found of another size is refused."""
+    first = _tally({b"a": 1, b"aa": 2})
+    f = _Resized(first, later, after)
+    sink: list[bytes] = []
+    with pytest.raises(tally.TallyError, match="changed while it was read"):
+        tallyvalue.encode(f, "f", 1, "r", sink.append, size=len(first), block_bytes=64)
+    assert f.furthest <= len(first) + 1, why
 
 
 def test_the_worker_refuses_a_file_replaced_since_the_prm_opened_it(tmp_path: Path) -> None:
@@ -199,7 +249,7 @@ def test_the_counts_wait_in_a_file_past_a_block(tmp_path: Path) -> None:
     tracemalloc.start()
     try:
         encoded = tallyvalue.encode(io.BytesIO(data), "f", 1, "r", value.update,
-                                    block_bytes=1 << 16, spill=str(tmp_path))  # fmt: skip
+                                    size=len(data), block_bytes=1 << 16, spill=str(tmp_path))  # fmt: skip
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
