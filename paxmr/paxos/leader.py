@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 @dataclass(slots=True)
 class Proposal:
     entry: Entry
+    since: float  # when it was proposed: its first copies leave with the next Ready
     acks: set[int] = field(default_factory=set)
 
 

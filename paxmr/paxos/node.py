@@ -712,7 +712,7 @@ class Node:
             self._route(pending.request)
 
     def _propose(self, lead: _Leadership, slot: int, entry: Entry) -> None:
-        proposal = Proposal(entry)
+        proposal = Proposal(entry, self._now)
         lead.proposals[slot] = proposal
         if not entry.is_noop:
             lead.proposed_ids.add(entry.request_id)
@@ -814,9 +814,11 @@ class Node:
         The allowance: re-sends to a peer average at most RESEND_BYTES per heartbeat. A
         heartbeat re-sends slots in order while they fit RESEND_BYTES (at least one, however
         large), and the next re-send to that peer waits until the heartbeats since have paid for
-        the bytes over it. First copies (lead.unsent) are not re-sends and always go. When a
-        heartbeat carries more than RESEND_BYTES, an empty Accept goes before it, so that the
-        liveness signal (ballot, chosen length) does not wait behind the re-sent values.
+        the bytes over it. First copies (lead.unsent) are not re-sends and always go, and a slot
+        is first re-sent only once as many heartbeats have passed since its proposal as the
+        allowance takes to pay for its size. When a heartbeat carries more than RESEND_BYTES,
+        an empty Accept goes before it, so that the liveness signal (ballot, chosen length)
+        does not wait behind the re-sent values.
 
         Why: re-sending every unacknowledged slot on every heartbeat, as this did, offered the
         same megabytes to every peer 20 times a second while large values were in flight: they
@@ -825,15 +827,27 @@ class Node:
         ordered streams: a copy is needed only when a frame was lost (a dropped connection, a
         full outbox), and it still goes, at the allowance's pace. Small values (a heartbeat's
         worth under RESEND_BYTES) still go again on every heartbeat, so loss of them is repaired
-        as fast as before. Safety does not depend on re-sending."""
+        as fast as before. Safety does not depend on re-sending.
+
+        Why a slot's first re-send waits for its size: a follower acknowledges a value once it
+        has read it and written it to disk. A 6 MB value took a loaded follower 0.2-0.9 s
+        before its Accepted, so the next heartbeat (0.1 s) sent the whole value again, which it
+        wrote to disk a second time (0.25-1.1 s more) before answering anything else: the
+        leader heard nothing from it for over the election timeout and stepped down, and each
+        new leader's copies of the value did the same (tests/cluster/test_large.py's 6 MB
+        catch-up, at load 11-20)."""
         unsent = set(lead.unsent)
+        interval = self.config.heartbeat_interval
         for peer in self.peers:
-            unacked = [(s, p.entry) for s, p in lead.proposals.items() if peer not in p.acks]
+            unacked = [(s, p) for s, p in lead.proposals.items() if peer not in p.acks]
             owed = max(0, lead.resent.get(peer, 0) - RESEND_BYTES)
             carried, resent, full = [], 0, owed > 0
-            for slot, entry in unacked[: self.config.catchup_batch]:
+            for slot, proposal in unacked[: self.config.catchup_batch]:
+                entry = proposal.entry
                 if slot not in unsent:
                     cost = wire_cost(entry)
+                    if now < proposal.since + interval * cost / RESEND_BYTES:
+                        continue  # its first copy may still be on its way or being written
                     full = full or (resent > 0 and resent + cost > RESEND_BYTES)
                     if full:
                         continue
