@@ -23,10 +23,6 @@ from paxmr.settings import ConfigError, Settings
 
 EXIT_ERROR, EXIT_USAGE, EXIT_DOWN, EXIT_DENIED, EXIT_NO_QUORUM = 1, 2, 3, 4, 5
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report Ctrl-C
-# Exit 5 for no quorum and for every outcome not known yet: the PRM's no_quorum, interrupted
-# (the node stopped meanwhile) and busy, the CLI's unknown_outcome (the PRM went away before
-# it answered). One code tells a script "retry, with the request id the error names".
-_RETRY_LATER = frozenset({"no_quorum", "interrupted", "busy", "unknown_outcome"})
 
 _SIZE = re.compile(r"(?i)\s*([0-9]+)\s*(|b|k|kb|kib|m|mb|mib|g|gb|gib)\s*")
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "kib": 1 << 10, "kb": 10**3, "m": 1 << 20, "mib": 1 << 20,
@@ -1185,7 +1181,7 @@ def _run(argv: list[str] | None = None) -> int:  # noqa: C901 - one except per k
         rid = exc.request_id
         named = f" (request id {rid})" if rid is not None and rid not in str(exc) else ""
         click.echo(f"paxmr: {exc} [{exc.code}]{named}", err=True)
-        return EXIT_NO_QUORUM if exc.code in _RETRY_LATER else EXIT_ERROR
+        return EXIT_NO_QUORUM if exc.code in control.RETRY_LATER else EXIT_ERROR
     except (RuntimeError, OSError) as exc:
         click.echo(f"paxmr: {exc}", err=True)
         return EXIT_ERROR

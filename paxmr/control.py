@@ -269,6 +269,13 @@ class PermissionDenied(Exception):
         super().__init__(f"permission denied on {path} (are you in the paxmr-admin group?)")
 
 
+# The error codes after which the same request may be sent again, with the request id the error
+# names if it names one: no quorum, and every outcome not known yet (the PRM's interrupted: the
+# node stopped meanwhile; busy; jobs' unknown_outcome: the PRM went away before it answered).
+# `paxmr` exits 5 for each: one code tells a script "retry".
+RETRY_LATER = frozenset({"no_quorum", "interrupted", "busy", "unknown_outcome"})
+
+
 class RemoteError(Exception):
     def __init__(self, code: str, message: str, request_id: str | None = None) -> None:
         super().__init__(message)

@@ -143,12 +143,17 @@ def _leader(nodes: list[Settings], timeout: float = 10.0) -> int:
     raise RuntimeError("no leader elected")
 
 
+def _shows(settings: Settings, digest: str) -> None:
+    """Wait until the node shows ``digest`` (its catalog's: every entry up to it applied)."""
+    while _status(settings)["digest"] != digest:
+        time.sleep(0.005)
+
+
 def _applied_everywhere(nodes: list[Settings], leader: Settings) -> None:
-    """Wait until every node shows what the leader shows (its catalog's digest)."""
+    """Wait until every node shows what the leader shows."""
     target = _status(leader)["digest"]
     for s in nodes:
-        while _status(s)["digest"] != target:
-            time.sleep(0.005)
+        _shows(s, target)
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -250,8 +255,7 @@ def run(sequential: int, concurrent: int, catchup: int) -> dict[str, Any]:
         target = _status(now_leading)["digest"]
         resumed = time.perf_counter()
         control.call(lagger.prm_socket, "resume")
-        while _status(lagger)["digest"] != target:
-            time.sleep(0.005)
+        _shows(lagger, target)
         catchup_s = time.perf_counter() - resumed
     return {
         "fsync_p50_ms": _ms(fsync, 0.5),

@@ -102,7 +102,7 @@ def _replicate(settings: Settings, file: str) -> None:
             control.call(settings.prm_socket, "replicate", {"file": file, "request_id": rid},
                          timeout=120.0)  # fmt: skip
         except control.RemoteError as exc:
-            if exc.code not in {"busy", "no_quorum", "interrupted"}:
+            if exc.code not in control.RETRY_LATER:
                 raise
             time.sleep(0.2)
         else:

@@ -64,7 +64,7 @@ async def _round(
     protocol = ssl_object.version() if ssl_object is not None else "plain TCP"
     payload = b"p" * size
     rtts = []
-    watch = transport.BodyWatch(writer.transport.abort)  # the leader reads the Accepted so
+    watch = transport.BodyWatch(writer.transport.abort)  # as the PRM reads the Accepted
     for seq in range(count):
         sent = time.perf_counter()
         writer.write(transport.frame(seq, payload))
