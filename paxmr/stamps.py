@@ -169,6 +169,49 @@ class Sightings:
         return None
 
 
+def from_ended_run(
+    peer: int, latest: Stamp | None, sessions: Sessions, sighting: Stamp
+) -> str | None:
+    """Why a frame of `peer` showing `sighting` (its write count, in its connection's hello's
+    nonce and session) is dropped with its connection, if it is: `peer`'s hello accepted last
+    (its stamp `latest`, its storage's latest opens `sessions`) is of another run, and the
+    frame shows writes that run's storage no longer holds. A connection's frames can outlive
+    its sender's process (say while the receiver was stalled); that hello passed went_back
+    without them: counted, they would be a promise or a vote the storage forgot. Lost in the
+    network instead, they are harmless, and the live run dials again. Unchecked only from the
+    latest hello's nonce and session (the same run, or from a paxmr before sessions, the same
+    storage, whose runs no stamp tells apart): a replaced storage's frames never pass."""
+    if latest is None or (latest.nonce, latest.session) == (sighting.nonce, sighting.session):
+        return None
+    if latest.nonce != sighting.nonce:
+        why: str | None = "a storage it has since replaced"
+    else:
+        why = went_back(sessions, latest, sighting)
+    return why and (
+        f"a frame from an ended run of node {peer} shows it holding {why}: its storage went"
+        " back since that frame was sent; dropped, with its connection"
+    )
+
+
+def ended(peer: int, latest: Stamp | None, sessions: Sessions, stamp: Stamp) -> str | None:
+    """Why a hello of `peer` showing `stamp` is dropped with its connection, if it is: it is
+    of a run that `peer`'s hello accepted last (its stamp `latest`, its storage's latest opens
+    `sessions`) records as ended (a session in those opens before its own), read after it
+    (delayed in the network, say). What it sent is stale, and its frames, checked against
+    their own hello, would skip from_ended_run. Not a storage that went back (refusal would
+    say so, an alarm for a healthy restart)."""
+    if (
+        latest is None
+        or latest.nonce != stamp.nonce
+        or stamp.session not in {session for session, _ in sessions[:-1]}
+    ):
+        return None
+    return (
+        f"a hello of an ended run of node {peer}, read after its next run's; dropped, with its"
+        " connection"
+    )
+
+
 def _further(stamp: Stamp, known: Stamp) -> bool:
     """Whether `stamp` is a later sight of the storage than `known` (of the same nonce): more
     writes, or as many in a newer run (its first stamps)."""

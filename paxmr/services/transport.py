@@ -72,7 +72,7 @@ import msgpack
 from paxmr import logs, paxos, pki
 from paxmr.services import unpack
 from paxmr.settings import NodeAddress, TlsFiles
-from paxmr.stamps import SESSIONS_KEPT, Sessions, Stamp, went_back
+from paxmr.stamps import SESSIONS_KEPT, Sessions, Stamp, ended, from_ended_run
 from paxmr.storage import Storage
 
 _LENGTH = struct.Struct(">I")
@@ -597,7 +597,7 @@ class Transport:
         self._authenticated: dict[int, collections.deque[_Conn]] = collections.defaultdict(
             collections.deque
         )
-        self._latest: dict[int, Hello] = {}  # each peer's hello accepted last (_from_ended_run)
+        self._latest: dict[int, Hello] = {}  # each peer's hello accepted last (_latest_run)
         self._server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> None:
@@ -785,43 +785,16 @@ class Transport:
             else:
                 if hello is not None and got.writes is not None:
                     sighting = Stamp(hello.nonce, got.writes, hello.session)
-                    if why := self._from_ended_run(peer, sighting):
+                    if why := from_ended_run(peer, *self._latest_run(peer), sighting):
                         raise WentBack(why)
                     self.storage.saw(peer, sighting)
                 self._heard(got.relay)
                 self.deliver(src, msg)
 
-    def _from_ended_run(self, peer: int, sighting: Stamp) -> str | None:
-        """Why a frame showing `sighting` is dropped with its connection, if it is: it comes
-        from an ended run of `peer` (a connection's frames can outlive its sender's process,
-        say while this node was stalled) and shows writes the storage of the run whose hello
-        came since no longer holds. That hello passed went_back without them: counted, they
-        would be a promise or a vote the storage forgot. Lost in the network instead, they
-        are harmless, and the live run dials again."""
+    def _latest_run(self, peer: int) -> tuple[Stamp | None, Sessions]:
+        """The stamp and opens of `peer`'s hello accepted last (stamps.from_ended_run, ended)."""
         latest = self._latest.get(peer)
-        if latest is None or latest.stamp is None:
-            return None
-        if (latest.stamp.nonce, latest.stamp.session) == (sighting.nonce, sighting.session):
-            return None  # the same run (or, from a paxmr before sessions, the same storage)
-        if latest.stamp.nonce != sighting.nonce:
-            why: str | None = "a storage it has since replaced"
-        else:
-            why = went_back(latest.sessions, latest.stamp, sighting)
-        return why and (
-            f"a frame from an ended run of node {peer} shows it holding {why}: its storage went"
-            " back since that frame was sent; dropped, with its connection"
-        )
-
-    def _ended(self, peer: int, stamp: Stamp) -> bool:
-        """Whether `stamp` is of a run of `peer`'s storage that the hello accepted last
-        records as ended (a session in its opens before its own)."""
-        latest = self._latest.get(peer)
-        return (
-            latest is not None
-            and latest.stamp is not None
-            and latest.stamp.nonce == stamp.nonce
-            and stamp.session in {session for session, _ in latest.sessions[:-1]}
-        )
+        return (latest.stamp, latest.sessions) if latest is not None else (None, ())
 
     def _heard(self, relay: tuple[Relayed, ...]) -> None:
         for node, stamp, retired in relay:
@@ -842,14 +815,8 @@ class Transport:
             self.went_back(why)
             raise WentBack(why)
         if msg.stamp is not None:
-            if self._ended(peer, msg.stamp):
-                # Read after its next run's (delayed in the network, say): what it sent is
-                # stale, and its frames checked against its own hello would skip the check of
-                # _from_ended_run. Not a storage that went back (refusal would say so).
-                raise FrameError(
-                    f"a hello of an ended run of node {peer}, read after its next run's;"
-                    " dropped, with its connection"
-                )
+            if why := ended(peer, *self._latest_run(peer), msg.stamp):
+                raise FrameError(why)
             if why := self.storage.refusal(peer, msg.stamp, msg.sessions):
                 raise WentBack(why)
             self.storage.saw(peer, msg.stamp)
