@@ -186,8 +186,10 @@ def _gather_status(s: Settings) -> dict[str, Any]:
         except control.PermissionDenied:
             services[name] = "denied"
         except control.RemoteError as exc:
-            # A reply this version cannot read says so (another version of paxmr there?).
-            services[name] = f"bad reply: {exc}" if exc.code == "bad_reply" else "not answering"
+            # A reply this version cannot read says so (another version of paxmr there?); a
+            # service whose connections are all running requests answers busy: retry later.
+            named = {"bad_reply": f"bad reply: {exc}", "busy": "busy"}
+            services[name] = named.get(exc.code, "not answering")
         except TimeoutError:
             services[name] = "not answering"
     problems = [f"{name} {state}" for name, state in services.items() if state != "up"]
@@ -206,14 +208,17 @@ def _health_code(services: dict[str, str], prm: replies.PrmStatus | None) -> int
         return EXIT_DENIED
     if "down" in states:
         return EXIT_DOWN
-    if states - {"up"} or prm is None:  # not answering, or a reply it cannot read
+    if states - {"up", "busy"}:  # not answering, or a reply it cannot read
         return EXIT_ERROR
-    return 0 if not prm.problems else EXIT_NO_QUORUM
+    if "busy" in states or prm is None or prm.problems:  # prm None: it was busy
+        return EXIT_NO_QUORUM
+    return 0
 
 
 HEALTH_CODES = """Exit codes: 0 healthy; 3 a service is not running; 4 permission denied on a
 socket; 5 the replica is stopped, has no leader, has no quorum of peers heard within the
-election timeout, or is recovering lost storage (not voting); 1 a service does not answer.
+election timeout, or is recovering lost storage (not voting), or a service is busy (every one
+of its connections running a request: retry later); 1 a service does not answer.
 With --cluster: 0 every member answered and is healthy; 5 a member did not answer or is not
 healthy; 3, 4 or 1 as above for this node's PRM, which asks the others."""
 

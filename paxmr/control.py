@@ -382,7 +382,10 @@ class Client:
         # ASCII JSON: text that is not valid Unicode (a file name that is not UTF-8, taken from
         # argv as lone surrogates) still goes out, and the service answers with a clear error.
         request = json.dumps({"op": op, "args": args or {}}, separators=(",", ":"))
-        self._sock.sendall(request.encode() + b"\n")
+        # A service may refuse a client (busy) before reading its request, and hang up: the
+        # refusal it wrote is still to be read below, and no line at all is "disconnected".
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            self._sock.sendall(request.encode() + b"\n")
         while True:
             raw = self._stream.readline()
             if not raw:

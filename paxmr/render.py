@@ -288,7 +288,8 @@ def man(group: click.Group, ctx: click.Context) -> str:
     out += [
         ".SH EXIT STATUS",
         "0 ok, 1 error, 2 usage, 3 service not running, 4 permission denied,",
-        "5 no quorum (status and health: stopped, no leader or no quorum), 130 interrupted.",
+        "5 no quorum or an outcome not known yet, to retry (status and health: stopped, no",
+        "leader or no quorum, or a service busy), 130 interrupted.",
         ".SH FILES",
         "/etc/paxmr/paxmr.toml, /run/paxmr/*.sock, /var/lib/paxmr/",
     ]
