@@ -44,6 +44,7 @@ receiver went down, or peers that lost their record of them.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -135,6 +136,28 @@ def forget(conn: sqlite3.Connection) -> None:
 
 class StorageRefused(RuntimeError):
     """A database the PRM may not run on; the message tells the operator what to do."""
+
+
+def hold(db: Path) -> int:
+    """Make this process the only PRM on the storage at `db` while it lives, or refuse: a lock
+    on `prm.lock` beside it (flock, which the kernel drops when the process ends, SIGKILL
+    included), taken before anything is read or written. A second PRM on one node's storage (the
+    service's and one started by hand, say) would empty the first one's spool, open a session
+    of the storage under it (its peers would then take the first one's frames for an ended
+    run's) and take over its control socket. Returns the lock's descriptor, to keep open."""
+    fd = os.open(db.with_name("prm.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 20, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise StorageRefused(
+            f"another PRM (pid {holder}) runs on {db}: one node's storage takes one PRM."
+            " Nothing was changed; that one goes on (paxmr status)."
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _wal(conn: sqlite3.Connection, path: str | Path) -> None:

@@ -25,6 +25,11 @@ def listen(path: Path) -> socket.socket:
             os.environ.pop(name, None)  # not for our children
         return sock
     path.parent.mkdir(parents=True, exist_ok=True)
+    if _answers(path):
+        raise RuntimeError(
+            f"another process listens on {path} (this service already runs?): nothing was"
+            " changed, that one goes on"
+        )
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a stale socket from a killed process
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -32,6 +37,22 @@ def listen(path: Path) -> socket.socket:
     path.chmod(0o660)
     sock.listen(64)
     return sock
+
+
+def _answers(path: Path) -> bool:
+    """Whether a process listens on the socket at `path`: unlinked, its socket would be
+    unreachable while it runs on."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except (FileNotFoundError, ConnectionRefusedError):
+        return False  # none there, or a stale one from a killed process
+    except TimeoutError:
+        return True  # its backlog is full: alive, and busy
+    finally:
+        probe.close()
+    return True
 
 
 async def _watchdog(interval: float) -> None:

@@ -32,7 +32,7 @@ from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Hello, Transport, ask_cluster
 from paxmr.settings import ConfigError, NodeAddress, Settings
-from paxmr.storage import Identity, Storage, mark_path
+from paxmr.storage import Identity, Storage, hold, mark_path
 from paxmr.wordcount import tally
 
 if TYPE_CHECKING:
@@ -1675,6 +1675,14 @@ class Prm:
 
 
 async def main(settings: Settings) -> None:
+    lock = hold(db_path(settings))  # before anything of the node is read or written
+    try:
+        await _serve(settings)
+    finally:
+        os.close(lock)
+
+
+async def _serve(settings: Settings) -> None:
     clear_spool(settings)
     storage = Storage.open(db_path(settings), node=settings.node_id)
     await compare_with_peers(settings, storage)

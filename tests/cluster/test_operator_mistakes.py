@@ -399,3 +399,39 @@ def test_a_database_left_in_rollback_mode_and_held_open_stops_the_prm_saying_why
         assert three.status()["entries"] == entries
         with contextlib.closing(sqlite3.connect(db)) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+def _sessions(node: Node) -> list[tuple[int, int]]:
+    with contextlib.closing(sqlite3.connect(node.settings.state_dir / "prm.db")) as db:
+        return db.execute("SELECT session, start FROM sessions ORDER BY rowid").fetchall()
+
+
+def test_a_second_prm_or_mapper_started_on_a_running_node_is_refused_and_changes_nothing() -> None:
+    """An operator starts `paxmr serve prm` by hand on a node whose PRM runs (to watch its
+    output, say). The second one emptied the first one's spool, opened a session of the storage
+    under it (its peers would take the first one's frames for an ended run's) and bound the
+    control socket's path anew, then stopped on the peer port in use: the node's PRM ran on
+    unreachable ("prm down") until restarted. Now it is refused before it reads or writes
+    anything, and so is a second mapper, whose socket's path the first one keeps."""
+    with running_cluster() as cluster:
+        two = cluster.node(2)
+        pid = two.prm_pid()
+        spooled = two.settings.state_dir / "spool" / "forwarded-tally"  # as if in flight
+        spooled.write_bytes(b"paxmr-tally 1\n")
+        sessions = _sessions(two)
+
+        second = two.cli("serve", "prm", timeout=30)
+        assert second.returncode == 1, second
+        assert second.stderr.startswith(f"paxmr: another PRM (pid {pid}) runs on "), second
+        assert "Nothing was changed" in second.stderr
+        mapper = two.cli("serve", "mapper", "--id", 1, timeout=30)
+        assert mapper.returncode == 1, mapper
+        assert "another process listens on" in mapper.stderr, mapper.stderr
+
+        assert spooled.exists()
+        assert _sessions(two) == sessions
+        status = two.cli("status")
+        assert status.returncode == 0, status
+        assert "prm        up" in status.stdout, status.stdout
+        two.replicate(small_tally(two))
+        cluster.converged(timeout=CONVERGE_S)
