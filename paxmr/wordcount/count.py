@@ -44,6 +44,12 @@ os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 import pyarrow as pa
 import pyarrow.compute as pc
 
+# Acero's plan nodes from the extension module itself: ``Table.group_by`` imports
+# ``pyarrow.acero``, which imports ``pyarrow.dataset`` and with it the S3, ORC and Parquet
+# encryption modules (16 more shared objects, libarrow_s3 among them); a mapper would carry their
+# pages for nothing: 17 MiB of resident memory when the libraries sit in 2 MiB page-cache folios.
+from pyarrow._acero import AggregateNodeOptions, Declaration, TableSourceNodeOptions
+
 from paxmr.wordcount import WHITESPACE
 
 # 2 MiB: a chunk's fixed costs (an Arrow call per stage, and its distinct words summed again by
@@ -124,12 +130,7 @@ class _Accumulator:
     def _summed(self) -> pa.Table:
         if len(self.parts) == 1:
             return self.parts[0]
-        summed = (
-            pa.concat_tables(self.parts)
-            .group_by("words", use_threads=False)
-            .aggregate([("counts", "sum")])
-        )
-        return _table(summed["words"], summed["counts_sum"])
+        return _grouped(pa.concat_tables(self.parts), "counts", "hash_sum")
 
     def result(self) -> Counts:
         if self.edge_words:
@@ -143,6 +144,23 @@ class _Accumulator:
 
 def _table(words: pa.Array | pa.ChunkedArray, counts: pa.Array | pa.ChunkedArray) -> pa.Table:
     return pa.table({"words": words, "counts": counts})
+
+
+def _grouped(table: pa.Table, column: str | None, function: str) -> pa.Table:
+    """``table``'s words with ``function`` (``hash_count_all`` of no column, ``hash_sum`` of
+    ``column``) of each: ``Table.group_by``'s hash aggregation, on one thread."""
+    target = [] if column is None else [column]
+    plan = Declaration.from_sequence(
+        [
+            Declaration("table_source", TableSourceNodeOptions(table)),
+            Declaration(
+                "aggregate",
+                AggregateNodeOptions([(target, function, None, "counts")], keys=["words"]),
+            ),
+        ]
+    )
+    grouped = plan.to_table(use_threads=False)
+    return _table(grouped["words"], grouped["counts"])
 
 
 def _cuts(chunk: bytes, first: bool) -> tuple[int, int]:
@@ -164,9 +182,7 @@ def _count_words(data: bytes, start: int, end: int) -> pa.Table:
     words = pc.list_flatten(pc.ascii_split_whitespace(text)).view(pa.binary())
     # A hash aggregation counts faster than value_counts; whitespace at either end of the text
     # yields an empty "word".
-    counted = pa.table({"words": words}).group_by("words", use_threads=False)
-    table = counted.aggregate([([], "count_all")])
-    table = _table(table["words"], table["count_all"])
+    table = _grouped(pa.table({"words": words}), None, "hash_count_all")
     return table.filter(pc.not_equal(pc.binary_length(table["words"]), 0))
 
 

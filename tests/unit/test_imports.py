@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -45,3 +46,17 @@ def test_paxmr_sim_is_found_though_imported_only_when_asked_for() -> None:
     assert result.exit_code == 2
     assert "meteor" in result.output
     assert "sim" in CliRunner().invoke(cli, ["--help"]).output
+
+
+def test_counting_words_loads_no_dataset_modules(tmp_path: Path) -> None:
+    # The mapper's kernel builds its Acero plans from pyarrow._acero: pyarrow.acero (what
+    # Table.group_by imports) imports pyarrow.dataset, and with it libarrow_s3 and other
+    # libraries whose pages a mapper would carry for nothing.
+    text = tmp_path / "text"
+    text.write_bytes(b"the cat the\n" * 1000)
+    modules = _imported(
+        "from pathlib import Path; from paxmr.wordcount import count; "
+        f"count.count_range_arrow(Path({str(text)!r}), 0, {text.stat().st_size})"
+    )
+    assert "pyarrow._acero" in modules
+    assert _among(modules, ("pyarrow.acero", "pyarrow.dataset", "pyarrow.fs")) == []
