@@ -23,7 +23,10 @@ connection arrives), kept by the receiver until its process ends (INBOUND_PER_PE
 peer). So a late message of a process since ended arrives on the connection it had to the
 receiver's process, its hello as that process had it, if the two ran at the same time, and is
 lost otherwise; a replay is sent again by its sender's process as it is now (TLS refuses
-recorded frames replayed). A node starting opens a new session of its storage and asks
+recorded frames replayed). Each receiver's process notes the hello it accepted last from each
+peer and drops, by the transport's rules (stamps.ended, stamps.from_ended_run), a hello of a run
+that hello records as ended and a message of another run that shows writes that hello's storage
+no longer holds. A node starting opens a new session of its storage and asks
 the peers it reaches, as prm.compare_with_peers does. A storage shown to have gone back is
 demoted (forgetful, a new nonce), at start or, told later, by ending and starting again, as the
 PRM does. A rolled-back storage restarts, half the time cut off from every node, so that it
@@ -62,7 +65,7 @@ from paxmr.sim.world import (
     frame_violation,
     writes,
 )
-from paxmr.stamps import Sessions, Sightings, Stamp, founded_again
+from paxmr.stamps import Sessions, Sightings, Stamp, ended, founded_again, from_ended_run
 
 if TYPE_CHECKING:
     from paxmr.paxos import Message, Persist
@@ -110,6 +113,9 @@ class _Node:
     snapshots: list[MemoryStorage] = field(default_factory=list)  # earlier disks (restore-old)
     sightings: Sightings = field(default_factory=Sightings)  # what the running node saw
     run: int = 0  # which start of the node's process this is (Explorer.runs)
+    # The stamp and opens of the hello its process accepted last from each peer (the
+    # transport's _latest: stamps.from_ended_run, ended); its process's, so _start clears it.
+    hellos: dict[int, tuple[Stamp, Sessions]] = field(default_factory=dict)
     # A founding storage that has written nothing: the founders yet to answer it before its
     # core runs (prm.Prm.hear_founders); meanwhile it only answers.
     waiting: set[int] = field(default_factory=set)
@@ -242,6 +248,7 @@ class Explorer(Simulation):
         if state.run:
             self.ended[state.run] = run
         state.run = run
+        state.hellos = {}
         state.disk.open()
         # What it heard as it ran: its storage keeps some of it, its stamps' own rules say what.
         self.heard = {k: v for k, v in self.heard.items() if k[0] != i}
@@ -361,39 +368,63 @@ class Explorer(Simulation):
             return
         self._deliver_one(self.flight.pop(self.rng.choice(open_)))
 
-    def _deliver_one(self, item: Sent) -> None:
+    def _deliver_one(self, item: Sent) -> bool:
+        """Deliver `item`; whether it reached its receiver's process."""
         self._hear_founders()
         src, dst, msg, stamp, view, *_ = item
         target = self.nodes.get(dst)
         node = target.node if target is not None else None
-        if target is None or node is None:
-            return
-        if not self._connected(item, target):
-            return
+        if target is None or node is None or not self._connected(item, target):
+            return False
         target.sightings.saw(src, stamp)
         for other, relayed in view.seen.items():
             if other != dst:
                 target.sightings.heard(other, relayed, view.retired.get(other, ()))
         self._check_heard(item)
         if target.waiting:  # its core does not run yet (prm.Prm._deliver)
-            return
+            return True
         if self.tracing:
             self._log(f"deliver {src}->{dst} {msg}")
         node.receive(src, msg, self.now)
         self._flush(dst)
+        return True
 
     def _connected(self, item: Sent, target: _Node) -> bool:
         """Whether `item` reaches its receiver's process: on a connection it accepted from the
         sender's process, or on a new one whose hello it accepts (which may show the receiver
-        that its own storage went back: it is demoted, and hears nothing)."""
-        src, dst, _, stamp, view, *_ = item
-        sender = self.nodes[src]
+        that its own storage went back: it is demoted, and hears nothing), unless it is of an
+        ended run of its sender and shows writes the storage of the sender's hello accepted
+        last no longer holds (stamps.from_ended_run: its connection is dropped)."""
+        src, dst, _, stamp, *_ = item
         runs, dialled = self.accepted.get((src, dst), (0, []))
         if runs != target.run:  # its connections ended with its process
             dialled = []
             self.accepted[src, dst] = (target.run, dialled)
-        if item.run in dialled:
-            return True
+        if item.run not in dialled:
+            if not self._hello(item, target):
+                return False
+            dialled.append(item.run)
+            del dialled[:-INBOUND_PER_PEER]
+        # Every message, as the transport checks every frame. Its stamp's nonce and session
+        # are its connection's hello's: a process's storage keeps both while it runs. What the
+        # walks cannot check: the rule's nonce half for a peer before sessions (a22bc47: its
+        # session is 0, so only the nonce tells a replaced storage's frames). Every simulated
+        # storage has sessions, and no two opens share one (disk._sessions), so here a session
+        # equal to the latest hello's is of its nonce too.
+        if why := from_ended_run(src, *target.hellos[src], stamp):
+            # The transport loses the connection's later frames too; here another connection
+            # of the ended process (it may have had INBOUND_PER_PEER) may carry them, each
+            # judged again: more permissive, as the network may deliver them or not.
+            dialled.remove(item.run)
+            self._log(f"node {dst} drops node {src}'s message: {why}")
+            return False
+        return True
+
+    def _hello(self, item: Sent, target: _Node) -> bool:
+        """Whether the receiver's process accepts a new connection of `item`'s sender's
+        process, by its hello (transport._check_hello); it notes the hello as the latest."""
+        src, dst, _, stamp, view, *_ = item
+        sender = self.nodes[src]
         # The sender's process dialled every peer's process as they ran (transport._sender):
         # this one's, if they ran at the same time. Its hello showed its storage as the process
         # had it (its own stamp and sessions, and what it saw of the receiver as it sent this
@@ -409,11 +440,14 @@ class Explorer(Simulation):
         if why := target.disk.behind(src, *shown):
             self._demote(dst, why)
             return False
+        latest = target.hellos.get(src)
+        if latest and (why := ended(src, *latest, hello[0])):
+            self._log(f"node {dst} drops node {src}'s hello: {why}")
+            return False
         if why := target.sightings.refusal(src, *hello):
             self._log(f"node {dst} refuses node {src}: {why}")
             return False
-        dialled.append(item.run)
-        del dialled[:-INBOUND_PER_PEER]
+        target.hellos[src] = hello
         return True
 
     def _view(self, i: int) -> View:

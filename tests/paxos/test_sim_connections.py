@@ -3,11 +3,13 @@ services/transport.py makes them: one per sending process and receiving process,
 hello checked as the first message of it arrives, kept until the receiver's process ends. So a
 late message of a process since ended reaches only a receiver's process that ran at the same
 time, judged by the hello that process had; a running process dials with its hello as it is
-now."""
+now. And a receiver's process drops what the transport drops of a run ended since (a hello
+read after its next run's, a message showing writes the storage lost since)."""
 
 from __future__ import annotations
 
 from paxmr.paxos.messages import Forward
+from paxmr.sim.disk import MemoryStorage
 from paxmr.sim.explore import Explorer, Sent
 from paxmr.sim.simulation import EARLY
 
@@ -70,3 +72,68 @@ def test_a_late_message_is_judged_by_the_hello_its_own_process_had() -> None:
     assert walk.nodes[2].sightings.replaced(1, old)
     assert not _reaches(walk, late)
     assert _reaches(walk, _send(walk, 1, 2))
+
+
+# The transport's rules on ended runs (stamps.from_ended_run, stamps.ended), which the walks
+# apply with the hello each receiver's process accepted last from each peer. Not here: a peer
+# before sessions (session 0), which no simulated storage is (Explorer._connected says why).
+
+
+def _write(walk: Explorer, i: int) -> None:
+    """Node i's storage makes a durable write: its timer fires (it campaigns) and the commit
+    ends. Its Prepares stay in flight."""
+    before = walk.nodes[i].disk.stamp.writes
+    walk._fire(i)
+    walk._finish_commit(i)
+    assert walk.nodes[i].disk.stamp.writes == before + 1
+
+
+def _roll_back(walk: Explorer, i: int, snapshot: MemoryStorage) -> None:
+    """Node i's storage is put back to `snapshot` (a VM snapshot reverted) and it starts: its
+    new run's opens record the run the snapshot was taken in as ended where the snapshot is."""
+    walk.nodes[i].disk = snapshot
+    walk._start(i)
+
+
+def test_a_late_message_of_an_ended_run_showing_writes_its_storage_lost_is_dropped() -> None:
+    """Node 1's run sends at 1 write, then at 3; its storage is put back to 1 write and it
+    starts again. Node 2, which saw it at 1 write only, accepts the new run's hello; then the
+    old run's messages arrive on the connection node 2 had accepted: the one at 1 write (what
+    the storage still holds) is delivered, the one at 3 (a promise or vote it forgot) is
+    dropped with its connection (transport.py, 1646d24)."""
+    walk = _walk()
+    _write(walk, 1)
+    assert walk._deliver_one(_send(walk, 1, 2))
+    snapshot = walk.nodes[1].disk.copy()
+    within = _send(walk, 1, 2)
+    _write(walk, 1)
+    _write(walk, 1)
+    lost = _send(walk, 1, 2)
+    _roll_back(walk, 1, snapshot)
+    assert walk.nodes[1].disk.stamp.nonce == lost.stamp.nonce  # no peer showed it: it votes
+    assert walk._deliver_one(_send(walk, 1, 2))
+    assert walk._deliver_one(within)
+    assert not walk._deliver_one(lost)
+    assert walk.nodes[2].sightings.seen[1].writes == 1
+    assert walk._deliver_one(_send(walk, 1, 2))  # the running process dials again
+
+
+def test_a_hello_of_an_ended_run_read_after_its_next_runs_lets_nothing_of_it_in() -> None:
+    """Node 1's run sends before any write (node 2 has not read its hello), then at 2 writes;
+    its storage is put back to 0 writes and it starts again. Node 2 accepts the new run's hello
+    first: the old run's, read after it, is dropped (transport.py, 79e1fc8), and with it the
+    old run's message at 2 writes. Accepted, that hello would pass refusal (nothing shows 0
+    writes went back) and, as the hello accepted last, let the vote the storage forgot in."""
+    walk = _walk()
+    unread = _send(walk, 1, 2)
+    snapshot = walk.nodes[1].disk.copy()
+    _write(walk, 1)
+    _write(walk, 1)
+    lost = _send(walk, 1, 2)
+    _roll_back(walk, 1, snapshot)
+    assert walk.nodes[1].disk.stamp.nonce == lost.stamp.nonce
+    assert walk._deliver_one(_send(walk, 1, 2))
+    assert not walk._deliver_one(unread)
+    assert not walk._deliver_one(lost)
+    assert walk.nodes[2].sightings.seen[1].writes == 0
+    assert walk._deliver_one(_send(walk, 1, 2))  # the running process is not refused
