@@ -4,9 +4,10 @@ The value is byte for byte what ``msgpack.packb`` makes of the log object's fiel
 msgpack map whose keys come in the order v, file, node, rid, words, counts, digest (replicas
 stream it by that layout; tests/unit/test_tallyvalue.py proves it). Building that map first holds
 every word and count as a Python object, then their copies and the packed value: a 118 MB tally
-took its worker to 1,267 MiB. This is paxmr's one encoder of log objects (`_pack`): the
-simulator's clients encode tally files with `encode` too (`encode_counts`), and
-LogObject.encode packs its fields with it (`encode_fields`).
+took its worker to 1,267 MiB. This is paxmr's one encoder of log objects (`_pack`): a
+small tally, which the PRM reads whole, goes through it in one pass (`encode_whole`), as the
+simulator's clients' tally files do (`encode_counts`), and LogObject.encode packs its fields
+with it (`encode_fields`).
 Here the tally is read in blocks (``tally.blocks``: about a MiB of lines each), and each block's
 words are packed and handed to ``write`` at once, its counts packed aside (below), so memory
 stays at a few blocks whatever the tally's size.
@@ -81,13 +82,7 @@ def encode(
             line = 2  # of the block's first count (the header is line 1)
             for block, digits in _pass(_reader(f, file, size), file, block_bytes, lines, sha):
                 numbers = list(map(_NUMBERS.__getitem__, digits))
-                try:
-                    packed = _packed_items(numbers)
-                except OverflowError:  # msgpack's integers end at 2**64 - 1
-                    at = line + next(i for i, n in enumerate(numbers) if n > _MAX_COUNT)
-                    raise tally.TallyError(
-                        f"{file}:{at}: a count over 2**64 - 1 cannot be replicated"
-                    ) from None
+                packed = _packed_counts(numbers, file, line)
                 line += len(numbers)
                 total += sum(numbers)
                 packed_counts.write(packed)
@@ -99,9 +94,58 @@ def encode(
 
         size, sha256 = _pack(file, node, rid, lines, words(), counts, sha.hexdigest, write)
     digest = sha.hexdigest()
-    summary = {"position": 0, "file": file, "node": node, "words": total, "distinct": lines,
-               "digest": digest, "request_id": rid}  # fmt: skip
-    return Encoded(size, sha256, digest, summary)
+    return Encoded(
+        size, sha256, digest, _summary(file, node, rid, total=total, distinct=lines, digest=digest)
+    )
+
+
+def encode_whole(
+    f: BinaryIO, file: str, node: int, rid: str, *, size: int
+) -> tuple[bytes, Encoded]:
+    """A small tally in ``f`` (``size`` bytes where the caller checked it, read from its start)
+    read at once and encoded in one pass (`encode_held`): the value and what `encode` says of
+    it, with the same errors (a file of another size than ``size`` is refused unread past one
+    byte more). The PRM's event loop encodes a tally of up to 64 KiB so: `encode`'s two passes,
+    its spill file and its reader's closures are there to bound the memory of a large one, and
+    cost a 3-word tally 57 us against 15."""
+    read = _reader(f, file, size)
+    return encode_held(b"".join(iter(lambda: read(size + 1), b"")), file, node, rid)
+
+
+def encode_held(data: bytes, file: str, node: int, rid: str) -> tuple[bytes, Encoded]:
+    """The value of the log object of a whole tally file's bytes held in memory, and what
+    `encode` says of it (the same value and errors: tests/unit/test_tallyvalue.py). One pass:
+    its lines are counted as they are parsed, and a valid tally's digest is its bytes' SHA-256."""
+    words: list[bytes] = []
+    numbers: list[int] = []
+    for block_words, digits in tally.blocks(io.BytesIO(data).read, file, max(len(data), 1)):
+        words += block_words
+        numbers += map(_NUMBERS.__getitem__, digits)
+    packed = _packed_counts(numbers, file, 2)
+    digest = hashlib.sha256(data).hexdigest()
+    pieces: list[bytes] = []
+    size, sha256 = _pack(file, node, rid, len(words), [words], lambda: [packed], lambda: digest,
+                         pieces.append)  # fmt: skip
+    summary = _summary(file, node, rid, total=sum(numbers), distinct=len(words), digest=digest)
+    return b"".join(pieces), Encoded(size, sha256, digest, summary)
+
+
+def _summary(
+    file: str, node: int, rid: str, *, total: int, distinct: int, digest: str
+) -> dict[str, Any]:
+    return {"position": 0, "file": file, "node": node, "words": total, "distinct": distinct,
+            "digest": digest, "request_id": rid}  # fmt: skip
+
+
+def _packed_counts(numbers: list[int], file: str, line: int) -> bytes:
+    """The counts packed (`_packed_items`); the first of them is on ``line`` of ``file``."""
+    try:
+        return _packed_items(numbers)
+    except OverflowError:  # msgpack's integers end at 2**64 - 1
+        at = line + next(i for i, n in enumerate(numbers) if n > _MAX_COUNT)
+        raise tally.TallyError(
+            f"{file}:{at}: a count over 2**64 - 1 cannot be replicated"
+        ) from None
 
 
 class _Numbers(dict[bytes, int]):
@@ -119,12 +163,10 @@ def encode_counts(
     file: str, node: int, rid: str, items: Iterable[tuple[bytes, int]]
 ) -> tuple[bytes, Encoded]:
     """The value of the log object of (word, count) pairs sorted by word, held in memory (the
-    simulator's clients): `encode` reads it from the tally file they make, as a replicate of
-    that file would. Raises tally.TallyError for pairs that make no valid tally."""
-    data = tally.HEADER + b"".join(b"%s\t%d\n" % item for item in items)
-    pieces: list[bytes] = []
-    encoded = encode(io.BytesIO(data), file, node, rid, pieces.append, size=len(data))
-    return b"".join(pieces), encoded
+    simulator's clients): encoded from the tally file they make, as a replicate of that file
+    would (`encode_held`). Raises tally.TallyError for pairs that make no valid tally."""
+    return encode_held(tally.HEADER + b"".join(b"%s\t%d\n" % item for item in items), file,
+                       node, rid)  # fmt: skip
 
 
 def encode_fields(  # noqa: PLR0917 - a log object's fields

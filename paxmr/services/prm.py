@@ -1049,7 +1049,8 @@ class Prm:
         """The log object's value for the tally file `args.file` (tallyvalue.py): what was
         encoded, and a reader of its bytes (offset, length), valid in this block.
 
-        A small tally is encoded here (cheaper than the hand-off to a worker), held in memory.
+        A small tally is read whole and encoded here (cheaper than the hand-off to a worker),
+        held in memory (tallyvalue.encode_whole).
         A larger one is encoded by a worker process into a spool file in the state directory
         (heavy.encode_tally), and each part is read from it when it is submitted: neither
         process holds more than a few blocks or one part of it, whatever the tally's size (a
@@ -1067,12 +1068,10 @@ class Prm:
                 )
             node, rid = self.settings.node_id, args.request_id
             if st.st_size <= _INLINE:
-                pieces: list[bytes] = []
                 with _bad_tally():
-                    encoded = tallyvalue.encode(
-                        source, args.file, node, rid, pieces.append, size=st.st_size
+                    whole, encoded = tallyvalue.encode_whole(
+                        source, args.file, node, rid, size=st.st_size
                     )
-                whole = b"".join(pieces)
 
                 async def held(offset: int, n: int) -> bytes:
                     return whole[offset : offset + n]

@@ -30,19 +30,23 @@ def _tally(items: dict[bytes, int]) -> bytes:
     return tally.HEADER + b"".join(b"%s\t%d\n" % item for item in sorted(items.items()))
 
 
-def _encode(data: bytes, file: str, node: int, rid: str, block: int) -> tuple[bytes, object]:
+def _encode(data: bytes, file: str, node: int, rid: str, block: int | None) -> tuple[bytes, object]:
+    """``data`` encoded by `encode` in blocks of ``block`` bytes, or (None) read whole and
+    encoded in one pass, as the PRM encodes a small tally (`encode_whole`)."""
+    if block is None:
+        return tallyvalue.encode_whole(io.BytesIO(data), file, node, rid, size=len(data))
     pieces: list[bytes] = []
     encoded = tallyvalue.encode(io.BytesIO(data), file, node, rid, pieces.append,
                                 size=len(data), block_bytes=block)  # fmt: skip
     return b"".join(pieces), encoded
 
 
-blocks = st.one_of(st.integers(1, 64), st.just(tally.BLOCK_BYTES))
+blocks = st.one_of(st.integers(1, 64), st.just(tally.BLOCK_BYTES), st.none())
 
 
 @given(items=counts, file=names, node=st.integers(0, 2**63), rid=names, block=blocks)
 def test_the_value_is_the_log_objects_encoding(
-    items: dict[bytes, int], file: str, node: int, rid: str, block: int
+    items: dict[bytes, int], file: str, node: int, rid: str, block: int | None
 ) -> None:
     data = _tally(items)
     reference = LogObject.from_tally_bytes(data, file, node, rid)
@@ -74,7 +78,7 @@ _BROKEN = [b"a\t01\n", b"a\t0\n", b"a\t\n", b"a b\t1\n", b"\t1\n", b"a\t1\t1\n",
     block=blocks,
 )
 def test_a_bad_tally_is_refused_as_tally_parse_refuses_it(
-    items: dict[bytes, int], at: int, broken: bytes | None, block: int
+    items: dict[bytes, int], at: int, broken: bytes | None, block: int | None
 ) -> None:
     """One line broken, or (None) one line repeated, in any block: the error names the line."""
     lines = [b"%s\t%d\n" % item for item in sorted(items.items())]
@@ -90,7 +94,7 @@ def test_a_bad_tally_is_refused_as_tally_parse_refuses_it(
     items=counts.filter(bool), pick=st.integers(0, 59), big=st.integers(2**64, 2**80), block=blocks
 )
 def test_a_count_over_2_64_is_refused_naming_its_line(
-    items: dict[bytes, int], pick: int, big: int, block: int
+    items: dict[bytes, int], pick: int, big: int, block: int | None
 ) -> None:
     """msgpack's integers end at 2**64 - 1, a tally's do not (a reduce adds counts up): such a
     count is refused as a bad tally, at its line, in any block; never wrapped or cut."""
@@ -225,6 +229,17 @@ def test_a_tally_resized_since_its_size_was_checked_is_refused_unread(
     with pytest.raises(tally.TallyError, match="changed while it was read"):
         tallyvalue.encode(f, "f", 1, "r", sink.append, size=len(first), block_bytes=64)
     assert f.furthest <= len(first) + 1, why
+
+
+@pytest.mark.parametrize("later", [_tally({b"a": 1}) + _GROWN, _tally({b"a": 1})],
+                         ids=["grown", "shrunk"])  # fmt: skip
+def test_a_small_tally_resized_since_its_size_was_checked_is_refused_unread(later: bytes) -> None:
+    """The same for the PRM's one-pass read of a small tally (encode_whole)."""
+    first = _tally({b"a": 1, b"aa": 2})
+    f = _Resized(first, later, 1)
+    with pytest.raises(tally.TallyError, match="changed while it was read"):
+        tallyvalue.encode_whole(f, "f", 1, "r", size=len(first))
+    assert f.furthest <= len(first) + 1
 
 
 def test_the_worker_refuses_a_file_replaced_since_the_prm_opened_it(tmp_path: Path) -> None:
