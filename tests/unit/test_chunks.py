@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+import msgpack
 import pytest
 
 from paxmr import chunks
@@ -150,3 +151,24 @@ def test_an_empty_chunk_is_missing_in_the_simulator_as_on_a_prm(tmp_path):
     in_the_simulator.pop("slot")
     assert in_the_simulator == on_a_prm
     assert "chunk 1 of 2 is not in the log" in on_a_prm["error"]
+
+
+def _str8(text: str) -> bytes:
+    """A string as msgpack's str 8 form packs it (a packer writes the shortest form; another
+    encoder, or a forger, may write this one)."""
+    data = text.encode()
+    return b"\xd9" + bytes([len(data)]) + data
+
+
+def test_a_manifest_is_one_whatever_form_its_strings_take():
+    """A manifest is told from a log object at a glance (chunks.manifest looks for its kind's
+    text before decoding): in any form a msgpack string takes, its bytes are that text."""
+    m = chunks.manifest_of("f", "d" * 64, "e" * 64, 5000, 1000)
+    fields = {"v": 1, "kind": "chunked", "file": m.file, "digest": m.digest,
+              "sha256": m.sha256, "parts": m.parts, "size": m.size}  # fmt: skip
+    packed = bytes([0x80 | len(fields)]) + b"".join(
+        _str8(key) + (_str8(value) if isinstance(value, str) else msgpack.packb(value))
+        for key, value in fields.items()
+    )
+    assert packed != m.encode()
+    assert chunks.manifest(packed) == m
