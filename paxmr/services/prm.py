@@ -355,12 +355,54 @@ _INLINE = 64 * 1024  # bytes
 # this much staler.
 ANNOUNCE_DELAY = 0.005  # seconds
 
+# Seconds between two looks for replicates past their bound (_Bounds): a bound of twice the
+# replicate timeout is kept within this.
+BOUND_EVERY = 1.0
+
 # Value bytes the core puts in one accept or catch-up message (a larger value goes alone). A
 # message is encoded, framed and encrypted on the event loop, where heartbeats and queries wait:
 # a catch-up batch of the frame's 32 MiB held the leader's loop for 0.3-1.6 s, and `status`
 # with it (paxmr bench scale, loaded 2-core machine). Smaller batches cost more messages, not
 # more bytes.
 _BATCH_BYTES = 2 << 20
+
+
+Outcome = asyncio.Future[paxos.Committed | paxos.Refused]
+
+
+class _Bounds:
+    """The time by which each replicate waiting here has its outcome: the core refuses a
+    request on its own timeout, and this bound only guards against a core that never answers
+    (a driver stuck in a commit on a hung disk; a loop starved for longer than the timeout once
+    made it fire). One timer serves every request, armed when none is and at most once per
+    BOUND_EVERY: a timeout armed and cancelled around each request (asyncio.timeout) cost the
+    leader 10-15 us per request, a TimerHandle and its heap's sifts."""
+
+    def __init__(self, past: Callable[[str, Outcome], None]) -> None:
+        self._past = past  # called for a request past its time without an outcome
+        # (when, request id, its future), in the order they came: all have the same bound.
+        self._due: collections.deque[tuple[float, str, Outcome]] = collections.deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(self, when: float, rid: str, future: Outcome) -> None:
+        due = self._due
+        while due and due[0][2].done():  # answered: dropped as new ones come
+            due.popleft()
+        due.append((when, rid, future))
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        now = time.monotonic()
+        due = self._due
+        while due and (due[0][0] <= now or due[0][2].done()):
+            _, rid, future = due.popleft()
+            if not future.done():
+                self._past(rid, future)
+        self._timer = None
+        if due:
+            when = max(due[0][0], now + BOUND_EVERY)
+            self._timer = asyncio.get_running_loop().call_at(when, self._fire)
 
 
 def commit_bytes(persist: paxos.Persist, summaries: list[tuple[int, str]]) -> int:
@@ -374,7 +416,7 @@ def commit_bytes(persist: paxos.Persist, summaries: list[tuple[int, str]]) -> in
 
 
 class Prm:
-    def __init__(self, settings: Settings, storage: Storage) -> None:
+    def __init__(self, settings: Settings, storage: Storage) -> None:  # noqa: PLR0915 - its state, set up
         self.settings = settings
         self.storage = storage
         self.log = logs.get()
@@ -432,6 +474,7 @@ class Prm:
         self._to_apply: asyncio.Queue[list[paxos.LogEntry]] = asyncio.Queue()
         self._progress = asyncio.Event()  # set, and replaced, whenever an entry is applied
         self.waiting: dict[str, asyncio.Future[paxos.Committed | paxos.Refused]] = {}
+        self._bounds = _Bounds(self._past_bound)  # replicates' outcomes, at the latest (_outcome)
         self.reading: dict[int, asyncio.Future[int | None]] = {}  # read id -> its read index
         # Read ids start anywhere: a leader may still answer a read id of this node's previous
         # run (it waited for its quorum meanwhile), which must not answer a new read.
@@ -1223,14 +1266,9 @@ class Prm:
         digest: str,
     ) -> r.Replicated:
         rid = args.request_id
-        # The core refuses on its own request timeout; this bound only guards against a core
-        # that never answers (a loop starved for longer than the timeout once made it fire).
-        try:
-            # Shielded: a concurrent replicate with this request id awaits the same future.
-            async with asyncio.timeout(self.settings.timing.replicate_timeout * 2):
-                outcome = await asyncio.shield(future)
-        except TimeoutError:
-            raise _unknown("no_quorum", "no outcome within the replicate timeout", rid) from None
+        self._bounds.add(time.monotonic() + self.settings.timing.replicate_timeout * 2, rid, future)
+        # Shielded: a concurrent replicate with this request id awaits the same future.
+        outcome = await asyncio.shield(future)
         if isinstance(outcome, paxos.Refused) and outcome.code in _UNKNOWN_OUTCOME:
             code = "no_quorum" if outcome.code in {"timeout", "no_quorum"} else outcome.code
             raise _unknown(code, outcome.reason, rid)
@@ -1253,6 +1291,13 @@ class Prm:
         self.log.debug("replicated", file=args.file, position=outcome.position, slot=outcome.slot)
         return r.Replicated(file=args.file, position=outcome.position, slot=outcome.slot,
                             request_id=rid, digest=digest)  # fmt: skip
+
+    def _past_bound(self, rid: str, future: Outcome) -> None:
+        """A replicate past its bound (_Bounds): its outcome is unknown ("timeout", as the
+        core's own), for every caller awaiting that request id; a retry submits it again."""
+        if self.waiting.get(rid) is future:
+            del self.waiting[rid]
+        future.set_result(paxos.Refused("timeout", "no outcome within the replicate timeout"))
 
     @contextlib.contextmanager
     def _admitted(self, pool: heavy.Pool) -> Iterator[None]:
