@@ -134,6 +134,15 @@ def forget(conn: sqlite3.Connection) -> None:
         conn.execute("DELETE FROM accepted")
 
 
+class StorageBusy(RuntimeError):
+    """Another writer holds the database: a commit that may not wait for it (Storage.commit's
+    `wait`) wrote nothing."""
+
+
+# Milliseconds a commit waits for another writer's lock: sqlite3.connect's default timeout.
+BUSY_MS = 5000
+
+
 class StorageRefused(RuntimeError):
     """A database the PRM may not run on; the message tells the operator what to do."""
 
@@ -531,6 +540,7 @@ class Storage(Sightings):
         *,
         durable_log: bool = False,
         checkpoint: bool = True,
+        wait: bool = True,
     ) -> None:
         """Make one Ready's persist durable in one transaction, with `summaries` (as
         save_summaries stores them) in the same one: they cost no transaction of their own.
@@ -557,9 +567,16 @@ class Storage(Sightings):
         Without `checkpoint`, a commit neither checkpoints the WAL (that copies pages back and
         fsyncs the database file) nor brings the mark up to date (a file written and fsynced
         twice): the driver runs small commits on its event loop (prm.Prm._commit_here), and
-        hands one to a worker thread, which does both, once upkeep_due says so."""
+        hands one to a worker thread, which does both, once upkeep_due says so.
+
+        Without `wait`, a commit that finds another writer holding the database (an operator's
+        sqlite3 shell, the reclaim connection) raises StorageBusy at once, having written
+        nothing, instead of waiting for it (BUSY_MS): the driver's event loop must not wait
+        there (prm.Prm._carry_out hands such a commit to a worker thread)."""
         with self._writing:
-            self._commit(persist, summaries, durable_log=durable_log, checkpoint=checkpoint)
+            self._commit(
+                persist, summaries, durable_log=durable_log, checkpoint=checkpoint, wait=wait
+            )
             self._unchecked = 0 if checkpoint else self._unchecked + 1
 
     def upkeep_due(self) -> bool:
@@ -581,6 +598,7 @@ class Storage(Sightings):
         *,
         durable_log: bool,
         checkpoint: bool,
+        wait: bool = True,
     ) -> None:
         full = self.syncs(persist, durable_log=durable_log)
         if not full and not persist:  # nothing to write
@@ -591,7 +609,7 @@ class Storage(Sightings):
         meta = _meta(persist)
         retired = self._retired_new[:]
         with self._synchronous(full, checkpoint=checkpoint), conn:
-            conn.execute("BEGIN IMMEDIATE")
+            _begin(conn, wait=wait)
             if summaries:
                 conn.executemany("INSERT OR REPLACE INTO summary VALUES (?, ?)", summaries)
             if full:  # the write count counts fsynced commits only
@@ -683,6 +701,23 @@ class Storage(Sightings):
         """Running SHA-256 over the applied requests (paxmr.paxos.log.chain_digest)."""
         row = self._conn.execute("SELECT digest FROM log ORDER BY slot DESC LIMIT 1").fetchone()
         return bytes(row[0]) if row is not None else GENESIS_DIGEST
+
+
+def _begin(conn: sqlite3.Connection, *, wait: bool) -> None:
+    """Begin a write transaction; without `wait`, raise StorageBusy at once if another writer
+    holds the database (the connection's busy timeout set to nothing for this one BEGIN)."""
+    if wait:
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    conn.execute("PRAGMA busy_timeout=0")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if exc.sqlite_errorcode == sqlite3.SQLITE_BUSY:
+            raise StorageBusy("another writer holds the database") from exc
+        raise
+    finally:
+        conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
 
 
 def _new_nonce(conn: sqlite3.Connection) -> None:

@@ -32,7 +32,7 @@ from paxmr.paxos.messages import Forward, Refuse, StatusReply, StatusRequest
 from paxmr.services import daemon, heavy, observe
 from paxmr.services.transport import Hello, Transport, ask_cluster
 from paxmr.settings import ConfigError, NodeAddress, Settings
-from paxmr.storage import Identity, Storage, hold, mark_path
+from paxmr.storage import Identity, Storage, StorageBusy, hold, mark_path
 from paxmr.wordcount import tally
 
 if TYPE_CHECKING:
@@ -931,13 +931,18 @@ class Prm:
         stalled = False
         if ready.persist or durable_log:
             with self.observer.fsync.time():
-                if self._commit_here(ready.persist, summaries, durable_log=durable_log):
+                here = self._commit_here(ready.persist, summaries, durable_log=durable_log)
+                if here:
                     started = time.monotonic()
-                    self.storage.commit(
-                        ready.persist, summaries, durable_log=durable_log, checkpoint=False
-                    )
+                    try:
+                        self.storage.commit(
+                            ready.persist, summaries, durable_log=durable_log,
+                            checkpoint=False, wait=False,
+                        )  # fmt: skip
+                    except StorageBusy:  # another writer's lock: waited for in a worker
+                        here = False
                     stalled = time.monotonic() - started > self.settings.timing.heartbeat
-                else:
+                if not here:
                     # An executor future, not a task around to_thread: one object less.
                     loop = asyncio.get_running_loop()
                     commit = loop.run_in_executor(
@@ -955,14 +960,12 @@ class Prm:
         if ready.applied:  # committed with this Ready's persist: shown to queries from now on
             self._to_apply.put_nowait(ready.applied)
         if stalled and self.node.role != "leader":
-            # A commit on the loop (one without an fsync: _commit_here) stood still for longer
-            # than a heartbeat interval: it waited on another writer's lock (SQLite's busy
-            # timeout: an operator's sqlite3 shell, Storage's reclaim connection) or on a disk
-            # that throttles writes to the page cache. The leader's frames of that time wait
-            # unread in the socket: they are read before the timers judge its silence. (When
-            # a follower committed its fsync'd accepts here too, 2e2a33d to 396c3cb, one whose
-            # disk held such a commit for 2.5 s campaigned without this.) A leader goes on at
-            # once: its own heartbeats are what is late.
+            # A commit on the loop (_commit_here) stood still for longer than a heartbeat
+            # interval: a slow disk (its fsync, or writes the page cache throttles). The
+            # leader's frames of that time wait unread in the socket: they are read before the
+            # timers judge its silence (a follower whose disk held such a commit for 2.5 s
+            # campaigned without this, 2e2a33d). A leader goes on at once: its own heartbeats
+            # are what is late.
             await asyncio.sleep(self.settings.timing.heartbeat)
 
     def _commit_here(
@@ -971,19 +974,27 @@ class Prm:
         """Whether a commit of a few kilobytes runs on the event loop, not in a worker thread,
         never checkpointing or marking there (Storage.commit; one in a worker does that once
         Storage.upkeep_due): one without an fsync (applied entries alone: the leader's
-        decision, a follower's apply).
+        decision, a follower's apply) on any node, and one with an fsync on a node that does
+        not lead (a follower's accepts). Either goes to a worker after all if another writer
+        holds the database (StorageBusy: the loop never waits for SQLite's 5 s busy timeout,
+        and a follower so held still answers reads saying how far behind it is:
+        test_a_read_on_a_node_behind_says_by_how_many_slots).
 
-        It writes to the page cache in tens of microseconds, where the hand-off to a thread and
-        back cost a sequential replicate 0.2-0.25 ms on the leader's path to its reply, the
-        worker's Python holding the GIL meanwhile (timestamps in the PRMs under paxmr bench
-        replicate). A commit with an fsync stays in a worker on every node, a follower's too
-        (2e2a33d ran a follower's here, saving it context switches: but a follower whose commit
-        waits on its disk, or on another writer's lock for SQLite's 5 s busy timeout, must
-        still answer reads saying how far behind it is, and heartbeats' replies:
-        test_a_read_on_a_node_behind_says_by_how_many_slots failed with it)."""
+        Without an fsync it writes to the page cache in tens of microseconds, where the
+        hand-off to a thread and back cost a sequential replicate 0.2-0.25 ms on the leader's
+        path to its reply, the worker's Python holding the GIL meanwhile (timestamps in the
+        PRMs under paxmr bench replicate). A follower's loop has nothing to do during its
+        accept's fsync but read the leader's next frames, which wait in the socket and come in
+        the next Ready anyway; the hand-off, a wake-up of the worker and one of the loop, cost
+        each follower 7-9 of its 12-15 context switches and an eighth to a quarter of its CPU
+        per sequential replicate (2e2a33d's figures). A leader's fsync stays in a worker: its
+        loop meanwhile reads its clients' requests and its followers' replies, and heartbeats
+        through a long commit (_beaconing)."""
         if self.storage.upkeep_due() or commit_bytes(persist, summaries) > _INLINE:
             return False
-        return not self.storage.syncs(persist, durable_log=durable_log)
+        return self.node.role != "leader" or not self.storage.syncs(
+            persist, durable_log=durable_log
+        )
 
     async def _beaconing(self, commit: asyncio.Future[None]) -> None:
         """Wait for `commit`; meanwhile a leader heartbeats once per interval (Node.beacon):

@@ -5,6 +5,8 @@ not; the next commit that may (in a worker thread, once Storage.upkeep_due) does
 from __future__ import annotations
 
 import json
+import sqlite3
+import threading
 from typing import TYPE_CHECKING
 
 import pytest
@@ -12,7 +14,13 @@ import pytest
 from paxmr import storage as storage_module
 from paxmr.paxos import Ballot, Entry, Persist
 from paxmr.paxos.log import LogEntry
-from paxmr.storage import UNCHECKPOINTED_COMMITS, WAL_CHECKPOINT_PAGES, Storage, mark_path
+from paxmr.storage import (
+    UNCHECKPOINTED_COMMITS,
+    WAL_CHECKPOINT_PAGES,
+    Storage,
+    StorageBusy,
+    mark_path,
+)
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -98,4 +106,42 @@ def test_upkeep_is_due_after_enough_commits_without_it(
         storage.commit(Persist(promised=Ballot(round_ + 1, 1)))
         assert not storage.upkeep_due()
     finally:
+        storage.close()
+
+
+def test_a_commit_that_may_not_wait_refuses_another_writers_lock_at_once(tmp_path: Path) -> None:
+    """The PRM's event loop never waits for another writer (an operator's sqlite3 shell, the
+    reclaim connection) for SQLite's busy timeout: such a commit raises StorageBusy having
+    written nothing, and the driver hands it to a worker (Prm._carry_out). The other writer
+    lets go only after the attempt came back, or after a few seconds: an attempt that waited
+    for the lock would then commit instead of refusing."""
+    path = tmp_path / "prm.db"
+    storage = Storage.open(path, bootstrap=True)
+    accept = Persist(promised=Ballot(1, 1))
+    holding, attempted = threading.Event(), threading.Event()
+
+    def other_writer() -> None:
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("BEGIN IMMEDIATE")
+        holding.set()
+        attempted.wait(3.0)
+        db.execute("ROLLBACK")
+        db.close()
+
+    writer = threading.Thread(target=other_writer)
+    writer.start()
+    try:
+        holding.wait()
+        with pytest.raises(StorageBusy):
+            storage.commit(accept, checkpoint=False, wait=False)
+        attempted.set()
+        writer.join()
+        assert storage.load().promised == Ballot(0, 0)  # nothing written
+        storage.commit(accept, checkpoint=False, wait=False)  # the lock is free: committed
+        assert storage.load().promised == Ballot(1, 1)
+        busy_ms = storage._conn.execute("PRAGMA busy_timeout").fetchone()[0]
+        assert busy_ms == storage_module.BUSY_MS  # other commits wait as before
+    finally:
+        attempted.set()
+        writer.join()
         storage.close()
