@@ -112,6 +112,7 @@ class Observer:
         self.requests = prom.Counter(
             "paxmr_replicate_requests", "Replicate requests by outcome", ["outcome"], registry=r
         )
+        self._replicates: dict[str, prom.Counter] = {}  # requests' child by outcome (replicated)
         self.reads = prom.Counter(
             "paxmr_reads", "Reads (print, total, merge) by consistency", ["consistency"],
             registry=r,
@@ -127,6 +128,17 @@ class Observer:
         )  # fmt: skip
         log_bytes.set_function(self._storage_bytes)
         self._gauges()
+
+    def replicated(self, outcome: str, seconds: float) -> None:
+        """A replicate request ended with `outcome` (ok, or its error's code) after `seconds`.
+        The counter's child of each outcome is looked up once: labels() took 6 us a request
+        (a lock and the labels' tuple), the histogram's Timer 4 more, of the leader's CPU with
+        64 in flight."""
+        self.commit_latency.observe(seconds)
+        counter = self._replicates.get(outcome)
+        if counter is None:
+            counter = self._replicates[outcome] = self.requests.labels(outcome)
+        counter.inc()
 
     async def watch_loop(self) -> None:
         """Time how late the event loop runs a timer, which every heartbeat, election timeout

@@ -1682,9 +1682,9 @@ class Prm:
 
     async def observed_replicate(self, args: ReplicateArgs, p: control.Progress) -> r.Replicated:
         outcome = "internal"
+        started = time.perf_counter()
         try:
-            with self.observer.commit_latency.time():
-                result = await self.replicate(args, p)
+            result = await self.replicate(args, p)
             outcome = "ok"
         except control.ControlError as exc:
             outcome = exc.code
@@ -1708,7 +1708,7 @@ class Prm:
                 request_id=args.request_id,
             ) from exc
         finally:
-            self.observer.requests.labels(outcome).inc()
+            self.observer.replicated(outcome, time.perf_counter() - started)
         return result
 
     def ops(self) -> dict[str, control.Op]:

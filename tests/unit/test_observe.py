@@ -68,3 +68,15 @@ def test_a_loop_held_by_its_own_work_is_logged_late_with_its_cpu(tmp_path: Path)
     assert count is not None
     assert lag is not None
     assert count - lag == 1  # one tick over 0.2 s
+
+
+def test_each_replicate_is_counted_by_its_outcome_and_timed(tmp_path: Path) -> None:
+    observer = Observer(1, [2, 3], paxos.Membership(0, frozenset({1, 2, 3})), tmp_path / "db", 1.0)
+    for outcome, seconds in [("ok", 0.001), ("ok", 0.003), ("no_quorum", 7.0), ("ok", 0.0004)]:
+        observer.replicated(outcome, seconds)
+    text = observer.exposition()
+    assert 'paxmr_replicate_requests_total{outcome="ok"} 3.0' in text
+    assert 'paxmr_replicate_requests_total{outcome="no_quorum"} 1.0' in text
+    assert "paxmr_replicate_duration_seconds_count 4.0" in text
+    assert 'paxmr_replicate_duration_seconds_bucket{le="0.0005"} 1.0' in text
+    assert 'paxmr_replicate_duration_seconds_bucket{le="5.0"} 3.0' in text
