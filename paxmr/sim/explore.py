@@ -465,10 +465,19 @@ class Explorer(Simulation):
         a node's messages rely on what its storage wrote before it sent them, and the stamps
         (paxmr/stamps.py) are to show a storage that went back to every node that heard it
         since its process started. A storage of another nonce is another storage (a lost
-        disk, a demotion: it fences before it votes); a message sent earlier than one heard
-        (a late one, a replay) shows nothing."""
+        disk, a demotion: it fences before it votes). A message sent earlier than one heard
+        (a late one; a replay is sent anew) is heard only if the storage still held its
+        writes when it sent the one heard: else the receiver counts what the storage forgot
+        (a promise, a vote), and it had accepted the later run's hello, which shows that
+        (the transport's rules on ended runs, stamps.from_ended_run and stamps.ended)."""
         known = self.heard.get((item.dst, item.src))
         if known is not None and known.number > item.number:
+            if known.stamp.nonce == item.stamp.nonce and not made(known.last, item.last):
+                self.checker.fail(
+                    f"node {item.dst} heard a late message of node {item.src}'s storage at"
+                    f" {item.stamp} after one sent later at {known.stamp}, whose storage had"
+                    " lost writes of it: it counted what the storage forgot"
+                )
             return
         self.heard[item.dst, item.src] = item
         if (
