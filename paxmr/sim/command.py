@@ -106,7 +106,7 @@ def replay_command(  # noqa: PLR0917 - one run's parameters
     type=click.FloatRange(min=0, max=0.05),
     default=0.0,
     show_default=True,
-    help="The core's CoreConfig.announce_delay in seconds (the PRM runs 0.005): how long a"
+    help="The core's CoreConfig.announce_delay in seconds (the PRM runs 0.02): how long a"
     " leader may keep a decision on its own client's request from its followers. 0 announces"
     " at once, as the broken-core tests' bounds were measured.",
 )

@@ -144,7 +144,7 @@ def test_the_simulator_runs_the_core_with_the_prms_delay():
     default, and keeps the invariants."""
     kinds = frozenset({"drop", "dup", "reorder", "crash"})
     at_once = run_seed(11, 3, kinds, trace=True)
-    delayed = run_seed(11, 3, kinds, trace=True, announce_delay=0.005)
+    delayed = run_seed(11, 3, kinds, trace=True, announce_delay=0.02)
     assert (at_once.violations, delayed.violations) == ([], [])
     assert at_once.trace != delayed.trace
     assert delayed.commits == at_once.commits
