@@ -93,6 +93,9 @@ def replicate(settings: Settings, file: str, request_id: str | None = None) -> R
         )
     except (TimeoutError, control.RemoteError) as exc:
         if isinstance(exc, control.RemoteError) and exc.code != "disconnected":
+            # A refusal before the PRM read the request (busy: every connection running one)
+            # names no request id: it is this one, as in every other replicate error.
+            exc.request_id = exc.request_id or args["request_id"]
             raise
         raise control.RemoteError(
             "unknown_outcome",

@@ -60,9 +60,12 @@ def held(node: Node) -> Iterator[None]:
             sock.close()
 
 
-def refused_busy(done: subprocess.CompletedProcess[str]) -> None:
+def refused_busy(done: subprocess.CompletedProcess[str], request_id: str | None = None) -> None:
+    """Exit 5 with busy; a replicate's error names its `request_id` ("": the CLI's own)."""
     assert done.returncode == 5, done
     assert "busy; retry later [busy]" in done.stderr, done.stderr
+    if request_id is not None:
+        assert f"(request id {request_id}" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
 
 
@@ -75,8 +78,8 @@ def test_replicate_into_a_full_control_socket_exits_5_and_a_retry_lands_once(
     rid = uuid.uuid4().hex
     logged = node.prm_log.stat().st_size
     with held(node):
-        refused_busy(node.cli("replicate", FILE, "--request-id", rid))
-        refused_busy(node.cli("-o", "json", "replicate", FILE, "--request-id", rid))
+        refused_busy(node.cli("replicate", FILE, "--request-id", rid), rid)
+        refused_busy(node.cli("-o", "json", "replicate", FILE, "--request-id", rid), rid)
     assert node.log_events("control_busy", after=logged), "the PRM logged no busy refusal"
     retry = node.cli("-o", "json", "replicate", FILE, "--request-id", rid)
     assert retry.returncode == 0, retry
@@ -122,7 +125,7 @@ def test_a_refusal_that_comes_before_the_request_is_sent_still_reads_busy(
         pytest.skip("strace cannot trace here")
     node = cluster.node(3)
     with held(node):
-        refused_busy(node.cli("replicate", FILE, prefix=late))
+        refused_busy(node.cli("replicate", FILE, prefix=late), "")
         report = node.cli("-o", "json", "status", prefix=late)
     assert report.returncode == 5, report
     assert json.loads(report.stdout)["services"]["prm"] == "busy"
