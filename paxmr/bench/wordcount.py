@@ -23,7 +23,8 @@ from paxmr.wordcount import corpus, count, tally
 
 
 def _rss_mib(pid: int, field: str) -> float:
-    """``VmHWM`` (the peak) or ``VmRSS`` (now) of a process, in MiB."""
+    """``VmHWM`` (the peak), ``VmRSS`` (now) or one of its parts (``RssFile``, ``RssAnon``) of a
+    process, in MiB."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(f"{field}:"):
             return int(line.split()[1]) / 1024
@@ -69,6 +70,10 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
             # than the wall clock, whose share of the cores changes from moment to moment).
             workers = [s.pid for s in services if s.node == 1 and s.name != "prm"]
             idle_rss = max(_rss_mib(pid, "VmRSS") for pid in mapper_pids)  # memory's baseline
+            # Its parts: the libraries' pages count in RSS by whole page-cache folio, so the file
+            # part is larger when they sit in large folios (as just after a boot) than later.
+            idle_file = max(_rss_mib(pid, "RssFile") for pid in mapper_pids)
+            idle_anon = max(_rss_mib(pid, "RssAnon") for pid in mapper_pids)
 
             workers_cpu = sum(_cpu_s(pid) for pid in workers)
             started = time.perf_counter()
@@ -130,6 +135,8 @@ def run(size: int, file: Path | None, mappers: int) -> dict[str, Any]:
         "distinct_words": reduced.distinct,
         "mapper_max_rss_mib": round(rss, 1),
         "mapper_idle_rss_mib": round(idle_rss, 1),
+        "mapper_idle_file_mib": round(idle_file, 1),
+        "mapper_idle_anon_mib": round(idle_anon, 1),
         "equal": True,  # checked above: every run raises Unequal otherwise
         "load_average": [load_before, _load()],  # a shared machine's figures need this beside
     }
