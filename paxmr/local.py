@@ -1,9 +1,10 @@
 """A whole cluster on this machine: every node's services as background processes.
 
 Layout under DIR: ``ca/`` (the cluster's CA: ``ca.pem``, ``ca.key``), ``cluster.json`` (what
-runs), ``founded`` (the founding members were initialized) and per node ``nK/paxmr.toml``,
-``nK/tls`` (``peer-ca``, ``peer-cert``, ``peer-key``: see paxmr/pki.py), ``nK/data``,
-``nK/state``, ``nK/run`` (sockets) and ``nK/logs/<service>.log`` (one JSON object per line).
+runs), ``founded`` (the founding members were initialized), ``up.lock`` (one ``up`` at a time)
+and per node ``nK/paxmr.toml``, ``nK/tls`` (``peer-ca``, ``peer-cert``, ``peer-key``: see
+paxmr/pki.py), ``nK/data``, ``nK/state``, ``nK/run`` (sockets) and ``nK/logs/<service>.log``
+(one JSON object per line).
 
 ``up`` is idempotent: it starts whatever is not running and keeps the ports of the existing
 configuration. Founding is explicit and happens once: a node whose ``prm.db`` is lost later starts
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import compileall
 import contextlib
+import fcntl
 import json
 import os
 import signal
@@ -22,6 +24,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -151,6 +154,26 @@ def up(root: Path, nodes: int | None = None, mappers: int | None = None) -> list
     An existing cluster keeps its configuration (members, ports, mappers); asking for another
     size is an error. Only a new cluster's nodes are initialized as founding members.
     """
+    with _alone(root):
+        return _up(root, nodes, mappers)
+
+
+@contextlib.contextmanager
+def _alone(root: Path) -> Iterator[None]:
+    """Hold `root`'s lock (flock on ``up.lock``, dropped by the kernel if this process dies): a
+    second `up` at once (two terminals) waits for the first, then finds everything running.
+    Without it both founded the nodes, each with its own cluster id (a split cluster that never
+    elects), and each recorded only its own services in cluster.json."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(root / "up.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _up(root: Path, nodes: int | None, mappers: int | None) -> list[Path]:
     configs = _configure(root, nodes, mappers)
     _compile_package()
     running = {(s.node, s.name): s for s in load_state(root) if _alive(s.pid)}
