@@ -387,7 +387,10 @@ class Client:
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self._sock.sendall(request.encode() + b"\n")
         while True:
-            raw = self._stream.readline()
+            try:
+                raw = self._stream.readline()
+            except ConnectionResetError:  # closed with our request unread: no line either
+                raw = b""
             if not raw:
                 raise RemoteError("disconnected", f"{self.path} closed the connection")
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -253,3 +254,30 @@ def test_status_names_a_service_whose_reply_this_cli_cannot_read(tmp_path: Path)
         assert report["exit_code"] == cli.EXIT_ERROR  # the replica is healthy, a mapper is not
 
     run(test)
+
+
+def test_a_service_that_hangs_up_on_an_unread_request_is_disconnected(tmp_path: Path) -> None:
+    """A service that closes a connection without reading the request or writing a line (it
+    stops, or dies, as the request arrives): the kernel answers the client's read with
+    ECONNRESET (a Unix socket closed with unread data). That is "disconnected", as an EOF is: a
+    replicate's outcome is then unknown and names its request id (jobs.py), and `paxmr status`
+    lists the service as not answering instead of failing whole. It raised ConnectionResetError."""
+    path = tmp_path / "s.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+
+    def hang_up() -> None:
+        conn, _ = server.accept()
+        conn.recv(1, socket.MSG_PEEK)  # the request came: left unread
+        conn.close()
+
+    thread = threading.Thread(target=hang_up)
+    thread.start()
+    try:
+        with pytest.raises(control.RemoteError) as raised:
+            control.call(path, "status", timeout=5.0)
+        assert raised.value.code == "disconnected"
+    finally:
+        thread.join()
+        server.close()
